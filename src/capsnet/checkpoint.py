@@ -1,0 +1,108 @@
+"""Run-directory files: atomic writes, safetensors checkpoints (never pickle), load_run."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from capsnet.errors import CapsNetError, CheckpointError
+from capsnet.models import create_model
+
+BEST, LAST = "best.safetensors", "last.safetensors"
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def save_checkpoint(path: Path, model: nn.Module, model_name: str, **meta: Any) -> None:
+    """Weights as safetensors; the model name and config ride along as metadata."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "model": model_name,
+        "config": json.dumps(model.config.to_dict()),
+        **{k: json.dumps(v) for k, v in meta.items()},
+    }
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(str(path)), metadata
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model stored in a checkpoint file, in eval mode."""
+    path = Path(path)
+    tensors, metadata = _read_safetensors(path)
+    if "model" not in metadata or "config" not in metadata:
+        raise CheckpointError(f"{path}: not a capsnet checkpoint (no model name/config)")
+    try:
+        model = create_model(metadata["model"], **json.loads(metadata["config"]))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: invalid model config ({e})") from None
+    except CapsNetError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise CheckpointError(
+            f"{path}: weights do not match the model config ({' '.join(first[1:2]).strip()})"
+        ) from None
+    return model.to(device).eval()
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the best (else last) checkpoint of a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (BEST, LAST):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: not a run directory (no {BEST} or {LAST})")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run directory or checkpoint")
+    return path
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+    """Load a trained model (eval mode) and its config from a run directory or checkpoint."""
+    model = load_checkpoint(resolve_checkpoint(path), device)
+    return model, model.config

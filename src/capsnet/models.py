@@ -1,0 +1,207 @@
+"""CapsNet (Sabour et al., 2017): configs, the network, and a small model registry."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from capsnet.errors import ConfigError
+from capsnet.layers import Decoder, PrimaryCaps, RoutingCaps
+from capsnet.routing import capsule_lengths
+
+
+def _conv_out(size: int, kernel: int, stride: int) -> int:
+    return (size - kernel) // stride + 1
+
+
+@dataclass(frozen=True)
+class CapsNetConfig:
+    """Hyper-parameters of a CapsNet. The defaults are the paper's MNIST network."""
+
+    in_channels: int = 1
+    input_size: tuple[int, int] = (28, 28)
+    num_classes: int = 10
+    conv1_channels: int = 256
+    conv1_kernel: int = 9
+    primary_types: int = 32
+    primary_dim: int = 8
+    primary_kernel: int = 9
+    primary_stride: int = 2
+    class_dim: int = 16
+    routing_iterations: int = 3
+    detach_agreement: bool = False
+    reconstruction: bool = True
+    decoder_hidden: tuple[int, ...] = (512, 1024)
+    reconstruction_weight: float = 0.0005
+
+    def __post_init__(self) -> None:
+        # JSON round-trips give lists; keep the dataclass hashable and comparable.
+        object.__setattr__(self, "input_size", tuple(self.input_size))
+        object.__setattr__(self, "decoder_hidden", tuple(self.decoder_hidden))
+        if self.routing_iterations < 1:
+            raise ConfigError(f"routing_iterations must be ≥ 1, got {self.routing_iterations}")
+        if min(self.primary_grid) < 1:
+            raise ConfigError(
+                f"input size {self.input_size} is too small for conv1 {self.conv1_kernel}×"
+                f"{self.conv1_kernel} and primary caps {self.primary_kernel}×"
+                f"{self.primary_kernel}/{self.primary_stride}"
+            )
+
+    @property
+    def primary_grid(self) -> tuple[int, int]:
+        """Spatial size (H', W') of the primary capsule grid."""
+        h, w = (_conv_out(s, self.conv1_kernel, 1) for s in self.input_size)
+        return (
+            _conv_out(h, self.primary_kernel, self.primary_stride),
+            _conv_out(w, self.primary_kernel, self.primary_stride),
+        )
+
+    @property
+    def num_primary_caps(self) -> int:
+        h, w = self.primary_grid
+        return self.primary_types * h * w
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CapsNetConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown CapsNetConfig field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+
+class CapsNetOutput(NamedTuple):
+    lengths: Tensor  # (B, K) capsule lengths = class probabilities
+    poses: Tensor  # (B, K, D) class capsules
+    reconstructions: Tensor | None  # (B, C, H, W), None without a decoder
+    coupling: Tensor  # (B, I, K) final coupling coefficients of the routing
+
+
+class CapsNet(nn.Module):
+    """Conv1 → PrimaryCaps → class capsules with dynamic routing → (optional) decoder."""
+
+    def __init__(self, config: CapsNetConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or CapsNetConfig()
+        self.conv1 = nn.Conv2d(cfg.in_channels, cfg.conv1_channels, cfg.conv1_kernel)
+        self.primary = PrimaryCaps(
+            cfg.conv1_channels,
+            cfg.primary_types,
+            cfg.primary_dim,
+            cfg.primary_kernel,
+            cfg.primary_stride,
+        )
+        self.classes = RoutingCaps(
+            cfg.num_primary_caps,
+            cfg.primary_dim,
+            cfg.num_classes,
+            cfg.class_dim,
+            cfg.routing_iterations,
+            cfg.detach_agreement,
+        )
+        self.decoder = (
+            Decoder(
+                cfg.num_classes * cfg.class_dim,
+                cfg.decoder_hidden,
+                (cfg.in_channels, *cfg.input_size),
+            )
+            if cfg.reconstruction
+            else None
+        )
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> CapsNetOutput:
+        """x: images (B, C, H, W) in [0, 1]; y: labels (B,) or multi-hot (B, K) or None.
+
+        The decoder sees the capsule(s) of ``y`` when given, else of the longest capsule.
+        """
+        u = self.primary(F.relu(self.conv1(x)))  # (B, I, primary_dim)
+        v, c = self.classes(u)  # (B, K, D), (B, I, K)
+        lengths = capsule_lengths(v)  # (B, K)
+        recon = None
+        if self.decoder is not None:
+            recon = self.decoder(v * self._mask(lengths, y).unsqueeze(-1))
+        return CapsNetOutput(lengths, v, recon, c)
+
+    def decode(self, poses: Tensor, mask: Tensor) -> Tensor:
+        """Decode class capsules (B, K, D) with a (B, K) mask of the capsules to keep."""
+        if self.decoder is None:
+            raise ConfigError("this model has no decoder (reconstruction=False)")
+        return self.decoder(poses * mask.unsqueeze(-1))
+
+    def _mask(self, lengths: Tensor, y: Tensor | None) -> Tensor:
+        k = lengths.shape[1]
+        if y is None:
+            return F.one_hot(lengths.argmax(1), k).to(lengths.dtype)
+        if y.dim() == 1:
+            return F.one_hot(y.long(), k).to(lengths.dtype)
+        return y.to(lengths.dtype)
+
+
+# --- registry -------------------------------------------------------------------------
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def check_model_name(name: str) -> None:
+    """Raise ConfigError unless ``name`` is registered."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model '{name}'; choose from: {', '.join(list_models())}")
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build a registered model; ``overrides`` replace fields of its default config."""
+    check_model_name(name)
+    return _REGISTRY[name](**overrides)
+
+
+def _capsnet(base: CapsNetConfig, overrides: dict[str, Any]) -> CapsNet:
+    try:
+        return CapsNet(dataclasses.replace(base, **overrides))
+    except TypeError as e:  # unknown field
+        raise ConfigError(f"bad model override: {e}") from None
+
+
+PAPER = CapsNetConfig()
+SMALL = CapsNetConfig(conv1_channels=64, primary_types=16, decoder_hidden=(256, 512))
+
+
+@register_model("capsnet-mnist")
+def capsnet_mnist(**overrides: Any) -> CapsNet:
+    """The paper's network: 8,215,568 parameters on 28×28 inputs with 10 classes."""
+    return _capsnet(PAPER, overrides)
+
+
+@register_model("capsnet-small")
+def capsnet_small(**overrides: Any) -> CapsNet:
+    """A CPU-sized CapsNet: 64 conv1 channels, 16 primary capsule types, smaller decoder."""
+    return _capsnet(SMALL, overrides)
+
+
+__all__ = [
+    "CapsNet",
+    "CapsNetConfig",
+    "CapsNetOutput",
+    "create_model",
+    "list_models",
+    "register_model",
+]

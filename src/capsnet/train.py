@@ -1,0 +1,415 @@
+"""Training and evaluation loops. Progress display is the caller's (see ``Progress``)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import logging
+import math
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from capsnet import __version__
+from capsnet.checkpoint import (
+    BEST,
+    LAST,
+    atomic_write,
+    load_checkpoint,
+    read_json,
+    save_checkpoint,
+    write_json,
+)
+from capsnet.data import get_spec, load_split, random_shift, train_val_split
+from capsnet.errors import CheckpointError, ConfigError
+from capsnet.losses import capsnet_loss
+from capsnet.models import check_model_name, create_model
+
+log = logging.getLogger(__name__)
+
+STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
+RUN_FILES = ("config.json", "metrics.json", "history.csv", BEST, LAST, STATE_TENSORS, STATE_JSON)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs besides the model's own config."""
+
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    model: str = "capsnet-mnist"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 1e-3
+    lr_decay: float = 0.96  # multiplies the learning rate after every epoch
+    max_shift: int = 2  # random translation augmentation, pixels (paper: 2)
+    train_limit: int | None = None
+    val_size: int = 5000
+    test_limit: int | None = None
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 < self.lr_decay <= 1:
+            raise ConfigError("lr must be > 0 and lr_decay in (0, 1]")
+        if self.val_size < 0 or self.max_shift < 0:
+            raise ConfigError("val_size and max_shift must be ≥ 0")
+        get_spec(self.dataset)  # fail fast on unknown names, before loading any data
+        check_model_name(self.model)
+
+
+class Progress(Protocol):
+    """What the trainer needs of a progress bar (``tqdm`` fits)."""
+
+    def update(self, n: int = 1) -> Any: ...
+    def set_postfix(self, ordered_dict: dict[str, Any] | None = None, **kwargs: Any) -> Any: ...
+    def close(self) -> Any: ...
+
+
+ProgressFactory = Callable[..., Progress]  # called as factory(total=..., desc=...)
+
+
+class _NoProgress:
+    def __init__(self, **_: Any) -> None: ...
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix(self, ordered_dict: dict[str, Any] | None = None, **kwargs: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but CUDA is not available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'") from None
+
+
+def _batches(n: int, batch_size: int, order: Tensor | None = None) -> Iterator[Tensor]:
+    idx = torch.arange(n) if order is None else order
+    yield from idx.split(batch_size)
+
+
+def _to_input(images: Tensor, device: torch.device) -> Tensor:
+    return images.to(device, non_blocking=True).float().div_(255.0)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    progress: ProgressFactory = _NoProgress,
+    desc: str = "eval",
+) -> dict[str, float]:
+    """Accuracy and mean loss of ``model`` on uint8 images (N, C, H, W) with labels (N,)."""
+    device = torch.device(device)
+    model.eval()
+    weight = model.config.reconstruction_weight
+    correct, loss_sum, n = 0, 0.0, len(labels)
+    bar = progress(total=n, desc=desc)
+    for idx in _batches(n, batch_size):
+        x, y = _to_input(images[idx], device), labels[idx].to(device)
+        out = model(x)
+        loss, _ = capsnet_loss(out.lengths, out.reconstructions, x, y, weight)
+        correct += int((out.lengths.argmax(1) == y).sum())
+        loss_sum += float(loss) * len(idx)
+        bar.update(len(idx))
+    bar.close()
+    return {"accuracy": correct / n, "error": 1 - correct / n, "loss": loss_sum / n}
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--verify", "-q", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """Where and with what a run happened: recorded in every run directory."""
+    return {
+        "capsnet_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "commit": _git_commit(),
+        "device_name": _device_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": sys.argv,
+    }
+
+
+# --- optimizer and RNG state, pickle-free ----------------------------------------------
+
+
+def _save_train_state(run: Path, optim: torch.optim.Optimizer, gen: torch.Generator, **meta: Any):
+    sd = optim.state_dict()
+    tensors = {"rng.generator": gen.get_state(), "rng.torch": torch.get_rng_state()}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, state in sd["state"].items():
+        for k, v in state.items():
+            if isinstance(v, Tensor):
+                tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    atomic_write(run / STATE_TENSORS, lambda p: save_file(tensors, str(p)))
+    write_json(
+        run / STATE_JSON,
+        {**meta, "param_groups": sd["param_groups"], "optim_scalars": scalars},
+    )
+
+
+def _load_train_state(
+    run: Path, optim: torch.optim.Optimizer, gen: torch.Generator
+) -> dict[str, Any]:
+    meta = read_json(run / STATE_JSON)
+    try:
+        tensors = load_file(str(run / STATE_TENSORS))
+    except Exception as e:  # safetensors raises several types for a corrupt file
+        raise CheckpointError(f"{run / STATE_TENSORS}: unreadable ({e})") from None
+    state: dict[int, dict[str, Any]] = {}
+    for key, t in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = t
+    for pid, scalars in meta["optim_scalars"].items():
+        state.setdefault(int(pid), {}).update(scalars)
+    try:
+        optim.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        gen.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.torch"])
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{run}: training state does not match the model ({e})") from None
+    return meta
+
+
+def _write_history(run: Path, history: list[dict[str, Any]]) -> None:
+    def write(p: Path) -> None:
+        with p.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(history[0]))
+            w.writeheader()
+            w.writerows(history)
+
+    atomic_write(run / "history.csv", write)
+
+
+# --- the training loop -----------------------------------------------------------------
+
+
+@dataclass
+class _Data:
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+
+
+def _load_train_val(cfg: TrainConfig) -> _Data:
+    images, labels = load_split(cfg.dataset, "train", cfg.data_dir)
+    if cfg.val_size >= len(labels):
+        raise ConfigError(f"--val-size {cfg.val_size} leaves no training data ({len(labels)})")
+    train_idx, val_idx = train_val_split(len(labels), cfg.val_size, seed=0)
+    if cfg.train_limit is not None:
+        train_idx = train_idx[: cfg.train_limit]
+    return _Data(images[train_idx], labels[train_idx], images[val_idx], labels[val_idx])
+
+
+def build_model(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The registered model with its input shape and class count taken from the data."""
+    c, h, w = image_shape
+    overrides = {
+        "in_channels": c,
+        "input_size": (h, w),
+        "num_classes": num_classes,
+        **cfg.model_overrides,
+    }
+    return create_model(cfg.model, **overrides)
+
+
+def _check_run_dir(run: Path, resume: bool, overwrite: bool) -> None:
+    existing = [f for f in RUN_FILES if (run / f).exists()]
+    if resume:
+        if not (run / STATE_JSON).exists():
+            raise CheckpointError(f"{run}: nothing to resume (no {STATE_JSON})")
+    elif existing and not overwrite:
+        raise CheckpointError(
+            f"{run}: already holds a run ({existing[0]}); use --resume, --overwrite or a new --out"
+        )
+    elif run.exists() and not run.is_dir():
+        raise CheckpointError(f"{run}: exists and is not a directory")
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: ProgressFactory = _NoProgress,
+) -> dict[str, Any]:
+    """Train, checkpoint every epoch, select on validation, test the selected model.
+
+    Writes into ``run_dir``: ``config.json``, ``history.csv``, ``last.safetensors``,
+    ``best.safetensors``, ``train_state.*`` (for ``resume``) and ``metrics.json``.
+    Returns the metrics.
+    """
+    run = Path(run_dir)
+    _check_run_dir(run, resume, overwrite)
+    if resume:
+        saved = read_json(run / "config.json")
+        old = TrainConfig(**saved["train"])
+        cfg = dataclasses.replace(old, epochs=cfg.epochs, device=cfg.device)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    data = _load_train_val(cfg)
+    spec = get_spec(cfg.dataset)
+    model = build_model(cfg, tuple(data.train_x.shape[1:]), spec.num_classes).to(device)
+    optim = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best_val, best_epoch = 1, -1.0, 0
+    if resume:
+        meta = _load_train_state(run, optim, gen)
+        model.load_state_dict(load_checkpoint(run / LAST).state_dict())
+        history, best_val, best_epoch = meta["history"], meta["best_val"], meta["best_epoch"]
+        start_epoch = meta["epoch"] + 1
+        log.info("resuming %s at epoch %d", run, start_epoch)
+    else:
+        run.mkdir(parents=True, exist_ok=True)
+        write_json(
+            run / "config.json",
+            {
+                "train": dataclasses.asdict(cfg),
+                "model": {"name": cfg.model, "config": model.config.to_dict()},
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "environment": environment(),
+            },
+        )
+    n_train = len(data.train_y)
+    weight = model.config.reconstruction_weight
+    train_seconds = sum(h["train_seconds"] for h in history)
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        lr = cfg.lr * cfg.lr_decay ** (epoch - 1)
+        for group in optim.param_groups:
+            group["lr"] = lr
+        model.train()
+        bar = progress(total=n_train, desc=f"epoch {epoch}/{cfg.epochs}")
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        t0 = time.perf_counter()
+        for step, idx in enumerate(
+            _batches(n_train, cfg.batch_size, torch.randperm(n_train, generator=gen))
+        ):
+            x = random_shift(data.train_x[idx], cfg.max_shift, gen)
+            x, y = _to_input(x, device), data.train_y[idx].to(device)
+            out = model(x, y)
+            loss, _ = capsnet_loss(out.lengths, out.reconstructions, x, y, weight)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (out.lengths.detach().argmax(1) == y).sum()
+            bar.update(len(idx))
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.close()
+        seconds = time.perf_counter() - t0
+        train_seconds += seconds
+        row = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": float(loss_sum) / n_train,
+            "train_accuracy": int(correct) / n_train,
+            "train_seconds": round(seconds, 3),
+            "train_images_per_second": round(n_train / seconds, 2),
+        }
+        if not math.isfinite(row["train_loss"]):
+            raise ConfigError(f"training diverged at epoch {epoch} (loss {row['train_loss']})")
+        if len(data.val_y):
+            val = evaluate(model, data.val_x, data.val_y, 500, device, progress, "validation")
+            row |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+            is_best = val["accuracy"] > best_val
+        else:
+            is_best = True  # no validation split: the last epoch is the selected one
+        history.append(row)
+        save_checkpoint(run / LAST, model, cfg.model, epoch=epoch)
+        if is_best:
+            best_val, best_epoch = row.get("val_accuracy", -1.0), epoch
+            save_checkpoint(run / BEST, model, cfg.model, epoch=epoch)
+        _write_history(run, history)
+        _save_train_state(
+            run, optim, gen, epoch=epoch, history=history, best_val=best_val, best_epoch=best_epoch
+        )
+        log.info(
+            "epoch %d: loss %.4f, train accuracy %.2f%%, val accuracy %s, %.0f images/s",
+            epoch,
+            row["train_loss"],
+            100 * row["train_accuracy"],
+            f"{100 * row['val_accuracy']:.2f}%" if "val_accuracy" in row else "n/a",
+            row["train_images_per_second"],
+        )
+
+    best = load_checkpoint(run / BEST, device)
+    test_x, test_y = load_split(cfg.dataset, "test", cfg.data_dir)
+    if cfg.test_limit is not None:
+        test_x, test_y = test_x[: cfg.test_limit], test_y[: cfg.test_limit]
+    test = evaluate(best, test_x, test_y, 500, device, progress, "test")
+    metrics = {
+        "dataset": cfg.dataset,
+        "model": cfg.model,
+        "test_accuracy": test["accuracy"],
+        "test_error": test["error"],
+        "test_loss": test["loss"],
+        "test_examples": len(test_y),
+        "best_val_accuracy": best_val if best_val >= 0 else None,
+        "best_epoch": best_epoch,
+        "epochs": cfg.epochs,
+        "train_examples": n_train,
+        "train_images_per_second": round(n_train * len(history) / train_seconds, 2),
+        "train_seconds": round(train_seconds, 1),
+        "device": str(device),
+        **{k: v for k, v in environment().items() if k != "command"},
+    }
+    write_json(run / "metrics.json", metrics)
+    return metrics

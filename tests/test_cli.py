@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from capsnet.cli import main
+
+SMALL = ["--model", "capsnet-small", "--batch-size", "50", "--train-limit", "200"]
+SMALL += ["--val-size", "100", "--test-limit", "100", "--max-shift", "1"]
+
+
+@pytest.fixture
+def run(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--out", str(out)]
+    assert main([*argv, *SMALL, "--epochs", "1"]) == 0
+    return out, argv
+
+
+def test_train_evaluate_resume_end_to_end(run, mnist_dir, capsys):
+    out, argv = run
+    assert (out / "reconstructions.png").stat().st_size > 1000
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["train_limit"] == 200 and "command" in config["environment"]
+
+    assert main(["evaluate", str(out), "--data-dir", str(mnist_dir), "--test-limit", "50"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["test_examples"] == 50 and 0 <= result["test_accuracy"] <= 1
+
+    capsys.readouterr()
+    assert main([*argv, *SMALL, "--epochs", "2", "--resume"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 2
+    assert len((out / "history.csv").read_text().splitlines()) == 3
+
+
+def test_existing_run_is_an_error_not_an_overwrite(run, capsys):
+    out, argv = run
+    capsys.readouterr()
+    assert main([*argv, *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("capsnet: error:") and "already holds a run" in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["evaluate", "/nonexistent/run"], "not a run directory"),
+        (["train", "--out", "{tmp}/r", "--model", "nope"], "unknown model 'nope'"),
+        (["train", "--out", "{tmp}/r", "--data-dir", "{tmp}/bad"], "train-images-idx3-ubyte"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(argv, message, tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    for name in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1"):
+        (tmp_path / "bad" / f"{name}-ubyte").write_bytes(b"\x00\x00\x08\x03junk")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err

@@ -1,0 +1,113 @@
+import math
+
+import pytest
+import torch
+
+from capsnet import dynamic_routing, squash
+
+
+def reference_routing(u_hat: torch.Tensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Procedure 1 written out with loops, one example at a time, in float64."""
+    batch, n_in, n_out, _ = u_hat.shape
+    vs, cs = [], []
+    for x in range(batch):
+        b = [[0.0] * n_out for _ in range(n_in)]
+        for r in range(iterations):
+            c = []
+            for i in range(n_in):
+                z = sum(math.exp(b[i][j]) for j in range(n_out))
+                c.append([math.exp(b[i][j]) / z for j in range(n_out)])
+            v = []
+            for j in range(n_out):
+                s = sum(c[i][j] * u_hat[x, i, j] for i in range(n_in))
+                n2 = float((s * s).sum())
+                v.append(s * (n2 / (1 + n2)) / math.sqrt(n2))
+            if r < iterations - 1:
+                for i in range(n_in):
+                    for j in range(n_out):
+                        b[i][j] += float((u_hat[x, i, j] * v[j]).sum())
+        vs.append(torch.stack(v))
+        cs.append(torch.tensor(c, dtype=torch.float64))
+    return torch.stack(vs), torch.stack(cs)
+
+
+def test_squash_worked_example():
+    # |s| = 5: length 25/26, direction (3, 4)/5.
+    v = squash(torch.tensor([3.0, 4.0]))
+    torch.testing.assert_close(v, torch.tensor([3.0, 4.0]) * (25 / 26) / 5)
+
+
+def test_squash_length_is_below_one_and_monotone():
+    s = torch.linspace(0.1, 20, 50).unsqueeze(1) * torch.tensor([[0.6, 0.8]])
+    lengths = squash(s).norm(dim=1)
+    assert (lengths < 1).all() and (lengths.diff() > 0).all()
+
+
+def test_squash_at_zero_has_finite_value_and_gradient():
+    s = torch.zeros(2, 16, requires_grad=True)
+    v = squash(s)
+    v.sum().backward()
+    assert torch.equal(v, torch.zeros_like(v))
+    assert torch.isfinite(s.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_squash_is_stable_in_half_precision(dtype):
+    s = torch.tensor([[300.0] * 16, [1e-4] * 16, [0.0] * 16], dtype=dtype)
+    v = squash(s)
+    assert v.dtype == dtype and torch.isfinite(v).all()
+    assert v[0].float().norm().item() == pytest.approx(1.0, abs=1e-2)
+
+
+@pytest.mark.parametrize("iterations", [1, 3, 5])
+def test_routing_matches_procedure_1(iterations):
+    u_hat = torch.randn(2, 7, 4, 5, dtype=torch.float64)
+    v, c = dynamic_routing(u_hat, iterations)
+    v_ref, c_ref = reference_routing(u_hat, iterations)
+    torch.testing.assert_close(v.double(), v_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c.double(), c_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_one_iteration_couples_uniformly():
+    u_hat = torch.randn(3, 6, 4, 8)
+    v, c = dynamic_routing(u_hat, iterations=1)
+    torch.testing.assert_close(c, torch.full_like(c, 1 / 4))
+    torch.testing.assert_close(v, squash(u_hat.mean(1) * 6 / 4))  # s_j = Σ_i û / J
+
+
+def test_coupling_sums_to_one_over_parents():
+    _, c = dynamic_routing(3 * torch.randn(4, 20, 10, 16), iterations=3)
+    torch.testing.assert_close(c.sum(2), torch.ones(4, 20))
+
+
+def test_routing_is_per_example():
+    # b starts at 0 for every example: routing one example alone or in a batch agrees.
+    u_hat = torch.randn(5, 12, 3, 4)
+    v, c = dynamic_routing(u_hat, 3)
+    v1, c1 = dynamic_routing(u_hat[2:3], 3)
+    torch.testing.assert_close(v[2:3], v1)
+    torch.testing.assert_close(c[2:3], c1)
+
+
+def test_contiguous_and_transposed_layouts_agree():
+    u_bjid = torch.randn(2, 3, 9, 4)
+    v1, c1 = dynamic_routing(u_bjid.transpose(1, 2), 3)
+    v2, c2 = dynamic_routing(u_bjid.transpose(1, 2).contiguous(), 3)
+    torch.testing.assert_close(v1, v2)
+    torch.testing.assert_close(c1, c2)
+
+
+def test_detach_agreement_keeps_values_and_changes_gradients():
+    u_hat = torch.randn(2, 8, 3, 4, requires_grad=True)
+    grads = []
+    for detach in (False, True):
+        v, _ = dynamic_routing(u_hat, 3, detach_agreement=detach)
+        (g,) = torch.autograd.grad(v.pow(2).sum(), u_hat)
+        grads.append((v.detach(), g))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    assert not torch.allclose(grads[0][1], grads[1][1])
+
+
+def test_routing_rejects_zero_iterations():
+    with pytest.raises(ValueError, match="at least 1"):
+        dynamic_routing(torch.randn(1, 2, 3, 4), iterations=0)

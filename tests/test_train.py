@@ -1,0 +1,110 @@
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from capsnet import load_run
+from capsnet.errors import CheckpointError, ConfigError
+from capsnet.train import TrainConfig, train
+
+TINY = {"conv1_channels": 16, "primary_types": 4, "decoder_hidden": (32,)}
+
+
+@pytest.fixture
+def cfg(mnist_dir) -> TrainConfig:
+    return TrainConfig(
+        dataset="mnist",
+        data_dir=str(mnist_dir),
+        model="capsnet-small",
+        model_overrides=TINY,
+        epochs=2,
+        batch_size=50,
+        lr=3e-3,
+        train_limit=300,
+        val_size=100,
+        test_limit=100,
+    )
+
+
+def test_tiny_training_on_real_mnist_lowers_the_loss(cfg, tmp_path):
+    metrics = train(dataclasses.replace(cfg, epochs=3, train_limit=600), tmp_path / "run")
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    losses = [float(row.split(",")[2]) for row in history[1:]]
+    assert len(losses) == 3 and losses[0] > losses[1] > losses[2]
+    assert losses[2] < 0.8 * losses[0]
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_examples"] == 100
+    assert metrics["test_error"] == pytest.approx(1 - metrics["test_accuracy"])
+
+
+def test_run_directory_holds_what_a_run_needs(cfg, tmp_path):
+    train(cfg, tmp_path)
+    for name in ("config.json", "metrics.json", "history.csv", "best.safetensors"):
+        assert (tmp_path / name).is_file(), name
+    model, config = load_run(tmp_path)
+    assert not model.training and config.conv1_channels == 16
+    assert model(torch.rand(2, 1, 28, 28)).lengths.shape == (2, 10)
+
+
+def test_seeded_runs_are_reproducible(cfg, tmp_path):
+    train(cfg, tmp_path / "a")
+    train(cfg, tmp_path / "b")
+    a, b = (load_file(str(tmp_path / r / "last.safetensors")) for r in "ab")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_resume_continues_exactly_where_it_stopped(cfg, tmp_path):
+    train(cfg, tmp_path / "full")
+    train(dataclasses.replace(cfg, epochs=1), tmp_path / "split")
+    train(cfg, tmp_path / "split", resume=True)
+    a, b = (load_file(str(tmp_path / r / "last.safetensors")) for r in ("full", "split"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_an_existing_run_is_never_overwritten_unasked(cfg, tmp_path):
+    train(dataclasses.replace(cfg, epochs=1), tmp_path)
+    before = (tmp_path / "metrics.json").read_bytes()
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        train(cfg, tmp_path)
+    assert (tmp_path / "metrics.json").read_bytes() == before
+
+
+def test_resume_needs_a_run(cfg, tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(cfg, tmp_path, resume=True)
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
+    (tmp_path / "best.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file") as e:
+        load_run(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_checkpoint_that_does_not_match_its_config_is_rejected(cfg, tmp_path):
+    train(dataclasses.replace(cfg, epochs=1), tmp_path)
+    path = tmp_path / "best.safetensors"
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["conv1.weight"] = tensors["conv1.weight"][:8]
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_run(path)
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="not a run directory"):
+        load_run(tmp_path)
+
+
+def test_bad_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="lr"):
+        TrainConfig(lr_decay=1.5)
