@@ -18,7 +18,7 @@ log = logging.getLogger("capsnet")
 def _progress():
     from tqdm.auto import tqdm
 
-    return partial(tqdm, unit="img", leave=False, dynamic_ncols=True, mininterval=0.5)
+    return partial(tqdm, unit="img", leave=False, dynamic_ncols=True, mininterval=0.5, disable=None)
 
 
 def _positive(text: str) -> int:
