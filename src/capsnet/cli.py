@@ -109,7 +109,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     )
     m = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=_progress())
     model, config = load_run(args.out)
-    if config.reconstruction:
+    if getattr(config, "reconstruction", False):
         x, y = load_split(m["dataset"], "test", args.data_dir)
         png = save_reconstructions(
             model,

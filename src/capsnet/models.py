@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from capsnet.errors import ConfigError
 from capsnet.layers import Decoder, PrimaryCaps, RoutingCaps
+from capsnet.losses import capsnet_loss
 from capsnet.routing import capsule_lengths
 
 
@@ -129,6 +130,15 @@ class CapsNet(nn.Module):
         if self.decoder is not None:
             recon = self.decoder(v * self._mask(lengths, y).unsqueeze(-1))
         return CapsNetOutput(lengths, v, recon, c)
+
+    def loss(self, out: CapsNetOutput, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training loss: margin loss + ``reconstruction_weight`` · reconstruction SSE.
+
+        Every registered model has ``loss(out, x, y)``; the trainer calls nothing else.
+        """
+        return capsnet_loss(
+            out.lengths, out.reconstructions, x, y, self.config.reconstruction_weight
+        )
 
     def decode(self, poses: Tensor, mask: Tensor) -> Tensor:
         """Decode class capsules (B, K, D) with a (B, K) mask of the capsules to keep."""

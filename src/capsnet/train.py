@@ -32,7 +32,6 @@ from capsnet.checkpoint import (
 )
 from capsnet.data import get_spec, load_split, random_shift, train_val_split
 from capsnet.errors import CheckpointError, ConfigError
-from capsnet.losses import capsnet_loss
 from capsnet.models import check_model_name, create_model
 
 log = logging.getLogger(__name__)
@@ -123,13 +122,12 @@ def evaluate(
     """Accuracy and mean loss of ``model`` on uint8 images (N, C, H, W) with labels (N,)."""
     device = torch.device(device)
     model.eval()
-    weight = model.config.reconstruction_weight
     correct, loss_sum, n = 0, 0.0, len(labels)
     bar = progress(total=n, desc=desc)
     for idx in _batches(n, batch_size):
         x, y = _to_input(images[idx], device), labels[idx].to(device)
         out = model(x)
-        loss, _ = capsnet_loss(out.lengths, out.reconstructions, x, y, weight)
+        loss, _ = model.loss(out, x, y)
         correct += int((out.lengths.argmax(1) == y).sum())
         loss_sum += float(loss) * len(idx)
         bar.update(len(idx))
@@ -326,7 +324,6 @@ def train(
             },
         )
     n_train = len(data.train_y)
-    weight = model.config.reconstruction_weight
     train_seconds = sum(h["train_seconds"] for h in history)
 
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -344,7 +341,7 @@ def train(
             x = random_shift(data.train_x[idx], cfg.max_shift, gen)
             x, y = _to_input(x, device), data.train_y[idx].to(device)
             out = model(x, y)
-            loss, _ = capsnet_loss(out.lengths, out.reconstructions, x, y, weight)
+            loss, _ = model.loss(out, x, y)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
