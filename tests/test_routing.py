@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from capsnet import dynamic_routing, squash
+from capsnet import capsule_lengths, dynamic_routing, squash
 
 
 def reference_routing(u_hat: torch.Tensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,3 +111,11 @@ def test_detach_agreement_keeps_values_and_changes_gradients():
 def test_routing_rejects_zero_iterations():
     with pytest.raises(ValueError, match="at least 1"):
         dynamic_routing(torch.randn(1, 2, 3, 4), iterations=0)
+
+
+def test_capsule_lengths_are_exact_and_have_a_finite_gradient_at_zero():
+    v = torch.tensor([[3e-6, 4e-6], [0.0, 0.0]], requires_grad=True)
+    lengths = capsule_lengths(v)
+    lengths.sum().backward()
+    torch.testing.assert_close(lengths, torch.tensor([5e-6, 0.0]), rtol=1e-6, atol=0)
+    assert torch.isfinite(v.grad).all()

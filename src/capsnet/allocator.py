@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _INT_MAX = 2**31 - 1
+_tuned = False
+
+
+def allocator_tuned() -> bool:
+    """Whether :func:`keep_freed_memory` has tuned this process."""
+    return _tuned
 
 
 def keep_freed_memory() -> bool:
@@ -34,5 +40,7 @@ def keep_freed_memory() -> bool:
         )
     except (OSError, AttributeError):  # not glibc (e.g. musl)
         return False
-    log.debug("glibc malloc tuned: %s", bool(ok))
-    return bool(ok)
+    global _tuned
+    _tuned = bool(ok)
+    log.debug("glibc malloc tuned: %s", _tuned)
+    return _tuned

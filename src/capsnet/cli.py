@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     from capsnet.data import DATASETS
     from capsnet.models import list_models
+    from capsnet.runtime import PRECISIONS
 
     parser = argparse.ArgumentParser(prog="capsnet", description=__doc__)
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
@@ -63,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--train-limit", type=_positive, help="train on the first N training images")
     t.add_argument("--val-size", type=_non_negative, default=5000)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast dtype")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     _add_data_args(t)
@@ -72,6 +76,17 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", choices=sorted(DATASETS), help="default: the run's dataset")
     e.add_argument("--batch-size", type=_positive, default=500)
     _add_data_args(e)
+
+    b = sub.add_parser("bench", help="measure training and inference images/s and peak memory")
+    b.add_argument("--model", default="capsnet-mnist", help=f"one of {', '.join(list_models())}")
+    b.add_argument("--batch-size", type=_positive, default=100)
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    b.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    b.add_argument("--compile", action="store_true", help="torch.compile the model")
+    b.add_argument("--steps", type=_positive, default=10, help="timed steps (median reported)")
+    b.add_argument("--warmup", type=_non_negative, default=2)
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--csv", type=Path, help="append the result to this CSV file")
 
     d = sub.add_parser("data", help="find (or download) a dataset and print its directory")
     d.add_argument("dataset", choices=sorted(DATASETS))
@@ -83,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_train(args: argparse.Namespace) -> None:
     from capsnet.checkpoint import load_run
     from capsnet.data import get_spec, load_split
+    from capsnet.runtime import distributed_from_env
     from capsnet.train import TrainConfig, train
     from capsnet.viz import save_reconstructions
 
@@ -106,8 +122,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
         test_limit=args.test_limit,
         device=args.device,
         seed=args.seed,
+        precision=args.precision,
+        compile=args.compile,
     )
     m = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=_progress())
+    if not distributed_from_env().is_main:
+        return  # under torchrun, rank 0 reports
     model, config = load_run(args.out)
     if getattr(config, "reconstruction", False):
         x, y = load_split(m["dataset"], "test", args.data_dir)
@@ -129,7 +149,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from capsnet.checkpoint import load_run, read_json, write_json
     from capsnet.data import load_split
-    from capsnet.train import environment, evaluate, resolve_device
+    from capsnet.runtime import resolve_device
+    from capsnet.train import environment, evaluate
 
     if not args.run_dir.is_dir():
         raise ConfigError(f"{args.run_dir}: not a run directory")
@@ -157,6 +178,34 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"test accuracy {r['accuracy']:.4%} (error {r['error']:.2%}) on {len(y)} images")
 
 
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from capsnet.bench import BenchConfig, append_csv, benchmark
+
+    cfg = BenchConfig(
+        model=args.model,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+        warmup=args.warmup,
+        steps=args.steps,
+    )
+    r = benchmark(cfg)
+    if args.csv:
+        append_csv(args.csv, r)
+    if args.json:
+        print(json.dumps(r))
+        return
+    print(
+        f"{r['model']} batch {r['batch_size']} {r['precision']}"
+        f"{' compiled' if r['compile'] else ''} on {r['device']} ({r['device_name']}, "
+        f"{r['cpu_threads']} threads, torch "
+        f"{r['torch_version']}): train {r['train_images_per_second']:.1f} img/s, inference "
+        f"{r['infer_images_per_second']:.1f} img/s, peak memory {r['peak_memory_mb']:.0f} MiB "
+        f"({r['memory_kind']})"
+    )
+
+
 def _cmd_data(args: argparse.Namespace) -> None:
     from capsnet.data import find_dataset
 
@@ -165,13 +214,20 @@ def _cmd_data(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from capsnet.runtime import distributed_from_env
+
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=logging.WARNING if args.quiet or not distributed_from_env().is_main else logging.INFO,
         format="%(message)s",
         stream=sys.stderr,
     )
     keep_freed_memory()  # large activations otherwise cost page faults every step
-    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "data": _cmd_data}
+    commands = {
+        "train": _cmd_train,
+        "evaluate": _cmd_evaluate,
+        "bench": _cmd_bench,
+        "data": _cmd_data,
+    }
     try:
         commands[args.command](args)
     except CapsNetError as e:

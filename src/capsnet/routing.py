@@ -26,9 +26,9 @@ def squash(s: Tensor, dim: int = -1, eps: float = EPS) -> Tensor:
     return (s32 * scale).to(s.dtype)
 
 
-def capsule_lengths(v: Tensor, dim: int = -1, eps: float = EPS) -> Tensor:
-    """Length ``|v|`` of each capsule along ``dim`` (safe gradient at 0)."""
-    return torch.sqrt(v.float().pow(2).sum(dim) + eps).to(v.dtype)
+def capsule_lengths(v: Tensor, dim: int = -1) -> Tensor:
+    """Length ``|v|`` of each capsule along ``dim``, exact (no ε) with gradient 0 at v = 0."""
+    return torch.linalg.vector_norm(v.float(), dim=dim).to(v.dtype)
 
 
 def dynamic_routing(

@@ -11,14 +11,16 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from capsnet import __version__
 from capsnet.checkpoint import (
@@ -33,6 +35,15 @@ from capsnet.checkpoint import (
 from capsnet.data import get_spec, load_split, random_shift, train_val_split
 from capsnet.errors import CheckpointError, ConfigError
 from capsnet.models import check_model_name, create_model
+from capsnet.runtime import (
+    Distributed,
+    autocast,
+    check_precision,
+    distributed_from_env,
+    grad_scaler,
+    process_group,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +69,8 @@ class TrainConfig:
     test_limit: int | None = None
     device: str = "auto"
     seed: int = 0
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 with a grad scaler)
+    compile: bool = False  # torch.compile the training forward
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -67,6 +80,7 @@ class TrainConfig:
             raise ConfigError("lr must be > 0 and lr_decay in (0, 1]")
         if self.val_size < 0 or self.max_shift < 0:
             raise ConfigError("val_size and max_shift must be ≥ 0")
+        check_precision(self.precision)
         get_spec(self.dataset)  # fail fast on unknown names, before loading any data
         check_model_name(self.model)
 
@@ -89,22 +103,6 @@ class _NoProgress:
     def close(self) -> None: ...
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda requested but CUDA is not available")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device '{name}'") from None
-
-
-def _batches(n: int, batch_size: int, order: Tensor | None = None) -> Iterator[Tensor]:
-    idx = torch.arange(n) if order is None else order
-    yield from idx.split(batch_size)
-
-
 def _to_input(images: Tensor, device: torch.device) -> Tensor:
     return images.to(device, non_blocking=True).float().div_(255.0)
 
@@ -118,16 +116,18 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: ProgressFactory = _NoProgress,
     desc: str = "eval",
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Accuracy and mean loss of ``model`` on uint8 images (N, C, H, W) with labels (N,)."""
     device = torch.device(device)
     model.eval()
     correct, loss_sum, n = 0, 0.0, len(labels)
     bar = progress(total=n, desc=desc)
-    for idx in _batches(n, batch_size):
+    for idx in torch.arange(n).split(batch_size):
         x, y = _to_input(images[idx], device), labels[idx].to(device)
-        out = model(x)
-        loss, _ = model.loss(out, x, y)
+        with autocast(device, precision):
+            out = model(x)
+            loss, _ = model.loss(out, x, y)
         correct += int((out.lengths.argmax(1) == y).sum())
         loss_sum += float(loss) * len(idx)
         bar.update(len(idx))
@@ -275,6 +275,33 @@ def _check_run_dir(run: Path, resume: bool, overwrite: bool) -> None:
         raise CheckpointError(f"{run}: exists and is not a directory")
 
 
+def train_step(
+    model: nn.Module,
+    forward: Callable[..., Any],
+    optim: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One optimisation step. ``forward`` is ``model`` or a wrapper of it (DDP, compiled).
+
+    Returns the detached loss and the number of correct predictions (no device sync).
+    """
+    with autocast(x.device, precision):
+        out = forward(x, y)
+        loss, _ = model.loss(out, x, y)
+    optim.zero_grad(set_to_none=True)
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.step(optim)
+        scaler.update()
+    else:
+        loss.backward()
+        optim.step()
+    return loss.detach(), (out.lengths.detach().argmax(1) == y).sum()
+
+
 def train(
     cfg: TrainConfig,
     run_dir: str | Path,
@@ -287,7 +314,8 @@ def train(
 
     Writes into ``run_dir``: ``config.json``, ``history.csv``, ``last.safetensors``,
     ``best.safetensors``, ``train_state.*`` (for ``resume``) and ``metrics.json``.
-    Returns the metrics.
+    Returns the metrics. Under ``torchrun`` every process trains its share of each global
+    batch (DistributedDataParallel) and only rank 0 writes files.
     """
     run = Path(run_dir)
     _check_run_dir(run, resume, overwrite)
@@ -295,24 +323,48 @@ def train(
         saved = read_json(run / "config.json")
         old = TrainConfig(**saved["train"])
         cfg = dataclasses.replace(old, epochs=cfg.epochs, device=cfg.device)
-    device = resolve_device(cfg.device)
+    info = distributed_from_env()
+    if cfg.batch_size < info.world_size:
+        raise ConfigError(f"batch size {cfg.batch_size} < {info.world_size} processes")
+    with process_group(resolve_device(cfg.device), info) as device:
+        if info.enabled:
+            dist.barrier()  # every rank has checked the run directory before rank 0 writes
+        return _train(cfg, run, resume, device, info, progress if info.is_main else _NoProgress)
+
+
+def _train(
+    cfg: TrainConfig,
+    run: Path,
+    resume: bool,
+    device: torch.device,
+    info: Distributed,
+    progress: ProgressFactory,
+) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-
     data = _load_train_val(cfg)
     spec = get_spec(cfg.dataset)
     model = build_model(cfg, tuple(data.train_x.shape[1:]), spec.num_classes).to(device)
     optim = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scaler = grad_scaler(device, cfg.precision)
+    forward: Callable[..., Any] = model
+    if info.enabled:
+        forward = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        forward = torch.compile(forward)
 
     history: list[dict[str, Any]] = []
-    start_epoch, best_val, best_epoch = 1, -1.0, 0
+    start_epoch, best_val, best_epoch, best_state = 1, -1.0, 0, None
     if resume:
         meta = _load_train_state(run, optim, gen)
         model.load_state_dict(load_checkpoint(run / LAST).state_dict())
+        best_state = load_checkpoint(run / BEST).state_dict()
         history, best_val, best_epoch = meta["history"], meta["best_val"], meta["best_epoch"]
         start_epoch = meta["epoch"] + 1
         log.info("resuming %s at epoch %d", run, start_epoch)
-    else:
+    elif info.is_main:
         run.mkdir(parents=True, exist_ok=True)
         write_json(
             run / "config.json",
@@ -320,6 +372,7 @@ def train(
                 "train": dataclasses.asdict(cfg),
                 "model": {"name": cfg.model, "config": model.config.to_dict()},
                 "parameters": sum(p.numel() for p in model.parameters()),
+                "world_size": info.world_size,
                 "environment": environment(),
             },
         )
@@ -335,21 +388,25 @@ def train(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         t0 = time.perf_counter()
-        for step, idx in enumerate(
-            _batches(n_train, cfg.batch_size, torch.randperm(n_train, generator=gen))
-        ):
+        order = torch.randperm(n_train, generator=gen)
+        for step, idx in enumerate(order.split(cfg.batch_size)):
+            # Every rank draws the shifts of the whole global batch, then takes its share:
+            # the same examples and augmentation as one process at this batch size.
             x = random_shift(data.train_x[idx], cfg.max_shift, gen)
-            x, y = _to_input(x, device), data.train_y[idx].to(device)
-            out = model(x, y)
-            loss, _ = model.loss(out, x, y)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            loss_sum += loss.detach() * len(idx)
-            correct += (out.lengths.detach().argmax(1) == y).sum()
+            y = data.train_y[idx]
+            if info.enabled:
+                share = torch.arange(len(idx)).tensor_split(info.world_size)[info.rank]
+                x, y = x[share], y[share]
+            x, y = _to_input(x, device), y.to(device)
+            loss, n_correct = train_step(model, forward, optim, x, y, cfg.precision, scaler)
+            loss_sum += loss * len(y)
+            correct += n_correct
             bar.update(len(idx))
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+        if info.enabled:
+            dist.all_reduce(loss_sum)
+            dist.all_reduce(correct)
         bar.close()
         seconds = time.perf_counter() - t0
         train_seconds += seconds
@@ -363,21 +420,32 @@ def train(
         }
         if not math.isfinite(row["train_loss"]):
             raise ConfigError(f"training diverged at epoch {epoch} (loss {row['train_loss']})")
-        if len(data.val_y):
-            val = evaluate(model, data.val_x, data.val_y, 500, device, progress, "validation")
+        if len(data.val_y):  # every rank evaluates (identically), so all agree on the best
+            val = evaluate(
+                model, data.val_x, data.val_y, 500, device, progress, "validation", cfg.precision
+            )
             row |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
             is_best = val["accuracy"] > best_val
         else:
             is_best = True  # no validation split: the last epoch is the selected one
         history.append(row)
-        save_checkpoint(run / LAST, model, cfg.model, epoch=epoch)
         if is_best:
             best_val, best_epoch = row.get("val_accuracy", -1.0), epoch
-            save_checkpoint(run / BEST, model, cfg.model, epoch=epoch)
-        _write_history(run, history)
-        _save_train_state(
-            run, optim, gen, epoch=epoch, history=history, best_val=best_val, best_epoch=best_epoch
-        )
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if info.is_main:
+            save_checkpoint(run / LAST, model, cfg.model, epoch=epoch)
+            if is_best:
+                save_checkpoint(run / BEST, model, cfg.model, epoch=epoch)
+            _write_history(run, history)
+            _save_train_state(
+                run,
+                optim,
+                gen,
+                epoch=epoch,
+                history=history,
+                best_val=best_val,
+                best_epoch=best_epoch,
+            )
         log.info(
             "epoch %d: loss %.4f, train accuracy %.2f%%, val accuracy %s, %.0f images/s",
             epoch,
@@ -387,11 +455,11 @@ def train(
             row["train_images_per_second"],
         )
 
-    best = load_checkpoint(run / BEST, device)
+    model.load_state_dict(best_state)
     test_x, test_y = load_split(cfg.dataset, "test", cfg.data_dir)
     if cfg.test_limit is not None:
         test_x, test_y = test_x[: cfg.test_limit], test_y[: cfg.test_limit]
-    test = evaluate(best, test_x, test_y, 500, device, progress, "test")
+    test = evaluate(model, test_x, test_y, 500, device, progress, "test", cfg.precision)
     metrics = {
         "dataset": cfg.dataset,
         "model": cfg.model,
@@ -406,7 +474,11 @@ def train(
         "train_images_per_second": round(n_train * len(history) / train_seconds, 2),
         "train_seconds": round(train_seconds, 1),
         "device": str(device),
+        "world_size": info.world_size,
+        "precision": cfg.precision,
+        "compile": cfg.compile,
         **{k: v for k, v in environment().items() if k != "command"},
     }
-    write_json(run / "metrics.json", metrics)
+    if info.is_main:
+        write_json(run / "metrics.json", metrics)
     return metrics

@@ -1,0 +1,43 @@
+"""Side by side: capsnet's CapsNet against the plain implementation, in one process.
+
+    python benchmarks/compare_plain.py [--model capsnet-mnist] [--batch-size 100]
+        [--allocator tuned|default] [--csv benchmarks/results.csv]
+
+Alternates the two implementations (same weights, same inputs) so both see the same
+machine state, prints one JSON line each and appends them to the CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from benchmarks.plain import PlainCapsNet
+from capsnet import create_model
+from capsnet.allocator import keep_freed_memory
+from capsnet.bench import BenchConfig, append_csv, benchmark
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="capsnet-mnist")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=2, help="alternations of the two")
+    p.add_argument("--allocator", choices=["tuned", "default"], default="tuned")
+    p.add_argument("--csv", default="benchmarks/results.csv")
+    args = p.parse_args()
+    if args.allocator == "tuned":
+        keep_freed_memory()
+    cfg = BenchConfig(model=args.model, batch_size=args.batch_size, steps=args.steps)
+    for _ in range(args.rounds):
+        for impl in ("capsnet", "plain"):
+            net = create_model(args.model)
+            row = benchmark(cfg, PlainCapsNet(net) if impl == "plain" else net)
+            row["impl"] = impl
+            print(json.dumps(row))
+            append_csv(args.csv, row)
+
+
+if __name__ == "__main__":
+    main()

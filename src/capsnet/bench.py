@@ -1,0 +1,128 @@
+"""Throughput and memory of a model's training step and inference, on random inputs."""
+
+from __future__ import annotations
+
+import csv
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from capsnet.allocator import allocator_tuned
+from capsnet.models import check_model_name, create_model
+from capsnet.runtime import autocast, check_precision, grad_scaler, resolve_device
+from capsnet.train import environment, train_step
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str = "capsnet-mnist"
+    batch_size: int = 100
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    warmup: int = 2  # untimed steps (first calls, compilation)
+    steps: int = 10  # timed steps; the median is reported
+
+    def __post_init__(self) -> None:
+        check_model_name(self.model)
+        check_precision(self.precision)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(fn: Callable[[], Any], warmup: int, steps: int, device: torch.device):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kb / (2**20 if sys.platform == "darwin" else 2**10), "process_peak_rss"
+
+
+def benchmark(cfg: BenchConfig, model: nn.Module | None = None) -> dict[str, Any]:
+    """Median images/s of training steps (forward, loss, backward, Adam) and of inference.
+
+    ``model`` defaults to ``create_model(cfg.model)``; inputs are uniform noise of the
+    model's input shape with random labels, so no data set is needed.
+    """
+    device = resolve_device(cfg.device)
+    torch.manual_seed(0)
+    model = (model or create_model(cfg.model)).to(device)
+    c = model.config
+    x = torch.rand(cfg.batch_size, c.in_channels, *c.input_size, device=device)
+    y = torch.randint(0, c.num_classes, (cfg.batch_size,), device=device)
+    forward = torch.compile(model) if cfg.compile else model
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = grad_scaler(device, cfg.precision)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    model.train()
+    train_s = _median_seconds(
+        lambda: train_step(model, forward, optim, x, y, cfg.precision, scaler),
+        cfg.warmup,
+        cfg.steps,
+        device,
+    )
+    model.eval()
+
+    @torch.no_grad()
+    def infer() -> None:
+        with autocast(device, cfg.precision):
+            forward(x)
+
+    infer_s = _median_seconds(infer, cfg.warmup, cfg.steps, device)
+    peak_mb, memory_kind = _peak_memory_mb(device)
+    env = environment()
+    return {
+        **asdict(cfg),
+        "impl": "capsnet",
+        "allocator": "tuned" if allocator_tuned() else "default",
+        "device": str(device),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_images_per_second": round(cfg.batch_size / train_s, 2),
+        "infer_images_per_second": round(cfg.batch_size / infer_s, 2),
+        "peak_memory_mb": round(peak_mb, 1),
+        "memory_kind": memory_kind,
+        **{k: env[k] for k in ("device_name", "cpu_threads", "torch_version", "commit", "date")},
+    }
+
+
+CSV_FIELDS = (
+    "date", "commit", "device", "device_name", "cpu_threads", "torch_version", "impl",
+    "allocator", "model", "parameters", "batch_size", "precision", "compile",
+    "train_images_per_second", "infer_images_per_second", "peak_memory_mb", "memory_kind",
+)  # fmt: skip
+
+
+def append_csv(path: str | Path, row: dict[str, Any]) -> None:
+    """Append ``row`` (the CSV_FIELDS of a benchmark result) to a CSV file."""
+    path = Path(path)
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)

@@ -1,0 +1,54 @@
+"""capsnet's fast paths against the plain implementation in benchmarks/plain.py."""
+
+import json
+
+import pytest
+import torch
+from benchmarks.plain import PlainCapsNet
+
+from capsnet import CapsNet, CapsNetConfig
+from capsnet.cli import main
+
+CFG = CapsNetConfig(conv1_channels=16, primary_types=8, decoder_hidden=(32, 64))
+
+
+def _outputs_and_grads(model: torch.nn.Module, net: CapsNet, x, y):
+    net.zero_grad()
+    out = model(x, y)
+    loss, _ = net.loss(out, x, y)
+    loss.backward()
+    return out, {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+def test_fast_and_plain_paths_agree_in_fp32():
+    net = CapsNet(CFG)
+    x, y = torch.rand(6, 1, 28, 28), torch.arange(6)
+    fast, g_fast = _outputs_and_grads(net, net, x, y)
+    plain, g_plain = _outputs_and_grads(PlainCapsNet(net), net, x, y)
+    for a, b in zip(fast, plain, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for name in g_fast:
+        torch.testing.assert_close(g_fast[name], g_plain[name], atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_autocast_stays_close_to_fp32():
+    # Tolerance: bf16 keeps 8 bits of mantissa (relative error ~4e-3 per op); the
+    # convolutions run in bf16, routing accumulates in fp32. Lengths agree to 0.03.
+    net = CapsNet(CFG).eval()
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        ref = net(x).lengths
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = net(x).lengths
+    assert low.dtype == torch.float32 or low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, atol=3e-2, rtol=0)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_bench_json_has_the_fields(precision, capsys):
+    argv = ["bench", "--model", "capsnet-small", "--batch-size", "4", "--steps", "1"]
+    assert main([*argv, "--warmup", "0", "--precision", precision, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    for key in ("train_images_per_second", "infer_images_per_second", "peak_memory_mb"):
+        assert r[key] > 0, key
+    assert r["precision"] == precision and r["device"] == "cpu" and r["torch_version"]
