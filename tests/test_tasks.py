@@ -45,6 +45,8 @@ def test_two_digit_loss_reconstructs_each_digit_alone_and_sums():
 def test_dataset_options_and_test_only_sets_are_checked():
     with pytest.raises(ConfigError, match="unknown option"):
         check_dataset("multimnist", {"shfit": 2})
+    with pytest.raises(ConfigError, match="bad option"):
+        check_dataset("multimnist", {"shift": "two"})
     with pytest.raises(ConfigError, match="test set only"):
         TrainConfig(dataset="affnist-generated")
     with pytest.raises(ConfigError, match="unknown dataset"):

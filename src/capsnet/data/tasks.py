@@ -191,7 +191,10 @@ def dataset_options(name: str, options: Mapping[str, Any] | None = None) -> Any:
     if unknown:
         allowed = ", ".join(sorted(known)) or "none"
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} for '{name}' (known: {allowed})")
-    return cls(**(options or {}))
+    try:
+        return cls(**(options or {}))
+    except TypeError as e:  # e.g. a string where a number belongs
+        raise ConfigError(f"bad option for '{name}': {e}") from None
 
 
 def check_dataset(name: str, options: Mapping[str, Any] | None = None, train: bool = False):
