@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from capsnet.baseline import BaselineCNN, BaselineConfig  # noqa: E402
 from capsnet.checkpoint import load_run  # noqa: E402
 from capsnet.losses import margin_loss, reconstruction_loss  # noqa: E402
 from capsnet.models import (  # noqa: E402
@@ -15,6 +16,8 @@ from capsnet.models import (  # noqa: E402
 from capsnet.routing import capsule_lengths, dynamic_routing, squash  # noqa: E402
 
 __all__ = [
+    "BaselineCNN",
+    "BaselineConfig",
     "CapsNet",
     "CapsNetConfig",
     "CapsNetOutput",

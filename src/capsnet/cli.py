@@ -36,7 +36,25 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got '{text}'")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset-option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of the dataset itself, e.g. shift=3 for multimnist (repeatable)",
+    )
     p.add_argument("--data-dir", help="directory holding the IDX files (or <name>/ below it)")
     p.add_argument("--test-limit", type=_positive, help="evaluate on the first N test images")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -44,6 +62,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     from capsnet.data import DATASETS
+    from capsnet.data.tasks import TASKS
+    from capsnet.experiments import ROW_NAMES, SIZES
     from capsnet.models import list_models
     from capsnet.runtime import PRECISIONS
 
@@ -52,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model and test the validation-selected checkpoint")
-    t.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    t.add_argument("--dataset", choices=sorted(TASKS), default="mnist")
     t.add_argument("--out", required=True, type=Path, help="run directory to write")
     t.add_argument("--model", default="capsnet-mnist", help=f"one of {', '.join(list_models())}")
     t.add_argument("--epochs", type=_positive, default=10)
@@ -73,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="test a trained run; writes RUN_DIR/eval.json")
     e.add_argument("run_dir", type=Path)
-    e.add_argument("--dataset", choices=sorted(DATASETS), help="default: the run's dataset")
+    e.add_argument("--dataset", choices=sorted(TASKS), help="default: the run's dataset")
     e.add_argument("--batch-size", type=_positive, default=500)
     _add_data_args(e)
 
@@ -92,15 +112,46 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("dataset", choices=sorted(DATASETS))
     d.add_argument("--data-dir")
     d.add_argument("--no-download", action="store_true")
+
+    f = sub.add_parser("figures", help="draw a run's figures (paper Figs. 3-5, routing, curves)")
+    f.add_argument("run_dir", type=Path)
+    f.add_argument("--out", type=Path, help="directory for the PNG files (default: RUN_DIR)")
+    f.add_argument("--data-dir", help="where the run's dataset is (default: as in training)")
+    f.add_argument("--device", default="cpu")
+
+    m = sub.add_parser("multimnist", help="MultiMNIST sets (train with --dataset multimnist)")
+    msub = m.add_subparsers(dest="action", required=True, metavar="ACTION")
+    mk = msub.add_parser("make", help="write a fixed, seeded MultiMNIST set to .npz")
+    mk.add_argument("--out", required=True, type=Path, help=".npz file to write")
+    mk.add_argument("--split", choices=["train", "test"], default="test")
+    mk.add_argument("--pairs-per-digit", type=_positive, default=1)
+    mk.add_argument("--pad", type=_non_negative, default=4, help="canvas border, pixels")
+    mk.add_argument("--shift", type=_non_negative, default=4, help="max shift per digit")
+    mk.add_argument("--limit", type=_positive, help="use the first N digits of the split")
+    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--data-dir")
+    mk.add_argument("--overwrite", action="store_true")
+
+    x = sub.add_parser("experiment", help="the paper's experiments")
+    xsub = x.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    t1 = xsub.add_parser("table1", help="baseline vs CapsNet ablation, N seeds per row")
+    t1.add_argument("--out", type=Path, default=Path("results"), help="default: results/")
+    t1.add_argument("--dataset", choices=["mnist", "multimnist", "fashion-mnist"], default="mnist")
+    t1.add_argument("--size", choices=sorted(SIZES), default="paper", help="model sizes")
+    t1.add_argument("--rows", nargs="+", choices=ROW_NAMES, default=list(ROW_NAMES))
+    t1.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    t1.add_argument("--epochs", type=_positive, default=10)
+    t1.add_argument("--batch-size", type=_positive, default=100)
+    t1.add_argument("--train-limit", type=_positive)
+    t1.add_argument("--val-size", type=_non_negative, default=5000)
+    _add_data_args(t1)
     return parser
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from capsnet.checkpoint import load_run
-    from capsnet.data import get_spec, load_split
-    from capsnet.runtime import distributed_from_env
+    from capsnet.runtime import distributed_from_env, resolve_device
     from capsnet.train import TrainConfig, train
-    from capsnet.viz import save_reconstructions
+    from capsnet.viz import save_figures
 
     overrides: dict[str, object] = {}
     if args.routing_iterations is not None:
@@ -109,6 +160,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         overrides["reconstruction"] = False
     cfg = TrainConfig(
         dataset=args.dataset,
+        dataset_options=dict(args.dataset_option),
         data_dir=args.data_dir,
         model=args.model,
         model_overrides=overrides,
@@ -128,16 +180,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     m = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=_progress())
     if not distributed_from_env().is_main:
         return  # under torchrun, rank 0 reports
-    model, config = load_run(args.out)
-    if getattr(config, "reconstruction", False):
-        x, y = load_split(m["dataset"], "test", args.data_dir)
-        png = save_reconstructions(
-            model,
-            x[:10].float() / 255,
-            y[:10],
-            args.out / "reconstructions.png",
-            get_spec(m["dataset"]).class_names,
-        )
+    for png in save_figures(args.out, data_dir=args.data_dir, device=resolve_device(args.device)):
         log.info("wrote %s", png)
     print(
         f"test accuracy {m['test_accuracy']:.4%} (error {m['test_error']:.2%}) on "
@@ -148,16 +191,20 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from capsnet.checkpoint import load_run, read_json, write_json
-    from capsnet.data import load_split
+    from capsnet.data.tasks import load_test
     from capsnet.runtime import resolve_device
     from capsnet.train import environment, evaluate
 
     if not args.run_dir.is_dir():
         raise ConfigError(f"{args.run_dir}: not a run directory")
-    dataset = args.dataset or read_json(args.run_dir / "config.json")["train"]["dataset"]
+    trained = read_json(args.run_dir / "config.json")["train"]
+    dataset = args.dataset or trained["dataset"]
+    options = dict(args.dataset_option)
+    if dataset == trained["dataset"]:  # its own test set: as made in training, unless told
+        options = {**trained.get("dataset_options", {}), **options}
     device = resolve_device(args.device)
     model, config = load_run(args.run_dir, device)
-    x, y = load_split(dataset, "test", args.data_dir)
+    x, y = load_test(dataset, args.data_dir, options=options)
     if x.shape[1:] != (config.in_channels, *config.input_size):
         raise ConfigError(
             f"{dataset} images are {tuple(x.shape[1:])} but the model expects "
@@ -174,7 +221,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         "test_examples": len(y),
         **environment(),
     }
-    write_json(args.run_dir / "eval.json", result)
+    name = "eval.json" if dataset == trained["dataset"] else f"eval-{dataset}.json"
+    write_json(args.run_dir / name, result)
     print(f"test accuracy {r['accuracy']:.4%} (error {r['error']:.2%}) on {len(y)} images")
 
 
@@ -206,6 +254,61 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_figures(args: argparse.Namespace) -> None:
+    from capsnet.runtime import resolve_device
+    from capsnet.viz import save_figures
+
+    for png in save_figures(args.run_dir, args.out, args.data_dir, resolve_device(args.device)):
+        print(png)
+
+
+def _cmd_multimnist(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from capsnet.checkpoint import atomic_write
+    from capsnet.data import MultiMNISTConfig, load_split
+    from capsnet.data.multimnist import fixed_pairs
+
+    if args.out.exists() and not args.overwrite:
+        raise ConfigError(f"{args.out}: exists; use --overwrite or another --out")
+    images, labels = load_split("mnist", args.split, args.data_dir)
+    if args.limit is not None:
+        images, labels = images[: args.limit], labels[: args.limit]
+    cfg = MultiMNISTConfig(pad=args.pad, shift=args.shift)
+    x, t = fixed_pairs(images, labels, args.pairs_per_digit, cfg, args.seed)
+
+    def write(p: Path) -> None:
+        with p.open("wb") as f:  # a file object: np.savez would append ".npz" to a path
+            np.savez_compressed(
+                f,
+                images=x[:, 0].numpy(),  # (N, H, W) uint8 overlays
+                labels=t.labels.numpy(),  # (N, 2) int64
+                sources=t.images[:, :, 0].numpy(),  # (N, 2, H, W) uint8, each digit alone
+            )
+
+    atomic_write(args.out, write)
+    print(f"{len(x)} MultiMNIST images of {x.shape[-2]}×{x.shape[-1]} written to {args.out}")
+
+
+def _cmd_experiment(args: argparse.Namespace) -> None:
+    from capsnet.experiments import Table1Config, run_table1
+    from capsnet.train import TrainConfig
+
+    train = TrainConfig(
+        dataset=args.dataset,
+        dataset_options=dict(args.dataset_option),
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        train_limit=args.train_limit,
+        val_size=args.val_size,
+        test_limit=args.test_limit,
+        device=args.device,
+    )
+    cfg = Table1Config(train=train, seeds=tuple(args.seeds), rows=tuple(args.rows), size=args.size)
+    print(run_table1(cfg, args.out, progress=_progress()))
+
+
 def _cmd_data(args: argparse.Namespace) -> None:
     from capsnet.data import find_dataset
 
@@ -227,6 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": _cmd_evaluate,
         "bench": _cmd_bench,
         "data": _cmd_data,
+        "figures": _cmd_figures,
+        "multimnist": _cmd_multimnist,
+        "experiment": _cmd_experiment,
     }
     try:
         commands[args.command](args)

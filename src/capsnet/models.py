@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from capsnet.data.multimnist import OverlayTargets
 from capsnet.errors import ConfigError
 from capsnet.layers import Decoder, PrimaryCaps, RoutingCaps
 from capsnet.losses import capsnet_loss
@@ -118,8 +119,9 @@ class CapsNet(nn.Module):
             else None
         )
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> CapsNetOutput:
-        """x: images (B, C, H, W) in [0, 1]; y: labels (B,) or multi-hot (B, K) or None.
+    def forward(self, x: Tensor, y: Tensor | OverlayTargets | None = None) -> CapsNetOutput:
+        """x: images (B, C, H, W) in [0, 1]; y: labels (B,), multi-hot (B, K), OverlayTargets
+        or None.
 
         The decoder sees the capsule(s) of ``y`` when given, else of the longest capsule.
         """
@@ -131,14 +133,22 @@ class CapsNet(nn.Module):
             recon = self.decoder(v * self._mask(lengths, y).unsqueeze(-1))
         return CapsNetOutput(lengths, v, recon, c)
 
-    def loss(self, out: CapsNetOutput, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(
+        self, out: CapsNetOutput, x: Tensor, y: Tensor | OverlayTargets
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Training loss: margin loss + ``reconstruction_weight`` · reconstruction SSE.
 
+        With OverlayTargets (MultiMNIST, §6) every digit has a positive margin target and is
+        reconstructed alone from its own capsule; the squared errors are summed over them.
         Every registered model has ``loss(out, x, y)``; the trainer calls nothing else.
         """
-        return capsnet_loss(
-            out.lengths, out.reconstructions, x, y, self.config.reconstruction_weight
-        )
+        w = self.config.reconstruction_weight
+        if not isinstance(y, OverlayTargets):
+            return capsnet_loss(out.lengths, out.reconstructions, x, y, w)
+        recon = None
+        if self.decoder is not None and w != 0:
+            recon = self.decode_classes(out.poses, y.labels)  # (B, L, C, H, W)
+        return capsnet_loss(out.lengths, recon, y.images, y.multi_hot(self.config.num_classes), w)
 
     def decode(self, poses: Tensor, mask: Tensor) -> Tensor:
         """Decode class capsules (B, K, D) with a (B, K) mask of the capsules to keep."""
@@ -146,10 +156,19 @@ class CapsNet(nn.Module):
             raise ConfigError("this model has no decoder (reconstruction=False)")
         return self.decoder(poses * mask.unsqueeze(-1))
 
+    def decode_classes(self, poses: Tensor, classes: Tensor) -> Tensor:
+        """Decode each listed class capsule alone: poses (B, K, D), classes (B, L) int →
+        images (B, L, C, H, W)."""
+        masks = F.one_hot(classes, poses.shape[1]).to(poses.dtype)  # (B, L, K)
+        repeated = poses.unsqueeze(1).expand(-1, classes.shape[1], -1, -1)  # (B, L, K, D)
+        return self.decode(repeated.flatten(0, 1), masks.flatten(0, 1)).unflatten(0, classes.shape)
+
     def _mask(self, lengths: Tensor, y: Tensor | None) -> Tensor:
         k = lengths.shape[1]
         if y is None:
             return F.one_hot(lengths.argmax(1), k).to(lengths.dtype)
+        if isinstance(y, OverlayTargets):
+            return y.multi_hot(k).to(lengths.dtype)
         if y.dim() == 1:
             return F.one_hot(y.long(), k).to(lengths.dtype)
         return y.to(lengths.dtype)
@@ -184,9 +203,10 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     return _REGISTRY[name](**overrides)
 
 
-def _capsnet(base: CapsNetConfig, overrides: dict[str, Any]) -> CapsNet:
+def build(model_cls: Callable[[Any], nn.Module], base: Any, overrides: dict[str, Any]) -> Any:
+    """``model_cls(base config with overrides)``; ConfigError for an unknown field."""
     try:
-        return CapsNet(dataclasses.replace(base, **overrides))
+        return model_cls(dataclasses.replace(base, **overrides))
     except TypeError as e:  # unknown field
         raise ConfigError(f"bad model override: {e}") from None
 
@@ -198,13 +218,13 @@ SMALL = CapsNetConfig(conv1_channels=64, primary_types=16, decoder_hidden=(256, 
 @register_model("capsnet-mnist")
 def capsnet_mnist(**overrides: Any) -> CapsNet:
     """The paper's network: 8,215,568 parameters on 28×28 inputs with 10 classes."""
-    return _capsnet(PAPER, overrides)
+    return build(CapsNet, PAPER, overrides)
 
 
 @register_model("capsnet-small")
 def capsnet_small(**overrides: Any) -> CapsNet:
     """A CPU-sized CapsNet: 64 conv1 channels, 16 primary capsule types, smaller decoder."""
-    return _capsnet(SMALL, overrides)
+    return build(CapsNet, SMALL, overrides)
 
 
 __all__ = [

@@ -32,7 +32,8 @@ from capsnet.checkpoint import (
     save_checkpoint,
     write_json,
 )
-from capsnet.data import get_spec, load_split, random_shift, train_val_split
+from capsnet.data.multimnist import OverlayTargets
+from capsnet.data.tasks import Targets, check_dataset, dataset_spec, load_test, load_train
 from capsnet.errors import CheckpointError, ConfigError
 from capsnet.models import check_model_name, create_model
 from capsnet.runtime import (
@@ -56,6 +57,7 @@ class TrainConfig:
     """Everything a training run needs besides the model's own config."""
 
     dataset: str = "mnist"
+    dataset_options: dict[str, Any] = field(default_factory=dict)  # see capsnet.data.tasks
     data_dir: str | None = None
     model: str = "capsnet-mnist"
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -81,7 +83,7 @@ class TrainConfig:
         if self.val_size < 0 or self.max_shift < 0:
             raise ConfigError("val_size and max_shift must be ≥ 0")
         check_precision(self.precision)
-        get_spec(self.dataset)  # fail fast on unknown names, before loading any data
+        check_dataset(self.dataset, self.dataset_options, train=True)  # before loading data
         check_model_name(self.model)
 
 
@@ -107,18 +109,32 @@ def _to_input(images: Tensor, device: torch.device) -> Tensor:
     return images.to(device, non_blocking=True).float().div_(255.0)
 
 
+def num_correct(lengths: Tensor, y: Targets) -> Tensor:
+    """Correct predictions in a batch of class scores (B, K).
+
+    One label per image: the longest capsule (highest score) is the label. L labels per
+    image (OverlayTargets, MultiMNIST): the L longest capsules are exactly the L labels.
+    """
+    if not isinstance(y, OverlayTargets):
+        return (lengths.argmax(1) == y).sum()
+    k = y.labels.shape[1]
+    top = lengths.topk(k, dim=1).indices.sort(1).values  # (B, L)
+    return (top == y.labels.sort(1).values).all(1).sum()
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
     images: Tensor,
-    labels: Tensor,
+    labels: Targets,
     batch_size: int = 500,
     device: torch.device | str = "cpu",
     progress: ProgressFactory = _NoProgress,
     desc: str = "eval",
     precision: str = "fp32",
 ) -> dict[str, float]:
-    """Accuracy and mean loss of ``model`` on uint8 images (N, C, H, W) with labels (N,)."""
+    """Accuracy and mean loss of ``model`` on uint8 images (N, C, H, W) with labels (N,)
+    or OverlayTargets (see num_correct)."""
     device = torch.device(device)
     model.eval()
     correct, loss_sum, n = 0, 0.0, len(labels)
@@ -128,7 +144,7 @@ def evaluate(
         with autocast(device, precision):
             out = model(x)
             loss, _ = model.loss(out, x, y)
-        correct += int((out.lengths.argmax(1) == y).sum())
+        correct += int(num_correct(out.lengths, y))
         loss_sum += float(loss) * len(idx)
         bar.update(len(idx))
     bar.close()
@@ -232,24 +248,6 @@ def _write_history(run: Path, history: list[dict[str, Any]]) -> None:
 # --- the training loop -----------------------------------------------------------------
 
 
-@dataclass
-class _Data:
-    train_x: Tensor
-    train_y: Tensor
-    val_x: Tensor
-    val_y: Tensor
-
-
-def _load_train_val(cfg: TrainConfig) -> _Data:
-    images, labels = load_split(cfg.dataset, "train", cfg.data_dir)
-    if cfg.val_size >= len(labels):
-        raise ConfigError(f"--val-size {cfg.val_size} leaves no training data ({len(labels)})")
-    train_idx, val_idx = train_val_split(len(labels), cfg.val_size, seed=0)
-    if cfg.train_limit is not None:
-        train_idx = train_idx[: cfg.train_limit]
-    return _Data(images[train_idx], labels[train_idx], images[val_idx], labels[val_idx])
-
-
 def build_model(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The registered model with its input shape and class count taken from the data."""
     c, h, w = image_shape
@@ -299,7 +297,7 @@ def train_step(
     else:
         loss.backward()
         optim.step()
-    return loss.detach(), (out.lengths.detach().argmax(1) == y).sum()
+    return loss.detach(), num_correct(out.lengths.detach(), y)
 
 
 def train(
@@ -342,9 +340,16 @@ def _train(
 ) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    data = _load_train_val(cfg)
-    spec = get_spec(cfg.dataset)
-    model = build_model(cfg, tuple(data.train_x.shape[1:]), spec.num_classes).to(device)
+    data = load_train(
+        cfg.dataset,
+        cfg.data_dir,
+        val_size=cfg.val_size,
+        train_limit=cfg.train_limit,
+        max_shift=cfg.max_shift,
+        options=cfg.dataset_options,
+    )
+    num_classes = dataset_spec(cfg.dataset).num_classes
+    model = build_model(cfg, data.image_shape, num_classes).to(device)
     optim = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scaler = grad_scaler(device, cfg.precision)
     forward: Callable[..., Any] = model
@@ -376,7 +381,7 @@ def _train(
                 "environment": environment(),
             },
         )
-    n_train = len(data.train_y)
+    n_train = data.size
     train_seconds = sum(h["train_seconds"] for h in history)
 
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -388,20 +393,18 @@ def _train(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         t0 = time.perf_counter()
-        order = torch.randperm(n_train, generator=gen)
-        for step, idx in enumerate(order.split(cfg.batch_size)):
-            # Every rank draws the shifts of the whole global batch, then takes its share:
-            # the same examples and augmentation as one process at this batch size.
-            x = random_shift(data.train_x[idx], cfg.max_shift, gen)
-            y = data.train_y[idx]
+        for step, (x, y) in enumerate(data.batches(cfg.batch_size, gen)):
+            # Every rank makes the whole global batch (the same examples and augmentation
+            # as one process at this batch size), then trains on its share of it.
+            n = len(x)
             if info.enabled:
-                share = torch.arange(len(idx)).tensor_split(info.world_size)[info.rank]
+                share = torch.arange(n).tensor_split(info.world_size)[info.rank]
                 x, y = x[share], y[share]
             x, y = _to_input(x, device), y.to(device)
             loss, n_correct = train_step(model, forward, optim, x, y, cfg.precision, scaler)
-            loss_sum += loss * len(y)
+            loss_sum += loss * len(x)
             correct += n_correct
-            bar.update(len(idx))
+            bar.update(n)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         if info.enabled:
@@ -456,9 +459,9 @@ def _train(
         )
 
     model.load_state_dict(best_state)
-    test_x, test_y = load_split(cfg.dataset, "test", cfg.data_dir)
-    if cfg.test_limit is not None:
-        test_x, test_y = test_x[: cfg.test_limit], test_y[: cfg.test_limit]
+    test_x, test_y = load_test(
+        cfg.dataset, cfg.data_dir, limit=cfg.test_limit, options=cfg.dataset_options
+    )
     test = evaluate(model, test_x, test_y, 500, device, progress, "test", cfg.precision)
     metrics = {
         "dataset": cfg.dataset,

@@ -1,20 +1,69 @@
-"""Pictures of what a trained CapsNet does (matplotlib, headless)."""
+"""Pictures of what a trained CapsNet does (matplotlib, headless): the paper's figures.
+
+``save_figures(run_dir)`` draws every figure a run supports: ``training.png`` (curves),
+``coupling.png`` (routing), and with a decoder ``reconstructions.png`` (Fig. 3) or, for
+MultiMNIST, ``multimnist.png`` (Fig. 5), and ``perturbation.png`` (Fig. 4).
+"""
 
 from __future__ import annotations
 
+import csv
+import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from capsnet.checkpoint import atomic_write
+from capsnet.checkpoint import atomic_write, load_run, read_json
+from capsnet.data.multimnist import OverlayTargets
+from capsnet.data.tasks import dataset_spec, load_test
+from capsnet.errors import CheckpointError
+from capsnet.models import CapsNet
+
+log = logging.getLogger(__name__)
+
+PERTURBATIONS = torch.linspace(-0.25, 0.25, 11)  # Fig. 4: −0.25 … +0.25 in steps of 0.05
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=100, format="png"))
+    _pyplot().close(fig)
+    return path
 
 
 def _image(x: Tensor) -> np.ndarray:
     """(C, H, W) in [0, 1] → (H, W) or (H, W, C) array for imshow."""
     return (x[0] if x.shape[0] == 1 else x.permute(1, 2, 0)).numpy()
+
+
+def _montage(images: Tensor) -> np.ndarray:
+    """Tile (R, S, C, H, W) into one (R·H, S·W) image (or (R·H, S·W, C) if C > 1)."""
+    r, s, c, h, w = images.shape
+    grid = images.permute(0, 3, 1, 4, 2).reshape(r * h, s * w, c)  # rows of tiles
+    return (grid[..., 0] if c == 1 else grid).float().cpu().numpy()
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _names(class_names: Sequence[str] | None) -> Any:
+    return (lambda k: class_names[k]) if class_names else str
 
 
 @torch.no_grad()
@@ -30,20 +79,15 @@ def save_reconstructions(
     ``images``: (N, C, H, W) floats in [0, 1]; titles give the true and predicted class,
     failures in red (cf. the paper's Fig. 3).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     model.eval()
-    device = next(model.parameters()).device
-    out = model(images.to(device))
+    out = model(images.to(_device(model)))
     if out.reconstructions is None:
         raise ValueError("the model has no decoder (trained with --no-reconstruction)")
     preds = out.lengths.argmax(1).cpu()
     recon = out.reconstructions.float().cpu()
     n = len(images)
-    name = (lambda k: class_names[k]) if class_names else str
+    name = _names(class_names)
     fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3), squeeze=False)
     cmap = "gray" if images.shape[1] == 1 else None
     for i in range(n):
@@ -55,7 +99,213 @@ def save_reconstructions(
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda p: fig.savefig(p, dpi=100, format="png"))
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def perturbed_reconstructions(
+    model: CapsNet, images: Tensor, deltas: Tensor = PERTURBATIONS
+) -> Tensor:
+    """Fig. 4: decode the winning capsule with each dimension tweaked by each delta.
+
+    ``images`` (N, C, H, W) in [0, 1] → (N, D, T, C, H, W) for D capsule dimensions and
+    T deltas, all decoded in one forward.
+    """
+    model.eval()
+    out = model(images.to(_device(model)))
+    n, k, d = out.poses.shape
+    onehot = F.one_hot(out.lengths.argmax(1), k).to(out.poses.dtype)  # (N, K)
+    winner = (out.poses * onehot.unsqueeze(-1)).sum(1)  # (N, D)
+    tweak = torch.eye(d).unsqueeze(1) * deltas.view(1, -1, 1)  # (D, T, D): dim i += delta t
+    tweaked = winner.view(n, 1, 1, d) + tweak.to(winner)  # (N, D, T, D)
+    poses = onehot.view(n, 1, 1, k, 1) * tweaked.unsqueeze(3)  # (N, D, T, K, D)
+    masks = onehot.view(n, 1, 1, k).expand(n, d, len(deltas), k)  # (N, D, T, K)
+    recon = model.decode(poses.flatten(0, 2), masks.flatten(0, 2))  # (N·D·T, C, H, W)
+    return recon.view(n, d, len(deltas), *recon.shape[1:]).cpu()
+
+
+def save_perturbations(model: CapsNet, images: Tensor, path: str | Path) -> Path:
+    """One panel per input: rows are the capsule's dimensions, columns the tweaks."""
+    plt = _pyplot()
+    recon = perturbed_reconstructions(model, images)  # (N, D, T, C, H, W)
+    n, d, t = recon.shape[:3]
+    fig, axes = plt.subplots(1, n, figsize=(0.35 * t * n + 1, 0.35 * d + 1), squeeze=False)
+    h, w = recon.shape[-2:]
+    for i, ax in enumerate(axes[0]):
+        ax.imshow(_montage(recon[i]), cmap="gray", vmin=0, vmax=1)
+        ax.set_yticks([(j + 0.5) * h for j in range(d)], [str(j) for j in range(d)], fontsize=6)
+        ax.set_xticks(
+            [(j + 0.5) * w for j in range(t)], [f"{v:+.2f}" for v in PERTURBATIONS], fontsize=5
+        )
+        ax.tick_params(axis="x", rotation=90)
+        ax.set_ylabel("capsule dimension", fontsize=7)
+    fig.suptitle("winning capsule, one dimension tweaked by −0.25 … +0.25", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def save_coupling(
+    model: CapsNet, image: Tensor, path: str | Path, class_names: Sequence[str] | None = None
+) -> Path:
+    """Coupling coefficients c_ij of every primary capsule i to the predicted class j.
+
+    ``image`` (C, H, W) in [0, 1]. Shown next to the input: their mean over the capsule
+    types on the primary grid, and one map per type (white where a type is absent).
+    """
+    plt = _pyplot()
+    model.eval()
+    out = model(image.unsqueeze(0).to(_device(model)))
+    k = out.lengths.shape[1]
+    pred = int(out.lengths.argmax(1))
+    types, (gh, gw) = model.config.primary_types, model.config.primary_grid
+    c = out.coupling.view(types, gh, gw, k)[..., pred].float().cpu()  # (types, H', W')
+    cols = min(8, types)
+    rows = math.ceil(types / cols)
+    tiles = torch.full((rows * cols, 1, gh, gw), float("nan"))
+    tiles[:types, 0] = c
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), width_ratios=(1, 1, 2.2))
+    cmap = "gray" if image.shape[0] == 1 else None
+    axes[0].imshow(_image(image.cpu()), cmap=cmap, vmin=0, vmax=1)
+    axes[0].set_title(f"input, predicted {_names(class_names)(pred)}", fontsize=8)
+    vmax = float(c.max())
+    axes[1].imshow(c.mean(0).numpy(), cmap="viridis", vmin=0, vmax=vmax)
+    axes[1].set_title(f"mean over the {types} capsule types", fontsize=8)
+    im = axes[2].imshow(
+        _montage(tiles.view(rows, cols, 1, gh, gw)), cmap="viridis", vmin=0, vmax=vmax
+    )
+    axes[2].set_title(f"each type ({gh}×{gw} grid); uniform coupling = 1/{k}", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes[2], fraction=0.03, label=f"c_ij to class {pred}")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def save_multimnist(
+    model: CapsNet, images: Tensor, targets: OverlayTargets, path: str | Path
+) -> Path:
+    """Fig. 5: overlaid digits (top) and the two longest capsules decoded one at a time
+    (bottom, the longer in red, the other in green); wrong pairs titled in red."""
+    plt = _pyplot()
+    model.eval()
+    out = model(images.to(_device(model)))
+    top = out.lengths.topk(2, dim=1).indices  # (N, 2)
+    recon = model.decode_classes(out.poses, top)[:, :, 0].float().cpu()  # (N, 2, H, W)
+    rgb = torch.stack([recon[:, 0], recon[:, 1], torch.zeros_like(recon[:, 0])], -1)
+    top, truth = top.cpu(), targets.labels.cpu()
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3), squeeze=False)
+    for i in range(n):
+        ok = set(top[i].tolist()) == set(truth[i].tolist())
+        axes[0, i].imshow(images[i, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[0, i].set_title("true {},{}".format(*truth[i].tolist()), fontsize=7)
+        axes[1, i].imshow(rgb[i].clamp(0, 1).numpy())
+        axes[1, i].set_title(
+            "pred {},{}".format(*top[i].tolist()), fontsize=7, color="k" if ok else "r"
+        )
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_training_curves(run_dir: str | Path, path: str | Path) -> Path:
+    """Loss and error per epoch from ``history.csv``; the test error of the selected
+    epoch from ``metrics.json`` as a point, if the run has finished."""
+    plt = _pyplot()
+    run = Path(run_dir)
+    try:
+        with (run / "history.csv").open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise CheckpointError(f"{run / 'history.csv'}: cannot read ({e.strerror or e})") from None
+    if not rows:
+        raise CheckpointError(f"{run / 'history.csv'}: no epochs recorded")
+
+    def column(name: str) -> list[float]:
+        return [float(r[name]) if r.get(name) else float("nan") for r in rows]
+
+    epochs = column("epoch")
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax_loss.plot(epochs, column("train_loss"), "o-", label="train")
+    ax_loss.plot(epochs, column("val_loss"), "s-", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_err.plot(epochs, [100 * (1 - a) for a in column("train_accuracy")], "o-", label="train")
+    ax_err.plot(epochs, [100 * (1 - a) for a in column("val_accuracy")], "s-", label="validation")
+    if (run / "metrics.json").is_file():
+        m = read_json(run / "metrics.json")
+        ax_err.plot(
+            [m["best_epoch"]], [100 * m["test_error"]], "r*", ms=12, label="test (selected epoch)"
+        )
+    ax_err.set(xlabel="epoch", ylabel="error (%)", title="error")
+    for ax in (ax_loss, ax_err):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def _with_failures(
+    model: nn.Module, x: Tensor, y: Tensor, first: int = 8, failures: int = 4
+) -> Tensor:
+    """Indices of the first ``first`` examples and of up to ``failures`` misclassified ones."""
+    device = _device(model)
+    preds = torch.cat([model(b.to(device)).lengths.argmax(1).cpu() for b in x.split(100)])
+    wrong = torch.nonzero(preds != y).flatten()
+    wrong = wrong[wrong >= first][:failures]
+    return torch.cat([torch.arange(min(first, len(y))), wrong])
+
+
+def save_figures(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    examples: int = 300,
+) -> list[Path]:
+    """Every figure the run supports, into ``out_dir`` (default: the run directory).
+
+    Uses the first ``examples`` test examples of the run's dataset (failures for Fig. 3
+    are searched among them). Models without a decoder get no reconstruction figures, and
+    models that are not CapsNets only the training curves.
+    """
+    run = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run
+    model, _ = load_run(run, device)
+    paths = [save_training_curves(run, out / "training.png")]
+    if not isinstance(model, CapsNet):
+        log.info("%s: not a CapsNet, so only the training curves", run)
+        return paths
+    train = read_json(run / "config.json")["train"]
+    name = train["dataset"]
+    x, y = load_test(
+        name, data_dir or train["data_dir"], limit=examples, options=train.get("dataset_options")
+    )
+    x = x.float() / 255
+    class_names = dataset_spec(name).class_names
+    paths.append(save_coupling(model, x[0], out / "coupling.png", class_names))
+    if model.decoder is None:
+        log.info("%s: no decoder (trained with --no-reconstruction): no reconstructions", run)
+        return paths
+    if isinstance(y, OverlayTargets):
+        paths.append(save_multimnist(model, x[:10], y[:10], out / "multimnist.png"))
+    else:
+        idx = _with_failures(model, x, y)
+        path = out / "reconstructions.png"
+        paths.append(save_reconstructions(model, x[idx], y[idx], path, class_names))
+    paths.append(save_perturbations(model, x[:3], out / "perturbation.png"))
+    return paths
+
+
+__all__ = [
+    "perturbed_reconstructions",
+    "save_coupling",
+    "save_figures",
+    "save_multimnist",
+    "save_perturbations",
+    "save_reconstructions",
+    "save_training_curves",
+]

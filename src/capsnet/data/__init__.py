@@ -1,4 +1,4 @@
-"""Datasets (MNIST, Fashion-MNIST) from IDX files, index splits and shift augmentation."""
+"""Datasets (MNIST, Fashion-MNIST) from IDX files, splits, augmentation, MultiMNIST, affNIST."""
 
 from capsnet.data.datasets import (
     DATASETS,
@@ -10,11 +10,14 @@ from capsnet.data.datasets import (
     search_path,
 )
 from capsnet.data.idx import read_idx
+from capsnet.data.multimnist import MultiMNISTConfig, OverlayTargets
 from capsnet.data.transforms import random_shift, shift_images, train_val_split
 
 __all__ = [
     "DATASETS",
     "DatasetSpec",
+    "MultiMNISTConfig",
+    "OverlayTargets",
     "download_dataset",
     "find_dataset",
     "get_spec",

@@ -1,0 +1,255 @@
+"""Datasets as the trainer sees them: training batches made per epoch, fixed val/test sets.
+
+| name | images | training batches | validation / test |
+| --- | --- | --- | --- |
+| ``mnist``, ``fashion-mnist`` | 28×28 | random shifts of up to ±``max_shift`` | as is |
+| ``expanded-mnist`` | 40×40 | each digit at a random place (±6 px) | fixed random places |
+| ``multimnist`` | 36×36 | fresh pairs of overlaid digits | fixed seeded pairs |
+| ``affnist-generated`` | 40×40 | (test only) | MNIST test digits, random affine |
+| ``affnist`` | 40×40 | (test only) | the real affNIST ``.mat`` files |
+
+Targets are labels (N,) or, for MultiMNIST, :class:`OverlayTargets`. ``options`` set a
+dataset's own settings (a dict checked against its config dataclass, e.g.
+``{"shift": 3}`` for MultiMNIST).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from capsnet.data.affnist import AffineRanges, load_affnist_mat, random_affine
+from capsnet.data.datasets import DatasetSpec, get_spec, load_split, search_path
+from capsnet.data.multimnist import MultiMNISTConfig, OverlayTargets, fixed_pairs, make_pairs
+from capsnet.data.transforms import random_shift, train_val_split
+from capsnet.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+Targets = Tensor | OverlayTargets
+Batch = tuple[Tensor, Targets]  # uint8 images (B, C, H, W) and their targets
+
+
+@dataclass(frozen=True)
+class CanvasConfig:
+    """``expanded-mnist``: each digit anywhere on a canvas ``pad`` pixels wider per side."""
+
+    pad: int = 6  # 28×28 → 40×40; the digit is shifted by up to ±pad pixels per axis
+    seed: int = 0  # of the fixed placements (test: seed, validation: seed + 1)
+
+    def __post_init__(self) -> None:
+        if self.pad < 0:
+            raise ConfigError(f"canvas pad must be ≥ 0, got {self.pad}")
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Datasets without options of their own."""
+
+
+@dataclass
+class TrainData:
+    """What an epoch is made of and the fixed validation set."""
+
+    size: int  # training examples per epoch
+    val_x: Tensor  # uint8 (V, C, H, W)
+    val_y: Targets
+    make_batch: Callable[[Tensor, torch.Generator], Batch]  # training indices (B,) → batch
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.val_x.shape[1:])
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        """One epoch: a random permutation of the training set, batch by batch."""
+        for idx in torch.randperm(self.size, generator=generator).split(batch_size):
+            yield self.make_batch(idx, generator)
+
+
+class _Task(NamedTuple):
+    source: str  # the IDX dataset the images come from
+    options: type  # config dataclass of the dataset's options
+    train: Callable[..., TrainData] | None  # None: a test set only
+    test: Callable[[str | Path | None, Any], tuple[Tensor, Targets]]
+
+
+def _pad(x: Tensor, pad: int) -> Tensor:
+    return F.pad(x, (pad, pad, pad, pad))
+
+
+def _placed(x: Tensor, cfg: CanvasConfig, seed: int) -> Tensor:
+    """Digits padded and shifted to fixed, seeded random places on the canvas."""
+    return random_shift(_pad(x, cfg.pad), cfg.pad, torch.Generator().manual_seed(seed))
+
+
+def _split(source: str, data_dir: str | Path | None, val_size: int, limit: int | None):
+    images, labels = load_split(source, "train", data_dir)
+    if val_size >= len(labels):
+        raise ConfigError(f"--val-size {val_size} leaves no training data ({len(labels)})")
+    train_idx, val_idx = train_val_split(len(labels), val_size, seed=0)
+    if limit is not None:
+        train_idx = train_idx[:limit]
+    return images[train_idx], labels[train_idx], images[val_idx], labels[val_idx]
+
+
+def _train_plain(source, data_dir, val_size, train_limit, max_shift, cfg) -> TrainData:
+    x, y, val_x, val_y = _split(source, data_dir, val_size, train_limit)
+    return TrainData(
+        len(y), val_x, val_y, lambda idx, gen: (random_shift(x[idx], max_shift, gen), y[idx])
+    )
+
+
+def _test_plain(source: str) -> Callable[[str | Path | None, Any], tuple[Tensor, Tensor]]:
+    return lambda data_dir, cfg: load_split(source, "test", data_dir)
+
+
+def _train_canvas(source, data_dir, val_size, train_limit, max_shift, cfg) -> TrainData:
+    x, y, val_x, val_y = _split(source, data_dir, val_size, train_limit)
+    x = _pad(x, cfg.pad)
+    return TrainData(
+        len(y),
+        _placed(val_x, cfg, cfg.seed + 1),
+        val_y,
+        lambda idx, gen: (random_shift(x[idx], cfg.pad, gen), y[idx]),
+    )
+
+
+def _test_canvas(data_dir, cfg: CanvasConfig) -> tuple[Tensor, Tensor]:
+    x, y = load_split("mnist", "test", data_dir)
+    return _placed(x, cfg, cfg.seed), y
+
+
+def _train_multi(source, data_dir, val_size, train_limit, max_shift, cfg) -> TrainData:
+    x, y, val_x, val_y = _split(source, data_dir, val_size, train_limit)
+    val_x, val_t = fixed_pairs(val_x, val_y, cfg.val_pairs_per_digit, cfg, cfg.seed + 1)
+    return TrainData(len(y), val_x, val_t, lambda idx, gen: make_pairs(x, y, idx, cfg, gen))
+
+
+def _test_multi(data_dir, cfg: MultiMNISTConfig) -> tuple[Tensor, OverlayTargets]:
+    x, y = load_split("mnist", "test", data_dir)
+    return fixed_pairs(x, y, cfg.test_pairs_per_digit, cfg, cfg.seed)
+
+
+def _test_affine(data_dir, cfg: AffineRanges) -> tuple[Tensor, Tensor]:
+    x, y = load_split("mnist", "test", data_dir)
+    return random_affine(x, cfg, torch.Generator().manual_seed(cfg.seed)), y
+
+
+def affnist_files(data_dir: str | Path | None = None) -> list[Path]:
+    """The real affNIST ``.mat`` files: ``data_dir`` itself if it is a file, else all
+    ``*.mat`` (sorted) in the first directory of the search path that has any."""
+    if data_dir is not None and Path(data_dir).is_file():
+        return [Path(data_dir)]
+    dirs = search_path("affnist", data_dir)
+    for directory in dirs:
+        files = sorted(directory.glob("*.mat"))
+        if files:
+            return files
+    raise DataError(
+        f"no affNIST .mat files in {', '.join(map(str, dirs))}; download the test set from "
+        "https://www.cs.toronto.edu/~tijmen/affNIST/ (e.g. transformed/test_batches) "
+        "and pass --data-dir"
+    )
+
+
+def _test_affnist(data_dir, cfg: NoOptions) -> tuple[Tensor, Tensor]:
+    parts = [load_affnist_mat(p) for p in affnist_files(data_dir)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+TASKS: dict[str, _Task] = {
+    "mnist": _Task("mnist", NoOptions, _train_plain, _test_plain("mnist")),
+    "fashion-mnist": _Task("fashion-mnist", NoOptions, _train_plain, _test_plain("fashion-mnist")),
+    "expanded-mnist": _Task("mnist", CanvasConfig, _train_canvas, _test_canvas),
+    "multimnist": _Task("mnist", MultiMNISTConfig, _train_multi, _test_multi),
+    "affnist-generated": _Task("mnist", AffineRanges, None, _test_affine),
+    "affnist": _Task("mnist", NoOptions, None, _test_affnist),
+}
+
+
+def _task(name: str) -> _Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        choices = ", ".join(sorted(TASKS))
+        raise ConfigError(f"unknown dataset '{name}'; choose from: {choices}") from None
+
+
+def dataset_options(name: str, options: Mapping[str, Any] | None = None) -> Any:
+    """The dataset's options as its config dataclass; ConfigError for unknown ones."""
+    cls = _task(name).options
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options or {}) - known)
+    if unknown:
+        allowed = ", ".join(sorted(known)) or "none"
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for '{name}' (known: {allowed})")
+    try:
+        return cls(**(options or {}))
+    except TypeError as e:  # e.g. a string where a number belongs
+        raise ConfigError(f"bad option for '{name}': {e}") from None
+
+
+def check_dataset(name: str, options: Mapping[str, Any] | None = None, train: bool = False):
+    """Raise ConfigError unless ``name`` is known, its options valid, and (if ``train``)
+    it can be trained on."""
+    dataset_options(name, options)
+    if train and _task(name).train is None:
+        raise ConfigError(f"'{name}' is a test set only; train on expanded-mnist for affNIST")
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """Class count and names (those of the IDX dataset the images come from)."""
+    return get_spec(_task(name).source)
+
+
+def load_train(
+    name: str,
+    data_dir: str | Path | None = None,
+    *,
+    val_size: int = 5000,
+    train_limit: int | None = None,
+    max_shift: int = 2,
+    options: Mapping[str, Any] | None = None,
+) -> TrainData:
+    """Training data of ``name``: the first ``train_limit`` of the training split after
+    holding out ``val_size`` examples (a fixed permutation, seed 0) for validation.
+    ``max_shift`` is the augmentation of ``mnist`` and ``fashion-mnist`` only: the other
+    datasets place their digits as their options say."""
+    check_dataset(name, options, train=True)
+    task = _task(name)
+    return task.train(
+        task.source, data_dir, val_size, train_limit, max_shift, dataset_options(name, options)
+    )
+
+
+def load_test(
+    name: str,
+    data_dir: str | Path | None = None,
+    *,
+    limit: int | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> tuple[Tensor, Targets]:
+    """The fixed test set of ``name`` (the first ``limit`` examples if given)."""
+    x, y = _task(name).test(data_dir, dataset_options(name, options))
+    return (x, y) if limit is None else (x[:limit], y[:limit])
+
+
+__all__ = [
+    "TASKS",
+    "CanvasConfig",
+    "TrainData",
+    "affnist_files",
+    "check_dataset",
+    "dataset_options",
+    "dataset_spec",
+    "load_test",
+    "load_train",
+]

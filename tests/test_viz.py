@@ -1,0 +1,70 @@
+"""Figures: they render from tiny trained runs, and Fig. 4's tweaks are what they say."""
+
+import dataclasses
+import logging
+
+import pytest
+import torch
+
+from capsnet import create_model
+from capsnet.cli import main
+from capsnet.train import TrainConfig, train
+from capsnet.viz import perturbed_reconstructions, save_figures
+
+TINY = {"conv1_channels": 8, "primary_types": 2, "decoder_hidden": (16,)}
+
+
+def tiny_run(mnist_dir, path, **changes):
+    cfg = TrainConfig(
+        data_dir=str(mnist_dir),
+        model="capsnet-small",
+        model_overrides=TINY,
+        epochs=1,
+        batch_size=50,
+        train_limit=60,
+        val_size=30,
+        test_limit=30,
+    )
+    train(dataclasses.replace(cfg, **changes), path)
+    return path
+
+
+def test_perturbation_tweaks_one_dimension_of_the_winner_by_each_delta():
+    model = create_model("capsnet-small", **TINY).eval()
+    x = torch.rand(2, 1, 28, 28)
+    recon = perturbed_reconstructions(model, x)
+    assert recon.shape == (2, 16, 11, 1, 28, 28)
+    out = model(x)  # delta 0 (column 5) is the plain reconstruction from the winner
+    for d in (0, 15):
+        torch.testing.assert_close(recon[:, d, 5], out.reconstructions, atol=1e-5, rtol=0)
+    assert not torch.allclose(recon[:, 0, 0], recon[:, 0, 10])
+
+
+def test_all_figures_of_a_capsnet_run(mnist_dir, tmp_path, capsys):
+    run = tiny_run(mnist_dir, tmp_path / "run")
+    assert main(["figures", str(run), "--out", str(tmp_path / "figs")]) == 0
+    printed = capsys.readouterr().out.split()
+    names = ["training", "coupling", "reconstructions", "perturbation"]
+    assert printed == [str(tmp_path / "figs" / f"{n}.png") for n in names]
+    for path in printed:
+        assert (tmp_path / "figs" / path).stat().st_size > 5000
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected", "message"),
+    [
+        ({"model_overrides": {**TINY, "reconstruction": False}}, 2, "no decoder"),
+        ({"model": "baseline-cnn", "model_overrides": {"conv_channels": (2, 2, 2)}}, 1, "only"),
+        ({"dataset": "multimnist"}, 4, None),
+    ],
+)
+def test_runs_without_decoder_baselines_and_multimnist(
+    mnist_dir, tmp_path, caplog, changes, expected, message
+):
+    run = tiny_run(mnist_dir, tmp_path, **changes)
+    with caplog.at_level(logging.INFO, logger="capsnet"):
+        paths = save_figures(run)
+    assert len(paths) == expected and all(p.stat().st_size > 5000 for p in paths)
+    assert message is None or message in caplog.text
+    if changes.get("dataset") == "multimnist":
+        assert (tmp_path / "multimnist.png").is_file()
