@@ -47,12 +47,12 @@ SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
 ]
 
-Pixel = Annotated[float, Field(ge=0.0, le=1.0)]
-PoseValue = Annotated[float, Field(ge=-POSE_LIMIT, le=POSE_LIMIT)]
+Pixel = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+PoseValue = Annotated[float, Field(ge=-POSE_LIMIT, le=POSE_LIMIT, allow_inf_nan=False)]
 
 
 class _Body(BaseModel):
-    # strict: numbers only (no "0.5" strings, no booleans); NaN/inf fail the range checks
+    # strict: numbers only (no "0.5" strings, no booleans)
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
@@ -154,9 +154,12 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         errors = exc.errors()
-        where = ".".join(str(p) for p in errors[0]["loc"][1:]) or "body"
+        first, loc = errors[0], errors[0]["loc"]
+        if first["type"] == "json_invalid":  # loc is ("body", character offset)
+            return _json_error(422, f"body: invalid JSON at character {loc[-1]}")
+        where = ".".join(str(p) for p in loc[1:]) or "body"
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        return _json_error(422, f"{where}: {errors[0]['msg']}{more}")
+        return _json_error(422, f"{where}: {first['msg']}{more}")
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:

@@ -28,13 +28,15 @@ function status(text, isError = false) {
 }
 
 // Run an async task at most once at a time; calls made meanwhile collapse into one rerun.
+// body[data-busy] tells whether any such task is still running.
+let running = 0;
 function latest(task) {
   let busy = false, again = false;
   const run = async () => {
     if (busy) { again = true; return; }
-    busy = true;
+    busy = true; document.body.dataset.busy = String(++running > 0);
     try { await task(); status(""); } catch (e) { status(e.message, true); }
-    busy = false;
+    busy = false; document.body.dataset.busy = String(--running > 0);
     if (again) { again = false; run(); }
   };
   return run;
@@ -217,8 +219,9 @@ function heatmap(values) {
     img.data.set([...viridis(values ? (values[i] - lo) / Math.max(hi - lo, 1e-9) : 0), 255], 4 * i);
   }
   ctx.putImageData(img, 0, 0);
-  $("coupling-min").textContent = values ? lo.toFixed(3) : "–";
-  $("coupling-max").textContent = values ? hi.toFixed(3) : "–";
+  const digits = hi - lo < 0.01 ? 5 : 3;
+  $("coupling-min").textContent = values ? lo.toFixed(digits) : "–";
+  $("coupling-max").textContent = values ? hi.toFixed(digits) : "–";
   const winner = current ? `“${current.class_name}”` : "the winning class";
   $("coupling-note").textContent = `Coupling coefficients from the primary capsules to ${winner} ` +
     `after routing, averaged over the ${info.primary_types} capsule types at each position of ` +
