@@ -170,3 +170,24 @@ def test_without_test_images_or_decoder_those_endpoints_say_so(digit):
     assert client.post("/api/predict", json={"pixels": digit}).json()["reconstruction"] is None
     body = {"class_index": 0, "pose": [0.0] * 16}
     assert _error(client.post("/api/decode", json=body), 409) == "this model has no decoder"
+
+
+def test_any_input_shape_channels_and_class_count_work():
+    model = create_model(
+        "capsnet-small",
+        in_channels=3,
+        input_size=(32, 24),
+        num_classes=5,
+        conv1_channels=8,
+        primary_types=2,
+        class_dim=8,
+        decoder_hidden=(16,),
+    )
+    client = TestClient(create_app(model.eval()), base_url=URL)
+    info = client.get("/api/info").json()
+    assert info["class_names"] == ["0", "1", "2", "3", "4"] and info["primary_grid"] == [8, 4]
+    p = client.post("/api/predict", json={"pixels": [0.5] * (3 * 32 * 24)}).json()
+    assert len(p["lengths"]) == 5 and len(p["pose"]) == 8 and len(p["coupling"]) == 8 * 4
+    assert len(p["reconstruction"]) == 3 * 32 * 24
+    body = {"class_index": 4, "pose": [0.1] * 8}
+    assert len(client.post("/api/decode", json=body).json()["reconstruction"]) == 3 * 32 * 24

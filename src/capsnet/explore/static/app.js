@@ -275,6 +275,13 @@ const decodeSoon = latest(async () => {
   if (g === sliderGeneration) paint($("recon"), answer.reconstruction);
 });
 
+// Display size of a canvas showing an h×w grid: its longer side is `size` CSS pixels.
+function fit(canvas, [h, w], size) {
+  const scale = size / Math.max(h, w);
+  canvas.style.width = `${Math.round(w * scale)}px`;
+  canvas.style.height = `${Math.round(h * scale)}px`;
+}
+
 // --- start ----------------------------------------------------------------------------------
 
 async function start() {
@@ -282,6 +289,9 @@ async function start() {
   const [h, w] = info.input_size;
   $("model").textContent = `${info.dataset || "unknown dataset"} · ${info.class_names.length} classes · ` +
     `${info.in_channels}×${h}×${w} input · ${info.class_dim}-D class capsules`;
+  fit($("seen"), info.input_size, 56);
+  fit($("recon"), info.input_size, 140);
+  fit($("coupling"), info.primary_grid, 200);
   buildBars();
   buildSliders();
   if (!info.has_decoder) {
