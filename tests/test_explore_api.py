@@ -5,8 +5,10 @@ import torch
 from fastapi.testclient import TestClient
 
 from capsnet import create_model, load_run
+from capsnet.cli import main
 from capsnet.data import load_split
-from capsnet.explore import create_app, load_explorer
+from capsnet.errors import ConfigError
+from capsnet.explore import create_app, listen, load_explorer
 
 URL = "http://127.0.0.1"
 N = 28 * 28
@@ -191,3 +193,10 @@ def test_any_input_shape_channels_and_class_count_work():
     assert len(p["reconstruction"]) == 3 * 32 * 24
     body = {"class_index": 4, "pose": [0.1] * 8}
     assert len(client.post("/api/decode", json=body).json()["reconstruction"]) == 3 * 32 * 24
+
+
+def test_explore_of_a_missing_run_or_a_busy_port_is_a_one_line_error(tmp_path, capsys):
+    assert main(["explore", str(tmp_path / "nope")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+    with listen("127.0.0.1", 0) as busy, pytest.raises(ConfigError, match="cannot listen"):
+        listen("127.0.0.1", busy.getsockname()[1])

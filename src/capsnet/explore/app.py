@@ -79,27 +79,36 @@ class _Guard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+
+        async def send_secure(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message["headers"], *SECURITY_HEADERS]}
+            await send(message)
+
+        async def refuse(status: int, detail: str) -> None:
+            await _json_error(status, detail)(scope, receive, send_secure)
+
         headers = dict(scope["headers"])
         host = headers.get(b"host", b"").decode("latin-1")
         host = host[1 : host.find("]")] if host.startswith("[") else host.split(":")[0]
         if self.hosts is not None and host not in self.hosts:
-            return await _json_error(400, "unexpected Host header")(scope, receive, send)
-        too_large = _json_error(413, f"request body over {self.max_body} bytes")
+            return await refuse(400, "unexpected Host header")
+        too_large = f"request body over {self.max_body} bytes"
         try:
             declared = int(headers.get(b"content-length", b"0"))
         except ValueError:
-            return await _json_error(400, "bad Content-Length")(scope, receive, send)
+            return await refuse(400, "bad Content-Length")
         if declared > self.max_body:
-            return await too_large(scope, receive, send)
-        body, more = b"", True
+            return await refuse(413, too_large)
+        body, more = bytearray(), True
         while more:
             message = await receive()
-            if message["type"] != "http.request":  # client went away
+            if message["type"] != "http.request":  # the client went away
                 return
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_body:
-                return await too_large(scope, receive, send)
+                return await refuse(413, too_large)
         replayed = False
 
         async def replay() -> Message:
@@ -107,12 +116,7 @@ class _Guard:
             if replayed:
                 return await receive()
             replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send_secure(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message["headers"], *SECURITY_HEADERS]}
-            await send(message)
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         await self.app(scope, replay, send_secure)
 
@@ -163,7 +167,7 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:
-        log.exception("error serving %s", request.url.path)
+        # Starlette re-raises the exception after this response: the server logs it.
         return _json_error(500, "internal error (see the server log)")
 
     for route, name in ASSETS.items():
