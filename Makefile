@@ -1,5 +1,5 @@
 # make demo: set up .venv and train a small CapsNet on Fashion-MNIST (< 10 min on 2 CPU cores)
-# make test: set up .venv and run lint + the whole test suite
+# make test: set up .venv (and Chromium for the browser test) and run lint + the whole test suite
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -25,6 +25,7 @@ demo: $(STAMP)
 		--train-limit 20000 --out $(DEMO_OUT)
 
 test: $(STAMP) lint
+	@bash scripts/test-deps.sh
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -108,6 +108,26 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--csv", type=Path, help="append the result to this CSV file")
 
+    p = sub.add_parser("predict", help="classify PNG/JPEG images or .npy arrays with a run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help=".png, .jpg or .npy")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--batch-size", type=_positive, default=500)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+
+    x = sub.add_parser("export", help="export the classifier and decoder to ONNX")
+    x.add_argument("run_dir", type=Path)
+    x.add_argument("--onnx", required=True, type=Path, metavar="FILE", help="classifier file")
+    x.add_argument("--dataset", choices=sorted(DATASETS), help="default: the run's dataset")
+    x.add_argument("--data-dir", help="where the test images for the check are")
+    x.add_argument("--check-images", type=_positive, default=100, help="default: 100")
+
+    v = sub.add_parser("explore", help="serve the interactive capsule explorer")
+    v.add_argument("run_dir", type=Path)
+    v.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (loopback only)")
+    v.add_argument("--port", type=int, default=8000, help="default: 8000; 0 picks a free port")
+    v.add_argument("--data-dir", help="where the run's test images are (for random images)")
+
     d = sub.add_parser("data", help="find (or download) a dataset and print its directory")
     d.add_argument("dataset", choices=sorted(DATASETS))
     d.add_argument("--data-dir")
@@ -309,6 +329,43 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     print(run_table1(cfg, args.out, progress=_progress()))
 
 
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from capsnet.checkpoint import load_run
+    from capsnet.predict import class_names, predict, read_inputs, run_train_config
+    from capsnet.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    model, config = load_run(args.run_dir, device)
+    names = class_names(run_train_config(args.run_dir).get("dataset"), config.num_classes)
+    inputs = read_inputs(args.images, config.in_channels, config.input_size)
+    lengths = predict(model, inputs.images, args.batch_size, device)
+    for n, (k, row) in enumerate(zip(lengths.argmax(1).tolist(), lengths.tolist(), strict=True)):
+        if args.json:
+            obj = {"file": inputs.files[n], "index": inputs.indices[n], "class": k}
+            obj |= {"class_name": names[k], "lengths": [round(v, 6) for v in row]}
+            print(json.dumps(obj))
+        else:
+            print(f"{inputs.names[n]}\t{names[k]}\t" + " ".join(f"{v:.4f}" for v in row))
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from capsnet.export import export_run
+
+    diffs = export_run(args.run_dir, args.onnx, args.dataset, args.data_dir, args.check_images)
+    for path, d in diffs.items():
+        worst = ", ".join(f"{name} {v:.2e}" for name, v in d.items())
+        print(f"wrote {path}; max abs difference to PyTorch: {worst}")
+
+
+def _cmd_explore(args: argparse.Namespace) -> None:
+    from capsnet.explore import listen, load_explorer, serve, url
+
+    app = load_explorer(args.run_dir, args.data_dir, args.host)
+    sock = listen(args.host, args.port)
+    print(f"capsnet explorer: {url(sock)} (Ctrl-C stops it)", flush=True)
+    serve(app, sock)
+
+
 def _cmd_data(args: argparse.Namespace) -> None:
     from capsnet.data import find_dataset
 
@@ -329,10 +386,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": _cmd_train,
         "evaluate": _cmd_evaluate,
         "bench": _cmd_bench,
-        "data": _cmd_data,
         "figures": _cmd_figures,
         "multimnist": _cmd_multimnist,
         "experiment": _cmd_experiment,
+        "predict": _cmd_predict,
+        "export": _cmd_export,
+        "explore": _cmd_explore,
+        "data": _cmd_data,
     }
     try:
         commands[args.command](args)

@@ -1,0 +1,145 @@
+"""Use a trained run: read PNG/JPEG/NPY inputs the way training reads data, predict in batches.
+
+Inputs are white-on-black like MNIST and must already have the model's input size: they are
+rejected, not resized, because a plain resize is not the preprocessing the dataset had (MNIST
+digits are fitted into a 20×20 box and centred by mass), so it would predict on images unlike
+any the model was trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from capsnet.checkpoint import read_json
+from capsnet.data import get_spec
+from capsnet.errors import CapsNetError, DataError
+
+log = logging.getLogger(__name__)
+
+PIL_MODES = {1: "L", 3: "RGB"}  # model channels -> Pillow mode PNG/JPEG files are converted to
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Images (N, C, H, W) float32 in [0, 1] and, per image, its file, its index in that file
+    and a display name (``file``, or ``file[i]`` for an image of a file holding several)."""
+
+    images: Tensor
+    files: list[str]
+    indices: list[int]
+    names: list[str]
+
+
+def run_train_config(run_dir: str | Path) -> dict[str, Any]:
+    """The training config of a run (dataset, data_dir, …) from its config.json, else {}.
+
+    ``run_dir`` may also be a checkpoint file, whose run directory is its parent.
+    """
+    path = Path(run_dir)
+    config = path / "config.json" if path.is_dir() else path.parent / "config.json"
+    try:
+        train = read_json(config)["train"]
+    except (CapsNetError, KeyError, TypeError):
+        return {}
+    return train if isinstance(train, dict) else {}
+
+
+def class_names(dataset: str | None, num_classes: int) -> tuple[str, ...]:
+    """The dataset's class names, or "0", "1", … when it is unknown or does not fit."""
+    try:
+        names = get_spec(dataset).class_names if dataset else ()
+    except CapsNetError:
+        names = ()
+    return names if len(names) == num_classes else tuple(str(k) for k in range(num_classes))
+
+
+def _read_picture(path: Path, channels: int) -> np.ndarray:
+    """A PNG/JPEG file as uint8 (1, C, H, W), converted to ``channels`` channels."""
+    if channels not in PIL_MODES:
+        raise DataError(f"{path}: a {channels}-channel model takes .npy input, not PNG/JPEG")
+    try:
+        with Image.open(path, formats=["PNG", "JPEG"]) as im:
+            a = np.asarray(im.convert(PIL_MODES[channels]))  # (H, W) or (H, W, 3)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: not a readable PNG/JPEG image ({e})") from None
+    return a.reshape(*a.shape[:2], channels).transpose(2, 0, 1)[None]
+
+
+def _read_array(path: Path, channels: int) -> np.ndarray:
+    """An .npy array as (N, C, H, W): (H, W) is one image; (N, H, W) a batch for a 1-channel
+    model, one (C, H, W) image otherwise; (N, C, H, W) a batch."""
+    try:
+        a = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npy array ({e})") from None
+    if a.ndim == 2:
+        a = a[None, None]
+    elif a.ndim == 3:
+        a = a[:, None] if channels == 1 else a[None]
+    elif a.ndim != 4:
+        raise DataError(f"{path}: expected (H, W), (N, H, W) or (N, C, H, W), got {a.shape}")
+    if len(a) == 0:
+        raise DataError(f"{path}: holds no images")
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype.kind != "f":
+        raise DataError(f"{path}: expected uint8 (0–255) or float (0–1) values, got {a.dtype}")
+    if not np.isfinite(a).all():
+        raise DataError(f"{path}: holds non-finite values (NaN or infinity)")
+    if a.min() < 0 or a.max() > 1:
+        raise DataError(f"{path}: float values must lie in [0, 1], got {a.min():g}…{a.max():g}")
+    return a
+
+
+def read_inputs(
+    paths: Sequence[str | Path], in_channels: int, input_size: tuple[int, int]
+) -> Inputs:
+    """Read PNG/JPEG images and .npy arrays into one float32 batch (N, C, H, W) in [0, 1].
+
+    uint8 values are divided by 255, as in training; float arrays must lie in [0, 1]. Raises
+    DataError naming the file for anything unreadable, non-finite, out of range or not of
+    the model's shape (C, H, W).
+    """
+    expected = (in_channels, *input_size)
+    arrays, files, indices, names = [], [], [], []
+    for p in map(Path, paths):
+        read = _read_array if p.suffix.lower() == ".npy" else _read_picture
+        a = read(p, in_channels)
+        if a.shape[1:] != expected:
+            c, h, w = a.shape[1:]
+            raise DataError(
+                f"{p}: image is {c}×{h}×{w} (channels×height×width) but the model expects "
+                f"{'×'.join(map(str, expected))}; resize it first"
+            )
+        x = torch.tensor(a, dtype=torch.float32)
+        if a.dtype == np.uint8:
+            x = x.div_(255.0)
+        if x.mean() > 0.5:
+            log.warning("%s: looks dark-on-light; the model expects white-on-black", p)
+        arrays.append(x)
+        files += [str(p)] * len(a)
+        indices += range(len(a))
+        names += [f"{p}[{i}]" for i in range(len(a))] if len(a) > 1 else [str(p)]
+    return Inputs(torch.cat(arrays), files, indices, names)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, images: Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
+) -> Tensor:
+    """Capsule lengths (N, K) of images (N, C, H, W) in [0, 1], computed in batches."""
+    model.eval()
+    return torch.cat([model(x.to(device)).lengths.float().cpu() for x in images.split(batch_size)])

@@ -1,0 +1,86 @@
+import json
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+from capsnet import create_model, load_run
+from capsnet.checkpoint import save_checkpoint
+from capsnet.cli import main
+from capsnet.data import load_split
+
+
+def _session(path) -> onnxruntime.InferenceSession:
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    assert main(["-q", "export", str(tiny_run), "--onnx", str(path), "--check-images", "20"]) == 0
+    return path
+
+
+def test_export_states_the_difference_to_pytorch_for_both_files(tiny_run, tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    assert main(["export", str(tiny_run), "--onnx", str(path), "--check-images", "20"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"wrote {path}; max abs difference to PyTorch: lengths ")
+    assert lines[1].startswith(f"wrote {tmp_path / 'm.decoder.onnx'}; max abs difference")
+    assert "reconstructions" in lines[1]
+
+
+def test_onnx_classifier_matches_pytorch_on_other_test_images_and_batch_sizes(
+    tiny_run, exported, mnist_dir
+):
+    model, _ = load_run(tiny_run)
+    x = load_split("mnist", "test", mnist_dir)[0][500:507].float() / 255  # batch of 7
+    lengths, poses, coupling = _session(exported).run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        out = model(x)
+    for got, want in ((lengths, out.lengths), (poses, out.poses), (coupling, out.coupling)):
+        assert got.shape == tuple(want.shape)
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=0)
+
+
+def test_onnx_decoder_decodes_any_pose_and_mask_like_pytorch(tiny_run, exported):
+    model, config = load_run(tiny_run)
+    poses = 0.3 * torch.randn(3, config.num_classes, config.class_dim)
+    mask = torch.nn.functional.one_hot(torch.tensor([0, 4, 9]), config.num_classes).float()
+    (recon,) = _session(exported.with_name("tiny.decoder.onnx")).run(
+        None, {"poses": poses.numpy(), "mask": mask.numpy()}
+    )
+    with torch.no_grad():
+        np.testing.assert_allclose(recon, model.decode(poses, mask).numpy(), atol=1e-5, rtol=0)
+
+
+def test_onnx_file_carries_class_names_and_model_config(exported):
+    props = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
+    assert json.loads(props["class_names"]) == [str(k) for k in range(10)]
+    assert json.loads(props["config"])["primary_types"] == 4
+
+
+def test_a_model_without_decoder_exports_the_classifier_only(mnist_dir, tmp_path, capsys):
+    model = create_model("capsnet-small", conv1_channels=8, primary_types=2, reconstruction=False)
+    save_checkpoint(tmp_path / "best.safetensors", model, "capsnet-small")
+    argv = ["export", str(tmp_path), "--onnx", str(tmp_path / "c.onnx")]
+    assert main([*argv, "--dataset", "mnist", "--data-dir", str(mnist_dir)]) == 0
+    assert (tmp_path / "c.onnx").is_file() and not (tmp_path / "c.decoder.onnx").exists()
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_export_of_a_run_of_unknown_dataset_asks_for_one(tmp_path, capsys):
+    model = create_model("capsnet-small", conv1_channels=8, primary_types=2)
+    save_checkpoint(tmp_path / "best.safetensors", model, "capsnet-small")
+    assert main(["export", str(tmp_path), "--onnx", str(tmp_path / "c.onnx")]) == 2
+    assert "pass --dataset" in capsys.readouterr().err
+    assert not (tmp_path / "c.onnx").exists()
+
+
+def test_a_file_that_does_not_match_pytorch_is_not_written(tiny_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("capsnet.export.TOLERANCE", -1.0)  # any difference is too large
+    assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "m.onnx")]) == 2
+    assert "differs from PyTorch" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
