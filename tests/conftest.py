@@ -1,7 +1,10 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
+
+from capsnet.train import TrainConfig, train
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
@@ -13,22 +16,32 @@ def mnist_dir() -> Path:
     return MNIST_DIR
 
 
-@pytest.fixture(scope="session")
-def tiny_run(mnist_dir, tmp_path_factory) -> Path:
-    """A run directory with a tiny CapsNet trained for one epoch on 200 real MNIST images."""
-    from capsnet.train import TrainConfig, train
+TINY_CAPSNET = {"conv1_channels": 8, "primary_types": 2, "decoder_hidden": (16,)}
 
-    run_dir = tmp_path_factory.mktemp("tiny-run")
-    cfg = TrainConfig(
+
+@pytest.fixture(scope="session")
+def tiny_cfg(mnist_dir) -> TrainConfig:
+    """One epoch of a tiny CapsNet on 60 real MNIST images (tests replace what they need)."""
+    return TrainConfig(
         dataset="mnist",
         data_dir=str(mnist_dir),
         model="capsnet-small",
-        model_overrides={"conv1_channels": 16, "primary_types": 4, "decoder_hidden": (32,)},
+        model_overrides=TINY_CAPSNET,
         epochs=1,
-        train_limit=200,
-        val_size=100,
-        test_limit=100,
         batch_size=50,
+        train_limit=60,
+        val_size=30,
+        test_limit=30,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cfg, tmp_path_factory) -> Path:
+    """A run directory with a tiny CapsNet trained for one epoch on 200 real MNIST images."""
+    run_dir = tmp_path_factory.mktemp("tiny-run")
+    overrides = {"conv1_channels": 16, "primary_types": 4, "decoder_hidden": (32,)}
+    cfg = dataclasses.replace(
+        tiny_cfg, model_overrides=overrides, train_limit=200, val_size=100, test_limit=100
     )
     train(cfg, run_dir)
     return run_dir

@@ -1,12 +1,14 @@
 """The paper's baseline CNN: size, outputs, loss, training and checkpoints."""
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
 from capsnet import create_model, load_run
 from capsnet.baseline import BaselineConfig
 from capsnet.data import OverlayTargets
-from capsnet.train import TrainConfig, train
+from capsnet.train import train
 
 TINY = {"conv_channels": (4, 4, 2), "hidden": (16, 8)}
 
@@ -39,13 +41,11 @@ def test_two_labels_give_half_of_the_target_to_each():
     torch.testing.assert_close(loss, expected)
 
 
-def test_trains_through_the_same_pipeline_and_round_trips(mnist_dir, tmp_path):
-    cfg = TrainConfig(
-        data_dir=str(mnist_dir),
+def test_trains_through_the_same_pipeline_and_round_trips(tiny_cfg, tmp_path):
+    cfg = dataclasses.replace(
+        tiny_cfg,
         model="baseline-cnn",
         model_overrides=TINY,
-        epochs=1,
-        batch_size=50,
         train_limit=100,
         val_size=50,
         test_limit=50,

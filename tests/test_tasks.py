@@ -65,18 +65,9 @@ def test_expanded_mnist_places_digits_on_40x40_fixed_for_val_and_test(mnist_dir)
 
 
 @pytest.fixture
-def multi_cfg(mnist_dir) -> TrainConfig:
-    return TrainConfig(
-        dataset="multimnist",
-        dataset_options={"shift": 2},
-        data_dir=str(mnist_dir),
-        model="capsnet-small",
-        model_overrides=TINY,
-        epochs=1,
-        batch_size=50,
-        train_limit=60,
-        val_size=30,
-        test_limit=40,
+def multi_cfg(tiny_cfg) -> TrainConfig:
+    return dataclasses.replace(
+        tiny_cfg, dataset="multimnist", dataset_options={"shift": 2}, test_limit=40
     )
 
 
@@ -92,19 +83,16 @@ def test_multimnist_training_is_reproducible_and_tested_on_pairs(multi_cfg, tmp_
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
-def test_evaluate_an_expanded_mnist_run_on_generated_affnist(mnist_dir, tmp_path, capsys):
-    cfg = TrainConfig(
+def test_evaluate_an_expanded_mnist_run_on_generated_affnist(tiny_cfg, mnist_dir, tmp_path, capsys):
+    cfg = dataclasses.replace(
+        tiny_cfg,
         dataset="expanded-mnist",
-        data_dir=str(mnist_dir),
-        model="capsnet-small",
         model_overrides={**TINY, "reconstruction": False},
-        epochs=1,
-        batch_size=50,
         train_limit=50,
         val_size=20,
         test_limit=20,
     )
-    train(dataclasses.replace(cfg), tmp_path)
+    train(cfg, tmp_path)
     argv = ["evaluate", str(tmp_path), "--data-dir", str(mnist_dir), "--test-limit", "30"]
     assert main([*argv, "--dataset", "affnist-generated"]) == 0
     result = json.loads((tmp_path / "eval-affnist-generated.json").read_text())

@@ -12,14 +12,11 @@ TINY = {"conv1_channels": 16, "primary_types": 4, "decoder_hidden": (32,)}
 
 
 @pytest.fixture
-def cfg(mnist_dir) -> TrainConfig:
-    return TrainConfig(
-        dataset="mnist",
-        data_dir=str(mnist_dir),
-        model="capsnet-small",
+def cfg(tiny_cfg) -> TrainConfig:
+    return dataclasses.replace(
+        tiny_cfg,
         model_overrides=TINY,
         epochs=2,
-        batch_size=50,
         lr=3e-3,
         train_limit=300,
         val_size=100,

@@ -8,29 +8,19 @@ import torch
 
 from capsnet import create_model
 from capsnet.cli import main
-from capsnet.train import TrainConfig, train
+from capsnet.train import train
 from capsnet.viz import perturbed_reconstructions, save_figures
 
-TINY = {"conv1_channels": 8, "primary_types": 2, "decoder_hidden": (16,)}
+NO_DECODER = {"conv1_channels": 8, "primary_types": 2, "reconstruction": False}
 
 
-def tiny_run(mnist_dir, path, **changes):
-    cfg = TrainConfig(
-        data_dir=str(mnist_dir),
-        model="capsnet-small",
-        model_overrides=TINY,
-        epochs=1,
-        batch_size=50,
-        train_limit=60,
-        val_size=30,
-        test_limit=30,
-    )
+def _train(cfg, path, **changes):
     train(dataclasses.replace(cfg, **changes), path)
     return path
 
 
-def test_perturbation_tweaks_one_dimension_of_the_winner_by_each_delta():
-    model = create_model("capsnet-small", **TINY).eval()
+def test_perturbation_tweaks_one_dimension_of_the_winner_by_each_delta(tiny_cfg):
+    model = create_model("capsnet-small", **tiny_cfg.model_overrides).eval()
     x = torch.rand(2, 1, 28, 28)
     recon = perturbed_reconstructions(model, x)
     assert recon.shape == (2, 16, 11, 1, 28, 28)
@@ -40,8 +30,8 @@ def test_perturbation_tweaks_one_dimension_of_the_winner_by_each_delta():
     assert not torch.allclose(recon[:, 0, 0], recon[:, 0, 10])
 
 
-def test_all_figures_of_a_capsnet_run(mnist_dir, tmp_path, capsys):
-    run = tiny_run(mnist_dir, tmp_path / "run")
+def test_all_figures_of_a_capsnet_run(tiny_cfg, tmp_path, capsys):
+    run = _train(tiny_cfg, tmp_path / "run")
     assert main(["figures", str(run), "--out", str(tmp_path / "figs")]) == 0
     printed = capsys.readouterr().out.split()
     names = ["training", "coupling", "reconstructions", "perturbation"]
@@ -53,15 +43,15 @@ def test_all_figures_of_a_capsnet_run(mnist_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("changes", "expected", "message"),
     [
-        ({"model_overrides": {**TINY, "reconstruction": False}}, 2, "no decoder"),
+        ({"model_overrides": NO_DECODER}, 2, "no decoder"),
         ({"model": "baseline-cnn", "model_overrides": {"conv_channels": (2, 2, 2)}}, 1, "only"),
         ({"dataset": "multimnist"}, 4, None),
     ],
 )
 def test_runs_without_decoder_baselines_and_multimnist(
-    mnist_dir, tmp_path, caplog, changes, expected, message
+    tiny_cfg, tmp_path, caplog, changes, expected, message
 ):
-    run = tiny_run(mnist_dir, tmp_path, **changes)
+    run = _train(tiny_cfg, tmp_path, **changes)
     with caplog.at_level(logging.INFO, logger="capsnet"):
         paths = save_figures(run)
     assert len(paths) == expected and all(p.stat().st_size > 5000 for p in paths)
