@@ -191,13 +191,20 @@ def download_dataset(dataset: str | DatasetSpec, directory: str | Path) -> Path:
     """
     spec = _as_spec(dataset)
     directory = Path(directory)
+    created = [p for p in (directory, *directory.parents) if not p.exists()]
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"{directory}: cannot create directory ({e.strerror or e})") from None
-    for filename, md5 in spec.files.values():
-        if not _locate(directory, filename).is_file():
-            _download_file(spec.mirrors, md5, directory / f"{filename}.gz")
+    try:
+        for filename, md5 in spec.files.values():
+            if not _locate(directory, filename).is_file():
+                _download_file(spec.mirrors, md5, directory / f"{filename}.gz")
+    except DataError:
+        for p in created:  # leave no empty directories behind (deepest first)
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        raise
     logger.info("dataset '%s' downloaded into %s", spec.name, directory)
     return directory
 
