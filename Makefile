@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	@$(CAPSNET) -q data fashion-mnist --no-download >/dev/null 2>&1 || bash scripts/apt-dataset.sh fashion-mnist
-	$(CAPSNET) train --dataset fashion-mnist --model capsnet-small --epochs 2 \
+	$(CAPSNET) train --dataset fashion-mnist --model capsnet-small --epochs 3 \
 		--train-limit 20000 --out $(DEMO_OUT)
 
 test: $(STAMP) lint
