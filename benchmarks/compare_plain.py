@@ -1,6 +1,6 @@
 """Side by side: capsnet's CapsNet against the plain implementation, in one process.
 
-    python benchmarks/compare_plain.py [--model capsnet-mnist] [--batch-size 100]
+    python -m benchmarks.compare_plain [--model capsnet-mnist] [--batch-size 100]
         [--allocator tuned|default] [--csv benchmarks/results.csv]
 
 Alternates the two implementations (same weights, same inputs) so both see the same
