@@ -177,8 +177,8 @@ class ConvMatrixCaps(nn.Module):
         patches = patches.permute(0, 1, 2, 5, 6, 3, 4).reshape(b * h * w, k * k * t, POSE, POSE)
         acts = activations.unfold(1, k, s).unfold(2, k, s)  # (B, H', W', T, K, K)
         acts = acts.permute(0, 1, 2, 4, 5, 3).reshape(b * h * w, k * k * t)  # (N, I)
-        votes = torch.einsum("nipq,ijqr->nijpr", patches, self.weight)  # (N, I, J, 4, 4)
-        out = self.router(votes.flatten(-2), acts)
+        votes = torch.einsum("nipq,ijqr->njipr", patches, self.weight)  # (N, J, I, 4, 4)
+        out = self.router(votes.flatten(-2).transpose(1, 2), acts)  # votes (N, I, J, 16)
         return out.poses.view(b, h, w, -1, POSE * POSE), out.activations.view(b, h, w, -1)
 
 
@@ -209,12 +209,13 @@ class ClassMatrixCaps(nn.Module):
     def forward(self, poses: Tensor, activations: Tensor) -> Routed:
         b, h, w, t, _ = poses.shape
         m = poses.permute(0, 3, 1, 2, 4).reshape(b, t, h, w, POSE, POSE)  # (type, row, col)
-        votes = torch.einsum("bthwpq,teqr->bthwepr", m, self.weight)  # (B, T, H, W, E, 4, 4)
+        votes = torch.einsum("bthwpq,teqr->bethwpr", m, self.weight)  # (B, E, T, H, W, 4, 4)
         rows = (torch.arange(h, device=m.device, dtype=votes.dtype) + 0.5) / h
         cols = (torch.arange(w, device=m.device, dtype=votes.dtype) + 0.5) / w
         coords = torch.zeros(h, w, POSE, POSE, device=m.device, dtype=votes.dtype)
         coords[:, :, 0, POSE - 1] = rows.view(h, 1)
         coords[:, :, 1, POSE - 1] = cols.view(1, w)
-        votes = votes + coords.view(1, 1, h, w, 1, POSE, POSE)
+        votes = votes + coords.view(1, 1, 1, h, w, POSE, POSE)
         acts = activations.permute(0, 3, 1, 2).reshape(b, t * h * w)  # (B, I)
-        return self.router(votes.reshape(b, t * h * w, -1, POSE * POSE), acts)
+        votes = votes.reshape(b, -1, t * h * w, POSE * POSE).transpose(1, 2)  # (B, I, E, 16)
+        return self.router(votes, acts)

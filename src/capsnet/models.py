@@ -66,6 +66,12 @@ class CapsNetConfig:
         )
 
     @property
+    def coupling_grid(self) -> tuple[int, int, int]:
+        """(types, H', W') of the children of the class capsules: ``coupling`` (B, I, K)
+        views as (B, types, H', W', K). Every capsule model's config has it."""
+        return (self.primary_types, *self.primary_grid)
+
+    @property
     def num_primary_caps(self) -> int:
         h, w = self.primary_grid
         return self.primary_types * h * w

@@ -108,12 +108,13 @@ def em_routing(
     fitted to the children's votes V_ij weighted by R_ij · a_i:
 
     * M-step: ``μ_j = Σ_i r_ij V_ij / Σ_i r_ij``, ``σ²_j = Σ_i r_ij (V_ij - μ_j)² / Σ_i r_ij``
-      with ``r_ij = R_ij a_i``; ``cost_h = (β_u + log σ_jh) · n_j``;
-      ``a_j = logistic(λ (β_a - Σ_h cost_h))``.
-    * E-step: ``R_ij = a_j p_j(V_ij) / Σ_k a_k p_k(V_ij)`` with p the Gaussian density.
+      with ``r_ij = R_ij a_i``; ``cost_j = Σ_h (β_u + log σ_jh) Σ_i r_ij``;
+      ``a_j = logistic(λ (β_a - cost_j))``.
+    * E-step: ``R_ij = a_j p_j(V_ij) / Σ_k a_k p_k(V_ij)`` with p_j the Gaussian density.
 
     Args:
-        votes: V (B, I, J, D).
+        votes: V (B, I, J, D); fastest as a ``transpose(1, 2)`` view of a (B, J, I, D)-
+            contiguous tensor (the matrix capsule layers make it so).
         activations: a_i of the children (B, I), in [0, 1].
         beta_u, beta_a: learned costs, broadcastable to (J,) (one per parent type).
         iterations: EM iterations (≥ 1); each is an M-step then, except the last, an E-step.
@@ -128,35 +129,45 @@ def em_routing(
 
     Numerically safe: all in float32 and the E-step in log space (log a_j from
     ``logsigmoid``, R from a softmax), σ² ≥ eps and Σ_i r_ij guarded, so empty clusters,
-    zero activations, identical or huge votes give finite outputs. One deviation, for a
-    λ that means the same in every layer: the amount of data n_j = Σ_i r_ij in the cost is
-    divided by I/J, the mean number of children per parent (the paper leaves the scale of
-    λ unstated; implementations rescale the cost in various ways).
+    zero activations, identical or huge votes give finite outputs. One deviation, as in
+    the widely used public implementations: the cost enters standardised over the parents,
+    ``a_j = logistic(λ (β_a + (mean_k cost_k - cost_j) / std_k cost_k))``. The raw cost
+    scales with the fan-in and with log σ, whose scale is arbitrary; unscaled it saturates
+    every a_j at 0 or 1 from the start and no gradient reaches the layers below.
     """
     if iterations < 1:
         raise ValueError(f"routing needs at least 1 iteration, got {iterations}")
-    v = votes.float()
-    _, num_in, num_out, _ = v.shape
-    a_in = activations.float().unsqueeze(-1)  # (B, I, 1)
-    log_r = v.new_full(v.shape[:3], -math.log(num_out))  # (B, I, J): R = 1/J
+    v = votes.float().transpose(1, 2)  # (B, J, I, D): the sums over I below are matmuls
+    v2 = v.pow(2)  # (B, J, I, D)
+    num_out = v.shape[1]
+    a_in = activations.float().unsqueeze(1)  # (B, 1, I)
+    log_r = v.new_full(v.shape[:3], -math.log(num_out))  # (B, J, I): R = 1/J
     for it in range(1, iterations + 1):
-        r = torch.softmax(log_r, dim=2) * a_in  # (B, I, J): R_ij · a_i
-        r_sum = r.sum(1)  # (B, J)
-        w = (r / (r_sum.unsqueeze(1) + eps)).unsqueeze(-1)  # (B, I, J, 1)
-        mu = (w * v).sum(1)  # (B, J, D)
-        var = (w * (v - mu.unsqueeze(1)).pow(2)).sum(1) + eps  # (B, J, D)
-        n = (r_sum * num_out / num_in).unsqueeze(-1)  # (B, J, 1)
-        cost = (beta_u.float().unsqueeze(-1) + 0.5 * torch.log(var)) * n  # (B, J, D)
-        logits = inverse_temperature * it / iterations * (beta_a.float() - cost.sum(-1))
+        r = torch.softmax(log_r, dim=1) * a_in  # (B, J, I): R_ij · a_i
+        r_sum = r.sum(2)  # (B, J)
+        w = (r / (r_sum.unsqueeze(2) + eps)).unsqueeze(2)  # (B, J, 1, I)
+        mu = torch.matmul(w, v).squeeze(2)  # (B, J, D)
+        # σ² = E[V²] - μ² (clamped: rounding can make it slightly negative).
+        var = (torch.matmul(w, v2).squeeze(2) - mu.pow(2)).clamp(min=0) + eps  # (B, J, D)
+        cost = (beta_u.float().unsqueeze(-1) + 0.5 * torch.log(var)).sum(-1) * r_sum  # (B, J)
+        mean = cost.mean(1, keepdim=True)  # (B, 1)
+        std = torch.sqrt((cost - mean).pow(2).mean(1, keepdim=True) + eps)  # (B, 1)
+        logits = inverse_temperature * it / iterations * (beta_a.float() + (mean - cost) / std)
         if it == iterations:
             break
-        # E-step: log(a_j p_j(V_ij)), normalised over j by the softmax at the loop top.
-        log_p = -0.5 * ((v - mu.unsqueeze(1)).pow(2) / var.unsqueeze(1)).sum(-1)  # (B, I, J)
-        log_p = log_p - 0.5 * torch.log(2 * math.pi * var).sum(-1).unsqueeze(1)
-        log_r = F.logsigmoid(logits).unsqueeze(1) + log_p
+        # E-step: log(a_j p_j(V_ij)), normalised over j by the softmax at the loop top;
+        # Σ_h (V - μ)²/σ² = V²·(1/σ²) - 2 V·(μ/σ²) + Σ_h μ²/σ², as matmuls over h.
+        inv = 1.0 / var  # (B, J, D)
+        sq = (
+            torch.matmul(v2, inv.unsqueeze(-1)).squeeze(-1)
+            - 2 * torch.matmul(v, (mu * inv).unsqueeze(-1)).squeeze(-1)
+            + (mu.pow(2) * inv).sum(-1, keepdim=True)
+        ).clamp(min=0)  # (B, J, I)
+        log_p = -0.5 * sq - 0.5 * torch.log(2 * math.pi * var).sum(-1, keepdim=True)
+        log_r = F.logsigmoid(logits).unsqueeze(-1) + log_p  # (B, J, I)
         if detach_agreement:
             log_r = log_r.detach()
-    assignments = torch.softmax(log_r, dim=2)  # (B, I, J)
+    assignments = torch.softmax(log_r, dim=1).transpose(1, 2)  # (B, I, J)
     return mu.to(votes.dtype), torch.sigmoid(logits).to(votes.dtype), assignments
 
 
