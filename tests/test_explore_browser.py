@@ -67,12 +67,16 @@ RECON = "document.getElementById('recon').toDataURL()"
 
 def test_draw_predict_and_tweak_a_pose_in_chromium(server_url, tmp_path):
     with sync_api.sync_playwright() as p:
+        # Playwright's wait_for_function polls by evaluating strings, which the page's
+        # Content-Security-Policy (no eval) forbids: the test driver bypasses it;
+        # tests/test_explore_api.py checks the header itself.
         browser = p.chromium.launch_persistent_context(
             str(tmp_path / "profile"),
             executable_path=str(CHROMIUM),
             args=FLAGS,
             headless=True,
             viewport={"width": 1280, "height": 760},
+            bypass_csp=True,
         )
         page = browser.new_page()
         errors = []

@@ -4,6 +4,8 @@ __version__ = "0.1.0"
 
 from capsnet.baseline import BaselineCNN, BaselineConfig  # noqa: E402
 from capsnet.checkpoint import load_run  # noqa: E402
+from capsnet.efficient import EfficientCapsNet, EfficientCapsNetConfig  # noqa: E402
+from capsnet.em_capsnet import EMCapsNet, EMCapsNetConfig  # noqa: E402
 from capsnet.losses import margin_loss, reconstruction_loss  # noqa: E402
 from capsnet.models import (  # noqa: E402
     CapsNet,
@@ -13,7 +15,16 @@ from capsnet.models import (  # noqa: E402
     list_models,
     register_model,
 )
-from capsnet.routing import capsule_lengths, dynamic_routing, squash  # noqa: E402
+from capsnet.routing import (  # noqa: E402
+    ROUTINGS,
+    Routed,
+    capsule_lengths,
+    dynamic_routing,
+    efficient_squash,
+    em_routing,
+    self_attention_routing,
+    squash,
+)
 
 __all__ = [
     "BaselineCNN",
@@ -21,13 +32,22 @@ __all__ = [
     "CapsNet",
     "CapsNetConfig",
     "CapsNetOutput",
+    "EMCapsNet",
+    "EMCapsNetConfig",
+    "EfficientCapsNet",
+    "EfficientCapsNetConfig",
+    "ROUTINGS",
+    "Routed",
     "capsule_lengths",
     "create_model",
     "dynamic_routing",
+    "efficient_squash",
+    "em_routing",
     "list_models",
     "load_run",
     "margin_loss",
     "reconstruction_loss",
     "register_model",
+    "self_attention_routing",
     "squash",
 ]

@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     from capsnet.data.tasks import TASKS
     from capsnet.experiments import ROW_NAMES, SIZES
     from capsnet.models import list_models
+    from capsnet.routing import ROUTINGS
     from capsnet.runtime import PRECISIONS
 
     parser = argparse.ArgumentParser(prog="capsnet", description=__doc__)
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_positive, default=100)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--lr-decay", type=float, default=0.96, help="per-epoch factor (default 0.96)")
+    t.add_argument("--routing", choices=sorted(ROUTINGS), help="default: the model's own")
     t.add_argument("--routing-iterations", type=_positive)
     t.add_argument("--no-reconstruction", action="store_true", help="train without the decoder")
     t.add_argument("--max-shift", type=_non_negative, default=2, help="random shift, pixels")
@@ -174,6 +176,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from capsnet.viz import save_figures
 
     overrides: dict[str, object] = {}
+    if args.routing is not None:
+        overrides["routing"] = args.routing
     if args.routing_iterations is not None:
         overrides["routing_iterations"] = args.routing_iterations
     if args.no_reconstruction:

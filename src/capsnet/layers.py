@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from capsnet.routing import dynamic_routing, squash
+from capsnet.routing import Routed, capsule_lengths, get_routing, squash
 
 
 class PrimaryCaps(nn.Module):
@@ -15,27 +16,63 @@ class PrimaryCaps(nn.Module):
 
     Channels ``[t·dim, (t+1)·dim)`` form capsule type ``t``; a capsule is those ``dim``
     channels at one spatial position. Input (B, C, H, W) → output (B, types·H'·W', dim),
-    capsules ordered (type, row, column).
+    capsules ordered (type, row, column). ``groups`` = channels makes the convolution
+    depthwise (Efficient-CapsNet); ``squash_fn`` is the capsule non-linearity.
     """
 
-    def __init__(self, in_channels: int, types: int, dim: int, kernel_size: int, stride: int):
+    def __init__(
+        self,
+        in_channels: int,
+        types: int,
+        dim: int,
+        kernel_size: int,
+        stride: int,
+        groups: int = 1,
+        squash_fn: Callable[[Tensor], Tensor] = squash,
+    ):
         super().__init__()
-        self.types, self.dim = types, dim
-        self.conv = nn.Conv2d(in_channels, types * dim, kernel_size, stride)
+        self.types, self.dim, self.squash = types, dim, squash_fn
+        self.conv = nn.Conv2d(in_channels, types * dim, kernel_size, stride, groups=groups)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv(x)  # (B, types·dim, H', W')
         b, _, h, w = y.shape
         y = y.view(b, self.types, self.dim, h, w)  # channel → (type, component)
         y = y.permute(0, 1, 3, 4, 2).reshape(b, self.types * h * w, self.dim)  # (B, I, dim)
-        return squash(y)
+        return self.squash(y)
+
+
+class Router(nn.Module):
+    """A routing chosen by name (:data:`capsnet.routing.ROUTINGS`) and the learned tensors
+    it needs for ``in_caps`` children and ``out_caps`` parents (none for ``dynamic``)."""
+
+    def __init__(
+        self,
+        in_caps: int,
+        out_caps: int,
+        routing: str = "dynamic",
+        iterations: int = 3,
+        detach_agreement: bool = False,
+    ) -> None:
+        super().__init__()
+        self.routing = get_routing(routing)
+        self.iterations, self.detach_agreement = iterations, detach_agreement
+        self.params = nn.ParameterDict(self.routing.parameters(in_caps, out_caps))
+
+    def forward(self, votes: Tensor, activations: Tensor) -> Routed:
+        """votes (B, I, J, D), activations (B, I) → Routed (B, J, D), (B, J), (B, I, J)."""
+        return self.routing.route(
+            votes, activations, self.params, self.iterations, self.detach_agreement
+        )
 
 
 class RoutingCaps(nn.Module):
-    """Fully connected capsule layer: predictions ``û_{j|i} = W_ij u_i`` and dynamic routing.
+    """Fully connected capsule layer: predictions ``û_{j|i} = W_ij u_i``, then routing.
 
-    Input (B, I, in_dim) → ``(v, c)``: parents (B, J, out_dim), coupling (B, I, J).
-    No bias and no learned routing prior, as in the paper.
+    Input (B, I, in_dim) → :class:`~capsnet.routing.Routed`: parents (B, J, out_dim), their
+    activations (B, J) and the assignment weights (B, I, J), by the :class:`Router` named
+    ``routing`` (``dynamic``, as in the paper, has no learned tensors besides W). The
+    children's activations are their lengths.
     """
 
     def __init__(
@@ -46,16 +83,17 @@ class RoutingCaps(nn.Module):
         out_dim: int,
         iterations: int = 3,
         detach_agreement: bool = False,
+        routing: str = "dynamic",
     ):
         super().__init__()
-        self.iterations, self.detach_agreement = iterations, detach_agreement
         self.weight = nn.Parameter(0.01 * torch.randn(in_caps, out_caps, out_dim, in_dim))
+        self.router = Router(in_caps, out_caps, routing, iterations, detach_agreement)
 
-    def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, u: Tensor) -> Routed:
         u_hat = torch.einsum("ijdk,bik->bjid", self.weight, u).contiguous()  # (B, J, I, D)
-        # Routing takes (B, I, J, D); this view keeps the (B, J, I, D) memory layout it
-        # runs fastest on (see dynamic_routing).
-        return dynamic_routing(u_hat.transpose(1, 2), self.iterations, self.detach_agreement)
+        # Routing takes (B, I, J, D); this view keeps the (B, J, I, D) memory layout that
+        # dynamic routing runs fastest on (see dynamic_routing).
+        return self.router(u_hat.transpose(1, 2), capsule_lengths(u))
 
 
 class Decoder(nn.Module):
@@ -73,3 +111,111 @@ class Decoder(nn.Module):
 
     def forward(self, masked_poses: Tensor) -> Tensor:
         return self.net(masked_poses.flatten(1)).view(-1, *self.out_shape)
+
+
+# --- matrix capsules (Hinton, Sabour & Frosst, 2018) ------------------------------------
+# A layer of matrix capsules is a pair: poses (B, H, W, T, 16), each a flattened 4×4 pose
+# matrix M, and activations (B, H, W, T) in [0, 1], for T capsule types on an H×W grid.
+
+POSE = 4  # poses are POSE × POSE matrices
+
+
+def _pose_weight(*shape: int) -> nn.Parameter:
+    """Transformation matrices (…, 4, 4), near the identity so early votes keep the pose."""
+    eye = torch.eye(POSE).expand(*shape, POSE, POSE)
+    return nn.Parameter(eye + 0.1 * torch.randn(*shape, POSE, POSE))
+
+
+class PrimaryMatrixCaps(nn.Module):
+    """A 1×1 convolution to ``types`` capsules per position: a 4×4 pose and a logistic
+    activation each. Input (B, C, H, W) → poses (B, H, W, T, 16), activations (B, H, W, T)."""
+
+    def __init__(self, in_channels: int, types: int):
+        super().__init__()
+        self.types = types
+        self.pose = nn.Conv2d(in_channels, types * POSE * POSE, 1)
+        self.activation = nn.Conv2d(in_channels, types, 1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        b, _, h, w = x.shape
+        poses = self.pose(x).permute(0, 2, 3, 1).reshape(b, h, w, self.types, POSE * POSE)
+        return poses, torch.sigmoid(self.activation(x)).permute(0, 2, 3, 1)  # (B, H, W, T)
+
+
+class ConvMatrixCaps(nn.Module):
+    """Convolutional capsules: every K×K×T_in patch of children votes ``V_ij = M_i W_ij``
+    for the T_out parents at its position, routed per patch.
+
+    Input poses (B, H, W, T_in, 16), activations (B, H, W, T_in) → poses
+    (B, H', W', T_out, 16), activations (B, H', W', T_out), H' = (H - K) // stride + 1.
+    Simplification (as in most public implementations): a child that lies in several
+    overlapping patches is routed in each patch separately, so its assignments sum to 1
+    over the T_out parents of each patch rather than over all parents it reaches.
+    """
+
+    def __init__(
+        self,
+        in_types: int,
+        out_types: int,
+        kernel_size: int,
+        stride: int,
+        routing: str = "em",
+        iterations: int = 3,
+        detach_agreement: bool = False,
+    ):
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+        children = kernel_size * kernel_size * in_types
+        self.weight = _pose_weight(children, out_types)  # (K·K·T_in, T_out, 4, 4)
+        self.router = Router(children, out_types, routing, iterations, detach_agreement)
+
+    def forward(self, poses: Tensor, activations: Tensor) -> tuple[Tensor, Tensor]:
+        k, s = self.kernel_size, self.stride
+        b = poses.shape[0]
+        patches = poses.unfold(1, k, s).unfold(2, k, s)  # (B, H', W', T, 16, K, K)
+        _, h, w, t, _, _, _ = patches.shape
+        patches = patches.permute(0, 1, 2, 5, 6, 3, 4).reshape(b * h * w, k * k * t, POSE, POSE)
+        acts = activations.unfold(1, k, s).unfold(2, k, s)  # (B, H', W', T, K, K)
+        acts = acts.permute(0, 1, 2, 4, 5, 3).reshape(b * h * w, k * k * t)  # (N, I)
+        votes = torch.einsum("nipq,ijqr->njipr", patches, self.weight)  # (N, J, I, 4, 4)
+        out = self.router(votes.flatten(-2).transpose(1, 2), acts)  # votes (N, I, J, 16)
+        return out.poses.view(b, h, w, -1, POSE * POSE), out.activations.view(b, h, w, -1)
+
+
+class ClassMatrixCaps(nn.Module):
+    """Class capsules: every child votes for every class with a matrix shared by its type
+    across positions, plus coordinate addition (the scaled (row, column) of the child's
+    position, in [0, 1], added to the first two entries of the vote's last column).
+
+    Input poses (B, H, W, T, 16), activations (B, H, W, T) → Routed: class poses
+    (B, E, 16), activations (B, E), assignments (B, I, E) with the I = T·H·W children
+    ordered (type, row, column).
+    """
+
+    def __init__(
+        self,
+        in_types: int,
+        classes: int,
+        routing: str = "em",
+        iterations: int = 3,
+        detach_agreement: bool = False,
+        grid: tuple[int, int] = (1, 1),
+    ):
+        super().__init__()
+        self.weight = _pose_weight(in_types, classes)  # (T, E, 4, 4)
+        h, w = grid
+        self.router = Router(in_types * h * w, classes, routing, iterations, detach_agreement)
+
+    def forward(self, poses: Tensor, activations: Tensor) -> Routed:
+        b, h, w, t, _ = poses.shape
+        m = poses.permute(0, 3, 1, 2, 4).reshape(b, t, h, w, POSE, POSE)  # (type, row, col)
+        votes = torch.einsum("bthwpq,teqr->bethwpr", m, self.weight)  # (B, E, T, H, W, 4, 4)
+        rows = (torch.arange(h, device=m.device, dtype=votes.dtype) + 0.5) / h
+        cols = (torch.arange(w, device=m.device, dtype=votes.dtype) + 0.5) / w
+        coords = torch.zeros(h, w, POSE, POSE, device=m.device, dtype=votes.dtype)
+        coords[:, :, 0, POSE - 1] = rows.view(h, 1)
+        coords[:, :, 1, POSE - 1] = cols.view(1, w)
+        votes = votes + coords.view(1, 1, 1, h, w, POSE, POSE)
+        acts = activations.permute(0, 3, 1, 2).reshape(b, t * h * w)  # (B, I)
+        votes = votes.reshape(b, -1, t * h * w, POSE * POSE).transpose(1, 2)  # (B, I, E, 16)
+        return self.router(votes, acts)

@@ -40,6 +40,26 @@ def margin_loss(
     return (pos + neg).sum(dim=1).mean()
 
 
+def spread_loss(activations: Tensor, targets: Tensor, margin: float | Tensor) -> Tensor:
+    """Spread loss of Hinton, Sabour & Frosst (2018), eq. 3:
+    ``L = Σ_{i≠t} max(0, m - (a_t - a_i))²``.
+
+    Args:
+        activations: class activations a (B, K).
+        targets: class indices t (B,).
+        margin: m; the paper raises it linearly from 0.2 to 0.9 during training.
+
+    Returns:
+        Scalar: L averaged over the batch.
+    """
+    a = activations.float()
+    if targets.dim() != 1:
+        raise ValueError(f"spread loss needs class indices (B,), got {tuple(targets.shape)}")
+    others = 1.0 - F.one_hot(targets.long(), a.shape[1]).float()  # (B, K): i ≠ t
+    a_t = a.gather(1, targets.long().unsqueeze(1))  # (B, 1)
+    return (others * F.relu(margin - (a_t - a)).pow(2)).sum(1).mean()
+
+
 def reconstruction_loss(reconstructions: Tensor, images: Tensor) -> Tensor:
     """Sum of squared errors per example (over all pixels), averaged over the batch.
 
@@ -69,4 +89,4 @@ def capsnet_loss(
     return margin + reconstruction_weight * recon, parts
 
 
-__all__ = ["capsnet_loss", "margin_loss", "reconstruction_loss"]
+__all__ = ["capsnet_loss", "margin_loss", "reconstruction_loss", "spread_loss"]

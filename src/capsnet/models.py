@@ -14,7 +14,7 @@ from capsnet.data.multimnist import OverlayTargets
 from capsnet.errors import ConfigError
 from capsnet.layers import Decoder, PrimaryCaps, RoutingCaps
 from capsnet.losses import capsnet_loss
-from capsnet.routing import capsule_lengths
+from capsnet.routing import get_routing
 
 
 def _conv_out(size: int, kernel: int, stride: int) -> int:
@@ -40,6 +40,7 @@ class CapsNetConfig:
     reconstruction: bool = True
     decoder_hidden: tuple[int, ...] = (512, 1024)
     reconstruction_weight: float = 0.0005
+    routing: str = "dynamic"  # or "em", "self-attention" (see capsnet.routing.ROUTINGS)
 
     def __post_init__(self) -> None:
         # JSON round-trips give lists; keep the dataclass hashable and comparable.
@@ -47,6 +48,7 @@ class CapsNetConfig:
         object.__setattr__(self, "decoder_hidden", tuple(self.decoder_hidden))
         if self.routing_iterations < 1:
             raise ConfigError(f"routing_iterations must be ≥ 1, got {self.routing_iterations}")
+        get_routing(self.routing)
         if min(self.primary_grid) < 1:
             raise ConfigError(
                 f"input size {self.input_size} is too small for conv1 {self.conv1_kernel}×"
@@ -62,6 +64,12 @@ class CapsNetConfig:
             _conv_out(h, self.primary_kernel, self.primary_stride),
             _conv_out(w, self.primary_kernel, self.primary_stride),
         )
+
+    @property
+    def coupling_grid(self) -> tuple[int, int, int]:
+        """(types, H', W') of the children of the class capsules: ``coupling`` (B, I, K)
+        views as (B, types, H', W', K). Every capsule model's config has it."""
+        return (self.primary_types, *self.primary_grid)
 
     @property
     def num_primary_caps(self) -> int:
@@ -81,26 +89,23 @@ class CapsNetConfig:
 
 
 class CapsNetOutput(NamedTuple):
-    lengths: Tensor  # (B, K) capsule lengths = class probabilities
+    lengths: Tensor  # (B, K) class activations = capsule lengths (EM routing: its a_j)
     poses: Tensor  # (B, K, D) class capsules
     reconstructions: Tensor | None  # (B, C, H, W), None without a decoder
-    coupling: Tensor  # (B, I, K) final coupling coefficients of the routing
+    coupling: Tensor  # (B, I, K) assignment weights of the children to the classes
 
 
 class CapsNet(nn.Module):
-    """Conv1 → PrimaryCaps → class capsules with dynamic routing → (optional) decoder."""
+    """Conv1 → PrimaryCaps → class capsules with routing → (optional) decoder.
+
+    Subclasses with another encoder (see ``capsnet.efficient``) override
+    :meth:`_build_encoder` and :meth:`encode`; the class capsules, decoder and loss stay.
+    """
 
     def __init__(self, config: CapsNetConfig | None = None):
         super().__init__()
         self.config = cfg = config or CapsNetConfig()
-        self.conv1 = nn.Conv2d(cfg.in_channels, cfg.conv1_channels, cfg.conv1_kernel)
-        self.primary = PrimaryCaps(
-            cfg.conv1_channels,
-            cfg.primary_types,
-            cfg.primary_dim,
-            cfg.primary_kernel,
-            cfg.primary_stride,
-        )
+        self._build_encoder(cfg)
         self.classes = RoutingCaps(
             cfg.num_primary_caps,
             cfg.primary_dim,
@@ -108,6 +113,7 @@ class CapsNet(nn.Module):
             cfg.class_dim,
             cfg.routing_iterations,
             cfg.detach_agreement,
+            cfg.routing,
         )
         self.decoder = (
             Decoder(
@@ -119,15 +125,28 @@ class CapsNet(nn.Module):
             else None
         )
 
+    def _build_encoder(self, cfg: CapsNetConfig) -> None:
+        self.conv1 = nn.Conv2d(cfg.in_channels, cfg.conv1_channels, cfg.conv1_kernel)
+        self.primary = PrimaryCaps(
+            cfg.conv1_channels,
+            cfg.primary_types,
+            cfg.primary_dim,
+            cfg.primary_kernel,
+            cfg.primary_stride,
+        )
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Images (B, C, H, W) → primary capsules (B, I, primary_dim), ordered (type, row,
+        column) on the ``primary_grid``."""
+        return self.primary(F.relu(self.conv1(x)))
+
     def forward(self, x: Tensor, y: Tensor | OverlayTargets | None = None) -> CapsNetOutput:
         """x: images (B, C, H, W) in [0, 1]; y: labels (B,), multi-hot (B, K), OverlayTargets
         or None.
 
         The decoder sees the capsule(s) of ``y`` when given, else of the longest capsule.
         """
-        u = self.primary(F.relu(self.conv1(x)))  # (B, I, primary_dim)
-        v, c = self.classes(u)  # (B, K, D), (B, I, K)
-        lengths = capsule_lengths(v)  # (B, K)
+        v, lengths, c = self.classes(self.encode(x))  # (B, K, D), (B, K), (B, I, K)
         recon = None
         if self.decoder is not None:
             recon = self.decoder(v * self._mask(lengths, y).unsqueeze(-1))

@@ -1,14 +1,26 @@
-"""Pure capsule maths: the squash non-linearity and routing by agreement.
+"""Pure capsule maths: squash non-linearities and three routing algorithms.
 
 Shapes use B = batch, I = input (child) capsules, J = output (parent) capsules,
-D = pose dimension. Equations are numbered as in Sabour, Frosst & Hinton (2017),
-"Dynamic Routing Between Capsules".
+D = pose dimension. Unless said otherwise, equations are numbered as in Sabour, Frosst &
+Hinton (2017), "Dynamic Routing Between Capsules".
+
+Routing is a choice: :data:`ROUTINGS` maps a name (``dynamic``, ``em``,
+``self-attention``) to a :class:`Routing` with one contract, votes (B, I, J, D) and child
+activations (B, I) in, :class:`Routed` (parent poses, parent activations, assignment
+weights (B, I, J)) out. Layers dispatch on the name (see ``capsnet.layers.RoutingCaps``).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from capsnet.errors import ConfigError
 
 EPS = 1e-8
 
@@ -67,3 +79,184 @@ def dynamic_routing(
         if it < iterations - 1:
             b = b + torch.matmul(u_agree, v.unsqueeze(-1)).squeeze(-1)  # (B, J, I): û·v
     return v.to(u_hat.dtype), c.transpose(1, 2)
+
+
+def efficient_squash(s: Tensor, dim: int = -1, eps: float = EPS) -> Tensor:
+    """Efficient-CapsNet's squash (Mazzia et al., 2021, eq. 6): ``v = (1 - 1/e^|s|) s/|s|``.
+
+    Written ``-expm1(-|s|) · s / |s|``, with ``|s| = sqrt(Σ s² + eps)`` in float32: finite
+    value and gradient at ``s = 0`` and for any |s| (``e^|s|`` never overflows).
+    """
+    s32 = s.float()
+    norm = torch.sqrt(s32.pow(2).sum(dim, keepdim=True) + eps)
+    return (s32 * (-torch.expm1(-norm) / norm)).to(s.dtype)
+
+
+def em_routing(
+    votes: Tensor,
+    activations: Tensor,
+    beta_u: Tensor,
+    beta_a: Tensor,
+    iterations: int = 3,
+    inverse_temperature: float = 1.0,
+    detach_agreement: bool = False,
+    eps: float = 1e-6,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Procedure 1 of Hinton, Sabour & Frosst (2018), "Matrix capsules with EM routing".
+
+    Each parent j is a Gaussian over the H = D pose components (a flattened 4×4 matrix),
+    fitted to the children's votes V_ij weighted by R_ij · a_i:
+
+    * M-step: ``μ_j = Σ_i r_ij V_ij / Σ_i r_ij``, ``σ²_j = Σ_i r_ij (V_ij - μ_j)² / Σ_i r_ij``
+      with ``r_ij = R_ij a_i``; ``cost_j = Σ_h (β_u + log σ_jh) Σ_i r_ij``;
+      ``a_j = logistic(λ (β_a - cost_j))``.
+    * E-step: ``R_ij = a_j p_j(V_ij) / Σ_k a_k p_k(V_ij)`` with p_j the Gaussian density.
+
+    Args:
+        votes: V (B, I, J, D); fastest as a ``transpose(1, 2)`` view of a (B, J, I, D)-
+            contiguous tensor (the matrix capsule layers make it so).
+        activations: a_i of the children (B, I), in [0, 1].
+        beta_u, beta_a: learned costs, broadcastable to (J,) (one per parent type).
+        iterations: EM iterations (≥ 1); each is an M-step then, except the last, an E-step.
+        inverse_temperature: λ of the last iteration. The paper fixes a schedule without
+            giving it; here λ rises linearly, λ_t = λ · t / iterations, t = 1 … iterations.
+        detach_agreement: if True, no gradient flows through the E-step updates of R.
+        eps: variance floor and denominator guard.
+
+    Returns:
+        ``(μ, a, R)``: parent poses (B, J, D), parent activations (B, J) in (0, 1) and the
+        assignments R (B, I, J) of the last M-step, which sum to 1 over J.
+
+    Numerically safe: all in float32 and the E-step in log space (log a_j from
+    ``logsigmoid``, R from a softmax), σ² ≥ eps and Σ_i r_ij guarded, so empty clusters,
+    zero activations, identical or huge votes give finite outputs. One deviation, as in
+    the widely used public implementations: the cost enters standardised over the parents,
+    ``a_j = logistic(λ (β_a + (mean_k cost_k - cost_j) / std_k cost_k))``. The raw cost
+    scales with the fan-in and with log σ, whose scale is arbitrary; unscaled it saturates
+    every a_j at 0 or 1 from the start and no gradient reaches the layers below.
+    """
+    if iterations < 1:
+        raise ValueError(f"routing needs at least 1 iteration, got {iterations}")
+    v = votes.float().transpose(1, 2)  # (B, J, I, D): the sums over I below are matmuls
+    v2 = v.pow(2)  # (B, J, I, D)
+    num_out = v.shape[1]
+    a_in = activations.float().unsqueeze(1)  # (B, 1, I)
+    log_r = v.new_full(v.shape[:3], -math.log(num_out))  # (B, J, I): R = 1/J
+    for it in range(1, iterations + 1):
+        r = torch.softmax(log_r, dim=1) * a_in  # (B, J, I): R_ij · a_i
+        r_sum = r.sum(2)  # (B, J)
+        w = (r / (r_sum.unsqueeze(2) + eps)).unsqueeze(2)  # (B, J, 1, I)
+        mu = torch.matmul(w, v).squeeze(2)  # (B, J, D)
+        # σ² = E[V²] - μ² (clamped: rounding can make it slightly negative).
+        var = (torch.matmul(w, v2).squeeze(2) - mu.pow(2)).clamp(min=0) + eps  # (B, J, D)
+        cost = (beta_u.float().unsqueeze(-1) + 0.5 * torch.log(var)).sum(-1) * r_sum  # (B, J)
+        mean = cost.mean(1, keepdim=True)  # (B, 1)
+        std = torch.sqrt((cost - mean).pow(2).mean(1, keepdim=True) + eps)  # (B, 1)
+        logits = inverse_temperature * it / iterations * (beta_a.float() + (mean - cost) / std)
+        if it == iterations:
+            break
+        # E-step: log(a_j p_j(V_ij)), normalised over j by the softmax at the loop top;
+        # Σ_h (V - μ)²/σ² = V²·(1/σ²) - 2 V·(μ/σ²) + Σ_h μ²/σ², as matmuls over h.
+        inv = 1.0 / var  # (B, J, D)
+        sq = (
+            torch.matmul(v2, inv.unsqueeze(-1)).squeeze(-1)
+            - 2 * torch.matmul(v, (mu * inv).unsqueeze(-1)).squeeze(-1)
+            + (mu.pow(2) * inv).sum(-1, keepdim=True)
+        ).clamp(min=0)  # (B, J, I)
+        log_p = -0.5 * sq - 0.5 * torch.log(2 * math.pi * var).sum(-1, keepdim=True)
+        log_r = F.logsigmoid(logits).unsqueeze(-1) + log_p  # (B, J, I)
+        if detach_agreement:
+            log_r = log_r.detach()
+    assignments = torch.softmax(log_r, dim=1).transpose(1, 2)  # (B, I, J)
+    return mu.to(votes.dtype), torch.sigmoid(logits).to(votes.dtype), assignments
+
+
+def self_attention_routing(
+    u_hat: Tensor, log_prior: Tensor, detach_agreement: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Self-attention routing of Efficient-CapsNet (Mazzia et al., 2021, eqs. 3-5).
+
+    For each parent j, the self-attention matrix ``A_j = Û_j Û_jᵀ / √D`` (I × I) of the
+    children's predictions; child i's score ``Σ_k A_j[i, k] = û_{j|i} · Σ_k û_{j|k} / √D``
+    (computed this way, in O(I·J·D)); ``C = softmax`` of the scores over the parents j;
+    ``s_j = Σ_i (c_ij + b_ij) û_{j|i}`` with the learned log prior b; ``v_j`` =
+    :func:`efficient_squash` ``(s_j)``. One pass, no iterations.
+
+    Args:
+        u_hat: predictions (B, I, J, D).
+        log_prior: b (I, J), learned, zeros at the start.
+        detach_agreement: if True, no gradient flows through the scores (only through s).
+
+    Returns:
+        ``(v, c + b)``: parents (B, J, D) and the weights (B, I, J) each prediction entered
+        s_j with (c sums to 1 over J; the prior b shifts it).
+    """
+    u = u_hat.float()
+    total = u.sum(1, keepdim=True)  # (B, 1, J, D): Σ_k û_{j|k}
+    scores = (u * total).sum(-1) / math.sqrt(u.shape[-1])  # (B, I, J)
+    if detach_agreement:
+        scores = scores.detach()
+    weights = torch.softmax(scores, dim=2) + log_prior.float()  # (B, I, J)
+    s = torch.einsum("bij,bijd->bjd", weights, u)  # (B, J, D)
+    return efficient_squash(s).to(u_hat.dtype), weights
+
+
+# --- routing as a choice ---------------------------------------------------------------
+
+
+class Routed(NamedTuple):
+    """What every routing returns."""
+
+    poses: Tensor  # (B, J, D) parent capsules (vectors, or flattened pose matrices)
+    activations: Tensor  # (B, J) in [0, 1]: capsule lengths, or EM's a_j
+    weights: Tensor  # (B, I, J) final assignment weights of the children to the parents
+
+
+class Routing(NamedTuple):
+    """A routing algorithm behind the common contract.
+
+    ``route(votes (B, I, J, D), activations (B, I), params, iterations, detach_agreement)
+    → Routed``; ``params`` are the learned tensors ``parameters(I, J)`` creates (the layer
+    owns them as nn.Parameters). Algorithms ignore what they do not use (dynamic and
+    self-attention routing ignore the activations, self-attention the iterations).
+    """
+
+    route: Callable[[Tensor, Tensor, Mapping[str, Tensor], int, bool], Routed]
+    parameters: Callable[[int, int], dict[str, Tensor]]
+
+
+def _dynamic(votes: Tensor, activations: Tensor, params, iterations, detach) -> Routed:
+    v, c = dynamic_routing(votes, iterations, detach)
+    return Routed(v, capsule_lengths(v), c)
+
+
+def _em(votes: Tensor, activations: Tensor, params, iterations, detach) -> Routed:
+    return Routed(
+        *em_routing(
+            votes,
+            activations,
+            params["beta_u"],
+            params["beta_a"],
+            iterations,
+            detach_agreement=detach,
+        )
+    )
+
+
+def _self_attention(votes: Tensor, activations: Tensor, params, iterations, detach) -> Routed:
+    v, weights = self_attention_routing(votes, params["log_prior"], detach)
+    return Routed(v, capsule_lengths(v), weights)
+
+
+ROUTINGS: dict[str, Routing] = {
+    "dynamic": Routing(_dynamic, lambda i, j: {}),
+    "em": Routing(_em, lambda i, j: {"beta_u": torch.zeros(j), "beta_a": torch.zeros(j)}),
+    "self-attention": Routing(_self_attention, lambda i, j: {"log_prior": torch.zeros(i, j)}),
+}
+
+
+def get_routing(name: str) -> Routing:
+    """The routing registered as ``name``; ConfigError for an unknown name."""
+    if name not in ROUTINGS:
+        raise ConfigError(f"unknown routing '{name}'; choose from: {', '.join(ROUTINGS)}")
+    return ROUTINGS[name]

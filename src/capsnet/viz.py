@@ -158,7 +158,7 @@ def save_coupling(
     out = model(image.unsqueeze(0).to(_device(model)))
     k = out.lengths.shape[1]
     pred = int(out.lengths.argmax(1))
-    types, (gh, gw) = model.config.primary_types, model.config.primary_grid
+    types, gh, gw = model.config.coupling_grid
     c = out.coupling.view(types, gh, gw, k)[..., pred].float().cpu()  # (types, H', W')
     cols = min(8, types)
     rows = math.ceil(types / cols)
@@ -270,14 +270,15 @@ def save_figures(
 
     Uses the first ``examples`` test examples of the run's dataset (failures for Fig. 3
     are searched among them). Models without a decoder get no reconstruction figures, and
-    models that are not CapsNets only the training curves.
+    models that are not capsule networks (no ``config.coupling_grid``) only the training
+    curves.
     """
     run = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run
     model, _ = load_run(run, device)
     paths = [save_training_curves(run, out / "training.png")]
-    if not isinstance(model, CapsNet):
-        log.info("%s: not a CapsNet, so only the training curves", run)
+    if not hasattr(model.config, "coupling_grid"):
+        log.info("%s: not a capsule network, so only the training curves", run)
         return paths
     train = read_json(run / "config.json")["train"]
     name = train["dataset"]
@@ -287,7 +288,7 @@ def save_figures(
     x = x.float() / 255
     class_names = dataset_spec(name).class_names
     paths.append(save_coupling(model, x[0], out / "coupling.png", class_names))
-    if model.decoder is None:
+    if getattr(model, "decoder", None) is None:
         log.info("%s: no decoder (trained with --no-reconstruction): no reconstructions", run)
         return paths
     if isinstance(y, OverlayTargets):

@@ -182,8 +182,8 @@ def create_app(
             "in_channels": c,
             "input_size": [h, w],
             "class_dim": cfg.class_dim,
-            "primary_types": cfg.primary_types,
-            "primary_grid": list(cfg.primary_grid),
+            "primary_types": cfg.coupling_grid[0],  # the children routed to the classes
+            "primary_grid": list(cfg.coupling_grid[1:]),
             "has_decoder": has_decoder,
             "test_images": n_test,
             "slider": SLIDER,
@@ -197,8 +197,7 @@ def create_app(
         with torch.no_grad():
             out = model(x)
         k = int(out.lengths[0].argmax())
-        gh, gw = cfg.primary_grid
-        coupling = out.coupling[0, :, k].view(cfg.primary_types, gh, gw).mean(0)  # (H', W')
+        coupling = out.coupling[0, :, k].view(cfg.coupling_grid).mean(0)  # (H', W')
         recon = out.reconstructions
         return {
             "lengths": _rounded(out.lengths[0], 6),
