@@ -29,9 +29,9 @@ test: $(STAMP) lint
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
-	$(VENV)/bin/ruff format --check src tests $(wildcard benchmarks)
+	$(VENV)/bin/ruff check src tests $(wildcard benchmarks experiments)
+	$(VENV)/bin/ruff format --check src tests $(wildcard benchmarks experiments)
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests $(wildcard benchmarks)
-	$(VENV)/bin/ruff check --fix src tests $(wildcard benchmarks)
+	$(VENV)/bin/ruff format src tests $(wildcard benchmarks experiments)
+	$(VENV)/bin/ruff check --fix src tests $(wildcard benchmarks experiments)
