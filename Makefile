@@ -20,12 +20,14 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	@$(CAPSNET) -q data fashion-mnist --no-download >/dev/null 2>&1 || bash scripts/apt-dataset.sh fashion-mnist
+	@$(CAPSNET) -q data fashion-mnist --no-download >/dev/null 2>&1 || \
+		bash scripts/apt-install.sh dataset-fashion-mnist "capsnet will try to download it"
 	$(CAPSNET) train --dataset fashion-mnist --model capsnet-small --epochs 3 \
 		--train-limit 20000 --out $(DEMO_OUT)
 
 test: $(STAMP) lint
-	@bash scripts/test-deps.sh
+	@command -v chromium >/dev/null || \
+		bash scripts/apt-install.sh chromium "the browser test will be skipped"
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
