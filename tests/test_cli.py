@@ -59,3 +59,15 @@ def test_bad_input_is_one_line_and_nonzero(argv, message, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_progress_without_a_terminal_is_log_lines(caplog):
+    from capsnet.cli import _LogProgress
+
+    bar = _LogProgress(total=300, desc="epoch 1/2", interval=0.0)
+    bar.set_postfix(loss="0.1234")
+    with caplog.at_level("INFO", logger="capsnet"):
+        bar.update(100)
+        bar.update(200)  # the end of the work: the caller logs the summary, not the bar
+    (line,) = caplog.messages
+    assert line.startswith("epoch 1/2: 100/300 (33%)") and line.endswith(", loss 0.1234")

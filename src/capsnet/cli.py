@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -16,10 +17,44 @@ from capsnet.errors import CapsNetError, ConfigError
 log = logging.getLogger("capsnet")
 
 
+class _LogProgress:
+    """Progress when stderr is not a terminal (``nohup``, a log file, CI): one log line
+    every ``interval`` seconds instead of a bar, so long runs show where they are."""
+
+    def __init__(self, total: int, desc: str = "", interval: float = 60.0, **_: object):
+        self.total, self.desc, self.interval = total, desc, interval
+        self.n, self.postfix = 0, ""
+        self.start = self.last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.interval and self.n < self.total:
+            self.last = now
+            rate = self.n / max(now - self.start, 1e-9)
+            log.info(
+                "%s: %d/%d (%.0f%%), %.1f/s%s",
+                self.desc,
+                self.n,
+                self.total,
+                100 * self.n / self.total,
+                rate,
+                self.postfix,
+            )
+
+    def set_postfix(self, ordered_dict: dict[str, object] | None = None, **kwargs: object) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = "".join(f", {k} {v}" for k, v in items.items())
+
+    def close(self) -> None: ...
+
+
 def _progress():
+    if not sys.stderr.isatty():
+        return _LogProgress
     from tqdm.auto import tqdm
 
-    return partial(tqdm, unit="img", leave=False, dynamic_ncols=True, mininterval=0.5, disable=None)
+    return partial(tqdm, unit="img", leave=False, dynamic_ncols=True, mininterval=0.5)
 
 
 def _positive(text: str) -> int:
