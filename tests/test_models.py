@@ -45,6 +45,11 @@ def test_input_too_small_is_a_config_error():
         CapsNetConfig(input_size=(16, 16))
 
 
+def test_negative_reconstruction_weight_is_a_config_error():
+    with pytest.raises(ConfigError, match="reconstruction_weight -1"):
+        create_model("capsnet-small", reconstruction_weight=-1)
+
+
 def test_every_parameter_gets_a_gradient():
     model = CapsNet(CapsNetConfig(**TINY))
     x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])

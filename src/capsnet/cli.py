@@ -118,6 +118,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--routing", choices=sorted(ROUTINGS), help="default: the model's own")
     t.add_argument("--routing-iterations", type=_positive)
     t.add_argument("--no-reconstruction", action="store_true", help="train without the decoder")
+    t.add_argument(
+        "--reconstruction-weight",
+        type=float,
+        help="factor of the summed squared reconstruction error (default: the model's, 0.0005)",
+    )
     t.add_argument("--max-shift", type=_non_negative, default=2, help="random shift, pixels")
     t.add_argument("--train-limit", type=_positive, help="train on the first N training images")
     t.add_argument("--val-size", type=_non_negative, default=5000)
@@ -217,6 +222,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         overrides["routing_iterations"] = args.routing_iterations
     if args.no_reconstruction:
         overrides["reconstruction"] = False
+    if args.reconstruction_weight is not None:
+        overrides["reconstruction_weight"] = args.reconstruction_weight
     cfg = TrainConfig(
         dataset=args.dataset,
         dataset_options=dict(args.dataset_option),

@@ -53,6 +53,8 @@ class EfficientCapsNetConfig:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "decoder_hidden", tuple(self.decoder_hidden))
         get_routing(self.routing)
+        if not self.reconstruction_weight >= 0:
+            raise ConfigError(f"reconstruction_weight {self.reconstruction_weight} is not ≥ 0")
         if not len(self.stem_channels) == len(self.stem_kernels) == len(self.stem_strides):
             raise ConfigError("stem_channels, stem_kernels and stem_strides differ in length")
         if self.stem_channels[-1] % self.primary_dim:

@@ -49,6 +49,8 @@ class CapsNetConfig:
         if self.routing_iterations < 1:
             raise ConfigError(f"routing_iterations must be ≥ 1, got {self.routing_iterations}")
         get_routing(self.routing)
+        if not self.reconstruction_weight >= 0:
+            raise ConfigError(f"reconstruction_weight {self.reconstruction_weight} is not ≥ 0")
         if min(self.primary_grid) < 1:
             raise ConfigError(
                 f"input size {self.input_size} is too small for conv1 {self.conv1_kernel}×"
