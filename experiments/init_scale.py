@@ -11,7 +11,7 @@ explains: the decoder's summed squared error, the error of the class-mean image 
 decoder that ignores the pose can do at best) and of a per-class linear map from the 16
 pose numbers to the pixels (fitted on half of the test images, scored on the other half).
 A decoder near the class-mean error is not using the pose. (Library defaults: σ = 0.01,
-weight 0.0005.)
+weight 0.0005.) With ``--run RUN_DIR`` it only measures that trained MNIST run.
 """
 
 from __future__ import annotations
@@ -69,13 +69,18 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.01, 0.1])
     p.add_argument("--reconstruction-weights", type=float, nargs="+", default=[0.0005])
+    p.add_argument("--run", help="only measure this trained MNIST run (its best checkpoint)")
     args = p.parse_args()
     keep_freed_memory()
+    test_x, test_y = load_test("mnist", args.data_dir, limit=2000)
+    if args.run:
+        model = load_checkpoint(f"{args.run}/best.safetensors")
+        print(json.dumps({"run": args.run, **pose_information(model, test_x / 255, test_y)}))
+        return
     cfg = TrainConfig(
         dataset="mnist", data_dir=args.data_dir, model="capsnet-small", epochs=args.epochs,
         train_limit=args.train_limit, val_size=2000, test_limit=2000,
     )  # fmt: skip
-    test_x, test_y = load_test("mnist", args.data_dir, limit=2000)
     original = capsnet.layers.RoutingCaps.__init__
     for sigma, weight in itertools.product(args.sigmas, args.reconstruction_weights):
 
@@ -89,7 +94,7 @@ def main() -> None:
             overrides = {"reconstruction_weight": weight}
             m = train(dataclasses.replace(cfg, model_overrides=overrides), run)
             model = load_checkpoint(f"{run}/best.safetensors")
-        info = pose_information(model, test_x.float() / 255, test_y)
+        info = pose_information(model, test_x / 255, test_y)
         row = {"sigma": sigma, "reconstruction_weight": weight, **info}
         row |= {"val_accuracy": m["best_val_accuracy"], "test_accuracy_2000": m["test_accuracy"]}
         print(json.dumps(row), flush=True)
