@@ -41,10 +41,10 @@ def pose_information(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -
     pixels = x.flatten(1)
     fit, score = torch.arange(len(y)) % 2 == 0, torch.arange(len(y)) % 2 == 1
     mean_pred, linear_pred = torch.zeros_like(pixels), torch.zeros_like(pixels)
+    design = torch.cat([poses, torch.ones(len(y), 1)], 1).double()  # (N, D + 1)
     for k in y.unique():
         a, b = fit & (y == k), score & (y == k)
         mean_pred[b] = pixels[a].mean(0)
-        design = torch.cat([poses, torch.ones(len(y), 1)], 1).double()  # (N, D + 1)
         gram = design[a].T @ design[a] + 1e-6 * torch.eye(design.shape[1], dtype=torch.double)
         coef = torch.linalg.solve(gram, design[a].T @ pixels[a].double())  # (D + 1, H·W)
         linear_pred[b] = (design[b] @ coef).float()
