@@ -108,6 +108,43 @@ def test_detach_agreement_keeps_values_and_changes_gradients():
     assert not torch.allclose(grads[0][1], grads[1][1])
 
 
+def autograd_routing(u_hat: torch.Tensor, iterations: int, detach_agreement: bool):
+    """Procedure 1 in broadcast tensor ops, differentiated by autograd (the plain way)."""
+    b = torch.zeros(u_hat.shape[:3], dtype=u_hat.dtype)  # (B, I, J)
+    u_agree = u_hat.detach() if detach_agreement else u_hat
+    for r in range(iterations):
+        c = torch.softmax(b, dim=2)
+        s = (c.unsqueeze(-1) * u_hat).sum(1)  # (B, J, D)
+        n2 = s.pow(2).sum(-1, keepdim=True)
+        v = n2 / (1 + n2) * s / torch.sqrt(n2 + 1e-8)
+        if r < iterations - 1:
+            b = b + (u_agree * v.unsqueeze(1)).sum(-1)
+    return v, c
+
+
+def test_squash_gradient_matches_finite_differences():
+    s = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(squash, (s,))
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+def test_routing_gradient_matches_finite_differences(iterations):
+    # Both outputs (v and c) are checked, so every term of the hand-written backward is.
+    u_hat = (0.7 * torch.randn(2, 7, 3, 4, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda u: dynamic_routing(u, iterations), (u_hat,))
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_routing_gradient_matches_autograd(detach):
+    u_hat = torch.randn(3, 9, 4, 5, dtype=torch.float64, requires_grad=True)
+    w_v, w_c = torch.randn(3, 4, 5, dtype=torch.float64), torch.randn(3, 9, 4, dtype=torch.float64)
+    grads = []
+    for route in (dynamic_routing, autograd_routing):
+        v, c = route(u_hat, 3, detach)
+        grads.append(torch.autograd.grad((v * w_v).sum() + (c * w_c).sum(), u_hat)[0])
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-10, rtol=1e-8)
+
+
 def test_routing_rejects_zero_iterations():
     with pytest.raises(ValueError, match="at least 1"):
         dynamic_routing(torch.randn(1, 2, 3, 4), iterations=0)

@@ -89,16 +89,17 @@ def _onnx_file(
         with warnings.catch_warnings():  # the exporter announces its own deprecation
             warnings.filterwarnings("ignore", "You are using the legacy TorchScript", Warning)
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
-            torch.onnx.export(
-                module,
-                tuple(v[:2] for v in inputs.values()),  # traced on 2, checked on all
-                str(tmp),
-                input_names=list(inputs),
-                output_names=list(outputs),
-                dynamic_axes={name: {0: "batch"} for name in [*inputs, *outputs]},
-                opset_version=OPSET,
-                dynamo=False,
-            )
+            with torch.no_grad():  # the plain forward: the training fast paths are autograd nodes
+                torch.onnx.export(
+                    module,
+                    tuple(v[:2] for v in inputs.values()),  # traced on 2, checked on all
+                    str(tmp),
+                    input_names=list(inputs),
+                    output_names=list(outputs),
+                    dynamic_axes={name: {0: "batch"} for name in [*inputs, *outputs]},
+                    opset_version=OPSET,
+                    dynamo=False,
+                )
         proto = onnx.load(str(tmp))
         onnx.helper.set_model_props(proto, metadata)
         onnx.checker.check_model(proto)

@@ -25,22 +25,62 @@ from capsnet.errors import ConfigError
 EPS = 1e-8
 
 
+def _wide(x: Tensor) -> Tensor:
+    """``x`` in float32, or float64 if it is float64: the precision capsule maths run in."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def squash(s: Tensor, dim: int = -1, eps: float = EPS) -> Tensor:
     """Eq. 1: ``v = |s|² / (1 + |s|²) · s / |s|``.
 
-    The norm is ``sqrt(Σ s² + eps)`` and is computed in float32, so the value and the
-    gradient stay finite at ``s = 0`` and under bf16/fp16 inputs (Σ s² cannot overflow).
-    The result has the dtype of ``s``.
+    The norm is ``sqrt(Σ s² + eps)`` and is computed in float32 (float64 stays float64), so
+    the value and the gradient stay finite at ``s = 0`` and under bf16/fp16 inputs (Σ s²
+    cannot overflow).
+    The result has the dtype of ``s``. When a gradient is needed this runs as one autograd
+    node with the closed-form gradient of :func:`squash_backward`; it saves only ``s``.
     """
-    s32 = s.float()
+    if torch.is_grad_enabled() and s.requires_grad:
+        return _Squash.apply(s, dim, eps)
+    s32 = _wide(s)
+    return (s32 * _squash_scale(s32.pow(2).sum(dim, keepdim=True), eps)).to(s.dtype)
+
+
+def _squash_scale(sq: Tensor, eps: float) -> Tensor:
+    """``|s|² / (1 + |s|²) / sqrt(|s|² + eps)`` from ``sq = |s|²``."""
+    return sq / (1.0 + sq) / torch.sqrt(sq + eps)
+
+
+def squash_backward(s: Tensor, grad: Tensor, dim: int = -1, eps: float = EPS) -> Tensor:
+    """Gradient of :func:`squash` at ``s`` for the output gradient ``grad`` (float32 or 64).
+
+    With ``q = |s|²``, ``n = sqrt(q + eps)`` and ``v = s · f(q)``, ``f = q / ((1 + q) n)``:
+    ``∂L/∂s = f · g + 2 f'(q) (s·g) s`` with ``2 f'(q) = (q + 2 eps - q²) / (n³ (1 + q)²)``,
+    finite at ``s = 0`` (where the second term vanishes).
+    """
+    s32, g = _wide(s), _wide(grad)
     sq = s32.pow(2).sum(dim, keepdim=True)
-    scale = sq / (1.0 + sq) / torch.sqrt(sq + eps)
-    return (s32 * scale).to(s.dtype)
+    n = torch.sqrt(sq + eps)
+    slope = (sq + 2 * eps - sq.pow(2)) / (n.pow(3) * (1.0 + sq).pow(2))  # 2 f'(q)
+    return _squash_scale(sq, eps) * g + slope * (s32 * g).sum(dim, keepdim=True) * s32
+
+
+class _Squash(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s: Tensor, dim: int, eps: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(s)
+        ctx.dim, ctx.eps = dim, eps
+        s32 = _wide(s)
+        return (s32 * _squash_scale(s32.pow(2).sum(dim, keepdim=True), eps)).to(s.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (s,) = ctx.saved_tensors
+        return squash_backward(s, grad, ctx.dim, ctx.eps).to(s.dtype), None, None
 
 
 def capsule_lengths(v: Tensor, dim: int = -1) -> Tensor:
     """Length ``|v|`` of each capsule along ``dim``, exact (no ε) with gradient 0 at v = 0."""
-    return torch.linalg.vector_norm(v.float(), dim=dim).to(v.dtype)
+    return torch.linalg.vector_norm(_wide(v), dim=dim).to(v.dtype)
 
 
 def dynamic_routing(
@@ -69,16 +109,76 @@ def dynamic_routing(
     """
     if iterations < 1:
         raise ValueError(f"routing needs at least 1 iteration, got {iterations}")
-    u = u_hat.float().transpose(1, 2)  # (B, J, I, D)
-    u_agree = u.detach() if detach_agreement else u
+    u = _wide(u_hat).transpose(1, 2)  # (B, J, I, D)
+    with torch.autocast(u.device.type, enabled=False):
+        if torch.is_grad_enabled() and u.requires_grad:
+            v, c = _DynamicRouting.apply(u, iterations, detach_agreement)
+        else:
+            v, c, _ = _route(u, iterations)
+    return v.to(u_hat.dtype), c.transpose(1, 2)
+
+
+def _route(u: Tensor, iterations: int) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:
+    """Procedure 1 on u (B, J, I, D) → v (B, J, D), c (B, J, I) and every iteration's
+    (c, s) for the backward pass."""
     b = u.new_zeros(u.shape[:3])  # (B, J, I) routing logits
+    steps = []
     for it in range(iterations):
         c = torch.softmax(b, dim=1)  # (B, J, I), eq. 3: softmax over parents
         s = torch.matmul(c.unsqueeze(2), u).squeeze(2)  # (B, J, D), eq. 2
         v = squash(s)  # (B, J, D), eq. 1
+        steps.append((c, s))
         if it < iterations - 1:
-            b = b + torch.matmul(u_agree, v.unsqueeze(-1)).squeeze(-1)  # (B, J, I): û·v
-    return v.to(u_hat.dtype), c.transpose(1, 2)
+            b = b + torch.matmul(u, v.unsqueeze(-1)).squeeze(-1)  # (B, J, I): û·v
+    return v, c, steps
+
+
+class _DynamicRouting(torch.autograd.Function):
+    """Procedure 1 with a hand-written backward pass.
+
+    Autograd would add one (B, J, I, D) outer product to ∂L/∂û for every use of û (2r - 1
+    of them), each written to memory and summed. Here every use contributes a rank-1 term
+    ``a_t ⊗ g_t`` (a_t (B, J, I), g_t (B, J, D)), and ∂L/∂û is one batched product
+    ``[a_1 … a_T] @ [g_1 … g_T]``: û is written once and read r + (r - 1) - 1 times.
+    Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, u: Tensor, iterations: int, detach_agreement: bool):  # type: ignore[override]
+        v, c, steps = _route(u, iterations)
+        ctx.save_for_backward(u, *[t for step in steps for t in step])
+        ctx.detach_agreement = detach_agreement
+        return v, c
+
+    @staticmethod
+    def backward(ctx, grad_v: Tensor | None, grad_c: Tensor | None):  # type: ignore[override]
+        u, *saved = ctx.saved_tensors
+        steps = list(zip(saved[0::2], saved[1::2], strict=True))  # (c_t, s_t)
+        last = len(steps) - 1
+        coefs: list[Tensor] = []  # a_t (B, J, I)
+        grads: list[Tensor] = []  # g_t (B, J, D): ∂L/∂û_{j|i} = Σ_t a_t[j, i] g_t[j]
+        grad_b = None  # ∂L/∂b_{t+1}, (B, J, I)
+        for t in range(last, -1, -1):
+            c, s = steps[t]
+            g_v = grad_v if t == last and grad_v is not None else torch.zeros_like(s)
+            if grad_b is not None:  # b_{t+1} = b_t + û·v_t
+                g_v = g_v + torch.matmul(grad_b.unsqueeze(2), u).squeeze(2)  # (B, J, D)
+                if not ctx.detach_agreement:
+                    coefs.append(grad_b)
+                    grads.append(squash(s))  # v_t
+            g_s = squash_backward(s, g_v)  # (B, J, D)
+            coefs.append(c)  # s_t = Σ_i c_ij û_{j|i}
+            grads.append(g_s)
+            if t == 0:
+                break  # b_0 = 0 is a constant
+            g_c = torch.matmul(u, g_s.unsqueeze(-1)).squeeze(-1)  # (B, J, I)
+            if t == last and grad_c is not None:
+                g_c = g_c + grad_c
+            g_b = c * (g_c - (c * g_c).sum(1, keepdim=True))  # softmax over J
+            grad_b = g_b if grad_b is None else grad_b + g_b
+        a = torch.stack(coefs, dim=-1)  # (B, J, I, T)
+        g = torch.stack(grads, dim=-2)  # (B, J, T, D)
+        return torch.matmul(a, g), None, None  # (B, J, I, D)
 
 
 def efficient_squash(s: Tensor, dim: int = -1, eps: float = EPS) -> Tensor:
@@ -87,7 +187,7 @@ def efficient_squash(s: Tensor, dim: int = -1, eps: float = EPS) -> Tensor:
     Written ``-expm1(-|s|) · s / |s|``, with ``|s| = sqrt(Σ s² + eps)`` in float32: finite
     value and gradient at ``s = 0`` and for any |s| (``e^|s|`` never overflows).
     """
-    s32 = s.float()
+    s32 = _wide(s)
     norm = torch.sqrt(s32.pow(2).sum(dim, keepdim=True) + eps)
     return (s32 * (-torch.expm1(-norm) / norm)).to(s.dtype)
 
@@ -137,10 +237,10 @@ def em_routing(
     """
     if iterations < 1:
         raise ValueError(f"routing needs at least 1 iteration, got {iterations}")
-    v = votes.float().transpose(1, 2)  # (B, J, I, D): the sums over I below are matmuls
+    v = _wide(votes).transpose(1, 2)  # (B, J, I, D): the sums over I below are matmuls
     v2 = v.pow(2)  # (B, J, I, D)
     num_out = v.shape[1]
-    a_in = activations.float().unsqueeze(1)  # (B, 1, I)
+    a_in = _wide(activations).unsqueeze(1)  # (B, 1, I)
     log_r = v.new_full(v.shape[:3], -math.log(num_out))  # (B, J, I): R = 1/J
     for it in range(1, iterations + 1):
         r = torch.softmax(log_r, dim=1) * a_in  # (B, J, I): R_ij · a_i
@@ -149,10 +249,10 @@ def em_routing(
         mu = torch.matmul(w, v).squeeze(2)  # (B, J, D)
         # σ² = E[V²] - μ² (clamped: rounding can make it slightly negative).
         var = (torch.matmul(w, v2).squeeze(2) - mu.pow(2)).clamp(min=0) + eps  # (B, J, D)
-        cost = (beta_u.float().unsqueeze(-1) + 0.5 * torch.log(var)).sum(-1) * r_sum  # (B, J)
+        cost = (_wide(beta_u).unsqueeze(-1) + 0.5 * torch.log(var)).sum(-1) * r_sum  # (B, J)
         mean = cost.mean(1, keepdim=True)  # (B, 1)
         std = torch.sqrt((cost - mean).pow(2).mean(1, keepdim=True) + eps)  # (B, 1)
-        logits = inverse_temperature * it / iterations * (beta_a.float() + (mean - cost) / std)
+        logits = inverse_temperature * it / iterations * (_wide(beta_a) + (mean - cost) / std)
         if it == iterations:
             break
         # E-step: log(a_j p_j(V_ij)), normalised over j by the softmax at the loop top;
@@ -191,12 +291,12 @@ def self_attention_routing(
         ``(v, c + b)``: parents (B, J, D) and the weights (B, I, J) each prediction entered
         s_j with (c sums to 1 over J; the prior b shifts it).
     """
-    u = u_hat.float()
+    u = _wide(u_hat)
     total = u.sum(1, keepdim=True)  # (B, 1, J, D): Σ_k û_{j|k}
     scores = (u * total).sum(-1) / math.sqrt(u.shape[-1])  # (B, I, J)
     if detach_agreement:
         scores = scores.detach()
-    weights = torch.softmax(scores, dim=2) + log_prior.float()  # (B, I, J)
+    weights = torch.softmax(scores, dim=2) + _wide(log_prior)  # (B, I, J)
     s = torch.einsum("bij,bijd->bjd", weights, u)  # (B, J, D)
     return efficient_squash(s).to(u_hat.dtype), weights
 
