@@ -35,12 +35,8 @@ def squash(s: Tensor, dim: int = -1, eps: float = EPS) -> Tensor:
 
     The norm is ``sqrt(Σ s² + eps)`` and is computed in float32 (float64 stays float64), so
     the value and the gradient stay finite at ``s = 0`` and under bf16/fp16 inputs (Σ s²
-    cannot overflow).
-    The result has the dtype of ``s``. When a gradient is needed this runs as one autograd
-    node with the closed-form gradient of :func:`squash_backward`; it saves only ``s``.
+    cannot overflow). The result has the dtype of ``s``.
     """
-    if torch.is_grad_enabled() and s.requires_grad:
-        return _Squash.apply(s, dim, eps)
     s32 = _wide(s)
     return (s32 * _squash_scale(s32.pow(2).sum(dim, keepdim=True), eps)).to(s.dtype)
 
@@ -55,27 +51,14 @@ def squash_backward(s: Tensor, grad: Tensor, dim: int = -1, eps: float = EPS) ->
 
     With ``q = |s|²``, ``n = sqrt(q + eps)`` and ``v = s · f(q)``, ``f = q / ((1 + q) n)``:
     ``∂L/∂s = f · g + 2 f'(q) (s·g) s`` with ``2 f'(q) = (q + 2 eps - q²) / (n³ (1 + q)²)``,
-    finite at ``s = 0`` (where the second term vanishes).
+    finite at ``s = 0`` (where the second term vanishes). Used by the backward pass of
+    dynamic routing.
     """
     s32, g = _wide(s), _wide(grad)
     sq = s32.pow(2).sum(dim, keepdim=True)
     n = torch.sqrt(sq + eps)
     slope = (sq + 2 * eps - sq.pow(2)) / (n.pow(3) * (1.0 + sq).pow(2))  # 2 f'(q)
     return _squash_scale(sq, eps) * g + slope * (s32 * g).sum(dim, keepdim=True) * s32
-
-
-class _Squash(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, s: Tensor, dim: int, eps: float) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(s)
-        ctx.dim, ctx.eps = dim, eps
-        s32 = _wide(s)
-        return (s32 * _squash_scale(s32.pow(2).sum(dim, keepdim=True), eps)).to(s.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        (s,) = ctx.saved_tensors
-        return squash_backward(s, grad, ctx.dim, ctx.eps).to(s.dtype), None, None
 
 
 def capsule_lengths(v: Tensor, dim: int = -1) -> Tensor:
@@ -105,7 +88,9 @@ def dynamic_routing(
     The logits b_ij start at 0 for every example (so the first iteration couples
     uniformly), c_i = softmax(b_i) over the parents (eq. 3), s_j = Σ_i c_ij û_{j|i}
     (eq. 2), v_j = squash(s_j) (eq. 1); b is not updated after the last iteration.
-    Accumulations run in float32 even under autocast.
+    Accumulations run in float32 even under autocast. When û needs a gradient, the
+    backward pass is hand-written (one write of ∂L/∂û; see ``_DynamicRouting``) and the
+    result is not twice differentiable.
     """
     if iterations < 1:
         raise ValueError(f"routing needs at least 1 iteration, got {iterations}")
@@ -116,6 +101,15 @@ def dynamic_routing(
         else:
             v, c, _ = _route(u, iterations)
     return v.to(u_hat.dtype), c.transpose(1, 2)
+
+
+def _dot_each(u: Tensor, v: Tensor) -> Tensor:
+    """``û_{j|i} · v_j`` for every i: u (B, J, I, D), v (B, J, D) → (B, J, I).
+
+    Written ``vᵀ ûᵀ`` (a row vector times a wide matrix): on CPU this runs about 3× as fast
+    as the equivalent ``û v`` matrix-vector product.
+    """
+    return torch.matmul(v.unsqueeze(2), u.transpose(-1, -2)).squeeze(2)
 
 
 def _route(u: Tensor, iterations: int) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:
@@ -129,7 +123,7 @@ def _route(u: Tensor, iterations: int) -> tuple[Tensor, Tensor, list[tuple[Tenso
         v = squash(s)  # (B, J, D), eq. 1
         steps.append((c, s))
         if it < iterations - 1:
-            b = b + torch.matmul(u, v.unsqueeze(-1)).squeeze(-1)  # (B, J, I): û·v
+            b = b + _dot_each(u, v)  # (B, J, I): û·v
     return v, c, steps
 
 
@@ -171,7 +165,7 @@ class _DynamicRouting(torch.autograd.Function):
             grads.append(g_s)
             if t == 0:
                 break  # b_0 = 0 is a constant
-            g_c = torch.matmul(u, g_s.unsqueeze(-1)).squeeze(-1)  # (B, J, I)
+            g_c = _dot_each(u, g_s)  # (B, J, I)
             if t == last and grad_c is not None:
                 g_c = g_c + grad_c
             g_b = c * (g_c - (c * g_c).sum(1, keepdim=True))  # softmax over J
