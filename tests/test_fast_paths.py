@@ -1,5 +1,6 @@
 """capsnet's fast paths against the plain implementation in benchmarks/plain.py."""
 
+import csv
 import json
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 from benchmarks.plain import PlainCapsNet
 
 from capsnet import CapsNet, CapsNetConfig
+from capsnet.bench import CSV_FIELDS, append_csv
 from capsnet.cli import main
 
 CFG = CapsNetConfig(conv1_channels=16, primary_types=8, decoder_hidden=(32, 64))
@@ -52,3 +54,17 @@ def test_bench_json_has_the_fields(precision, capsys):
     for key in ("train_images_per_second", "infer_images_per_second", "peak_memory_mb"):
         assert r[key] > 0, key
     assert r["precision"] == precision and r["device"] == "cpu" and r["torch_version"]
+
+
+def test_bench_csv_gains_new_columns_and_keeps_old_rows(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("date,model,train_images_per_second\n2026-01-01,capsnet-mnist,50.0\n")
+    append_csv(path, {"date": "2026-01-02", "model": "capsnet-small", "cpu_features": "AVX2"})
+    append_csv(path, {"date": "2026-01-03", "model": "capsnet-small", "cpu_features": "AVX2"})
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == CSV_FIELDS
+    assert [r["date"] for r in rows] == ["2026-01-01", "2026-01-02", "2026-01-03"]
+    assert rows[0]["train_images_per_second"] == "50.0" and rows[0]["cpu_features"] == ""
+    assert rows[2]["cpu_features"] == "AVX2"

@@ -106,23 +106,38 @@ def benchmark(cfg: BenchConfig, model: nn.Module | None = None) -> dict[str, Any
         "infer_images_per_second": round(cfg.batch_size / infer_s, 2),
         "peak_memory_mb": round(peak_mb, 1),
         "memory_kind": memory_kind,
-        **{k: env[k] for k in ("device_name", "cpu_threads", "torch_version", "commit", "date")},
+        **{k: env[k] for k in ENV_FIELDS},
     }
 
 
+ENV_FIELDS = ("device_name", "cpu_features", "cpu_threads", "torch_version", "commit", "date")
 CSV_FIELDS = (
     "date", "commit", "device", "device_name", "cpu_threads", "torch_version", "impl",
     "allocator", "model", "parameters", "batch_size", "precision", "compile",
     "train_images_per_second", "infer_images_per_second", "peak_memory_mb", "memory_kind",
+    "cpu_features",
 )  # fmt: skip
 
 
 def append_csv(path: str | Path, row: dict[str, Any]) -> None:
-    """Append ``row`` (the CSV_FIELDS of a benchmark result) to a CSV file."""
+    """Append ``row`` (the CSV_FIELDS of a benchmark result) to a CSV file.
+
+    A file written with fewer columns (by an older capsnet) is first rewritten with the
+    current ones; its old rows keep their values and leave the new columns empty.
+    """
     path = Path(path)
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as f:
+    rows: list[dict[str, str]] = []
+    if path.exists() and path.stat().st_size > 0:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != CSV_FIELDS:
+                rows = list(reader)
+        if not rows:  # same columns: append
+            with path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore").writerow(row)
+            return
+    rows.append(row)
+    with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+        writer.writeheader()
+        writer.writerows(rows)

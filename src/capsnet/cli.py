@@ -313,7 +313,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     print(
         f"{r['model']} batch {r['batch_size']} {r['precision']}"
         f"{' compiled' if r['compile'] else ''} on {r['device']} ({r['device_name']}, "
-        f"{r['cpu_threads']} threads, torch "
+        f"{r['cpu_features']}, {r['cpu_threads']} threads, torch "
         f"{r['torch_version']}): train {r['train_images_per_second']:.1f} img/s, inference "
         f"{r['infer_images_per_second']:.1f} img/s, peak memory {r['peak_memory_mb']:.0f} MiB "
         f"({r['memory_kind']})"
