@@ -20,3 +20,4 @@ $PY -m benchmarks.conv_forms | tee benchmarks/conv-forms.jsonl
 for b in 16 50 100 200; do  # one process each: peak RSS is per process
   $C bench --model capsnet-mnist --batch-size $b --warmup 1 --steps 1 --json
 done | tee benchmarks/memory-capsnet-mnist.jsonl
+{ $PY -m benchmarks.step_parts; OMP_NUM_THREADS=1 $PY -m benchmarks.step_parts; } | tee benchmarks/step-parts.jsonl

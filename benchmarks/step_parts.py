@@ -1,0 +1,94 @@
+"""Where a training step of the paper network spends its time, part by part.
+
+    python -m benchmarks.step_parts [--batch-size 100] [--repeats 5]
+
+Times forward + backward of each part of ``capsnet-mnist`` on its real input shapes (best
+of ``--repeats``, tuned allocator), then one whole training step (forward, loss, backward,
+Adam). Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from capsnet import create_model
+from capsnet.allocator import keep_freed_memory
+from capsnet.routing import squash
+from capsnet.train import environment
+
+
+def best_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return round(1000 * min(times), 1)
+
+
+def forward_backward(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> Callable[[], None]:
+    """A closure running ``fn(*inputs)`` and back-propagating a random output gradient."""
+    grad = torch.randn_like(fn(*inputs))
+
+    def run() -> None:
+        fn(*inputs).backward(grad)
+
+    return run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    keep_freed_memory()
+    torch.manual_seed(0)
+    b, r = args.batch_size, args.repeats
+    net = create_model("capsnet-mnist")
+    x, y = torch.rand(b, 1, 28, 28), torch.randint(0, 10, (b,))
+    with torch.no_grad():
+        h = F.relu(net.conv1(x))  # (B, 256, 20, 20)
+        u = net.encode(x)  # (B, 1152, 8)
+        v = net.classes(u).poses  # (B, 10, 16)
+    h.requires_grad_()
+    u.requires_grad_()
+    v.requires_grad_()
+    conv_out = net.primary.conv(h).detach()  # (B, 256, 6, 6)
+    primary = conv_out.view(b, 32, 8, 6, 6).permute(0, 1, 3, 4, 2).reshape(b, 1152, 8)
+    primary.requires_grad_()
+    mask = F.one_hot(y, 10).float().unsqueeze(-1)
+    optim = torch.optim.Adam(net.parameters())
+
+    def step() -> None:
+        optim.zero_grad(set_to_none=True)
+        loss, _ = net.loss(net(x, y), x, y)
+        loss.backward()
+        optim.step()
+
+    parts = {
+        "conv1_ms": forward_backward(lambda t: F.relu(net.conv1(t)), x),
+        "primary_conv_ms": forward_backward(net.primary.conv, h),
+        "primary_squash_ms": forward_backward(squash, primary),
+        "routing_layer_ms": forward_backward(lambda t: net.classes(t).poses, u),
+        "decoder_ms": forward_backward(lambda t: net.decoder(t * mask), v),
+        "train_step_ms": step,
+    }
+    row = {name: best_ms(fn, r) for name, fn in parts.items()}
+    env = environment()
+    keys = ("device_name", "cpu_features", "cpu_threads", "torch_version", "commit", "date")
+    print(
+        json.dumps(
+            {"model": "capsnet-mnist", "batch_size": b, **row, **{k: env.get(k) for k in keys}}
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
