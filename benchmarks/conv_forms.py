@@ -13,28 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from benchmarks.timing import best_ms
 from capsnet.allocator import keep_freed_memory
 from capsnet.train import environment
 
 C, K, S, H = 256, 9, 2, 20  # channels, kernel, stride, input size
 OUT = (H - K) // S + 1  # 6
-
-
-def best_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return round(1000 * min(times), 1)
 
 
 def conv_backward(gy: Tensor, x: Tensor, w: Tensor, mask: list[bool]) -> tuple[Tensor, ...]:
