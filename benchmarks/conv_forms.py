@@ -11,15 +11,13 @@ fastest on this CPU; this script is how that was decided. Prints one JSON line p
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmarks.timing import best_ms
-from capsnet.allocator import keep_freed_memory
+from benchmarks.timing import best_ms, parse_and_prepare
 from capsnet.train import environment
 
 C, K, S, H = 256, 9, 2, 20  # channels, kernel, stride, input size
@@ -61,12 +59,7 @@ def time_onednn(x: Tensor, w: Tensor, gy: Tensor, repeats: int) -> dict[str, flo
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args()
-    keep_freed_memory()
-    torch.manual_seed(0)
+    args = parse_and_prepare(__doc__.splitlines()[0])
     b, r = args.batch_size, args.repeats
     x, w = torch.randn(b, C, H, H), 0.01 * torch.randn(C, C, K, K)
     gy = torch.randn(b, C, OUT, OUT)

@@ -9,16 +9,15 @@ Adam). Prints one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.timing import best_ms
+from benchmarks.timing import best_ms, parse_and_prepare
 from capsnet import create_model
-from capsnet.allocator import keep_freed_memory
+from capsnet.bench import ENV_FIELDS
 from capsnet.routing import squash
 from capsnet.train import environment
 
@@ -34,12 +33,7 @@ def forward_backward(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args()
-    keep_freed_memory()
-    torch.manual_seed(0)
+    args = parse_and_prepare(__doc__.splitlines()[0])
     b, r = args.batch_size, args.repeats
     net = create_model("capsnet-mnist")
     x, y = torch.rand(b, 1, 28, 28), torch.randint(0, 10, (b,))
@@ -72,10 +66,14 @@ def main() -> None:
     }
     row = {name: best_ms(fn, r) for name, fn in parts.items()}
     env = environment()
-    keys = ("device_name", "cpu_features", "cpu_threads", "torch_version", "commit", "date")
     print(
         json.dumps(
-            {"model": "capsnet-mnist", "batch_size": b, **row, **{k: env.get(k) for k in keys}}
+            {
+                "model": "capsnet-mnist",
+                "batch_size": b,
+                **row,
+                **{k: env.get(k) for k in ENV_FIELDS},
+            }
         )
     )
 

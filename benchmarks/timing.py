@@ -1,9 +1,25 @@
-"""Timing shared by the benchmark scripts."""
+"""Set-up and timing shared by the benchmark scripts."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
+
+import torch
+
+from capsnet.allocator import keep_freed_memory
+
+
+def parse_and_prepare(description: str) -> argparse.Namespace:
+    """``--batch-size`` (default 100) and ``--repeats``; then the tuned allocator and seed 0."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    keep_freed_memory()
+    torch.manual_seed(0)
+    return args
 
 
 def best_ms(fn: Callable[[], object], repeats: int) -> float:
