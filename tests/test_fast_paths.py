@@ -68,3 +68,13 @@ def test_bench_csv_gains_new_columns_and_keeps_old_rows(tmp_path):
     assert [r["date"] for r in rows] == ["2026-01-01", "2026-01-02", "2026-01-03"]
     assert rows[0]["train_images_per_second"] == "50.0" and rows[0]["cpu_features"] == ""
     assert rows[2]["cpu_features"] == "AVX2"
+
+
+def test_bench_csv_with_only_an_old_header_gets_the_new_one(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("date,model\n")
+    append_csv(path, {"date": "2026-01-02", "model": "capsnet-small"})
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == CSV_FIELDS and rows[0]["model"] == "capsnet-small"

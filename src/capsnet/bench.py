@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from capsnet.allocator import allocator_tuned
+from capsnet.checkpoint import atomic_write
 from capsnet.models import check_model_name, create_model
 from capsnet.runtime import autocast, check_precision, grad_scaler, resolve_device
 from capsnet.train import environment, train_step
@@ -122,22 +123,26 @@ CSV_FIELDS = (
 def append_csv(path: str | Path, row: dict[str, Any]) -> None:
     """Append ``row`` (the CSV_FIELDS of a benchmark result) to a CSV file.
 
-    A file written with fewer columns (by an older capsnet) is first rewritten with the
-    current ones; its old rows keep their values and leave the new columns empty.
+    A file written with other columns (by an older capsnet) is first rewritten, atomically,
+    with the current ones; its old rows keep their values and leave new columns empty.
     """
     path = Path(path)
-    rows: list[dict[str, str]] = []
     if path.exists() and path.stat().st_size > 0:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
-            if tuple(reader.fieldnames or ()) != CSV_FIELDS:
-                rows = list(reader)
-        if not rows:  # same columns: append
+            same_columns = tuple(reader.fieldnames or ()) == CSV_FIELDS
+            rows = [] if same_columns else list(reader)
+        if same_columns:
             with path.open("a", newline="") as f:
                 csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore").writerow(row)
             return
-    rows.append(row)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    else:
+        rows = []
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows([*rows, row])
+
+    atomic_write(path, write)
