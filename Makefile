@@ -28,6 +28,8 @@ demo: $(STAMP)
 test: $(STAMP) lint
 	@command -v chromium >/dev/null || \
 		bash scripts/apt-install.sh chromium "the browser test will be skipped"
+	@test -d /usr/share/datasets/fashion-mnist || \
+		bash scripts/apt-install.sh dataset-fashion-mnist "its loader test will be skipped"
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

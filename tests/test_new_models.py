@@ -176,6 +176,6 @@ def test_cli_routing_for_a_model_without_routing_is_one_line(mnist_dir, tmp_path
     from capsnet.cli import main
 
     argv = ["train", "--model", "baseline-cnn-small", "--routing", "em", "--out", str(tmp_path)]
-    assert main([*argv, "--data-dir", str(mnist_dir), "--train-limit", "100"]) == 2
+    assert main([*argv, "--data-dir", str(mnist_dir), "--val-size", "50"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad model override" in err, err
