@@ -310,3 +310,36 @@ __all__ = [
     "save_reconstructions",
     "save_training_curves",
 ]
+
+
+def save_robustness(curves: dict[str, dict[str, dict[str, list[float]]]], path: str | Path) -> Path:
+    """Accuracy against strength, one panel per perturbation, one line per model.
+
+    ``curves`` maps a model's label to the result of ``capsnet.robustness.sweep``.
+    """
+    from capsnet.robustness import PERTURBATIONS
+
+    names = list(next(iter(curves.values())))
+    plt = _pyplot()
+    cols = min(4, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        for label, sweep in curves.items():
+            ax.plot(
+                sweep[name]["strength"],
+                [100 * a for a in sweep[name]["accuracy"]],
+                "o-",
+                ms=3,
+                label=label,
+            )
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(PERTURBATIONS[name].unit, fontsize=8)
+        ax.set_ylabel("test accuracy (%)", fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(names) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
