@@ -1,0 +1,81 @@
+"""Pretrained models: listing, sha256 verification, loading; every shipped model reproduces
+its recorded accuracy on a fixed subset."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import capsnet.pretrained as pretrained
+from capsnet.checkpoint import save_checkpoint
+from capsnet.data.tasks import load_test
+from capsnet.errors import CheckpointError, ConfigError
+from capsnet.models import create_model
+from capsnet.predict import predict
+
+SHIPPED = pretrained.list_pretrained()
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def shelf(tmp_path, monkeypatch):
+    """A pretrained directory holding one tiny model, 'tiny'."""
+    monkeypatch.setattr(pretrained, "ROOT", tmp_path)
+    model = create_model("capsnet-small", conv1_channels=4, primary_types=2, decoder_hidden=(8,))
+    (tmp_path / "tiny").mkdir()
+    weights = tmp_path / "tiny" / pretrained.WEIGHTS
+    save_checkpoint(weights, model.half(), "capsnet-small")
+    manifest = {
+        "name": "tiny",
+        "model": "capsnet-small",
+        "dataset": "mnist",
+        "test_accuracy": 0.1,
+        "float32_test_accuracy": 0.1,
+        "float16_test_accuracy": 0.1,
+        "test_examples": 10,
+        "dtype": "float16",
+        "sha256": pretrained.sha256(weights),
+        "bytes": weights.stat().st_size,
+        "origin": "nowhere",
+        "description": "a test model",
+        "subset_check": {"data_dir": None, "limit": 10, "accuracy": 0.1},
+    }
+    (tmp_path / "tiny" / pretrained.MANIFEST).write_text(json.dumps(manifest))
+    return tmp_path / "tiny"
+
+
+def test_list_and_load_a_float16_model_as_float32(shelf):
+    assert [p.name for p in pretrained.list_pretrained()] == ["tiny"]
+    model, config = pretrained.load_pretrained("tiny")
+    assert next(model.parameters()).dtype == torch.float32 and not model.training
+    assert config.conv1_channels == 4
+
+
+def test_a_changed_weights_file_is_refused(shelf):
+    weights = shelf / pretrained.WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(CheckpointError, match="sha256 .* does not match"):
+        pretrained.load_pretrained("tiny")
+
+
+def test_an_unknown_name_lists_the_shipped_ones(shelf):
+    with pytest.raises(ConfigError, match="no pretrained model 'nope'; shipped: tiny"):
+        pretrained.get_pretrained("nope")
+
+
+@pytest.mark.parametrize("p", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_model_reproduces_its_recorded_subset_accuracy(p):
+    model, _ = pretrained.load_pretrained(p.name)
+    check = p.subset_check
+    data_dir = check["data_dir"] and REPO / check["data_dir"]
+    x, y = load_test(p.dataset, data_dir, limit=check["limit"])
+    accuracy = (predict(model, x.float() / 255).argmax(1) == y).double().mean().item()
+    assert accuracy == pytest.approx(check["accuracy"], abs=1e-9)
+
+
+def test_manifests_describe_what_is_shipped():
+    for p in SHIPPED:
+        assert p.bytes == (p.path / pretrained.WEIGHTS).stat().st_size
+        assert dataclasses.asdict(p)["dtype"] in ("float16", "float32")
