@@ -113,6 +113,8 @@ def _bad_inputs(d):
     np.save(d / "five.npy", np.zeros((1, 1, 1, 28, 28), np.uint8))
     np.save(d / "empty.npy", np.zeros((0, 28, 28), np.uint8))
     np.save(d / "objects.npy", np.array([None, 1], dtype=object), allow_pickle=True)
+    np.savez(d / "archive.npz", images=np.zeros((28, 28), np.uint8))
+    (d / "archive.npz").rename(d / "archive.npy")
 
 
 @pytest.mark.parametrize(
@@ -128,6 +130,7 @@ def _bad_inputs(d):
         ("empty.npy", "holds no images"),
         ("objects.npy", "not a readable .npy array"),
         ("missing.png", "file not found"),
+        ("archive.npy", "is an .npz archive, not an .npy array"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_file(tiny_run, tmp_path, capsys, name, message):
@@ -138,3 +141,38 @@ def test_bad_input_is_one_line_naming_the_file(tiny_run, tmp_path, capsys, name,
     assert len(err.splitlines()) == 1 and err.startswith("capsnet: error: "), err
     assert str(tmp_path / name) in err and message in err, err
     assert captured.out == ""
+
+
+def test_big_endian_float_npy_reads_like_native(digits, tmp_path):
+    native = digits[:2].astype(np.float32) / 255
+    np.save(tmp_path / "big.npy", native.astype(">f4"))
+    x = read_inputs([tmp_path / "big.npy"], 1, (28, 28)).images
+    torch.testing.assert_close(x, torch.from_numpy(native)[:, None], atol=0, rtol=0)
+
+
+def test_black_ink_on_transparent_background_reads_as_white_on_black(digits, tmp_path):
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., 3] = digits[0]  # black ink whose opacity is the digit
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "ink.png")
+    x = read_inputs([tmp_path / "ink.png"], 1, (28, 28)).images
+    torch.testing.assert_close(x[0, 0], torch.from_numpy(digits[0]).float() / 255)
+
+
+def test_a_huge_picture_is_refused_from_its_header(tmp_path, monkeypatch):
+    Image.new("L", (300, 200)).save(tmp_path / "wide.png")
+    from capsnet import predict as predict_module
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(predict_module, "MAX_PIXELS", 300 * 200 - 1)
+    monkeypatch.setattr(predict_module.np, "asarray", no_decoding)
+    with pytest.raises(predict_module.DataError, match="300×200, larger than the 59,999 pixels"):
+        read_inputs([tmp_path / "wide.png"], 1, (28, 28))
+
+
+def test_blank_input_is_warned_about(tmp_path, caplog):
+    np.save(tmp_path / "blank.npy", np.zeros((2, 28, 28), np.uint8))
+    with caplog.at_level(logging.WARNING):
+        read_inputs([tmp_path / "blank.npy"], 1, (28, 28))
+    assert "2 of 2 images are blank" in caplog.text

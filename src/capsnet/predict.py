@@ -26,6 +26,7 @@ from capsnet.errors import CapsNetError, DataError
 log = logging.getLogger(__name__)
 
 PIL_MODES = {1: "L", 3: "RGB"}  # model channels -> Pillow mode PNG/JPEG files are converted to
+MAX_PIXELS = 4096 * 4096  # larger pictures are refused from their header, before decoding
 
 
 @dataclass(frozen=True)
@@ -62,13 +63,38 @@ def class_names(dataset: str | None, num_classes: int) -> tuple[str, ...]:
     return names if len(names) == num_classes else tuple(str(k) for k in range(num_classes))
 
 
+def _ink_from_alpha(im: Image.Image, channels: int) -> np.ndarray:
+    """A picture with transparency as uint8 (H, W, C) on the black background the models
+    were trained on: a 1-channel model sees the opacity as the ink (so black ink on a
+    transparent background is a white digit on black); a colour model sees the colours
+    scaled by opacity (composited over black)."""
+    rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)  # (H, W, 4)
+    alpha = rgba[..., 3:] / 255.0
+    ink = alpha * 255.0 if channels == 1 else rgba[..., :3] * alpha
+    return ink.round().astype(np.uint8)
+
+
 def _read_picture(path: Path, channels: int) -> np.ndarray:
-    """A PNG/JPEG file as uint8 (1, C, H, W), converted to ``channels`` channels."""
+    """A PNG/JPEG file as uint8 (1, C, H, W), converted to ``channels`` channels.
+
+    The size is read from the header and checked before the image
+    is decoded (at most MAX_PIXELS). Transparent pictures are composited as in _ink_from_alpha.
+    """
     if channels not in PIL_MODES:
         raise DataError(f"{path}: a {channels}-channel model takes .npy input, not PNG/JPEG")
     try:
         with Image.open(path, formats=["PNG", "JPEG"]) as im:
-            a = np.asarray(im.convert(PIL_MODES[channels]))  # (H, W) or (H, W, 3)
+            width, height = im.size  # from the header; nothing decoded yet
+            if width * height > MAX_PIXELS:
+                raise DataError(
+                    f"{path}: image is {width}×{height}, larger than the {MAX_PIXELS:,} pixels "
+                    "capsnet decodes; resize it to the model's input size first"
+                )
+            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                a = _ink_from_alpha(im, channels)
+                log.info("%s: transparent picture; its opacity is read as the ink", path)
+            else:
+                a = np.asarray(im.convert(PIL_MODES[channels]))  # (H, W) or (H, W, 3)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
@@ -85,6 +111,10 @@ def _read_array(path: Path, channels: int) -> np.ndarray:
         raise DataError(f"{path}: file not found") from None
     except (OSError, ValueError, EOFError) as e:
         raise DataError(f"{path}: not a readable .npy array ({e})") from None
+    if not isinstance(a, np.ndarray):  # np.load opens .npz archives whatever the name
+        a.close()
+        raise DataError(f"{path}: is an .npz archive, not an .npy array; save one array")
+    a = a.astype(a.dtype.newbyteorder("="), copy=False)  # big-endian files: native order
     if a.ndim == 2:
         a = a[None, None]
     elif a.ndim == 3:
@@ -129,6 +159,9 @@ def read_inputs(
             x = x.div_(255.0)
         if x.mean() > 0.5:
             log.warning("%s: looks dark-on-light; the model expects white-on-black", p)
+        blank = (x.flatten(1).amax(1) - x.flatten(1).amin(1)) < 1 / 255  # (N,) uniform images
+        if blank.any():
+            log.warning("%s: %d of %d images are blank (one uniform value)", p, blank.sum(), len(x))
         arrays.append(x)
         files += [str(p)] * len(a)
         indices += range(len(a))
