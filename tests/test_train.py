@@ -105,3 +105,16 @@ def test_bad_settings_are_config_errors():
         TrainConfig(epochs=0)
     with pytest.raises(ConfigError, match="lr"):
         TrainConfig(lr_decay=1.5)
+
+
+def test_files_are_written_with_the_umasks_permissions(tmp_path):
+    import os
+
+    from capsnet.checkpoint import write_json
+
+    old = os.umask(0o027)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640

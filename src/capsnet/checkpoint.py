@@ -19,13 +19,24 @@ from capsnet.models import create_model
 BEST, LAST = "best.safetensors", "last.safetensors"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so readers never see half a file."""
+    """Call ``write(tmp_path)`` then rename onto ``path``, so readers never see half a file.
+
+    The file gets the permissions of a plain ``open(path, "w")`` (0666 less the umask),
+    not the 0600 of a temporary file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
