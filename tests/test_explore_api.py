@@ -57,7 +57,7 @@ def test_info_describes_the_model_and_its_dataset(client):
     assert info["in_channels"] == 1 and info["input_size"] == [28, 28]
     assert info["class_dim"] == 16 and info["primary_types"] == 4
     assert info["primary_grid"] == [6, 6]  # (28 - 9 + 1 - 9) // 2 + 1
-    assert info["has_decoder"] and info["test_images"] == 10_000
+    assert info["has_decoder"] and info["test_images"] == 1000  # the fixture's test split
     assert info["slider"] == {"min": -0.5, "max": 0.5, "step": 0.05, "mark": 0.25}
 
 

@@ -13,9 +13,10 @@ Endpoints (all errors are JSON ``{"detail": "..."}`` with a 4xx code):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
-import socket
+import time
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,13 +31,14 @@ from torch import Tensor, nn
 
 from capsnet.checkpoint import load_run
 from capsnet.data import load_split
-from capsnet.errors import CapsNetError, ConfigError
+from capsnet.errors import CapsNetError
 from capsnet.predict import class_names, run_train_config
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SLIDER = {"min": -0.5, "max": 0.5, "step": 0.05, "mark": 0.25}  # paper, Fig. 4: ±0.25
+BODY_TIMEOUT = 10.0  # seconds a client has to send a whole request body (else 408)
 POSE_LIMIT = 2.0  # |pose component| accepted by /api/decode (capsule lengths are < 1)
 ASSETS = {"/": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
 MEDIA = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
@@ -71,10 +73,18 @@ def _json_error(status: int, detail: str) -> Response:
 
 class _Guard:
     """ASGI middleware: JSON 400 for a Host header not in ``hosts`` (DNS rebinding), JSON 413
-    for a body over ``max_body`` bytes (read before the app sees it), security headers."""
+    for a body over ``max_body`` bytes and JSON 408 for one not received within
+    ``body_timeout`` seconds (read before the app sees it), security headers."""
 
-    def __init__(self, app: ASGIApp, max_body: int, hosts: tuple[str, ...] | None):
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body: int,
+        hosts: tuple[str, ...] | None,
+        body_timeout: float = BODY_TIMEOUT,
+    ):
         self.app, self.max_body, self.hosts = app, max_body, hosts
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,8 +111,14 @@ class _Guard:
         if declared > self.max_body:
             return await refuse(413, too_large)
         body, more = bytearray(), True
+        deadline = time.monotonic() + self.body_timeout
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                return await refuse(
+                    408, f"request body not received within {self.body_timeout:g} s"
+                )
             if message["type"] != "http.request":  # the client went away
                 return
             body += message.get("body", b"")
@@ -138,11 +154,13 @@ def create_app(
     test_images: Tensor | None = None,
     test_labels: Tensor | None = None,
     hosts: tuple[str, ...] | None = LOOPBACK,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> FastAPI:
     """The explorer for ``model`` (a CapsNet in eval mode on the CPU).
 
     ``test_images`` (N, C, H, W) uint8 with ``test_labels`` (N,) feed "random test image";
-    ``hosts`` are the Host header names accepted (None: any).
+    ``hosts`` are the Host header names accepted (None: any); a request body must arrive
+    within ``body_timeout`` seconds.
     """
     cfg = model.config
     c, (h, w) = cfg.in_channels, cfg.input_size
@@ -153,7 +171,8 @@ def create_app(
     assets = files("capsnet.explore") / "static"
 
     app = FastAPI(title="capsnet explorer", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(_Guard, max_body=16384 + 32 * c * h * w, hosts=hosts)
+    max_body = 16384 + 32 * c * h * w
+    app.add_middleware(_Guard, max_body=max_body, hosts=hosts, body_timeout=body_timeout)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -263,26 +282,4 @@ def load_explorer(
     return create_app(model, dataset, images, labels, hosts)
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A TCP socket listening on ``host:port`` (port 0: a free one); ConfigError if it can't."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family)
-    except OSError as e:
-        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
-
-
-def url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
-
-
-def serve(app: ASGIApp, sock: socket.socket) -> None:
-    """Serve ``app`` on a listening socket with uvicorn until interrupted (Ctrl-C)."""
-    import uvicorn
-
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
-
-
-__all__ = ["create_app", "listen", "load_explorer", "serve", "url"]
+__all__ = ["BODY_TIMEOUT", "create_app", "load_explorer"]

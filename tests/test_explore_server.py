@@ -1,0 +1,78 @@
+"""The explorer's server under slow and many clients, on loopback with bounded clients."""
+
+import socket
+import threading
+import time
+
+import pytest
+
+from capsnet.errors import ConfigError
+from capsnet.explore import ServerLimits, create_app, listen, make_server
+from capsnet.models import create_model
+
+LIMITS = ServerLimits(header_timeout=0.5, keep_alive=1, max_connections=4)
+
+
+@pytest.fixture(scope="module")
+def address():
+    model = create_model("capsnet-small", conv1_channels=4, primary_types=2, decoder_hidden=(8,))
+    server = make_server(create_app(model.eval(), body_timeout=0.5), LIMITS)
+    sock = listen("127.0.0.1", 0)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield sock.getsockname()[:2]
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def _connect(address, data: bytes) -> socket.socket:
+    client = socket.create_connection(address, timeout=5)
+    client.sendall(data)
+    return client
+
+
+def _reply(client: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (b"" if it sent nothing)."""
+    chunks = []
+    while chunk := client.recv(65536):
+        chunks.append(chunk)
+    client.close()
+    return b"".join(chunks)
+
+
+HEAD = b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected(address):
+    start = time.monotonic()
+    clients = [_connect(address, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n") for _ in range(3)]
+    assert [_reply(c) for c in clients] == [b""] * 3
+    assert time.monotonic() - start < 3
+
+
+def test_a_body_that_never_arrives_gets_408(address):
+    client = _connect(address, HEAD + b'Content-Length: 100\r\n\r\n{"pixels": [')
+    reply = _reply(client)
+    assert reply.startswith(b"HTTP/1.1 408") and b"not received within 0.5 s" in reply
+
+
+def test_a_request_that_makes_max_connections_gets_503(address):
+    stalled = [_connect(address, HEAD + b"Content-Length: 100\r\n\r\n") for _ in range(3)]
+    time.sleep(0.1)
+    extra = _connect(address, b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    reply = extra.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 503"), reply
+    extra.close()
+    for c in stalled:
+        c.close()
+
+
+@pytest.mark.parametrize("port", [-5, 65536, 99999])
+def test_ports_out_of_range_are_refused(port):
+    with pytest.raises(ConfigError, match=f"port must be in 0..65535, got {port}"):
+        listen("127.0.0.1", port)
