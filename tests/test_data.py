@@ -22,6 +22,7 @@ from capsnet.data import (
     shift_images,
     train_val_split,
 )
+from capsnet.data.transforms import Augmentation
 from capsnet.errors import ConfigError, DataError
 
 MNIST_DIR = Path(__file__).resolve().parent / "data" / "mnist-subset"
@@ -314,3 +315,30 @@ def test_random_shift_is_deterministic_with_seeded_generator() -> None:
 def test_random_shift_zero_is_identity() -> None:
     x = torch.rand(3, 1, 4, 4)
     assert random_shift(x, 0) is x
+
+
+# --- Augmentation -------------------------------------------------------------------------
+def _digits() -> torch.Tensor:
+    return load_split("mnist", "test", MNIST_DIR, download=False)[0][:32]
+
+
+def test_default_augmentation_is_the_papers_shift():
+    x = _digits()
+    a = Augmentation()(x, torch.Generator().manual_seed(5))
+    assert torch.equal(a, random_shift(x, 2, torch.Generator().manual_seed(5)))
+
+
+def test_rotation_scale_elastic_are_seeded_and_keep_shape_dtype_and_ink():
+    x = _digits()
+    aug = Augmentation(max_shift=0, rotation=15, scale=0.1, elastic=8)
+    a, b = aug(x, torch.Generator().manual_seed(1)), aug(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == x.shape and a.dtype == torch.uint8
+    assert not torch.equal(a, x)
+    ink = a.double().sum((1, 2, 3)) / x.double().sum((1, 2, 3))  # (B,) per image
+    assert ((ink > 0.7) & (ink < 1.4)).all(), ink
+
+
+@pytest.mark.parametrize("bad", [{"scale": 1.0}, {"rotation": -1.0}, {"max_shift": -1}])
+def test_bad_augmentation_settings_are_config_errors(bad):
+    with pytest.raises(ConfigError):
+        Augmentation(**bad)

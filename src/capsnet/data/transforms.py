@@ -1,6 +1,10 @@
-"""Index splits and batched, reproducible random shifts (the CapsNet paper's augmentation)."""
+"""Index splits and batched, reproducible training augmentation (the paper's random shifts,
+and rotations, scalings and elastic distortions beyond it)."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 
@@ -64,3 +68,50 @@ def random_shift(
         -max_shift, max_shift + 1, (2, len(x)), generator=generator, device="cpu"
     )
     return shift_images(x, shifts[0], shifts[1])
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random changes to each training image, drawn per image from a generator.
+
+    ``max_shift`` is the paper's (whole-pixel shifts in ±max_shift, zero fill). The others,
+    beyond the paper and off (0) by default: a rotation uniform in ±``rotation`` degrees and
+    a scaling by a factor uniform in [1 − ``scale``, 1 + ``scale``] (one warp about the
+    centre, bilinear), then an elastic distortion of ``elastic`` pixels (Simard et al. 2003,
+    σ = 4), then the shift.
+    """
+
+    max_shift: int = 2
+    rotation: float = 0.0
+    scale: float = 0.0
+    elastic: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.max_shift < 0 or self.rotation < 0 or self.elastic < 0:
+            raise ConfigError("max_shift, rotation and elastic must be ≥ 0")
+        if not 0 <= self.scale < 1:
+            raise ConfigError(f"scale must be in [0, 1), got {self.scale}")
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment uint8 or float images (B, C, H, W); same shape and dtype."""
+        if self.rotation or self.scale or self.elastic:
+            x = self._warped(x, generator)
+        return random_shift(x, self.max_shift, generator)
+
+    def _warped(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        from capsnet.data.affnist import affine_matrices, warp
+        from capsnet.robustness import elastic
+
+        n = len(x)
+        y = x.float()
+        if self.rotation or self.scale:
+            u = torch.rand(2, n, generator=generator, dtype=torch.float64) * 2 - 1  # (2, B)
+            angle = u[0] * math.radians(self.rotation)
+            factor = 1 + u[1] * self.scale
+            shear = torch.zeros(n, dtype=torch.float64)
+            y = warp(y, affine_matrices(angle, shear, factor, factor).float())
+        if self.elastic:
+            y = elastic(y, self.elastic, generator or torch.default_generator)
+        if x.dtype == torch.uint8:
+            return y.round_().clamp_(0, 255).to(torch.uint8)
+        return y.to(x.dtype)
