@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -81,6 +82,29 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _field_args(p: argparse.ArgumentParser, cls: type, spec: dict[str, tuple]) -> None:
+    """``--name`` options for fields of the dataclass ``cls``, their defaults taken from it.
+
+    ``spec`` maps a field to (type or None for a flag, help text, extra add_argument
+    keywords); the option's destination is the field's name (see :func:`_from_args`)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for name, (kind, text, *extra) in spec.items():
+        default = defaults[name]
+        flag = "--" + name.replace("_", "-")
+        if kind is None:  # a boolean flag
+            p.add_argument(flag, action="store_true", help=text)
+            continue
+        shown = f" (default: {default})" if default is not None else ""
+        p.add_argument(flag, type=kind, default=default, help=text + shown, **dict(extra))
+
+
+def _from_args(cls: type, args: argparse.Namespace, **more: object):
+    """``cls`` built from the fields ``args`` has (as :func:`_field_args` added them)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    return cls(**{**given, **more})
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset-option",
@@ -95,40 +119,83 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
 
+TABLE1_FIELDS = ("epochs", "batch_size", "train_limit", "val_size")
+
+
+def _train_fields(tasks, models, precisions) -> dict[str, tuple]:
+    return {
+        "dataset": (str, "the task to train on", ("choices", sorted(tasks))),
+        "model": (str, f"one of {', '.join(models)}"),
+        "epochs": (_positive, "training epochs"),
+        "batch_size": (_positive, "images per step"),
+        "lr": (float, "Adam learning rate"),
+        "lr_decay": (float, "per-epoch factor of the learning rate"),
+        "max_shift": (_non_negative, "random shift, pixels (mnist, fashion-mnist)"),
+        "train_limit": (_positive, "train on the first N training images"),
+        "val_size": (_non_negative, "validation images held out of the training split"),
+        "seed": (int, "random seed"),
+        "precision": (str, "autocast dtype", ("choices", precisions)),
+        "compile": (None, "torch.compile the model"),
+    }
+
+
+def _bench_fields(models, precisions) -> dict[str, tuple]:
+    return {
+        "model": (str, f"one of {', '.join(models)}"),
+        "batch_size": (_positive, "images per step"),
+        "device": (str, "auto, cpu, cuda or cuda:N"),
+        "precision": (str, "autocast dtype", ("choices", precisions)),
+        "compile": (None, "torch.compile the model"),
+        "steps": (_positive, "timed steps (median reported)"),
+        "warmup": (_non_negative, "untimed steps first"),
+    }
+
+
+def _add_option_arg(p: argparse.ArgumentParser, flag: str, text: str) -> None:
+    p.add_argument(flag, type=_option, action="append", default=[], metavar="NAME=VALUE", help=text)
+
+
+def _add_model_args(p: argparse.ArgumentParser, routings) -> None:
+    """Model config overrides: the common ones by name, any field by --model-option."""
+    p.add_argument("--routing", choices=sorted(routings), help="default: the model's own")
+    p.add_argument("--routing-iterations", type=_positive)
+    p.add_argument("--no-reconstruction", action="store_true", help="train without the decoder")
+    p.add_argument(
+        "--reconstruction-weight",
+        type=float,
+        help="factor of the summed squared reconstruction error (default: the model's, 0.0005)",
+    )
+    _add_option_arg(p, "--model-option", "a field of the model's config, e.g. class_dim=8")
+
+
+def _model_overrides(args: argparse.Namespace) -> dict[str, object]:
+    named = {
+        "routing": args.routing,
+        "routing_iterations": args.routing_iterations,
+        "reconstruction": False if args.no_reconstruction else None,
+        "reconstruction_weight": args.reconstruction_weight,
+    }
+    return {**{k: v for k, v in named.items() if v is not None}, **dict(args.model_option)}
+
+
 def _parser() -> argparse.ArgumentParser:
+    from capsnet.bench import BenchConfig
     from capsnet.data import DATASETS
     from capsnet.data.tasks import TASKS
-    from capsnet.experiments import ROW_NAMES, SIZES
+    from capsnet.experiments import ROW_NAMES, SIZES, Table1Config
     from capsnet.models import list_models
     from capsnet.routing import ROUTINGS
     from capsnet.runtime import PRECISIONS
+    from capsnet.training import TrainConfig
 
     parser = argparse.ArgumentParser(prog="capsnet", description=__doc__)
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model and test the validation-selected checkpoint")
-    t.add_argument("--dataset", choices=sorted(TASKS), default="mnist")
     t.add_argument("--out", required=True, type=Path, help="run directory to write")
-    t.add_argument("--model", default="capsnet-mnist", help=f"one of {', '.join(list_models())}")
-    t.add_argument("--epochs", type=_positive, default=10)
-    t.add_argument("--batch-size", type=_positive, default=100)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--lr-decay", type=float, default=0.96, help="per-epoch factor (default 0.96)")
-    t.add_argument("--routing", choices=sorted(ROUTINGS), help="default: the model's own")
-    t.add_argument("--routing-iterations", type=_positive)
-    t.add_argument("--no-reconstruction", action="store_true", help="train without the decoder")
-    t.add_argument(
-        "--reconstruction-weight",
-        type=float,
-        help="factor of the summed squared reconstruction error (default: the model's, 0.0005)",
-    )
-    t.add_argument("--max-shift", type=_non_negative, default=2, help="random shift, pixels")
-    t.add_argument("--train-limit", type=_positive, help="train on the first N training images")
-    t.add_argument("--val-size", type=_non_negative, default=5000)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast dtype")
-    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    _field_args(t, TrainConfig, _train_fields(TASKS, list_models(), PRECISIONS))
+    _add_model_args(t, ROUTINGS)
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     _add_data_args(t)
@@ -140,13 +207,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_data_args(e)
 
     b = sub.add_parser("bench", help="measure training and inference images/s and peak memory")
-    b.add_argument("--model", default="capsnet-mnist", help=f"one of {', '.join(list_models())}")
-    b.add_argument("--batch-size", type=_positive, default=100)
-    b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    b.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    b.add_argument("--compile", action="store_true", help="torch.compile the model")
-    b.add_argument("--steps", type=_positive, default=10, help="timed steps (median reported)")
-    b.add_argument("--warmup", type=_non_negative, default=2)
+    _field_args(b, BenchConfig, _bench_fields(list_models(), PRECISIONS))
+    _add_option_arg(b, "--model-option", "a field of the model's config, e.g. class_dim=8")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--csv", type=Path, help="append the result to this CSV file")
 
@@ -160,8 +222,8 @@ def _parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export the classifier and decoder to ONNX")
     x.add_argument("run_dir", type=Path)
     x.add_argument("--onnx", required=True, type=Path, metavar="FILE", help="classifier file")
-    x.add_argument("--dataset", choices=sorted(DATASETS), help="default: the run's dataset")
-    x.add_argument("--data-dir", help="where the test images for the check are")
+    x.add_argument("--data-dir", help="where the run's test images are (default: as trained)")
+    x.add_argument("--dataset", choices=sorted(TASKS), help="default: the run's own")
     x.add_argument("--check-images", type=_positive, default=100, help="default: 100")
 
     v = sub.add_parser("explore", help="serve the interactive capsule explorer")
@@ -199,49 +261,25 @@ def _parser() -> argparse.ArgumentParser:
     t1 = xsub.add_parser("table1", help="baseline vs CapsNet ablation, N seeds per row")
     t1.add_argument("--out", type=Path, default=Path("results"), help="default: results/")
     t1.add_argument("--dataset", choices=["mnist", "multimnist", "fashion-mnist"], default="mnist")
-    t1.add_argument("--size", choices=sorted(SIZES), default="paper", help="model sizes")
-    t1.add_argument("--rows", nargs="+", choices=ROW_NAMES, default=list(ROW_NAMES))
-    t1.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    t1.add_argument("--epochs", type=_positive, default=10)
-    t1.add_argument("--batch-size", type=_positive, default=100)
-    t1.add_argument("--train-limit", type=_positive)
-    t1.add_argument("--val-size", type=_non_negative, default=5000)
+    t1.add_argument("--size", choices=sorted(SIZES), default=Table1Config.size)
+    t1.add_argument("--rows", nargs="+", choices=ROW_NAMES, default=list(Table1Config.rows))
+    t1.add_argument("--seeds", nargs="+", type=int, default=list(Table1Config.seeds))
+    fields = _train_fields(TASKS, list_models(), PRECISIONS)
+    _field_args(t1, TrainConfig, {k: fields[k] for k in TABLE1_FIELDS})
     _add_data_args(t1)
     return parser
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from capsnet.runtime import distributed_from_env, resolve_device
-    from capsnet.train import TrainConfig, train
+    from capsnet.training import TrainConfig, train
     from capsnet.viz import save_figures
 
-    overrides: dict[str, object] = {}
-    if args.routing is not None:
-        overrides["routing"] = args.routing
-    if args.routing_iterations is not None:
-        overrides["routing_iterations"] = args.routing_iterations
-    if args.no_reconstruction:
-        overrides["reconstruction"] = False
-    if args.reconstruction_weight is not None:
-        overrides["reconstruction_weight"] = args.reconstruction_weight
-    cfg = TrainConfig(
-        dataset=args.dataset,
+    cfg = _from_args(
+        TrainConfig,
+        args,
         dataset_options=dict(args.dataset_option),
-        data_dir=args.data_dir,
-        model=args.model,
-        model_overrides=overrides,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_decay=args.lr_decay,
-        max_shift=args.max_shift,
-        train_limit=args.train_limit,
-        val_size=args.val_size,
-        test_limit=args.test_limit,
-        device=args.device,
-        seed=args.seed,
-        precision=args.precision,
-        compile=args.compile,
+        model_overrides=_model_overrides(args),
     )
     m = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=_progress())
     if not distributed_from_env().is_main:
@@ -256,21 +294,23 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from capsnet.checkpoint import load_run, read_json, write_json
+    from capsnet.checkpoint import write_json
     from capsnet.data.tasks import load_test
     from capsnet.runtime import resolve_device
-    from capsnet.train import environment, evaluate
+    from capsnet.training import RunDir, environment, evaluate
 
-    if not args.run_dir.is_dir():
-        raise ConfigError(f"{args.run_dir}: not a run directory")
-    trained = read_json(args.run_dir / "config.json")["train"]
-    dataset = args.dataset or trained["dataset"]
-    options = dict(args.dataset_option)
-    if dataset == trained["dataset"]:  # its own test set: as made in training, unless told
-        options = {**trained.get("dataset_options", {}), **options}
+    run = RunDir(args.run_dir)
+    if run.file is not None or run.train is None:
+        raise ConfigError(f"{args.run_dir}: not a run directory (no training config.json)")
     device = resolve_device(args.device)
-    model, config = load_run(args.run_dir, device)
-    x, y = load_test(dataset, args.data_dir, options=options)
+    model = run.load_model(device)
+    own = args.dataset in (None, run.dataset)
+    dataset = run.dataset if own else args.dataset
+    options = dict(args.dataset_option)
+    if own:  # its own test set: as made in training, unless told
+        options = {**run.dataset_options, **options}
+    x, y = load_test(dataset, args.data_dir or run.data_dir, options=options)
+    config = model.config
     if x.shape[1:] != (config.in_channels, *config.input_size):
         raise ConfigError(
             f"{dataset} images are {tuple(x.shape[1:])} but the model expects "
@@ -287,23 +327,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         "test_examples": len(y),
         **environment(),
     }
-    name = "eval.json" if dataset == trained["dataset"] else f"eval-{dataset}.json"
-    write_json(args.run_dir / name, result)
+    write_json(run.path / ("eval.json" if own else f"eval-{dataset}.json"), result)
     print(f"test accuracy {r['accuracy']:.4%} (error {r['error']:.2%}) on {len(y)} images")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
     from capsnet.bench import BenchConfig, append_csv, benchmark
 
-    cfg = BenchConfig(
-        model=args.model,
-        batch_size=args.batch_size,
-        device=args.device,
-        precision=args.precision,
-        compile=args.compile,
-        warmup=args.warmup,
-        steps=args.steps,
-    )
+    cfg = _from_args(BenchConfig, args, model_overrides=dict(args.model_option))
     r = benchmark(cfg)
     if args.csv:
         append_csv(args.csv, r)
@@ -329,11 +360,8 @@ def _cmd_figures(args: argparse.Namespace) -> None:
 
 
 def _cmd_multimnist(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from capsnet.checkpoint import atomic_write
     from capsnet.data import MultiMNISTConfig, load_split
-    from capsnet.data.multimnist import fixed_pairs
+    from capsnet.data.multimnist import fixed_pairs, save_npz
 
     if args.out.exists() and not args.overwrite:
         raise ConfigError(f"{args.out}: exists; use --overwrite or another --out")
@@ -342,53 +370,35 @@ def _cmd_multimnist(args: argparse.Namespace) -> None:
         images, labels = images[: args.limit], labels[: args.limit]
     cfg = MultiMNISTConfig(pad=args.pad, shift=args.shift)
     x, t = fixed_pairs(images, labels, args.pairs_per_digit, cfg, args.seed)
-
-    def write(p: Path) -> None:
-        with p.open("wb") as f:  # a file object: np.savez would append ".npz" to a path
-            np.savez_compressed(
-                f,
-                images=x[:, 0].numpy(),  # (N, H, W) uint8 overlays
-                labels=t.labels.numpy(),  # (N, 2) int64
-                sources=t.images[:, :, 0].numpy(),  # (N, 2, H, W) uint8, each digit alone
-            )
-
-    atomic_write(args.out, write)
+    save_npz(args.out, x, t)
     print(f"{len(x)} MultiMNIST images of {x.shape[-2]}×{x.shape[-1]} written to {args.out}")
 
 
 def _cmd_experiment(args: argparse.Namespace) -> None:
     from capsnet.experiments import Table1Config, run_table1
-    from capsnet.train import TrainConfig
+    from capsnet.training import TrainConfig
 
-    train = TrainConfig(
-        dataset=args.dataset,
-        dataset_options=dict(args.dataset_option),
-        data_dir=args.data_dir,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        train_limit=args.train_limit,
-        val_size=args.val_size,
-        test_limit=args.test_limit,
-        device=args.device,
-    )
+    train = _from_args(TrainConfig, args, dataset_options=dict(args.dataset_option))
     cfg = Table1Config(train=train, seeds=tuple(args.seeds), rows=tuple(args.rows), size=args.size)
     print(run_table1(cfg, args.out, progress=_progress()))
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from capsnet.checkpoint import load_run
-    from capsnet.predict import class_names, predict, read_inputs, run_train_config
+    from capsnet.predict import predict, read_inputs
     from capsnet.runtime import resolve_device
+    from capsnet.training import RunDir
 
     device = resolve_device(args.device)
-    model, config = load_run(args.run_dir, device)
-    names = class_names(run_train_config(args.run_dir).get("dataset"), config.num_classes)
+    run = RunDir(args.run_dir)
+    model = run.load_model(device)
+    config = model.config
+    names = run.class_names(config.num_classes)
     inputs = read_inputs(args.images, config.in_channels, config.input_size)
-    lengths = predict(model, inputs.images, args.batch_size, device)
-    for n, (k, row) in enumerate(zip(lengths.argmax(1).tolist(), lengths.tolist(), strict=True)):
+    scores = predict(model, inputs.images, args.batch_size, device)
+    for n, (k, row) in enumerate(zip(scores.argmax(1).tolist(), scores.tolist(), strict=True)):
         if args.json:
             obj = {"file": inputs.files[n], "index": inputs.indices[n], "class": k}
-            obj |= {"class_name": names[k], "lengths": [round(v, 6) for v in row]}
+            obj |= {"class_name": names[k], "scores": [round(v, 6) for v in row]}
             print(json.dumps(obj))
         else:
             print(f"{inputs.names[n]}\t{names[k]}\t" + " ".join(f"{v:.4f}" for v in row))
@@ -397,7 +407,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from capsnet.export import export_run
 
-    diffs = export_run(args.run_dir, args.onnx, args.dataset, args.data_dir, args.check_images)
+    diffs = export_run(args.run_dir, args.onnx, args.data_dir, args.check_images, args.dataset)
     for path, d in diffs.items():
         worst = ", ".join(f"{name} {v:.2e}" for name, v in d.items())
         print(f"wrote {path}; max abs difference to PyTorch: {worst}")
