@@ -7,6 +7,10 @@ import torch
 
 from capsnet.training import TrainConfig, train
 
+# One intra-op thread: on a shared machine (other jobs on the cores) OpenMP threads that wait
+# for each other make small tensor ops up to 100× slower; one thread never waits.
+torch.set_num_threads(1)
+
 # 3,000 + 1,000 real MNIST digits shipped with the tests (see tests/data/mnist-subset/README.md).
 # CAPSNET_TEST_MNIST=DIR runs the same tests on another copy of MNIST (e.g. the full dataset).
 MNIST_DIR = Path(__file__).resolve().parent / "data" / "mnist-subset"
