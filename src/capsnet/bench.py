@@ -116,6 +116,18 @@ def benchmark(cfg: BenchConfig, model: nn.Module | None = None) -> dict[str, Any
     }
 
 
+def summary(r: dict[str, Any]) -> str:
+    """One line describing a :func:`benchmark` result."""
+    return (
+        f"{r['model']} batch {r['batch_size']} {r['precision']}"
+        f"{' compiled' if r['compile'] else ''} on {r['device']} ({r['device_name']}, "
+        f"{r['cpu_features']}, {r['cpu_threads']} threads, torch "
+        f"{r['torch_version']}): train {r['train_images_per_second']:.1f} img/s, inference "
+        f"{r['infer_images_per_second']:.1f} img/s, peak memory {r['peak_memory_mb']:.0f} MiB "
+        f"({r['memory_kind']})"
+    )
+
+
 ENV_FIELDS = ("device_name", "cpu_features", "cpu_threads", "torch_version", "commit", "date")
 CSV_FIELDS = (
     "date", "commit", "device", "device_name", "cpu_threads", "torch_version", "impl",

@@ -1,4 +1,6 @@
-"""The ``capsnet`` command line. The only module that parses arguments or draws progress."""
+"""The ``capsnet`` command line: the only module that parses arguments (its progress
+display is ``cli_progress``). Options that set a config field take their defaults from
+the config's dataclass."""
 
 from __future__ import annotations
 
@@ -7,55 +9,14 @@ import dataclasses
 import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
 from capsnet.allocator import keep_freed_memory
+from capsnet.cli_progress import progress_factory as _progress
 from capsnet.errors import CapsNetError, ConfigError
 
 log = logging.getLogger("capsnet")
-
-
-class _LogProgress:
-    """Progress when stderr is not a terminal (``nohup``, a log file, CI): one log line
-    every ``interval`` seconds instead of a bar, so long runs show where they are."""
-
-    def __init__(self, total: int, desc: str = "", interval: float = 60.0, **_: object):
-        self.total, self.desc, self.interval = total, desc, interval
-        self.n, self.postfix = 0, ""
-        self.start = self.last = time.monotonic()
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        now = time.monotonic()
-        if now - self.last >= self.interval and self.n < self.total:
-            self.last = now
-            rate = self.n / max(now - self.start, 1e-9)
-            log.info(
-                "%s: %d/%d (%.0f%%), %.1f/s%s",
-                self.desc,
-                self.n,
-                self.total,
-                100 * self.n / self.total,
-                rate,
-                self.postfix,
-            )
-
-    def set_postfix(self, ordered_dict: dict[str, object] | None = None, **kwargs: object) -> None:
-        items = {**(ordered_dict or {}), **kwargs}
-        self.postfix = "".join(f", {k} {v}" for k, v in items.items())
-
-    def close(self) -> None: ...
-
-
-def _progress():
-    if not sys.stderr.isatty():
-        return _LogProgress
-    from tqdm.auto import tqdm
-
-    return partial(tqdm, unit="img", leave=False, dynamic_ncols=True, mininterval=0.5)
 
 
 def _positive(text: str) -> int:
@@ -179,69 +140,46 @@ def _model_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from capsnet.bench import BenchConfig
     from capsnet.data import DATASETS
     from capsnet.data.tasks import TASKS
-    from capsnet.experiments import ROW_NAMES, SIZES, Table1Config
     from capsnet.models import list_models
     from capsnet.routing import ROUTINGS
     from capsnet.runtime import PRECISIONS
-    from capsnet.training import TrainConfig
 
     parser = argparse.ArgumentParser(prog="capsnet", description=__doc__)
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _training_parsers(sub, TASKS, list_models(), PRECISIONS, ROUTINGS)
+    _tool_parsers(sub, TASKS, DATASETS)
+    return parser
+
+
+def _training_parsers(sub, tasks, models, precisions, routings) -> None:
+    from capsnet.bench import BenchConfig
+    from capsnet.data import MultiMNISTConfig
+    from capsnet.experiments import ROW_NAMES, SIZES, Table1Config
+    from capsnet.training import TrainConfig
+
     t = sub.add_parser("train", help="train a model and test the validation-selected checkpoint")
     t.add_argument("--out", required=True, type=Path, help="run directory to write")
-    _field_args(t, TrainConfig, _train_fields(TASKS, list_models(), PRECISIONS))
-    _add_model_args(t, ROUTINGS)
+    _field_args(t, TrainConfig, _train_fields(tasks, models, precisions))
+    _add_model_args(t, routings)
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     _add_data_args(t)
 
     e = sub.add_parser("evaluate", help="test a trained run; writes RUN_DIR/eval.json")
     e.add_argument("run_dir", type=Path)
-    e.add_argument("--dataset", choices=sorted(TASKS), help="default: the run's dataset")
+    e.add_argument("--dataset", choices=sorted(tasks), help="default: the run's dataset")
     e.add_argument("--batch-size", type=_positive, default=500)
     _add_data_args(e)
 
     b = sub.add_parser("bench", help="measure training and inference images/s and peak memory")
-    _field_args(b, BenchConfig, _bench_fields(list_models(), PRECISIONS))
+    _field_args(b, BenchConfig, _bench_fields(models, precisions))
     _add_option_arg(b, "--model-option", "a field of the model's config, e.g. class_dim=8")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--csv", type=Path, help="append the result to this CSV file")
-
-    p = sub.add_parser("predict", help="classify PNG/JPEG images or .npy arrays with a run")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help=".png, .jpg or .npy")
-    p.add_argument("--json", action="store_true", help="one JSON object per image")
-    p.add_argument("--batch-size", type=_positive, default=500)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-
-    x = sub.add_parser("export", help="export the classifier and decoder to ONNX")
-    x.add_argument("run_dir", type=Path)
-    x.add_argument("--onnx", required=True, type=Path, metavar="FILE", help="classifier file")
-    x.add_argument("--data-dir", help="where the run's test images are (default: as trained)")
-    x.add_argument("--dataset", choices=sorted(TASKS), help="default: the run's own")
-    x.add_argument("--check-images", type=_positive, default=100, help="default: 100")
-
-    v = sub.add_parser("explore", help="serve the interactive capsule explorer")
-    v.add_argument("run_dir", type=Path)
-    v.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (loopback only)")
-    v.add_argument("--port", type=int, default=8000, help="default: 8000; 0 picks a free port")
-    v.add_argument("--data-dir", help="where the run's test images are (for random images)")
-
-    d = sub.add_parser("data", help="find (or download) a dataset and print its directory")
-    d.add_argument("dataset", choices=sorted(DATASETS))
-    d.add_argument("--data-dir")
-    d.add_argument("--no-download", action="store_true")
-
-    f = sub.add_parser("figures", help="draw a run's figures (paper Figs. 3-5, routing, curves)")
-    f.add_argument("run_dir", type=Path)
-    f.add_argument("--out", type=Path, help="directory for the PNG files (default: RUN_DIR)")
-    f.add_argument("--data-dir", help="where the run's dataset is (default: as in training)")
-    f.add_argument("--device", default="cpu")
 
     m = sub.add_parser("multimnist", help="MultiMNIST sets (train with --dataset multimnist)")
     msub = m.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -249,8 +187,11 @@ def _parser() -> argparse.ArgumentParser:
     mk.add_argument("--out", required=True, type=Path, help=".npz file to write")
     mk.add_argument("--split", choices=["train", "test"], default="test")
     mk.add_argument("--pairs-per-digit", type=_positive, default=1)
-    mk.add_argument("--pad", type=_non_negative, default=4, help="canvas border, pixels")
-    mk.add_argument("--shift", type=_non_negative, default=4, help="max shift per digit")
+    pad_shift = {
+        "pad": (_non_negative, "canvas border, pixels"),
+        "shift": (_non_negative, "max shift per digit"),
+    }
+    _field_args(mk, MultiMNISTConfig, pad_shift)
     mk.add_argument("--limit", type=_positive, help="use the first N digits of the split")
     mk.add_argument("--seed", type=int, default=0)
     mk.add_argument("--data-dir")
@@ -264,10 +205,42 @@ def _parser() -> argparse.ArgumentParser:
     t1.add_argument("--size", choices=sorted(SIZES), default=Table1Config.size)
     t1.add_argument("--rows", nargs="+", choices=ROW_NAMES, default=list(Table1Config.rows))
     t1.add_argument("--seeds", nargs="+", type=int, default=list(Table1Config.seeds))
-    fields = _train_fields(TASKS, list_models(), PRECISIONS)
+    fields = _train_fields(tasks, models, precisions)
     _field_args(t1, TrainConfig, {k: fields[k] for k in TABLE1_FIELDS})
     _add_data_args(t1)
-    return parser
+
+
+def _tool_parsers(sub, tasks, datasets) -> None:
+    p = sub.add_parser("predict", help="classify PNG/JPEG images or .npy arrays with a run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help=".png, .jpg or .npy")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--batch-size", type=_positive, default=500)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+
+    x = sub.add_parser("export", help="export the classifier and decoder to ONNX")
+    x.add_argument("run_dir", type=Path)
+    x.add_argument("--onnx", required=True, type=Path, metavar="FILE", help="classifier file")
+    x.add_argument("--data-dir", help="where the run's test images are (default: as trained)")
+    x.add_argument("--dataset", choices=sorted(tasks), help="default: the run's own")
+    x.add_argument("--check-images", type=_positive, default=100, help="default: 100")
+
+    v = sub.add_parser("explore", help="serve the interactive capsule explorer")
+    v.add_argument("run_dir", type=Path)
+    v.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (loopback only)")
+    v.add_argument("--port", type=int, default=8000, help="default: 8000; 0 picks a free port")
+    v.add_argument("--data-dir", help="where the run's test images are (for random images)")
+
+    d = sub.add_parser("data", help="find (or download) a dataset and print its directory")
+    d.add_argument("dataset", choices=sorted(datasets))
+    d.add_argument("--data-dir")
+    d.add_argument("--no-download", action="store_true")
+
+    f = sub.add_parser("figures", help="draw a run's figures (paper Figs. 3-5, routing, curves)")
+    f.add_argument("run_dir", type=Path)
+    f.add_argument("--out", type=Path, help="directory for the PNG files (default: RUN_DIR)")
+    f.add_argument("--data-dir", help="where the run's dataset is (default: as in training)")
+    f.add_argument("--device", default="cpu")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -294,45 +267,19 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from capsnet.checkpoint import write_json
-    from capsnet.data.tasks import load_test
     from capsnet.runtime import resolve_device
-    from capsnet.training import RunDir, environment, evaluate
+    from capsnet.training.evaluation import evaluate_run
 
-    run = RunDir(args.run_dir)
-    if run.file is not None or run.train is None:
-        raise ConfigError(f"{args.run_dir}: not a run directory (no training config.json)")
-    device = resolve_device(args.device)
-    model = run.load_model(device)
-    own = args.dataset in (None, run.dataset)
-    dataset = run.dataset if own else args.dataset
-    options = dict(args.dataset_option)
-    if own:  # its own test set: as made in training, unless told
-        options = {**run.dataset_options, **options}
-    x, y = load_test(dataset, args.data_dir or run.data_dir, options=options)
-    config = model.config
-    if x.shape[1:] != (config.in_channels, *config.input_size):
-        raise ConfigError(
-            f"{dataset} images are {tuple(x.shape[1:])} but the model expects "
-            f"{(config.in_channels, *config.input_size)}"
-        )
-    if args.test_limit is not None:
-        x, y = x[: args.test_limit], y[: args.test_limit]
-    r = evaluate(model, x, y, args.batch_size, device, _progress(), "test")
-    result = {
-        "dataset": dataset,
-        "test_accuracy": r["accuracy"],
-        "test_error": r["error"],
-        "test_loss": r["loss"],
-        "test_examples": len(y),
-        **environment(),
-    }
-    write_json(run.path / ("eval.json" if own else f"eval-{dataset}.json"), result)
-    print(f"test accuracy {r['accuracy']:.4%} (error {r['error']:.2%}) on {len(y)} images")
+    r = evaluate_run(
+        args.run_dir, args.dataset, dict(args.dataset_option), args.data_dir,
+        args.test_limit, args.batch_size, resolve_device(args.device), _progress(),
+    )  # fmt: skip
+    n = r["test_examples"]
+    print(f"test accuracy {r['test_accuracy']:.4%} (error {r['test_error']:.2%}) on {n} images")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from capsnet.bench import BenchConfig, append_csv, benchmark
+    from capsnet.bench import BenchConfig, append_csv, benchmark, summary
 
     cfg = _from_args(BenchConfig, args, model_overrides=dict(args.model_option))
     r = benchmark(cfg)
@@ -341,14 +288,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(r))
         return
-    print(
-        f"{r['model']} batch {r['batch_size']} {r['precision']}"
-        f"{' compiled' if r['compile'] else ''} on {r['device']} ({r['device_name']}, "
-        f"{r['cpu_features']}, {r['cpu_threads']} threads, torch "
-        f"{r['torch_version']}): train {r['train_images_per_second']:.1f} img/s, inference "
-        f"{r['infer_images_per_second']:.1f} img/s, peak memory {r['peak_memory_mb']:.0f} MiB "
-        f"({r['memory_kind']})"
-    )
+    print(summary(r))
 
 
 def _cmd_figures(args: argparse.Namespace) -> None:
@@ -438,20 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     keep_freed_memory()  # large activations otherwise cost page faults every step
-    commands = {
-        "train": _cmd_train,
-        "evaluate": _cmd_evaluate,
-        "bench": _cmd_bench,
-        "figures": _cmd_figures,
-        "multimnist": _cmd_multimnist,
-        "experiment": _cmd_experiment,
-        "predict": _cmd_predict,
-        "export": _cmd_export,
-        "explore": _cmd_explore,
-        "data": _cmd_data,
-    }
     try:
-        commands[args.command](args)
+        globals()[f"_cmd_{args.command}"](args)  # the command's _cmd_ function
     except CapsNetError as e:
         print(f"capsnet: error: {e}", file=sys.stderr)
         return 2
