@@ -18,6 +18,7 @@ appear when the model provides them (``capsules``, ``has_decoder`` in ``/api/inf
 from __future__ import annotations
 
 import logging
+import math
 import random
 import socket
 from importlib.resources import files
@@ -136,32 +137,10 @@ def _asset(text: str, media_type: str) -> Any:
     return get
 
 
-def create_app(
-    model: nn.Module,
-    dataset: str | None = None,
-    test_images: Tensor | None = None,
-    test_labels: Targets | None = None,
-    hosts: tuple[str, ...] | None = LOOPBACK,
-) -> FastAPI:
-    """The explorer for ``model`` (a Classifier in eval mode on the CPU).
-
-    ``test_images`` (N, C, H, W) uint8 with ``test_labels`` (N,) or OverlayTargets feed
-    "random test image"; ``hosts`` are the Host header names accepted (None: any).
-    """
-    require(model, "explore", Classifier)
-    cfg = model.config
-    c, (h, w) = cfg.in_channels, cfg.input_size
-    names = class_names(dataset, cfg.num_classes)
-    capsules = provides(model, CapsuleClassifier)
-    has_decoder = provides(model, PoseDecoder)
-    pose_dim = model.pose_dim if capsules else None
-    grid = model.routing_grid if capsules else None
-    n_test = 0 if test_images is None else len(test_images)
-    rng = random.Random()
-    assets = files("capsnet.explore") / "static"
-
+def _base_app(max_body: int, hosts: tuple[str, ...] | None) -> FastAPI:
+    """The app without its API: guard, JSON errors, the page and its assets."""
     app = FastAPI(title="capsnet explorer", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(_Guard, max_body=16384 + 32 * c * h * w, hosts=hosts)
+    app.add_middleware(_Guard, max_body=max_body, hosts=hosts)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -178,74 +157,112 @@ def create_app(
         # Starlette re-raises the exception after this response: the server logs it.
         return _json_error(500, "internal error (see the server log)")
 
+    assets = files("capsnet.explore") / "static"
     for route, name in ASSETS.items():
         app.get(route)(_asset((assets / name).read_text(), MEDIA[Path(name).suffix]))
     app.get("/favicon.ico")(lambda: Response(status_code=204))
+    return app
 
-    @app.get("/api/info")
-    def info() -> dict[str, Any]:
+
+class _Api:
+    """The JSON API's answers for one model (what it provides of the contract decides)."""
+
+    def __init__(self, model: nn.Module, dataset: str | None, images, labels) -> None:
+        self.model, self.dataset, self.images, self.labels = model, dataset, images, labels
+        cfg = model.config
+        self.shape = (cfg.in_channels, *cfg.input_size)  # (C, H, W)
+        self.k = cfg.num_classes
+        self.names = class_names(dataset, self.k)
+        self.capsules = provides(model, CapsuleClassifier)
+        self.has_decoder = provides(model, PoseDecoder)
+        self.pose_dim = model.pose_dim if self.capsules else None
+        self.grid = model.routing_grid if self.capsules else None  # (types, H', W')
+        self.n_test = 0 if images is None or labels is None else len(images)
+        self.rng = random.Random()
+
+    def info(self) -> dict[str, Any]:
+        grid = self.grid
         return {
-            "dataset": dataset,
-            "class_names": names,
-            "in_channels": c,
-            "input_size": [h, w],
-            "capsules": capsules,
-            "class_dim": pose_dim,
+            "dataset": self.dataset,
+            "class_names": self.names,
+            "in_channels": self.shape[0],
+            "input_size": list(self.shape[1:]),
+            "capsules": self.capsules,
+            "class_dim": self.pose_dim,
             "primary_types": grid[0] if grid else None,  # the children routed to the classes
             "primary_grid": list(grid[1:]) if grid else None,
-            "has_decoder": has_decoder,
-            "test_images": n_test,
+            "has_decoder": self.has_decoder,
+            "test_images": self.n_test,
             "slider": SLIDER,
         }
 
-    @app.post("/api/predict")
-    def predict(req: PredictRequest) -> dict[str, Any]:
+    def predict(self, req: PredictRequest) -> dict[str, Any]:
+        c, h, w = self.shape
         if len(req.pixels) != c * h * w:
             raise HTTPException(422, f"pixels: expected {c}×{h}×{w} = {c * h * w} values")
         x = torch.tensor(req.pixels, dtype=torch.float32).view(1, c, h, w)
         with torch.no_grad():
-            out = model(x)
+            out = self.model(x)
         k = int(out.scores[0].argmax())
-        answer = {"scores": _rounded(out.scores[0], 6), "prediction": k, "class_name": names[k]}
-        if not capsules:
+        answer = {"scores": _rounded(out.scores[0], 6), "prediction": k}
+        answer["class_name"] = self.names[k]
+        if not self.capsules:
             return answer | {"pose": None, "reconstruction": None, "coupling": None}
-        coupling = out.routing_weights[0, :, k].view(grid).mean(0)  # (H', W')
-        recon = out.reconstructions if has_decoder else None
+        coupling = out.routing_weights[0, :, k].view(self.grid).mean(0)  # (H', W')
+        recon = out.reconstructions if self.has_decoder else None
         return answer | {
             "pose": _rounded(out.poses[0, k], 6),
             "reconstruction": None if recon is None else _rounded(recon[0], 4),
             "coupling": _rounded(coupling, 6),
         }
 
-    @app.post("/api/decode")
-    def decode(req: DecodeRequest) -> dict[str, Any]:
-        if not has_decoder:
+    def decode(self, req: DecodeRequest) -> dict[str, Any]:
+        if not self.has_decoder:
             raise HTTPException(409, "this model has no decoder")
-        if not 0 <= req.class_index < cfg.num_classes:
-            raise HTTPException(422, f"class_index: must be in 0..{cfg.num_classes - 1}")
-        if len(req.pose) != pose_dim:
-            raise HTTPException(422, f"pose: expected {pose_dim} values")
-        poses = torch.zeros(1, cfg.num_classes, pose_dim)  # (1, K, D)
+        if not 0 <= req.class_index < self.k:
+            raise HTTPException(422, f"class_index: must be in 0..{self.k - 1}")
+        if len(req.pose) != self.pose_dim:
+            raise HTTPException(422, f"pose: expected {self.pose_dim} values")
+        poses = torch.zeros(1, self.k, self.pose_dim)  # (1, K, D)
         poses[0, req.class_index] = torch.tensor(req.pose)
-        mask = torch.nn.functional.one_hot(torch.tensor([req.class_index]), cfg.num_classes)
+        mask = torch.nn.functional.one_hot(torch.tensor([req.class_index]), self.k)
         with torch.no_grad():
-            recon = model.decode(poses, mask.float())
+            recon = self.model.decode(poses, mask.float())
         return {"reconstruction": _rounded(recon[0], 4)}
 
-    @app.get("/api/random")
-    def random_test_image() -> dict[str, Any]:
-        if test_images is None or test_labels is None or n_test == 0:
+    def random_test_image(self) -> dict[str, Any]:
+        if self.n_test == 0:
             raise HTTPException(404, "no test images (the run's dataset was not found)")
-        i = rng.randrange(n_test)
-        y = test_labels[i]
+        i = self.rng.randrange(self.n_test)
+        y = self.labels[i]
         labels = y.labels.tolist() if isinstance(y, OverlayTargets) else [int(y)]
         return {
             "index": i,
             "label": labels[0] if len(labels) == 1 else labels,
-            "class_name": " + ".join(names[k] for k in labels),
-            "pixels": _rounded(test_images[i].float() / 255, 4),
+            "class_name": " + ".join(self.names[k] for k in labels),
+            "pixels": _rounded(self.images[i].float() / 255, 4),
         }
 
+
+def create_app(
+    model: nn.Module,
+    dataset: str | None = None,
+    test_images: Tensor | None = None,
+    test_labels: Targets | None = None,
+    hosts: tuple[str, ...] | None = LOOPBACK,
+) -> FastAPI:
+    """The explorer for ``model`` (a Classifier in eval mode on the CPU).
+
+    ``test_images`` (N, C, H, W) uint8 with ``test_labels`` (N,) or OverlayTargets feed
+    "random test image"; ``hosts`` are the Host header names accepted (None: any).
+    """
+    require(model, "explore", Classifier)
+    api = _Api(model, dataset, test_images, test_labels)
+    app = _base_app(16384 + 32 * math.prod(api.shape), hosts)
+    app.get("/api/info")(api.info)
+    app.post("/api/predict")(api.predict)
+    app.post("/api/decode")(api.decode)
+    app.get("/api/random")(api.random_test_image)
     return app
 
 
