@@ -6,11 +6,13 @@ from typing import Any, NamedTuple
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from tests.conftest import TINY_MODELS
 from torch import Tensor, nn
 
 from capsnet import create_model, list_models
-from capsnet.checkpoint import save_checkpoint
+from capsnet.checkpoint import save_checkpoint, write_json
 from capsnet.cli import main
 from capsnet.errors import ConfigError
 from capsnet.explore import create_app
@@ -26,6 +28,7 @@ from capsnet.models import (
     require,
 )
 from capsnet.models.registry import _REGISTRY, build
+from capsnet.training import RunDir
 from capsnet.viz import save_coupling
 
 CAPSULE_FAMILIES = ("capsnet", "efficient", "em-capsnet")
@@ -120,3 +123,25 @@ def test_every_tool_refuses_a_model_without_a_loss_before_any_work(linear_family
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "noloss-test has none" in err and "a loss" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors"]
+
+
+def test_old_runs_load_migrated(tmp_path, mnist_dir):
+    # A checkpoint from before the rename (self-attention's bias was "log_prior") and a
+    # config.json from before precision/compile existed, with a setting since removed.
+    from tests.conftest import TINY_MODELS
+
+    model = create_model("efficient-capsnet", **TINY_MODELS["efficient-capsnet"])
+    path = tmp_path / "best.safetensors"
+    save_checkpoint(path, model, "efficient-capsnet")
+    tensors = {k.replace("coupling_bias", "log_prior"): v for k, v in load_file(path).items()}
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    save_file(tensors, str(path), metadata=metadata)
+    train = {"dataset": "mnist", "data_dir": str(mnist_dir), "model": "efficient-capsnet"}
+    write_json(tmp_path / "config.json", {"train": {**train, "old_setting": 1}})
+    run = RunDir(tmp_path)
+    assert run.train.precision == "fp32" and run.data_dir == str(mnist_dir)
+    loaded = run.load_model()
+    bias = loaded.classes.router.params["coupling_bias"]
+    torch.testing.assert_close(bias, model.classes.router.params["coupling_bias"])
+    assert run.test_set(limit=3)[0].shape == (3, 1, 28, 28)
