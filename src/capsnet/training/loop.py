@@ -172,7 +172,14 @@ class Session:
     best_state: dict[str, Tensor] | None = None
 
     @classmethod
-    def start(cls, cfg, run, device, info, progress) -> Session:
+    def start(
+        cls,
+        cfg: TrainConfig,
+        run: RunDir,
+        device: torch.device,
+        info: Distributed,
+        progress: ProgressFactory,
+    ) -> Session:
         """Seed, load the data, build the model, its optimiser and wrappers."""
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
