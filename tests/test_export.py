@@ -85,3 +85,22 @@ def test_a_file_that_does_not_match_pytorch_is_not_written(tiny_run, tmp_path, m
     assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "m.onnx")]) == 2
     assert "differs from PyTorch" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_operator_onnx_cannot_express_is_named_in_one_line_and_nothing_is_printed(
+    tmp_path, capfd
+):
+    from torch import nn
+
+    from capsnet.errors import ConfigError
+    from capsnet.export import _export_quietly
+
+    class Expm1(nn.Module):
+        def forward(self, x):
+            return torch.expm1(x)  # no ONNX symbolic at opset 17
+
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ConfigError, match=r"cannot express the operator aten::expm1") as e:
+        _export_quietly(Expm1(), {"x": torch.rand(3, 2)}, ("y",), path, path)
+    assert "\n" not in str(e.value)
+    assert capfd.readouterr() == ("", "")
