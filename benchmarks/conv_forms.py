@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmarks.timing import best_ms, parse_and_prepare
-from capsnet.train import environment
+from capsnet.training import environment
 
 C, K, S, H = 256, 9, 2, 20  # channels, kernel, stride, input size
 OUT = (H - K) // S + 1  # 6

@@ -19,7 +19,7 @@ from benchmarks.timing import best_ms, parse_and_prepare
 from capsnet import create_model
 from capsnet.bench import ENV_FIELDS
 from capsnet.routing import squash
-from capsnet.train import environment
+from capsnet.training import environment
 
 
 def forward_backward(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> Callable[[], None]:

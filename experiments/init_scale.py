@@ -28,7 +28,7 @@ import capsnet.layers
 from capsnet.allocator import keep_freed_memory
 from capsnet.checkpoint import load_checkpoint
 from capsnet.data.tasks import load_test
-from capsnet.train import TrainConfig, train
+from capsnet.training import TrainConfig, train
 
 
 @torch.no_grad()

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from capsnet.checkpoint import load_run, read_json, save_checkpoint, write_json
+from capsnet.checkpoint import read_json, save_checkpoint, write_json
 from capsnet.data.tasks import load_test
 from capsnet.predict import predict
 from capsnet.pretrained import MANIFEST, ROOT, WEIGHTS, sha256
-from capsnet.train import evaluate
+from capsnet.training import evaluate, load_run
 
 RECORD = ("metrics.json", "history.csv", "command.txt", "train.log")
 TOLERANCE = 0.0002  # ±0.02 percentage points

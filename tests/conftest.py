@@ -5,7 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from capsnet.train import TrainConfig, train
+from capsnet.training import TrainConfig, train
+
+# One intra-op thread: on a shared machine (other jobs on the cores) OpenMP threads that wait
+# for each other make small tensor ops up to 100× slower; one thread never waits.
+torch.set_num_threads(1)
 
 # 3,000 + 1,000 real MNIST digits shipped with the tests (see tests/data/mnist-subset/README.md).
 # CAPSNET_TEST_MNIST=DIR runs the same tests on another copy of MNIST (e.g. the full dataset).
@@ -21,6 +25,18 @@ def mnist_dir() -> Path:
 
 
 TINY_CAPSNET = {"conv1_channels": 8, "primary_types": 2, "decoder_hidden": (16,)}
+_TINY_EM = {"conv1_channels": 4, "primary_types": 2, "caps1_types": 2, "caps2_types": 2}
+_TINY_BASELINE = {"conv_channels": (4, 4, 2), "hidden": (16, 8)}
+# Tiny overrides of every registered model (tests/test_matrix.py checks none is missing).
+TINY_MODELS = {
+    "capsnet-mnist": TINY_CAPSNET,
+    "capsnet-small": TINY_CAPSNET,
+    "efficient-capsnet": {"stem_channels": (4, 8, 8, 16), "decoder_hidden": (16,)},
+    "em-capsnet": {**_TINY_EM, "routing_iterations": 2},
+    "em-capsnet-small": {**_TINY_EM, "routing_iterations": 2},
+    "baseline-cnn": _TINY_BASELINE,
+    "baseline-cnn-small": _TINY_BASELINE,
+}
 
 
 @pytest.fixture(scope="session")

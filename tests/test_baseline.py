@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from capsnet import create_model, load_run
-from capsnet.baseline import BaselineConfig
 from capsnet.data import OverlayTargets
-from capsnet.train import train
+from capsnet.models.baseline import BaselineConfig
+from capsnet.training import train
 
 TINY = {"conv_channels": (4, 4, 2), "hidden": (16, 8)}
 
@@ -24,7 +24,7 @@ def test_outputs_are_probabilities_and_the_loss_is_cross_entropy():
     model = create_model("baseline-cnn", **TINY).eval()
     x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 3, 9, 3])
     out = model(x, y)
-    torch.testing.assert_close(out.lengths.sum(1), torch.ones(4))
+    torch.testing.assert_close(out.probabilities.sum(1), torch.ones(4))
     loss, parts = model.loss(out, x, y)
     torch.testing.assert_close(loss, F.cross_entropy(out.logits, y))
     assert set(parts) == {"cross_entropy"}
@@ -55,4 +55,4 @@ def test_trains_through_the_same_pipeline_and_round_trips(tiny_cfg, tmp_path):
     model, config = load_run(tmp_path)
     assert isinstance(config, BaselineConfig) and config.conv_channels == (4, 4, 2)
     assert config.to_dict()["hidden"] == (16, 8)
-    assert not model.training and model(torch.rand(2, 1, 28, 28)).lengths.shape == (2, 10)
+    assert not model.training and model(torch.rand(2, 1, 28, 28)).scores.shape == (2, 10)

@@ -62,7 +62,7 @@ def test_bad_input_is_one_line_and_nonzero(argv, message, tmp_path, capsys):
 
 
 def test_progress_without_a_terminal_is_log_lines(caplog):
-    from capsnet.cli import _LogProgress
+    from capsnet.cli_progress import LogProgress as _LogProgress
 
     bar = _LogProgress(total=300, desc="epoch 1/2", interval=0.0)
     bar.set_postfix(loss="0.1234")

@@ -8,7 +8,7 @@ import pytest
 
 from capsnet.errors import ConfigError
 from capsnet.experiments import Table1Config, mean_std, run_table1
-from capsnet.train import TrainConfig
+from capsnet.training import TrainConfig
 
 
 def test_mean_and_sample_std():

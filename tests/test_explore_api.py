@@ -51,13 +51,14 @@ def test_nothing_from_the_request_reaches_a_page(client):
     assert client.get("/?text=<script>x</script>").text == client.get("/").text
 
 
-def test_info_describes_the_model_and_its_dataset(client):
+def test_info_describes_the_model_and_its_dataset(client, mnist_dir):
     info = client.get("/api/info").json()
     assert info["class_names"] == [str(k) for k in range(10)] and info["dataset"] == "mnist"
     assert info["in_channels"] == 1 and info["input_size"] == [28, 28]
     assert info["class_dim"] == 16 and info["primary_types"] == 4
     assert info["primary_grid"] == [6, 6]  # (28 - 9 + 1 - 9) // 2 + 1
-    assert info["has_decoder"] and info["test_images"] == 1000  # the fixture's test split
+    n_test = len(load_split("mnist", "test", mnist_dir)[1])
+    assert info["has_decoder"] and info["capsules"] and info["test_images"] == n_test
     assert info["slider"] == {"min": -0.5, "max": 0.5, "step": 0.05, "mark": 0.25}
 
 
@@ -68,7 +69,7 @@ def test_predict_returns_the_models_outputs_for_the_winner(client, tiny_run, dig
         out = model(torch.tensor(digit).view(1, 1, 28, 28))
     k = int(out.lengths.argmax())
     assert p["prediction"] == k and p["class_name"] == str(k)
-    assert p["lengths"] == pytest.approx(out.lengths[0].tolist(), abs=1e-6)
+    assert p["scores"] == pytest.approx(out.lengths[0].tolist(), abs=1e-6)
     assert p["pose"] == pytest.approx(out.poses[0, k].tolist(), abs=1e-6)
     assert p["reconstruction"] == pytest.approx(out.reconstructions.flatten().tolist(), abs=1e-4)
     # Primary capsule i = (type t, row r, column c) is i = t·36 + r·6 + c.
@@ -189,7 +190,7 @@ def test_any_input_shape_channels_and_class_count_work():
     info = client.get("/api/info").json()
     assert info["class_names"] == ["0", "1", "2", "3", "4"] and info["primary_grid"] == [8, 4]
     p = client.post("/api/predict", json={"pixels": [0.5] * (3 * 32 * 24)}).json()
-    assert len(p["lengths"]) == 5 and len(p["pose"]) == 8 and len(p["coupling"]) == 8 * 4
+    assert len(p["scores"]) == 5 and len(p["pose"]) == 8 and len(p["coupling"]) == 8 * 4
     assert len(p["reconstruction"]) == 3 * 32 * 24
     body = {"class_index": 4, "pose": [0.1] * 8}
     assert len(client.post("/api/decode", json=body).json()["reconstruction"]) == 3 * 32 * 24

@@ -27,7 +27,7 @@ def test_export_states_the_difference_to_pytorch_for_both_files(tiny_run, tmp_pa
     path = tmp_path / "m.onnx"
     assert main(["export", str(tiny_run), "--onnx", str(path), "--check-images", "20"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"wrote {path}; max abs difference to PyTorch: lengths ")
+    assert lines[0].startswith(f"wrote {path}; max abs difference to PyTorch: scores ")
     assert lines[1].startswith(f"wrote {tmp_path / 'm.decoder.onnx'}; max abs difference")
     assert "reconstructions" in lines[1]
 
@@ -37,10 +37,10 @@ def test_onnx_classifier_matches_pytorch_on_other_test_images_and_batch_sizes(
 ):
     model, _ = load_run(tiny_run)
     x = load_split("mnist", "test", mnist_dir)[0][500:507].float() / 255  # batch of 7
-    lengths, poses, coupling = _session(exported).run(None, {"images": x.numpy()})
+    scores, poses, weights = _session(exported).run(None, {"images": x.numpy()})
     with torch.no_grad():
         out = model(x)
-    for got, want in ((lengths, out.lengths), (poses, out.poses), (coupling, out.coupling)):
+    for got, want in ((scores, out.scores), (poses, out.poses), (weights, out.routing_weights)):
         assert got.shape == tuple(want.shape)
         np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=0)
 
@@ -80,7 +80,27 @@ def test_export_of_a_run_of_unknown_dataset_asks_for_one(tmp_path, capsys):
 
 
 def test_a_file_that_does_not_match_pytorch_is_not_written(tiny_run, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("capsnet.export.TOLERANCE", -1.0)  # any difference is too large
+    # any difference is too large
+    monkeypatch.setattr("capsnet.export._tolerances", lambda m, i, expected: [-1.0] * len(expected))
     assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "m.onnx")]) == 2
     assert "differs from PyTorch" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_operator_onnx_cannot_express_is_named_in_one_line_and_nothing_is_printed(
+    tmp_path, capfd
+):
+    from torch import nn
+
+    from capsnet.errors import ConfigError
+    from capsnet.export import _export_quietly
+
+    class Expm1(nn.Module):
+        def forward(self, x):
+            return torch.expm1(x)  # no ONNX symbolic at opset 17
+
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ConfigError, match=r"cannot express the operator aten::expm1") as e:
+        _export_quietly(Expm1(), {"x": torch.rand(3, 2)}, ("y",), path, path)
+    assert "\n" not in str(e.value)
+    assert capfd.readouterr() == ("", "")

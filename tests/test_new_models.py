@@ -12,7 +12,7 @@ from capsnet.checkpoint import load_checkpoint
 from capsnet.data import load_split
 from capsnet.errors import ConfigError
 from capsnet.losses import spread_loss
-from capsnet.train import train_step
+from capsnet.training import train_step
 
 TINY_EM = {"conv1_channels": 8, "primary_types": 4, "caps1_types": 4, "caps2_types": 4}
 TINY_CAPSNET = {"conv1_channels": 16, "primary_types": 4, "decoder_hidden": (32,)}

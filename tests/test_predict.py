@@ -9,7 +9,8 @@ from PIL import Image
 from capsnet import load_run
 from capsnet.cli import main
 from capsnet.data import load_split
-from capsnet.predict import class_names, predict, read_inputs
+from capsnet.predict import predict, read_inputs
+from capsnet.training.rundir import class_names
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_png_and_npy_inputs_give_the_models_lengths_in_input_order(
         (str(files[2]), 0),
     ]
     expected = _lengths(tiny_run, digits[:5])
-    got = torch.tensor([r["lengths"] for r in rows])
+    got = torch.tensor([r["scores"] for r in rows])
     torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
     assert [r["class"] for r in rows] == expected.argmax(1).tolist()
     assert all(r["class_name"] == str(r["class"]) for r in rows)
@@ -101,6 +102,7 @@ def test_class_names_come_from_the_dataset_or_are_indices():
     assert class_names("fashion-mnist", 10)[9] == "Ankle boot"
     assert class_names(None, 3) == ("0", "1", "2")
     assert class_names("mnist", 4) == ("0", "1", "2", "3")  # a model of other classes
+    assert class_names("expanded-mnist", 10)[3] == "3"  # a task, not a raw source
 
 
 def _bad_inputs(d):

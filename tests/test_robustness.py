@@ -79,13 +79,18 @@ def test_sweep_of_an_oracle_is_perfect_at_zero_and_names_are_checked(digits):
 
 
 def test_report_writes_json_and_png_for_every_model(digits, tmp_path):
-    class Scores(torch.nn.Module):
+    class Scores(torch.nn.Module):  # the least a Classifier provides
+        config = None
+
         def __init__(self):
             super().__init__()
             self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
 
-        def forward(self, x):
-            return type("Out", (), {"lengths": self.net(x)})()
+        def forward(self, x, y=None):
+            return type("Out", (), {"scores": self.net(x)})()
+
+        def loss(self, out, x, y):
+            raise NotImplementedError
 
     labels = torch.arange(len(digits)) % 10
     report = robustness_report(

@@ -109,18 +109,34 @@ def test_detach_agreement_keeps_values_and_changes_gradients():
     assert not torch.allclose(grads[0][1], grads[1][1])
 
 
+def _squash(s: torch.Tensor) -> torch.Tensor:
+    n2 = s.pow(2).sum(-1, keepdim=True)
+    return n2 / (1 + n2) * s / torch.sqrt(n2 + 1e-8)
+
+
 def autograd_routing(u_hat: torch.Tensor, iterations: int, detach_agreement: bool):
-    """Procedure 1 in broadcast tensor ops, differentiated by autograd (the plain way)."""
+    """Procedure 1 in broadcast tensor ops, differentiated by autograd (the plain way).
+
+    ``detach_agreement``, as documented: every iteration's coupling coefficients come from
+    detached predictions, and the output is the final weighted sum of the real ones."""
+    u_route = u_hat.detach() if detach_agreement else u_hat
     b = torch.zeros(u_hat.shape[:3], dtype=u_hat.dtype)  # (B, I, J)
-    u_agree = u_hat.detach() if detach_agreement else u_hat
     for r in range(iterations):
         c = torch.softmax(b, dim=2)
-        s = (c.unsqueeze(-1) * u_hat).sum(1)  # (B, J, D)
-        n2 = s.pow(2).sum(-1, keepdim=True)
-        v = n2 / (1 + n2) * s / torch.sqrt(n2 + 1e-8)
+        v = _squash((c.unsqueeze(-1) * u_route).sum(1))  # (B, J, D)
         if r < iterations - 1:
-            b = b + (u_agree * v.unsqueeze(1)).sum(-1)
+            b = b + (u_route * v.unsqueeze(1)).sum(-1)
+    if detach_agreement:
+        v = _squash((c.unsqueeze(-1) * u_hat).sum(1))
     return v, c
+
+
+def test_routing_refuses_double_backward():
+    u_hat = torch.randn(2, 5, 3, 4, dtype=torch.float64, requires_grad=True)
+    v, _ = dynamic_routing(u_hat, 2)
+    (g,) = torch.autograd.grad(v.pow(2).sum(), u_hat, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        g.sum().backward()
 
 
 def test_squash_backward_matches_autograd():

@@ -8,7 +8,7 @@ import torch
 from capsnet import ROUTINGS, efficient_squash, em_routing, self_attention_routing
 from capsnet.errors import ConfigError
 from capsnet.layers import RoutingCaps
-from capsnet.routing import get_routing
+from capsnet.routing import RoutingSpec, get_routing
 
 
 def _em(votes, activations, **kw):
@@ -64,7 +64,7 @@ def test_em_routing_rejects_zero_iterations():
         _em(torch.randn(1, 2, 3, 4), torch.ones(1, 2), iterations=0)
 
 
-def reference_self_attention(u_hat, log_prior):
+def reference_self_attention(u_hat, bias):
     """Mazzia et al. (2021), eqs. 3-5, per example and parent, in float64."""
     batch, n_in, n_out, d = u_hat.shape
     u_hat = u_hat.double()
@@ -78,20 +78,51 @@ def reference_self_attention(u_hat, log_prior):
             scores[:, j] = a.sum(1)
         c = torch.softmax(scores, dim=1)  # over the parents
         for j in range(n_out):
-            s = ((c[:, j] + log_prior[:, j].double()).unsqueeze(1) * u_hat[b, :, j]).sum(0)
+            s = ((c[:, j] + bias[:, j].double()).unsqueeze(1) * u_hat[b, :, j]).sum(0)
             n = s.norm()
             v[b, j] = (1 - 1 / math.exp(n)) * s / n
-        weights[b] = c + log_prior.double()
+        weights[b] = c + bias.double()
     return v, weights
 
 
 def test_self_attention_routing_matches_the_equations():
     u_hat = torch.randn(3, 7, 4, 5)
-    log_prior = 0.1 * torch.randn(7, 4)
-    v, w = self_attention_routing(u_hat, log_prior)
-    v_ref, w_ref = reference_self_attention(u_hat, log_prior)
+    bias = 0.1 * torch.randn(7, 4)
+    v, w = self_attention_routing(u_hat, bias)
+    v_ref, w_ref = reference_self_attention(u_hat, bias)
     torch.testing.assert_close(v.double(), v_ref, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(w.double(), w_ref, atol=1e-6, rtol=1e-5)
+
+
+def _autograd_self_attention(u_hat, bias, detach_agreement):
+    """The routing as documented, by autograd: weights from (detached) votes, then the
+    weighted sum of the real votes."""
+    agree = u_hat.detach() if detach_agreement else u_hat
+    scores = (agree * agree.sum(1, keepdim=True)).sum(-1) / math.sqrt(u_hat.shape[-1])
+    weights = torch.softmax(scores, dim=2) + bias
+    s = (weights.unsqueeze(-1) * u_hat).sum(1)  # (B, J, D)
+    n = torch.sqrt(s.pow(2).sum(-1, keepdim=True) + 1e-8)
+    return (1 - torch.exp(-n)) * s / n, weights
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_self_attention_gradients_match_autograd_of_the_documented_meaning(detach):
+    u_hat = torch.randn(2, 6, 3, 4, dtype=torch.float64, requires_grad=True)
+    bias = (0.1 * torch.randn(6, 3, dtype=torch.float64)).requires_grad_()
+    w_v, w_c = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(2, 6, 3, dtype=torch.float64)
+    grads = []
+    for route in (self_attention_routing, _autograd_self_attention):
+        v, w = route(u_hat, bias, detach)
+        grads.append(torch.autograd.grad((v * w_v).sum() + (w * w_c).sum(), (u_hat, bias)))
+    for got, expected in zip(*grads, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_self_attention_weights_are_not_confined_to_0_1():
+    # c + b: the bias is added after the softmax, so a weight can be negative.
+    u_hat = torch.randn(1, 4, 2, 3)
+    _, w = self_attention_routing(u_hat, torch.full((4, 2), -2.0))
+    assert (w < 0).all() and torch.allclose(w.sum(2), torch.full((1, 4), 1.0 - 4.0))
 
 
 def test_efficient_squash_worked_example():
@@ -106,7 +137,7 @@ def test_efficient_squash_worked_example():
 @pytest.mark.parametrize("name", sorted(ROUTINGS))
 @pytest.mark.parametrize("children, parents", [(1, 1), (6, 3), (32, 10)])
 def test_every_routing_keeps_the_contract(name, children, parents):
-    layer = RoutingCaps(children, 8, parents, 16, iterations=2, routing=name)
+    layer = RoutingCaps(children, 8, parents, 16, RoutingSpec(name, iterations=2))
     u = torch.randn(4, children, 8, requires_grad=True)
     poses, activations, weights = layer(u)
     assert poses.shape == (4, parents, 16)

@@ -13,7 +13,7 @@ from capsnet.data import OverlayTargets
 from capsnet.data.tasks import check_dataset, load_test, load_train
 from capsnet.errors import ConfigError
 from capsnet.losses import margin_loss
-from capsnet.train import TrainConfig, num_correct, train
+from capsnet.training import TrainConfig, num_correct, train
 
 TINY = {"conv1_channels": 8, "primary_types": 2, "decoder_hidden": (16,)}
 

@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from capsnet import load_run
 from capsnet.errors import CheckpointError, ConfigError
-from capsnet.train import TrainConfig, train
+from capsnet.training import TrainConfig, train
 
 TINY = {"conv1_channels": 16, "primary_types": 4, "decoder_hidden": (32,)}
 

@@ -8,7 +8,7 @@ import torch
 
 from capsnet import create_model
 from capsnet.cli import main
-from capsnet.train import train
+from capsnet.training import train
 from capsnet.viz import perturbed_reconstructions, save_figures
 
 NO_DECODER = {"conv1_channels": 8, "primary_types": 2, "reconstruction": False}

@@ -2,15 +2,17 @@
 
 __version__ = "0.1.0"
 
-from capsnet.baseline import BaselineCNN, BaselineConfig  # noqa: E402
-from capsnet.checkpoint import load_run  # noqa: E402
-from capsnet.efficient import EfficientCapsNet, EfficientCapsNetConfig  # noqa: E402
-from capsnet.em_capsnet import EMCapsNet, EMCapsNetConfig  # noqa: E402
 from capsnet.losses import margin_loss, reconstruction_loss  # noqa: E402
 from capsnet.models import (  # noqa: E402
+    BaselineCNN,
+    BaselineConfig,
     CapsNet,
     CapsNetConfig,
     CapsNetOutput,
+    EfficientCapsNet,
+    EfficientCapsNetConfig,
+    EMCapsNet,
+    EMCapsNetConfig,
     create_model,
     list_models,
     register_model,
@@ -18,6 +20,7 @@ from capsnet.models import (  # noqa: E402
 from capsnet.routing import (  # noqa: E402
     ROUTINGS,
     Routed,
+    RoutingSpec,
     capsule_lengths,
     dynamic_routing,
     efficient_squash,
@@ -25,6 +28,7 @@ from capsnet.routing import (  # noqa: E402
     self_attention_routing,
     squash,
 )
+from capsnet.training.rundir import load_run  # noqa: E402
 
 __all__ = [
     "BaselineCNN",
@@ -38,6 +42,7 @@ __all__ = [
     "EfficientCapsNetConfig",
     "ROUTINGS",
     "Routed",
+    "RoutingSpec",
     "capsule_lengths",
     "create_model",
     "dynamic_routing",

@@ -8,7 +8,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,16 @@ from torch import nn
 from capsnet.allocator import allocator_tuned
 from capsnet.checkpoint import atomic_write
 from capsnet.models import check_model_name, create_model
+from capsnet.models.contract import Classifier, require
 from capsnet.runtime import autocast, check_precision, grad_scaler, resolve_device
-from capsnet.train import environment, train_step
+from capsnet.training.environment import environment
+from capsnet.training.loop import train_step
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     model: str = "capsnet-mnist"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 100
     device: str = "auto"
     precision: str = "fp32"
@@ -65,12 +68,14 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
 def benchmark(cfg: BenchConfig, model: nn.Module | None = None) -> dict[str, Any]:
     """Median images/s of training steps (forward, loss, backward, Adam) and of inference.
 
-    ``model`` defaults to ``create_model(cfg.model)``; inputs are uniform noise of the
-    model's input shape with random labels, so no data set is needed.
+    ``model`` defaults to ``create_model(cfg.model, **cfg.model_overrides)``; inputs are
+    uniform noise of the model's input shape with random labels, so no data set is needed.
     """
+    model = model or create_model(cfg.model, **cfg.model_overrides)
+    require(model, "bench", Classifier)
     device = resolve_device(cfg.device)
     torch.manual_seed(0)
-    model = (model or create_model(cfg.model)).to(device)
+    model = model.to(device)
     c = model.config
     x = torch.rand(cfg.batch_size, c.in_channels, *c.input_size, device=device)
     y = torch.randint(0, c.num_classes, (cfg.batch_size,), device=device)
@@ -109,6 +114,18 @@ def benchmark(cfg: BenchConfig, model: nn.Module | None = None) -> dict[str, Any
         "memory_kind": memory_kind,
         **{k: env[k] for k in ENV_FIELDS},
     }
+
+
+def summary(r: dict[str, Any]) -> str:
+    """One line describing a :func:`benchmark` result."""
+    return (
+        f"{r['model']} batch {r['batch_size']} {r['precision']}"
+        f"{' compiled' if r['compile'] else ''} on {r['device']} ({r['device_name']}, "
+        f"{r['cpu_features']}, {r['cpu_threads']} threads, torch "
+        f"{r['torch_version']}): train {r['train_images_per_second']:.1f} img/s, inference "
+        f"{r['infer_images_per_second']:.1f} img/s, peak memory {r['peak_memory_mb']:.0f} MiB "
+        f"({r['memory_kind']})"
+    )
 
 
 ENV_FIELDS = ("device_name", "cpu_features", "cpu_threads", "torch_version", "commit", "date")

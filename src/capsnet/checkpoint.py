@@ -1,4 +1,6 @@
-"""Run-directory files: atomic writes, safetensors checkpoints (never pickle), load_run."""
+"""Files of a run: atomic writes, JSON, and safetensors checkpoints (never pickle).
+
+Checkpoints written by older versions are migrated on read (see ``RENAMED``)."""
 
 from __future__ import annotations
 
@@ -78,10 +80,23 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
+# Renamed weights: old name (its last dotted part) → new name.
+RENAMED = {"log_prior": "coupling_bias"}  # self-attention routing's bias after the softmax
+
+
+def _migrate(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def new(key: str) -> str:
+        head, _, last = key.rpartition(".")
+        return f"{head}.{RENAMED[last]}" if last in RENAMED else key
+
+    return {new(k): v for k, v in tensors.items()}
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model stored in a checkpoint file, in eval mode."""
     path = Path(path)
     tensors, metadata = _read_safetensors(path)
+    tensors = _migrate(tensors)
     if "model" not in metadata or "config" not in metadata:
         raise CheckpointError(f"{path}: not a capsnet checkpoint (no model name/config)")
     try:
@@ -98,22 +113,3 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
             f"{path}: weights do not match the model config ({' '.join(first[1:2]).strip()})"
         ) from None
     return model.to(device).eval()
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or the best (else last) checkpoint of a run directory."""
-    path = Path(path)
-    if path.is_dir():
-        for name in (BEST, LAST):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path}: not a run directory (no {BEST} or {LAST})")
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such run directory or checkpoint")
-    return path
-
-
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
-    """Load a trained model (eval mode) and its config from a run directory or checkpoint."""
-    model = load_checkpoint(resolve_checkpoint(path), device)
-    return model, model.config

@@ -1,60 +1,22 @@
-"""The ``capsnet`` command line. The only module that parses arguments or draws progress."""
+"""The ``capsnet`` command line: the only module that parses arguments (its progress
+display is ``cli_progress``). Options that set a config field take their defaults from
+the config's dataclass."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
 from capsnet.allocator import keep_freed_memory
+from capsnet.cli_progress import progress_factory as _progress
 from capsnet.errors import CapsNetError, ConfigError
 
 log = logging.getLogger("capsnet")
-
-
-class _LogProgress:
-    """Progress when stderr is not a terminal (``nohup``, a log file, CI): one log line
-    every ``interval`` seconds instead of a bar, so long runs show where they are."""
-
-    def __init__(self, total: int, desc: str = "", interval: float = 60.0, **_: object):
-        self.total, self.desc, self.interval = total, desc, interval
-        self.n, self.postfix = 0, ""
-        self.start = self.last = time.monotonic()
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        now = time.monotonic()
-        if now - self.last >= self.interval and self.n < self.total:
-            self.last = now
-            rate = self.n / max(now - self.start, 1e-9)
-            log.info(
-                "%s: %d/%d (%.0f%%), %.1f/s%s",
-                self.desc,
-                self.n,
-                self.total,
-                100 * self.n / self.total,
-                rate,
-                self.postfix,
-            )
-
-    def set_postfix(self, ordered_dict: dict[str, object] | None = None, **kwargs: object) -> None:
-        items = {**(ordered_dict or {}), **kwargs}
-        self.postfix = "".join(f", {k} {v}" for k, v in items.items())
-
-    def close(self) -> None: ...
-
-
-def _progress():
-    if not sys.stderr.isatty():
-        return _LogProgress
-    from tqdm.auto import tqdm
-
-    return partial(tqdm, unit="img", leave=False, dynamic_ncols=True, mininterval=0.5)
 
 
 def _positive(text: str) -> int:
@@ -81,6 +43,29 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _field_args(p: argparse.ArgumentParser, cls: type, spec: dict[str, tuple]) -> None:
+    """``--name`` options for fields of the dataclass ``cls``, their defaults taken from it.
+
+    ``spec`` maps a field to (type or None for a flag, help text, extra add_argument
+    keywords); the option's destination is the field's name (see :func:`_from_args`)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for name, (kind, text, *extra) in spec.items():
+        default = defaults[name]
+        flag = "--" + name.replace("_", "-")
+        if kind is None:  # a boolean flag
+            p.add_argument(flag, action="store_true", help=text)
+            continue
+        shown = f" (default: {default})" if default is not None else ""
+        p.add_argument(flag, type=kind, default=default, help=text + shown, **dict(extra))
+
+
+def _from_args(cls: type, args: argparse.Namespace, **more: object):
+    """``cls`` built from the fields ``args`` has (as :func:`_field_args` added them)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    return cls(**{**given, **more})
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset-option",
@@ -95,10 +80,68 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
 
+TABLE1_FIELDS = ("epochs", "batch_size", "train_limit", "val_size")
+
+
+def _train_fields(tasks, models, precisions) -> dict[str, tuple]:
+    return {
+        "dataset": (str, "the task to train on", ("choices", sorted(tasks))),
+        "model": (str, f"one of {', '.join(models)}"),
+        "epochs": (_positive, "training epochs"),
+        "batch_size": (_positive, "images per step"),
+        "lr": (float, "Adam learning rate"),
+        "lr_decay": (float, "per-epoch factor of the learning rate"),
+        "max_shift": (_non_negative, "random shift, pixels (mnist, fashion-mnist)"),
+        "train_limit": (_positive, "train on the first N training images"),
+        "val_size": (_non_negative, "validation images held out of the training split"),
+        "seed": (int, "random seed"),
+        "precision": (str, "autocast dtype", ("choices", precisions)),
+        "compile": (None, "torch.compile the model"),
+    }
+
+
+def _bench_fields(models, precisions) -> dict[str, tuple]:
+    return {
+        "model": (str, f"one of {', '.join(models)}"),
+        "batch_size": (_positive, "images per step"),
+        "device": (str, "auto, cpu, cuda or cuda:N"),
+        "precision": (str, "autocast dtype", ("choices", precisions)),
+        "compile": (None, "torch.compile the model"),
+        "steps": (_positive, "timed steps (median reported)"),
+        "warmup": (_non_negative, "untimed steps first"),
+    }
+
+
+def _add_option_arg(p: argparse.ArgumentParser, flag: str, text: str) -> None:
+    p.add_argument(flag, type=_option, action="append", default=[], metavar="NAME=VALUE", help=text)
+
+
+def _add_model_args(p: argparse.ArgumentParser, routings) -> None:
+    """Model config overrides: the common ones by name, any field by --model-option."""
+    p.add_argument("--routing", choices=sorted(routings), help="default: the model's own")
+    p.add_argument("--routing-iterations", type=_positive)
+    p.add_argument("--no-reconstruction", action="store_true", help="train without the decoder")
+    p.add_argument(
+        "--reconstruction-weight",
+        type=float,
+        help="factor of the summed squared reconstruction error (default: the model's, 0.0005)",
+    )
+    _add_option_arg(p, "--model-option", "a field of the model's config, e.g. class_dim=8")
+
+
+def _model_overrides(args: argparse.Namespace) -> dict[str, object]:
+    named = {
+        "routing": args.routing,
+        "routing_iterations": args.routing_iterations,
+        "reconstruction": False if args.no_reconstruction else None,
+        "reconstruction_weight": args.reconstruction_weight,
+    }
+    return {**{k: v for k, v in named.items() if v is not None}, **dict(args.model_option)}
+
+
 def _parser() -> argparse.ArgumentParser:
     from capsnet.data import DATASETS
     from capsnet.data.tasks import TASKS
-    from capsnet.experiments import ROW_NAMES, SIZES
     from capsnet.models import list_models
     from capsnet.routing import ROUTINGS
     from capsnet.runtime import PRECISIONS
@@ -107,79 +150,36 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _training_parsers(sub, TASKS, list_models(), PRECISIONS, ROUTINGS)
+    _tool_parsers(sub, TASKS, DATASETS)
+    return parser
+
+
+def _training_parsers(sub, tasks, models, precisions, routings) -> None:
+    from capsnet.bench import BenchConfig
+    from capsnet.data import MultiMNISTConfig
+    from capsnet.experiments import ROW_NAMES, SIZES, Table1Config
+    from capsnet.training import TrainConfig
+
     t = sub.add_parser("train", help="train a model and test the validation-selected checkpoint")
-    t.add_argument("--dataset", choices=sorted(TASKS), default="mnist")
     t.add_argument("--out", required=True, type=Path, help="run directory to write")
-    t.add_argument("--model", default="capsnet-mnist", help=f"one of {', '.join(list_models())}")
-    t.add_argument("--epochs", type=_positive, default=10)
-    t.add_argument("--batch-size", type=_positive, default=100)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--lr-decay", type=float, default=0.96, help="per-epoch factor (default 0.96)")
-    t.add_argument("--routing", choices=sorted(ROUTINGS), help="default: the model's own")
-    t.add_argument("--routing-iterations", type=_positive)
-    t.add_argument("--no-reconstruction", action="store_true", help="train without the decoder")
-    t.add_argument(
-        "--reconstruction-weight",
-        type=float,
-        help="factor of the summed squared reconstruction error (default: the model's, 0.0005)",
-    )
-    t.add_argument("--max-shift", type=_non_negative, default=2, help="random shift, pixels")
-    t.add_argument("--train-limit", type=_positive, help="train on the first N training images")
-    t.add_argument("--val-size", type=_non_negative, default=5000)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast dtype")
-    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    _field_args(t, TrainConfig, _train_fields(tasks, models, precisions))
+    _add_model_args(t, routings)
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     _add_data_args(t)
 
     e = sub.add_parser("evaluate", help="test a trained run; writes RUN_DIR/eval.json")
     e.add_argument("run_dir", type=Path)
-    e.add_argument("--dataset", choices=sorted(TASKS), help="default: the run's dataset")
+    e.add_argument("--dataset", choices=sorted(tasks), help="default: the run's dataset")
     e.add_argument("--batch-size", type=_positive, default=500)
     _add_data_args(e)
 
     b = sub.add_parser("bench", help="measure training and inference images/s and peak memory")
-    b.add_argument("--model", default="capsnet-mnist", help=f"one of {', '.join(list_models())}")
-    b.add_argument("--batch-size", type=_positive, default=100)
-    b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    b.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    b.add_argument("--compile", action="store_true", help="torch.compile the model")
-    b.add_argument("--steps", type=_positive, default=10, help="timed steps (median reported)")
-    b.add_argument("--warmup", type=_non_negative, default=2)
+    _field_args(b, BenchConfig, _bench_fields(models, precisions))
+    _add_option_arg(b, "--model-option", "a field of the model's config, e.g. class_dim=8")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--csv", type=Path, help="append the result to this CSV file")
-
-    p = sub.add_parser("predict", help="classify PNG/JPEG images or .npy arrays with a run")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help=".png, .jpg or .npy")
-    p.add_argument("--json", action="store_true", help="one JSON object per image")
-    p.add_argument("--batch-size", type=_positive, default=500)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-
-    x = sub.add_parser("export", help="export the classifier and decoder to ONNX")
-    x.add_argument("run_dir", type=Path)
-    x.add_argument("--onnx", required=True, type=Path, metavar="FILE", help="classifier file")
-    x.add_argument("--dataset", choices=sorted(DATASETS), help="default: the run's dataset")
-    x.add_argument("--data-dir", help="where the test images for the check are")
-    x.add_argument("--check-images", type=_positive, default=100, help="default: 100")
-
-    v = sub.add_parser("explore", help="serve the interactive capsule explorer")
-    v.add_argument("run_dir", type=Path)
-    v.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (loopback only)")
-    v.add_argument("--port", type=int, default=8000, help="default: 8000; 0 picks a free port")
-    v.add_argument("--data-dir", help="where the run's test images are (for random images)")
-
-    d = sub.add_parser("data", help="find (or download) a dataset and print its directory")
-    d.add_argument("dataset", choices=sorted(DATASETS))
-    d.add_argument("--data-dir")
-    d.add_argument("--no-download", action="store_true")
-
-    f = sub.add_parser("figures", help="draw a run's figures (paper Figs. 3-5, routing, curves)")
-    f.add_argument("run_dir", type=Path)
-    f.add_argument("--out", type=Path, help="directory for the PNG files (default: RUN_DIR)")
-    f.add_argument("--data-dir", help="where the run's dataset is (default: as in training)")
-    f.add_argument("--device", default="cpu")
 
     m = sub.add_parser("multimnist", help="MultiMNIST sets (train with --dataset multimnist)")
     msub = m.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -187,8 +187,11 @@ def _parser() -> argparse.ArgumentParser:
     mk.add_argument("--out", required=True, type=Path, help=".npz file to write")
     mk.add_argument("--split", choices=["train", "test"], default="test")
     mk.add_argument("--pairs-per-digit", type=_positive, default=1)
-    mk.add_argument("--pad", type=_non_negative, default=4, help="canvas border, pixels")
-    mk.add_argument("--shift", type=_non_negative, default=4, help="max shift per digit")
+    pad_shift = {
+        "pad": (_non_negative, "canvas border, pixels"),
+        "shift": (_non_negative, "max shift per digit"),
+    }
+    _field_args(mk, MultiMNISTConfig, pad_shift)
     mk.add_argument("--limit", type=_positive, help="use the first N digits of the split")
     mk.add_argument("--seed", type=int, default=0)
     mk.add_argument("--data-dir")
@@ -199,49 +202,57 @@ def _parser() -> argparse.ArgumentParser:
     t1 = xsub.add_parser("table1", help="baseline vs CapsNet ablation, N seeds per row")
     t1.add_argument("--out", type=Path, default=Path("results"), help="default: results/")
     t1.add_argument("--dataset", choices=["mnist", "multimnist", "fashion-mnist"], default="mnist")
-    t1.add_argument("--size", choices=sorted(SIZES), default="paper", help="model sizes")
-    t1.add_argument("--rows", nargs="+", choices=ROW_NAMES, default=list(ROW_NAMES))
-    t1.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    t1.add_argument("--epochs", type=_positive, default=10)
-    t1.add_argument("--batch-size", type=_positive, default=100)
-    t1.add_argument("--train-limit", type=_positive)
-    t1.add_argument("--val-size", type=_non_negative, default=5000)
+    t1.add_argument("--size", choices=sorted(SIZES), default=Table1Config.size)
+    t1.add_argument("--rows", nargs="+", choices=ROW_NAMES, default=list(Table1Config.rows))
+    t1.add_argument("--seeds", nargs="+", type=int, default=list(Table1Config.seeds))
+    fields = _train_fields(tasks, models, precisions)
+    _field_args(t1, TrainConfig, {k: fields[k] for k in TABLE1_FIELDS})
     _add_data_args(t1)
-    return parser
+
+
+def _tool_parsers(sub, tasks, datasets) -> None:
+    p = sub.add_parser("predict", help="classify PNG/JPEG images or .npy arrays with a run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help=".png, .jpg or .npy")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--batch-size", type=_positive, default=500)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+
+    x = sub.add_parser("export", help="export the classifier and decoder to ONNX")
+    x.add_argument("run_dir", type=Path)
+    x.add_argument("--onnx", required=True, type=Path, metavar="FILE", help="classifier file")
+    x.add_argument("--data-dir", help="where the run's test images are (default: as trained)")
+    x.add_argument("--dataset", choices=sorted(tasks), help="default: the run's own")
+    x.add_argument("--check-images", type=_positive, default=100, help="default: 100")
+
+    v = sub.add_parser("explore", help="serve the interactive capsule explorer")
+    v.add_argument("run_dir", type=Path)
+    v.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (loopback only)")
+    v.add_argument("--port", type=int, default=8000, help="default: 8000; 0 picks a free port")
+    v.add_argument("--data-dir", help="where the run's test images are (for random images)")
+
+    d = sub.add_parser("data", help="find (or download) a dataset and print its directory")
+    d.add_argument("dataset", choices=sorted(datasets))
+    d.add_argument("--data-dir")
+    d.add_argument("--no-download", action="store_true")
+
+    f = sub.add_parser("figures", help="draw a run's figures (paper Figs. 3-5, routing, curves)")
+    f.add_argument("run_dir", type=Path)
+    f.add_argument("--out", type=Path, help="directory for the PNG files (default: RUN_DIR)")
+    f.add_argument("--data-dir", help="where the run's dataset is (default: as in training)")
+    f.add_argument("--device", default="cpu")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from capsnet.runtime import distributed_from_env, resolve_device
-    from capsnet.train import TrainConfig, train
+    from capsnet.training import TrainConfig, train
     from capsnet.viz import save_figures
 
-    overrides: dict[str, object] = {}
-    if args.routing is not None:
-        overrides["routing"] = args.routing
-    if args.routing_iterations is not None:
-        overrides["routing_iterations"] = args.routing_iterations
-    if args.no_reconstruction:
-        overrides["reconstruction"] = False
-    if args.reconstruction_weight is not None:
-        overrides["reconstruction_weight"] = args.reconstruction_weight
-    cfg = TrainConfig(
-        dataset=args.dataset,
+    cfg = _from_args(
+        TrainConfig,
+        args,
         dataset_options=dict(args.dataset_option),
-        data_dir=args.data_dir,
-        model=args.model,
-        model_overrides=overrides,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_decay=args.lr_decay,
-        max_shift=args.max_shift,
-        train_limit=args.train_limit,
-        val_size=args.val_size,
-        test_limit=args.test_limit,
-        device=args.device,
-        seed=args.seed,
-        precision=args.precision,
-        compile=args.compile,
+        model_overrides=_model_overrides(args),
     )
     m = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=_progress())
     if not distributed_from_env().is_main:
@@ -256,68 +267,28 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from capsnet.checkpoint import load_run, read_json, write_json
-    from capsnet.data.tasks import load_test
     from capsnet.runtime import resolve_device
-    from capsnet.train import environment, evaluate
+    from capsnet.training.evaluation import evaluate_run
 
-    if not args.run_dir.is_dir():
-        raise ConfigError(f"{args.run_dir}: not a run directory")
-    trained = read_json(args.run_dir / "config.json")["train"]
-    dataset = args.dataset or trained["dataset"]
-    options = dict(args.dataset_option)
-    if dataset == trained["dataset"]:  # its own test set: as made in training, unless told
-        options = {**trained.get("dataset_options", {}), **options}
-    device = resolve_device(args.device)
-    model, config = load_run(args.run_dir, device)
-    x, y = load_test(dataset, args.data_dir, options=options)
-    if x.shape[1:] != (config.in_channels, *config.input_size):
-        raise ConfigError(
-            f"{dataset} images are {tuple(x.shape[1:])} but the model expects "
-            f"{(config.in_channels, *config.input_size)}"
-        )
-    if args.test_limit is not None:
-        x, y = x[: args.test_limit], y[: args.test_limit]
-    r = evaluate(model, x, y, args.batch_size, device, _progress(), "test")
-    result = {
-        "dataset": dataset,
-        "test_accuracy": r["accuracy"],
-        "test_error": r["error"],
-        "test_loss": r["loss"],
-        "test_examples": len(y),
-        **environment(),
-    }
-    name = "eval.json" if dataset == trained["dataset"] else f"eval-{dataset}.json"
-    write_json(args.run_dir / name, result)
-    print(f"test accuracy {r['accuracy']:.4%} (error {r['error']:.2%}) on {len(y)} images")
+    r = evaluate_run(
+        args.run_dir, args.dataset, dict(args.dataset_option), args.data_dir,
+        args.test_limit, args.batch_size, resolve_device(args.device), _progress(),
+    )  # fmt: skip
+    n = r["test_examples"]
+    print(f"test accuracy {r['test_accuracy']:.4%} (error {r['test_error']:.2%}) on {n} images")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from capsnet.bench import BenchConfig, append_csv, benchmark
+    from capsnet.bench import BenchConfig, append_csv, benchmark, summary
 
-    cfg = BenchConfig(
-        model=args.model,
-        batch_size=args.batch_size,
-        device=args.device,
-        precision=args.precision,
-        compile=args.compile,
-        warmup=args.warmup,
-        steps=args.steps,
-    )
+    cfg = _from_args(BenchConfig, args, model_overrides=dict(args.model_option))
     r = benchmark(cfg)
     if args.csv:
         append_csv(args.csv, r)
     if args.json:
         print(json.dumps(r))
         return
-    print(
-        f"{r['model']} batch {r['batch_size']} {r['precision']}"
-        f"{' compiled' if r['compile'] else ''} on {r['device']} ({r['device_name']}, "
-        f"{r['cpu_features']}, {r['cpu_threads']} threads, torch "
-        f"{r['torch_version']}): train {r['train_images_per_second']:.1f} img/s, inference "
-        f"{r['infer_images_per_second']:.1f} img/s, peak memory {r['peak_memory_mb']:.0f} MiB "
-        f"({r['memory_kind']})"
-    )
+    print(summary(r))
 
 
 def _cmd_figures(args: argparse.Namespace) -> None:
@@ -329,11 +300,8 @@ def _cmd_figures(args: argparse.Namespace) -> None:
 
 
 def _cmd_multimnist(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from capsnet.checkpoint import atomic_write
     from capsnet.data import MultiMNISTConfig, load_split
-    from capsnet.data.multimnist import fixed_pairs
+    from capsnet.data.multimnist import fixed_pairs, save_npz
 
     if args.out.exists() and not args.overwrite:
         raise ConfigError(f"{args.out}: exists; use --overwrite or another --out")
@@ -342,53 +310,35 @@ def _cmd_multimnist(args: argparse.Namespace) -> None:
         images, labels = images[: args.limit], labels[: args.limit]
     cfg = MultiMNISTConfig(pad=args.pad, shift=args.shift)
     x, t = fixed_pairs(images, labels, args.pairs_per_digit, cfg, args.seed)
-
-    def write(p: Path) -> None:
-        with p.open("wb") as f:  # a file object: np.savez would append ".npz" to a path
-            np.savez_compressed(
-                f,
-                images=x[:, 0].numpy(),  # (N, H, W) uint8 overlays
-                labels=t.labels.numpy(),  # (N, 2) int64
-                sources=t.images[:, :, 0].numpy(),  # (N, 2, H, W) uint8, each digit alone
-            )
-
-    atomic_write(args.out, write)
+    save_npz(args.out, x, t)
     print(f"{len(x)} MultiMNIST images of {x.shape[-2]}×{x.shape[-1]} written to {args.out}")
 
 
 def _cmd_experiment(args: argparse.Namespace) -> None:
     from capsnet.experiments import Table1Config, run_table1
-    from capsnet.train import TrainConfig
+    from capsnet.training import TrainConfig
 
-    train = TrainConfig(
-        dataset=args.dataset,
-        dataset_options=dict(args.dataset_option),
-        data_dir=args.data_dir,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        train_limit=args.train_limit,
-        val_size=args.val_size,
-        test_limit=args.test_limit,
-        device=args.device,
-    )
+    train = _from_args(TrainConfig, args, dataset_options=dict(args.dataset_option))
     cfg = Table1Config(train=train, seeds=tuple(args.seeds), rows=tuple(args.rows), size=args.size)
     print(run_table1(cfg, args.out, progress=_progress()))
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from capsnet.checkpoint import load_run
-    from capsnet.predict import class_names, predict, read_inputs, run_train_config
+    from capsnet.predict import predict, read_inputs
     from capsnet.runtime import resolve_device
+    from capsnet.training import RunDir
 
     device = resolve_device(args.device)
-    model, config = load_run(args.run_dir, device)
-    names = class_names(run_train_config(args.run_dir).get("dataset"), config.num_classes)
+    run = RunDir(args.run_dir)
+    model = run.load_model(device)
+    config = model.config
+    names = run.class_names(config.num_classes)
     inputs = read_inputs(args.images, config.in_channels, config.input_size)
-    lengths = predict(model, inputs.images, args.batch_size, device)
-    for n, (k, row) in enumerate(zip(lengths.argmax(1).tolist(), lengths.tolist(), strict=True)):
+    scores = predict(model, inputs.images, args.batch_size, device)
+    for n, (k, row) in enumerate(zip(scores.argmax(1).tolist(), scores.tolist(), strict=True)):
         if args.json:
             obj = {"file": inputs.files[n], "index": inputs.indices[n], "class": k}
-            obj |= {"class_name": names[k], "lengths": [round(v, 6) for v in row]}
+            obj |= {"class_name": names[k], "scores": [round(v, 6) for v in row]}
             print(json.dumps(obj))
         else:
             print(f"{inputs.names[n]}\t{names[k]}\t" + " ".join(f"{v:.4f}" for v in row))
@@ -397,7 +347,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from capsnet.export import export_run
 
-    diffs = export_run(args.run_dir, args.onnx, args.dataset, args.data_dir, args.check_images)
+    diffs = export_run(args.run_dir, args.onnx, args.data_dir, args.check_images, args.dataset)
     for path, d in diffs.items():
         worst = ", ".join(f"{name} {v:.2e}" for name, v in d.items())
         print(f"wrote {path}; max abs difference to PyTorch: {worst}")
@@ -428,20 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     keep_freed_memory()  # large activations otherwise cost page faults every step
-    commands = {
-        "train": _cmd_train,
-        "evaluate": _cmd_evaluate,
-        "bench": _cmd_bench,
-        "figures": _cmd_figures,
-        "multimnist": _cmd_multimnist,
-        "experiment": _cmd_experiment,
-        "predict": _cmd_predict,
-        "export": _cmd_export,
-        "explore": _cmd_explore,
-        "data": _cmd_data,
-    }
     try:
-        commands[args.command](args)
+        globals()[f"_cmd_{args.command}"](args)  # the command's _cmd_ function
     except CapsNetError as e:
         print(f"capsnet: error: {e}", file=sys.stderr)
         return 2

@@ -2,7 +2,7 @@
 without the reconstruction loss; N seeds per row, test error as mean ± std.
 
 Every run is an ordinary run directory (``<out>/table1/<row>/seed<S>/``) trained by
-:func:`capsnet.train.train`, selected on validation only. Finished runs are reused and
+:func:`capsnet.training.train`, selected on validation only. Finished runs are reused and
 interrupted ones resumed, so the experiment can be stopped and restarted.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from capsnet.checkpoint import atomic_write, read_json
 from capsnet.errors import ConfigError
-from capsnet.train import STATE_JSON, ProgressFactory, TrainConfig, _NoProgress, train
+from capsnet.training import STATE_JSON, NoProgress, ProgressFactory, RunDir, TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,9 @@ def _comparable(train_cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _run(train_cfg: TrainConfig, run: Path, progress: ProgressFactory) -> dict[str, Any]:
     """Train, resume or reuse the run in ``run``; its metrics."""
-    if (run / "config.json").is_file():
-        saved = read_json(run / "config.json")["train"]
-        if _comparable(saved) != _comparable(dataclasses.asdict(train_cfg)):
+    saved = RunDir(run).train  # migrated: settings added since take their defaults
+    if saved is not None:
+        if _comparable(saved.to_dict()) != _comparable(train_cfg.to_dict()):
             raise ConfigError(f"{run}: holds a run with other settings; use another --out")
         if (run / "metrics.json").is_file():
             log.info("reusing %s", run)
@@ -115,7 +115,7 @@ def _fmt(mean: float, std: float | None) -> str:
 
 
 def run_table1(
-    cfg: Table1Config, out_dir: str | Path, progress: ProgressFactory = _NoProgress
+    cfg: Table1Config, out_dir: str | Path, progress: ProgressFactory = NoProgress
 ) -> Path:
     """Run (or reuse) every run of the table; write ``table1.md`` and ``table1.csv`` into
     ``out_dir`` and return the path of the Markdown file."""

@@ -8,7 +8,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from capsnet.routing import Routed, capsule_lengths, get_routing, squash
+from capsnet.routing import Routed, RoutingSpec, capsule_lengths, get_routing, squash
+
+DYNAMIC, EM = RoutingSpec("dynamic"), RoutingSpec("em")  # the layers' default routings
 
 
 class PrimaryCaps(nn.Module):
@@ -43,20 +45,13 @@ class PrimaryCaps(nn.Module):
 
 
 class Router(nn.Module):
-    """A routing chosen by name (:data:`capsnet.routing.ROUTINGS`) and the learned tensors
+    """The routing ``spec`` names (:data:`capsnet.routing.ROUTINGS`) and the learned tensors
     it needs for ``in_caps`` children and ``out_caps`` parents (none for ``dynamic``)."""
 
-    def __init__(
-        self,
-        in_caps: int,
-        out_caps: int,
-        routing: str = "dynamic",
-        iterations: int = 3,
-        detach_agreement: bool = False,
-    ) -> None:
+    def __init__(self, in_caps: int, out_caps: int, spec: RoutingSpec = DYNAMIC) -> None:
         super().__init__()
-        self.routing = get_routing(routing)
-        self.iterations, self.detach_agreement = iterations, detach_agreement
+        self.routing = get_routing(spec.name)
+        self.iterations, self.detach_agreement = spec.iterations, spec.detach_agreement
         self.params = nn.ParameterDict(self.routing.parameters(in_caps, out_caps))
 
     def forward(self, votes: Tensor, activations: Tensor) -> Routed:
@@ -70,8 +65,8 @@ class RoutingCaps(nn.Module):
     """Fully connected capsule layer: predictions ``û_{j|i} = W_ij u_i``, then routing.
 
     Input (B, I, in_dim) → :class:`~capsnet.routing.Routed`: parents (B, J, out_dim), their
-    activations (B, J) and the assignment weights (B, I, J), by the :class:`Router` named
-    ``routing`` (``dynamic``, as in the paper, has no learned tensors besides W). The
+    activations (B, J) and the assignment weights (B, I, J), by the :class:`Router` of
+    ``spec`` (``dynamic``, as in the paper, has no learned tensors besides W). The
     children's activations are their lengths.
     """
 
@@ -81,13 +76,11 @@ class RoutingCaps(nn.Module):
         in_dim: int,
         out_caps: int,
         out_dim: int,
-        iterations: int = 3,
-        detach_agreement: bool = False,
-        routing: str = "dynamic",
+        spec: RoutingSpec = DYNAMIC,
     ):
         super().__init__()
         self.weight = nn.Parameter(0.01 * torch.randn(in_caps, out_caps, out_dim, in_dim))
-        self.router = Router(in_caps, out_caps, routing, iterations, detach_agreement)
+        self.router = Router(in_caps, out_caps, spec)
 
     def forward(self, u: Tensor) -> Routed:
         u_hat = torch.einsum("ijdk,bik->bjid", self.weight, u).contiguous()  # (B, J, I, D)
@@ -142,6 +135,22 @@ class PrimaryMatrixCaps(nn.Module):
         return poses, torch.sigmoid(self.activation(x)).permute(0, 2, 3, 1)  # (B, H, W, T)
 
 
+def unfold_patches(x: Tensor, k: int, s: int) -> Tensor:
+    """K×K patches at stride s over dims 1, 2: ``x.unfold(1, k, s).unfold(2, k, s)``,
+    (B, H, W, …) → (B, H', W', …, K, K). ONNX cannot export ``unfold`` on a tensor with a
+    dynamic batch axis, so under ``torch.onnx.export`` the patches are gathered by index
+    (the same values)."""
+    if not torch.onnx.is_in_onnx_export():
+        return x.unfold(1, k, s).unfold(2, k, s)
+    h, w = ((n - k) // s + 1 for n in x.shape[1:3])
+    rows = (torch.arange(h) * s).unsqueeze(1) + torch.arange(k)  # (H', K)
+    cols = (torch.arange(w) * s).unsqueeze(1) + torch.arange(k)  # (W', K)
+    y = x.index_select(1, rows.flatten()).unflatten(1, (h, k))  # (B, H', K, W, …)
+    y = y.index_select(3, cols.flatten()).unflatten(3, (w, k))  # (B, H', K, W', K, …)
+    rest = range(5, y.dim())
+    return y.permute(0, 1, 3, *rest, 2, 4)  # (B, H', W', …, K, K)
+
+
 class ConvMatrixCaps(nn.Module):
     """Convolutional capsules: every K×K×T_in patch of children votes ``V_ij = M_i W_ij``
     for the T_out parents at its position, routed per patch.
@@ -159,23 +168,21 @@ class ConvMatrixCaps(nn.Module):
         out_types: int,
         kernel_size: int,
         stride: int,
-        routing: str = "em",
-        iterations: int = 3,
-        detach_agreement: bool = False,
+        spec: RoutingSpec = EM,
     ):
         super().__init__()
         self.kernel_size, self.stride = kernel_size, stride
         children = kernel_size * kernel_size * in_types
         self.weight = _pose_weight(children, out_types)  # (K·K·T_in, T_out, 4, 4)
-        self.router = Router(children, out_types, routing, iterations, detach_agreement)
+        self.router = Router(children, out_types, spec)
 
     def forward(self, poses: Tensor, activations: Tensor) -> tuple[Tensor, Tensor]:
         k, s = self.kernel_size, self.stride
         b = poses.shape[0]
-        patches = poses.unfold(1, k, s).unfold(2, k, s)  # (B, H', W', T, 16, K, K)
+        patches = unfold_patches(poses, k, s)  # (B, H', W', T, 16, K, K)
         _, h, w, t, _, _, _ = patches.shape
         patches = patches.permute(0, 1, 2, 5, 6, 3, 4).reshape(b * h * w, k * k * t, POSE, POSE)
-        acts = activations.unfold(1, k, s).unfold(2, k, s)  # (B, H', W', T, K, K)
+        acts = unfold_patches(activations, k, s)  # (B, H', W', T, K, K)
         acts = acts.permute(0, 1, 2, 4, 5, 3).reshape(b * h * w, k * k * t)  # (N, I)
         votes = torch.einsum("nipq,ijqr->njipr", patches, self.weight)  # (N, J, I, 4, 4)
         out = self.router(votes.flatten(-2).transpose(1, 2), acts)  # votes (N, I, J, 16)
@@ -196,15 +203,13 @@ class ClassMatrixCaps(nn.Module):
         self,
         in_types: int,
         classes: int,
-        routing: str = "em",
-        iterations: int = 3,
-        detach_agreement: bool = False,
+        spec: RoutingSpec = EM,
         grid: tuple[int, int] = (1, 1),
     ):
         super().__init__()
         self.weight = _pose_weight(in_types, classes)  # (T, E, 4, 4)
         h, w = grid
-        self.router = Router(in_types * h * w, classes, routing, iterations, detach_agreement)
+        self.router = Router(in_types * h * w, classes, spec)
 
     def forward(self, poses: Tensor, activations: Tensor) -> Routed:
         b, h, w, t, _ = poses.shape

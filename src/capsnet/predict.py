@@ -12,16 +12,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from capsnet.checkpoint import read_json
-from capsnet.data import get_spec
-from capsnet.errors import CapsNetError, DataError
+from capsnet.errors import DataError
+from capsnet.models.contract import Classifier, require
 
 log = logging.getLogger(__name__)
 
@@ -38,29 +36,6 @@ class Inputs:
     files: list[str]
     indices: list[int]
     names: list[str]
-
-
-def run_train_config(run_dir: str | Path) -> dict[str, Any]:
-    """The training config of a run (dataset, data_dir, …) from its config.json, else {}.
-
-    ``run_dir`` may also be a checkpoint file, whose run directory is its parent.
-    """
-    path = Path(run_dir)
-    config = path / "config.json" if path.is_dir() else path.parent / "config.json"
-    try:
-        train = read_json(config)["train"]
-    except (CapsNetError, KeyError, TypeError):
-        return {}
-    return train if isinstance(train, dict) else {}
-
-
-def class_names(dataset: str | None, num_classes: int) -> tuple[str, ...]:
-    """The dataset's class names, or "0", "1", … when it is unknown or does not fit."""
-    try:
-        names = get_spec(dataset).class_names if dataset else ()
-    except CapsNetError:
-        names = ()
-    return names if len(names) == num_classes else tuple(str(k) for k in range(num_classes))
 
 
 def _ink_from_alpha(im: Image.Image, channels: int) -> np.ndarray:
@@ -173,6 +148,8 @@ def read_inputs(
 def predict(
     model: nn.Module, images: Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
 ) -> Tensor:
-    """Capsule lengths (N, K) of images (N, C, H, W) in [0, 1], computed in batches."""
+    """Class scores (N, K) of images (N, C, H, W) in [0, 1], computed in batches: capsule
+    lengths (EM: activations) or, for a plain classifier, probabilities."""
+    require(model, "predict", Classifier)
     model.eval()
-    return torch.cat([model(x.to(device)).lengths.float().cpu() for x in images.split(batch_size)])
+    return torch.cat([model(x.to(device)).scores.float().cpu() for x in images.split(batch_size)])

@@ -96,6 +96,6 @@ def verified_path(name: str) -> Path:
 
 def load_pretrained(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
     """A shipped model in eval mode (float32 whatever its stored dtype) and its config."""
-    from capsnet.checkpoint import load_run
+    from capsnet.training.rundir import load_run
 
     return load_run(verified_path(name), device)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from capsnet.errors import ConfigError
 
@@ -77,20 +79,23 @@ def dynamic_routing(
             :class:`~capsnet.layers.RoutingCaps` makes it): every step below is then a
             batched matrix-vector product over contiguous memory.
         iterations: number of routing iterations r (≥ 1).
-        detach_agreement: if True, gradients do not flow through the agreement updates
-            ``b_ij += û_{j|i} · v_j`` (only through the last iteration's weighted sum).
-            The official implementation lets them flow (the default).
+        detach_agreement: if True, the coupling coefficients of every iteration are
+            computed from detached predictions, and the gradient reaches û only through
+            the final weighted sum: ``v = squash(Σ_i sg(c_ij) û_{j|i})`` with ``sg`` the
+            stop-gradient (the same meaning for every routing; see :data:`ROUTINGS`).
+            The official implementation lets gradients flow everywhere (the default).
 
     Returns:
         ``(v, c)``: parent capsules (B, J, D) and the final coupling coefficients
-        (B, I, J), which sum to 1 over the parents J.
+        (B, I, J), which sum to 1 over the parents J (no gradient flows through c when
+        ``detach_agreement``).
 
     The logits b_ij start at 0 for every example (so the first iteration couples
     uniformly), c_i = softmax(b_i) over the parents (eq. 3), s_j = Σ_i c_ij û_{j|i}
     (eq. 2), v_j = squash(s_j) (eq. 1); b is not updated after the last iteration.
     Accumulations run in float32 even under autocast. When û needs a gradient, the
     backward pass is hand-written (one write of ∂L/∂û; see ``_DynamicRouting``) and the
-    result is not twice differentiable.
+    result is not twice differentiable: a double backward raises a RuntimeError.
     """
     if iterations < 1:
         raise ValueError(f"routing needs at least 1 iteration, got {iterations}")
@@ -134,7 +139,8 @@ class _DynamicRouting(torch.autograd.Function):
     of them), each written to memory and summed. Here every use contributes a rank-1 term
     ``a_t ⊗ g_t`` (a_t (B, J, I), g_t (B, J, D)), and ∂L/∂û is one batched product
     ``[a_1 … a_T] @ [g_1 … g_T]``: û is written once and read r + (r - 1) - 1 times.
-    Not twice differentiable.
+    With ``detach_agreement`` only the last weighted sum contributes: ``c_r ⊗ ∂L/∂s_r``.
+    Not twice differentiable (``once_differentiable``).
     """
 
     @staticmethod
@@ -145,10 +151,16 @@ class _DynamicRouting(torch.autograd.Function):
         return v, c
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_v: Tensor | None, grad_c: Tensor | None):  # type: ignore[override]
         u, *saved = ctx.saved_tensors
         steps = list(zip(saved[0::2], saved[1::2], strict=True))  # (c_t, s_t)
         last = len(steps) - 1
+        if ctx.detach_agreement:  # v = squash(Σ_i sg(c_r) û): one rank-1 term
+            c, s = steps[last]
+            g_v = torch.zeros_like(s) if grad_v is None else grad_v
+            g_s = squash_backward(s, g_v)  # (B, J, D)
+            return c.unsqueeze(-1) * g_s.unsqueeze(2), None, None  # (B, J, I, D)
         coefs: list[Tensor] = []  # a_t (B, J, I)
         grads: list[Tensor] = []  # g_t (B, J, D): ∂L/∂û_{j|i} = Σ_t a_t[j, i] g_t[j]
         grad_b = None  # ∂L/∂b_{t+1}, (B, J, I)
@@ -157,9 +169,8 @@ class _DynamicRouting(torch.autograd.Function):
             g_v = grad_v if t == last and grad_v is not None else torch.zeros_like(s)
             if grad_b is not None:  # b_{t+1} = b_t + û·v_t
                 g_v = g_v + torch.matmul(grad_b.unsqueeze(2), u).squeeze(2)  # (B, J, D)
-                if not ctx.detach_agreement:
-                    coefs.append(grad_b)
-                    grads.append(squash(s))  # v_t
+                coefs.append(grad_b)
+                grads.append(squash(s))  # v_t
             g_s = squash_backward(s, g_v)  # (B, J, D)
             coefs.append(c)  # s_t = Σ_i c_ij û_{j|i}
             grads.append(g_s)
@@ -179,11 +190,14 @@ def efficient_squash(s: Tensor, dim: int = -1, eps: float = EPS) -> Tensor:
     """Efficient-CapsNet's squash (Mazzia et al., 2021, eq. 6): ``v = (1 - 1/e^|s|) s/|s|``.
 
     Written ``-expm1(-|s|) · s / |s|``, with ``|s| = sqrt(Σ s² + eps)`` in float32: finite
-    value and gradient at ``s = 0`` and for any |s| (``e^|s|`` never overflows).
+    value and gradient at ``s = 0`` and for any |s| (``e^|s|`` never overflows). ONNX has
+    no ``expm1``: under ``torch.onnx.export`` it is written ``1 - exp(-|s|)`` (equal to
+    within float32 rounding, ~1e-7).
     """
     s32 = _wide(s)
     norm = torch.sqrt(s32.pow(2).sum(dim, keepdim=True) + eps)
-    return (s32 * (-torch.expm1(-norm) / norm)).to(s.dtype)
+    scale = 1 - torch.exp(-norm) if torch.onnx.is_in_onnx_export() else -torch.expm1(-norm)
+    return (s32 * (scale / norm)).to(s.dtype)
 
 
 def em_routing(
@@ -266,31 +280,36 @@ def em_routing(
 
 
 def self_attention_routing(
-    u_hat: Tensor, log_prior: Tensor, detach_agreement: bool = False
+    u_hat: Tensor, coupling_bias: Tensor, detach_agreement: bool = False
 ) -> tuple[Tensor, Tensor]:
     """Self-attention routing of Efficient-CapsNet (Mazzia et al., 2021, eqs. 3-5).
 
     For each parent j, the self-attention matrix ``A_j = Û_j Û_jᵀ / √D`` (I × I) of the
     children's predictions; child i's score ``Σ_k A_j[i, k] = û_{j|i} · Σ_k û_{j|k} / √D``
     (computed this way, in O(I·J·D)); ``C = softmax`` of the scores over the parents j;
-    ``s_j = Σ_i (c_ij + b_ij) û_{j|i}`` with the learned log prior b; ``v_j`` =
-    :func:`efficient_squash` ``(s_j)``. One pass, no iterations.
+    ``s_j = Σ_i (c_ij + b_ij) û_{j|i}``; ``v_j`` = :func:`efficient_squash` ``(s_j)``.
+    One pass, no iterations.
+
+    ``b`` is a learned bias added to the coupling coefficients *after* the softmax, as in
+    the reference implementation (which calls it a log prior; it is not one: it never goes
+    through the softmax). So the weights ``c_ij + b_ij`` are any real numbers: c_ij lies in
+    (0, 1) and sums to 1 over j, the weights sum to ``1 + Σ_j b_ij`` and may be negative.
 
     Args:
         u_hat: predictions (B, I, J, D).
-        log_prior: b (I, J), learned, zeros at the start.
-        detach_agreement: if True, no gradient flows through the scores (only through s).
+        coupling_bias: b (I, J), learned, zeros at the start.
+        detach_agreement: if True, c is computed from detached predictions, so the gradient
+            reaches û only through the weighted sum s (b still learns).
 
     Returns:
-        ``(v, c + b)``: parents (B, J, D) and the weights (B, I, J) each prediction entered
-        s_j with (c sums to 1 over J; the prior b shifts it).
+        ``(v, c + b)``: parents (B, J, D) and the weights (B, I, J) each prediction
+        entered s_j with.
     """
     u = _wide(u_hat)
-    total = u.sum(1, keepdim=True)  # (B, 1, J, D): Σ_k û_{j|k}
-    scores = (u * total).sum(-1) / math.sqrt(u.shape[-1])  # (B, I, J)
-    if detach_agreement:
-        scores = scores.detach()
-    weights = torch.softmax(scores, dim=2) + _wide(log_prior)  # (B, I, J)
+    agree = u.detach() if detach_agreement else u
+    total = agree.sum(1, keepdim=True)  # (B, 1, J, D): Σ_k û_{j|k}
+    scores = (agree * total).sum(-1) / math.sqrt(u.shape[-1])  # (B, I, J)
+    weights = torch.softmax(scores, dim=2) + _wide(coupling_bias)  # (B, I, J)
     s = torch.einsum("bij,bijd->bjd", weights, u)  # (B, J, D)
     return efficient_squash(s).to(u_hat.dtype), weights
 
@@ -338,14 +357,14 @@ def _em(votes: Tensor, activations: Tensor, params, iterations, detach) -> Route
 
 
 def _self_attention(votes: Tensor, activations: Tensor, params, iterations, detach) -> Routed:
-    v, weights = self_attention_routing(votes, params["log_prior"], detach)
+    v, weights = self_attention_routing(votes, params["coupling_bias"], detach)
     return Routed(v, capsule_lengths(v), weights)
 
 
 ROUTINGS: dict[str, Routing] = {
     "dynamic": Routing(_dynamic, lambda i, j: {}),
     "em": Routing(_em, lambda i, j: {"beta_u": torch.zeros(j), "beta_a": torch.zeros(j)}),
-    "self-attention": Routing(_self_attention, lambda i, j: {"log_prior": torch.zeros(i, j)}),
+    "self-attention": Routing(_self_attention, lambda i, j: {"coupling_bias": torch.zeros(i, j)}),
 }
 
 
@@ -354,3 +373,23 @@ def get_routing(name: str) -> Routing:
     if name not in ROUTINGS:
         raise ConfigError(f"unknown routing '{name}'; choose from: {', '.join(ROUTINGS)}")
     return ROUTINGS[name]
+
+
+@dataclass(frozen=True)
+class RoutingSpec:
+    """Which routing a capsule layer runs, and how: one value passed as one object.
+
+    ``detach_agreement`` means the same for every routing: the routing weights of every
+    iteration (coupling coefficients, EM responsibilities, attention weights) are computed
+    from detached votes, and the gradient reaches the votes only through the final
+    weighted combination of the (non-detached) votes with those weights.
+    """
+
+    name: str = "dynamic"  # a key of ROUTINGS
+    iterations: int = 3  # ignored by self-attention routing
+    detach_agreement: bool = False
+
+    def __post_init__(self) -> None:
+        get_routing(self.name)
+        if self.iterations < 1:
+            raise ConfigError(f"routing_iterations must be ≥ 1, got {self.iterations}")

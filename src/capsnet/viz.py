@@ -1,13 +1,14 @@
-"""Pictures of what a trained CapsNet does (matplotlib, headless): the paper's figures.
+"""Pictures of what a trained model does (matplotlib, headless): the paper's figures.
 
-``save_figures(run_dir)`` draws every figure a run supports: ``training.png`` (curves),
-``coupling.png`` (routing), and with a decoder ``reconstructions.png`` (Fig. 3) or, for
-MultiMNIST, ``multimnist.png`` (Fig. 5), and ``perturbation.png`` (Fig. 4).
+``save_figures(run_dir)`` draws every figure a run's model supports (see
+:mod:`capsnet.models.contract`): ``training.png`` (curves) for every model;
+``coupling.png`` (routing) for a capsule classifier; with a decoder also
+``reconstructions.png`` (Fig. 3) or, for MultiMNIST, ``multimnist.png`` (Fig. 5), and
+``perturbation.png`` (Fig. 4).
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from collections.abc import Sequence
@@ -19,11 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from capsnet.checkpoint import atomic_write, load_run, read_json
-from capsnet.data.multimnist import OverlayTargets
-from capsnet.data.tasks import dataset_spec, load_test
-from capsnet.errors import CheckpointError
-from capsnet.models import CapsNet
+from capsnet.checkpoint import atomic_write
+from capsnet.models.contract import CapsuleClassifier, PoseDecoder, provides, require
+from capsnet.targets import OverlayTargets
+from capsnet.training.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,10 @@ def save_reconstructions(
     failures in red (cf. the paper's Fig. 3).
     """
     plt = _pyplot()
+    require(model, "save_reconstructions", PoseDecoder)
     model.eval()
     out = model(images.to(_device(model)))
-    if out.reconstructions is None:
-        raise ValueError("the model has no decoder (trained with --no-reconstruction)")
-    preds = out.lengths.argmax(1).cpu()
+    preds = out.scores.argmax(1).cpu()
     recon = out.reconstructions.float().cpu()
     n = len(images)
     name = _names(class_names)
@@ -104,17 +103,18 @@ def save_reconstructions(
 
 @torch.no_grad()
 def perturbed_reconstructions(
-    model: CapsNet, images: Tensor, deltas: Tensor = PERTURBATIONS
+    model: nn.Module, images: Tensor, deltas: Tensor = PERTURBATIONS
 ) -> Tensor:
     """Fig. 4: decode the winning capsule with each dimension tweaked by each delta.
 
     ``images`` (N, C, H, W) in [0, 1] → (N, D, T, C, H, W) for D capsule dimensions and
     T deltas, all decoded in one forward.
     """
+    require(model, "perturbed_reconstructions", PoseDecoder)
     model.eval()
     out = model(images.to(_device(model)))
     n, k, d = out.poses.shape
-    onehot = F.one_hot(out.lengths.argmax(1), k).to(out.poses.dtype)  # (N, K)
+    onehot = F.one_hot(out.scores.argmax(1), k).to(out.poses.dtype)  # (N, K)
     winner = (out.poses * onehot.unsqueeze(-1)).sum(1)  # (N, D)
     tweak = torch.eye(d).unsqueeze(1) * deltas.view(1, -1, 1)  # (D, T, D): dim i += delta t
     tweaked = winner.view(n, 1, 1, d) + tweak.to(winner)  # (N, D, T, D)
@@ -124,7 +124,7 @@ def perturbed_reconstructions(
     return recon.view(n, d, len(deltas), *recon.shape[1:]).cpu()
 
 
-def save_perturbations(model: CapsNet, images: Tensor, path: str | Path) -> Path:
+def save_perturbations(model: nn.Module, images: Tensor, path: str | Path) -> Path:
     """One panel per input: rows are the capsule's dimensions, columns the tweaks."""
     plt = _pyplot()
     recon = perturbed_reconstructions(model, images)  # (N, D, T, C, H, W)
@@ -146,20 +146,22 @@ def save_perturbations(model: CapsNet, images: Tensor, path: str | Path) -> Path
 
 @torch.no_grad()
 def save_coupling(
-    model: CapsNet, image: Tensor, path: str | Path, class_names: Sequence[str] | None = None
+    model: nn.Module, image: Tensor, path: str | Path, class_names: Sequence[str] | None = None
 ) -> Path:
-    """Coupling coefficients c_ij of every primary capsule i to the predicted class j.
+    """Routing weights (e.g. coupling coefficients c_ij) of every child capsule i of the
+    class capsules to the predicted class j (a CapsuleClassifier's ``routing_weights``).
 
     ``image`` (C, H, W) in [0, 1]. Shown next to the input: their mean over the capsule
     types on the primary grid, and one map per type (white where a type is absent).
     """
     plt = _pyplot()
+    require(model, "save_coupling", CapsuleClassifier)
     model.eval()
     out = model(image.unsqueeze(0).to(_device(model)))
-    k = out.lengths.shape[1]
-    pred = int(out.lengths.argmax(1))
-    types, gh, gw = model.config.coupling_grid
-    c = out.coupling.view(types, gh, gw, k)[..., pred].float().cpu()  # (types, H', W')
+    k = out.scores.shape[1]
+    pred = int(out.scores.argmax(1))
+    types, gh, gw = model.routing_grid
+    c = out.routing_weights.view(types, gh, gw, k)[..., pred].float().cpu()  # (types, H', W')
     cols = min(8, types)
     rows = math.ceil(types / cols)
     tiles = torch.full((rows * cols, 1, gh, gw), float("nan"))
@@ -184,14 +186,15 @@ def save_coupling(
 
 @torch.no_grad()
 def save_multimnist(
-    model: CapsNet, images: Tensor, targets: OverlayTargets, path: str | Path
+    model: nn.Module, images: Tensor, targets: OverlayTargets, path: str | Path
 ) -> Path:
     """Fig. 5: overlaid digits (top) and the two longest capsules decoded one at a time
     (bottom, the longer in red, the other in green); wrong pairs titled in red."""
     plt = _pyplot()
+    require(model, "save_multimnist", PoseDecoder)
     model.eval()
     out = model(images.to(_device(model)))
-    top = out.lengths.topk(2, dim=1).indices  # (N, 2)
+    top = out.scores.topk(2, dim=1).indices  # (N, 2)
     recon = model.decode_classes(out.poses, top)[:, :, 0].float().cpu()  # (N, 2, H, W)
     rgb = torch.stack([recon[:, 0], recon[:, 1], torch.zeros_like(recon[:, 0])], -1)
     top, truth = top.cpu(), targets.labels.cpu()
@@ -215,14 +218,8 @@ def save_training_curves(run_dir: str | Path, path: str | Path) -> Path:
     """Loss and error per epoch from ``history.csv``; the test error of the selected
     epoch from ``metrics.json`` as a point, if the run has finished."""
     plt = _pyplot()
-    run = Path(run_dir)
-    try:
-        with (run / "history.csv").open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise CheckpointError(f"{run / 'history.csv'}: cannot read ({e.strerror or e})") from None
-    if not rows:
-        raise CheckpointError(f"{run / 'history.csv'}: no epochs recorded")
+    run = RunDir(run_dir)
+    rows = run.history()
 
     def column(name: str) -> list[float]:
         return [float(r[name]) if r.get(name) else float("nan") for r in rows]
@@ -234,8 +231,8 @@ def save_training_curves(run_dir: str | Path, path: str | Path) -> Path:
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_err.plot(epochs, [100 * (1 - a) for a in column("train_accuracy")], "o-", label="train")
     ax_err.plot(epochs, [100 * (1 - a) for a in column("val_accuracy")], "s-", label="validation")
-    if (run / "metrics.json").is_file():
-        m = read_json(run / "metrics.json")
+    m = run.metrics()
+    if m is not None:
         ax_err.plot(
             [m["best_epoch"]], [100 * m["test_error"]], "r*", ms=12, label="test (selected epoch)"
         )
@@ -253,7 +250,7 @@ def _with_failures(
 ) -> Tensor:
     """Indices of the first ``first`` examples and of up to ``failures`` misclassified ones."""
     device = _device(model)
-    preds = torch.cat([model(b.to(device)).lengths.argmax(1).cpu() for b in x.split(100)])
+    preds = torch.cat([model(b.to(device)).scores.argmax(1).cpu() for b in x.split(100)])
     wrong = torch.nonzero(preds != y).flatten()
     wrong = wrong[wrong >= first][:failures]
     return torch.cat([torch.arange(min(first, len(y))), wrong])
@@ -266,37 +263,33 @@ def save_figures(
     device: str | torch.device = "cpu",
     examples: int = 300,
 ) -> list[Path]:
-    """Every figure the run supports, into ``out_dir`` (default: the run directory).
+    """Every figure the run's model supports, into ``out_dir`` (default: the run directory).
 
-    Uses the first ``examples`` test examples of the run's dataset (failures for Fig. 3
-    are searched among them). Models without a decoder get no reconstruction figures, and
-    models that are not capsule networks (no ``config.coupling_grid``) only the training
-    curves.
+    Uses the first ``examples`` images of the run's own test set (failures for Fig. 3 are
+    searched among them), from ``data_dir``, else the run's data directory. Models that
+    are not capsule classifiers get the training curves only, and those without a decoder
+    no reconstruction figures.
     """
-    run = Path(run_dir)
-    out = Path(out_dir) if out_dir is not None else run
-    model, _ = load_run(run, device)
-    paths = [save_training_curves(run, out / "training.png")]
-    if not hasattr(model.config, "coupling_grid"):
-        log.info("%s: not a capsule network, so only the training curves", run)
+    run = RunDir(run_dir)
+    out = Path(out_dir) if out_dir is not None else run.path
+    model = run.load_model(device)
+    paths = [save_training_curves(run.path, out / "training.png")]
+    if not provides(model, CapsuleClassifier):
+        log.info("%s: not a capsule classifier, so only the training curves", run.path)
         return paths
-    train = read_json(run / "config.json")["train"]
-    name = train["dataset"]
-    x, y = load_test(
-        name, data_dir or train["data_dir"], limit=examples, options=train.get("dataset_options")
-    )
+    x, y = run.test_set(data_dir, limit=examples)
     x = x.float() / 255
-    class_names = dataset_spec(name).class_names
-    paths.append(save_coupling(model, x[0], out / "coupling.png", class_names))
-    if getattr(model, "decoder", None) is None:
-        log.info("%s: no decoder (trained with --no-reconstruction): no reconstructions", run)
+    names = run.class_names(model.config.num_classes)
+    paths.append(save_coupling(model, x[0], out / "coupling.png", names))
+    if not provides(model, PoseDecoder):
+        log.info("%s: no decoder, so no reconstructions", run.path)
         return paths
     if isinstance(y, OverlayTargets):
         paths.append(save_multimnist(model, x[:10], y[:10], out / "multimnist.png"))
     else:
         idx = _with_failures(model, x, y)
         path = out / "reconstructions.png"
-        paths.append(save_reconstructions(model, x[idx], y[idx], path, class_names))
+        paths.append(save_reconstructions(model, x[idx], y[idx], path, names))
     paths.append(save_perturbations(model, x[:3], out / "perturbation.png"))
     return paths
 

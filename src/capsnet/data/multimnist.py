@@ -7,13 +7,16 @@ training batch, and fixed, seeded pairs for validation and test sets.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from capsnet.data.transforms import random_shift
 from capsnet.errors import ConfigError, DataError
+from capsnet.targets import OverlayTargets
 
 
 @dataclass(frozen=True)
@@ -31,36 +34,6 @@ class MultiMNISTConfig:
             raise ConfigError(f"MultiMNIST pad and shift must be ≥ 0, got {self.pad}, {self.shift}")
         if min(self.val_pairs_per_digit, self.test_pairs_per_digit) < 1:
             raise ConfigError("MultiMNIST pairs per digit must be ≥ 1")
-
-
-@dataclass(frozen=True)
-class OverlayTargets:
-    """Targets of an image of overlaid digits: their classes and each digit alone.
-
-    ``labels`` (N, L) int64; ``images`` (N, L, C, H, W), uint8 or floats in [0, 1], digit
-    ``l`` alone on the canvas exactly where it is in the overlay. Indexing, ``len`` and
-    ``to`` work as on a label tensor, so the trainer treats both alike.
-    """
-
-    labels: Tensor
-    images: Tensor
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, idx: Tensor | slice) -> OverlayTargets:
-        return OverlayTargets(self.labels[idx], self.images[idx])
-
-    def to(self, device: torch.device | str) -> OverlayTargets:
-        """On ``device``, images as floats in [0, 1] (the scale of the network's input)."""
-        images = self.images.to(device)
-        if images.dtype == torch.uint8:
-            images = images.float().div_(255.0)
-        return OverlayTargets(self.labels.to(device), images)
-
-    def multi_hot(self, num_classes: int) -> Tensor:
-        """(N, num_classes) float: 1 for every class present."""
-        return F.one_hot(self.labels, num_classes).amax(1).float()
 
 
 def partners(labels: Tensor, first: Tensor, generator: torch.Generator) -> Tensor:
@@ -128,4 +101,29 @@ def fixed_pairs(
     return make_pairs(images, labels, first, config, torch.Generator().manual_seed(seed))
 
 
-__all__ = ["MultiMNISTConfig", "OverlayTargets", "fixed_pairs", "make_pairs", "overlay", "partners"]
+def save_npz(path: Path, images: Tensor, targets: OverlayTargets) -> None:
+    """A fixed MultiMNIST set as ``.npz`` (written atomically): ``images`` (N, H, W) uint8
+    overlays, ``labels`` (N, 2) int64, ``sources`` (N, 2, H, W) uint8, each digit alone."""
+    from capsnet.checkpoint import atomic_write
+
+    def write(p: Path) -> None:
+        with p.open("wb") as f:  # a file object: np.savez would append ".npz" to a path
+            np.savez_compressed(
+                f,
+                images=images[:, 0].numpy(),
+                labels=targets.labels.numpy(),
+                sources=targets.images[:, :, 0].numpy(),
+            )
+
+    atomic_write(Path(path), write)
+
+
+__all__ = [
+    "MultiMNISTConfig",
+    "OverlayTargets",
+    "fixed_pairs",
+    "make_pairs",
+    "overlay",
+    "partners",
+    "save_npz",
+]

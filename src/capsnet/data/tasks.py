@@ -28,13 +28,13 @@ from torch import Tensor
 
 from capsnet.data.affnist import AffineRanges, load_affnist_mat, random_affine
 from capsnet.data.datasets import DatasetSpec, get_spec, load_split, search_path
-from capsnet.data.multimnist import MultiMNISTConfig, OverlayTargets, fixed_pairs, make_pairs
+from capsnet.data.multimnist import MultiMNISTConfig, fixed_pairs, make_pairs
 from capsnet.data.transforms import random_shift, train_val_split
 from capsnet.errors import ConfigError, DataError
+from capsnet.targets import OverlayTargets, Targets
 
 log = logging.getLogger(__name__)
 
-Targets = Tensor | OverlayTargets
 Batch = tuple[Tensor, Targets]  # uint8 images (B, C, H, W) and their targets
 
 
@@ -205,6 +205,11 @@ def check_dataset(name: str, options: Mapping[str, Any] | None = None, train: bo
         raise ConfigError(f"'{name}' is a test set only; train on expanded-mnist for affNIST")
 
 
+def task_source(name: str) -> str:
+    """The raw source (a key of ``capsnet.data.datasets.DATASETS``) a task's images come from."""
+    return _task(name).source
+
+
 def dataset_spec(name: str) -> DatasetSpec:
     """Class count and names (those of the IDX dataset the images come from)."""
     return get_spec(_task(name).source)
@@ -252,4 +257,5 @@ __all__ = [
     "dataset_spec",
     "load_test",
     "load_train",
+    "task_source",
 ]

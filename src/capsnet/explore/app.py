@@ -3,18 +3,23 @@
 Endpoints (all errors are JSON ``{"detail": "..."}`` with a 4xx code):
 
 * ``GET /``, ``/app.js``, ``/style.css``: the page, shipped as package data;
-* ``GET /api/info``: the model's shapes, class names and slider range;
-* ``POST /api/predict`` ``{"pixels": [C·H·W floats in [0, 1]]}``: capsule lengths, the winner,
-  its pose, its reconstruction and its coupling map on the primary capsule grid;
+* ``GET /api/info``: the model's shapes, class names, what it provides and slider range;
+* ``POST /api/predict`` ``{"pixels": [C·H·W floats in [0, 1]]}``: class scores (capsule
+  lengths, EM activations or softmax probabilities), the winner and, for a capsule model,
+  its pose, its reconstruction and its routing-weight map on the children's grid;
 * ``POST /api/decode`` ``{"class_index": k, "pose": [D floats]}``: the decoder's image of
   class capsule k with that pose (all other capsules masked, as in training);
-* ``GET /api/random``: a random test image of the run's dataset and its label.
+* ``GET /api/random``: a random test image of the run's own test set and its label(s).
+
+Any :class:`~capsnet.models.contract.Classifier` works; poses, routing map and decoding
+appear when the model provides them (``capsules``, ``has_decoder`` in ``/api/info``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from importlib.resources import files
@@ -29,10 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor, nn
 
-from capsnet.checkpoint import load_run
-from capsnet.data import load_split
 from capsnet.errors import CapsNetError
-from capsnet.predict import class_names, run_train_config
+from capsnet.models.contract import CapsuleClassifier, Classifier, PoseDecoder, provides, require
+from capsnet.targets import OverlayTargets, Targets
+from capsnet.training.rundir import RunDir, class_names
 
 log = logging.getLogger(__name__)
 
@@ -148,30 +153,9 @@ def _asset(text: str, media_type: str) -> Any:
     return get
 
 
-def create_app(
-    model: nn.Module,
-    dataset: str | None = None,
-    test_images: Tensor | None = None,
-    test_labels: Tensor | None = None,
-    hosts: tuple[str, ...] | None = LOOPBACK,
-    body_timeout: float = BODY_TIMEOUT,
-) -> FastAPI:
-    """The explorer for ``model`` (a CapsNet in eval mode on the CPU).
-
-    ``test_images`` (N, C, H, W) uint8 with ``test_labels`` (N,) feed "random test image";
-    ``hosts`` are the Host header names accepted (None: any); a request body must arrive
-    within ``body_timeout`` seconds.
-    """
-    cfg = model.config
-    c, (h, w) = cfg.in_channels, cfg.input_size
-    names = class_names(dataset, cfg.num_classes)
-    has_decoder = getattr(model, "decoder", None) is not None
-    n_test = 0 if test_images is None else len(test_images)
-    rng = random.Random()
-    assets = files("capsnet.explore") / "static"
-
+def _base_app(max_body: int, hosts: tuple[str, ...] | None, body_timeout: float) -> FastAPI:
+    """The app without its API: guard, JSON errors, the page and its assets."""
     app = FastAPI(title="capsnet explorer", docs_url=None, redoc_url=None, openapi_url=None)
-    max_body = 16384 + 32 * c * h * w
     app.add_middleware(_Guard, max_body=max_body, hosts=hosts, body_timeout=body_timeout)
 
     @app.exception_handler(RequestValidationError)
@@ -189,97 +173,136 @@ def create_app(
         # Starlette re-raises the exception after this response: the server logs it.
         return _json_error(500, "internal error (see the server log)")
 
+    assets = files("capsnet.explore") / "static"
     for route, name in ASSETS.items():
         app.get(route)(_asset((assets / name).read_text(), MEDIA[Path(name).suffix]))
     app.get("/favicon.ico")(lambda: Response(status_code=204))
+    return app
 
-    @app.get("/api/info")
-    def info() -> dict[str, Any]:
+
+class _Api:
+    """The JSON API's answers for one model (what it provides of the contract decides)."""
+
+    def __init__(self, model: nn.Module, dataset: str | None, images, labels) -> None:
+        self.model, self.dataset, self.images, self.labels = model, dataset, images, labels
+        cfg = model.config
+        self.shape = (cfg.in_channels, *cfg.input_size)  # (C, H, W)
+        self.k = cfg.num_classes
+        self.names = class_names(dataset, self.k)
+        self.capsules = provides(model, CapsuleClassifier)
+        self.has_decoder = provides(model, PoseDecoder)
+        self.pose_dim = model.pose_dim if self.capsules else None
+        self.grid = model.routing_grid if self.capsules else None  # (types, H', W')
+        self.n_test = 0 if images is None or labels is None else len(images)
+        self.rng = random.Random()
+
+    def info(self) -> dict[str, Any]:
+        grid = self.grid
         return {
-            "dataset": dataset,
-            "class_names": names,
-            "in_channels": c,
-            "input_size": [h, w],
-            "class_dim": cfg.class_dim,
-            "primary_types": cfg.coupling_grid[0],  # the children routed to the classes
-            "primary_grid": list(cfg.coupling_grid[1:]),
-            "has_decoder": has_decoder,
-            "test_images": n_test,
+            "dataset": self.dataset,
+            "class_names": self.names,
+            "in_channels": self.shape[0],
+            "input_size": list(self.shape[1:]),
+            "capsules": self.capsules,
+            "class_dim": self.pose_dim,
+            "primary_types": grid[0] if grid else None,  # the children routed to the classes
+            "primary_grid": list(grid[1:]) if grid else None,
+            "has_decoder": self.has_decoder,
+            "test_images": self.n_test,
             "slider": SLIDER,
         }
 
-    @app.post("/api/predict")
-    def predict(req: PredictRequest) -> dict[str, Any]:
+    def predict(self, req: PredictRequest) -> dict[str, Any]:
+        c, h, w = self.shape
         if len(req.pixels) != c * h * w:
             raise HTTPException(422, f"pixels: expected {c}×{h}×{w} = {c * h * w} values")
         x = torch.tensor(req.pixels, dtype=torch.float32).view(1, c, h, w)
         with torch.no_grad():
-            out = model(x)
-        k = int(out.lengths[0].argmax())
-        coupling = out.coupling[0, :, k].view(cfg.coupling_grid).mean(0)  # (H', W')
-        recon = out.reconstructions
-        return {
-            "lengths": _rounded(out.lengths[0], 6),
-            "prediction": k,
-            "class_name": names[k],
+            out = self.model(x)
+        k = int(out.scores[0].argmax())
+        answer = {"scores": _rounded(out.scores[0], 6), "prediction": k}
+        answer["class_name"] = self.names[k]
+        if not self.capsules:
+            return answer | {"pose": None, "reconstruction": None, "coupling": None}
+        coupling = out.routing_weights[0, :, k].view(self.grid).mean(0)  # (H', W')
+        recon = out.reconstructions if self.has_decoder else None
+        return answer | {
             "pose": _rounded(out.poses[0, k], 6),
             "reconstruction": None if recon is None else _rounded(recon[0], 4),
             "coupling": _rounded(coupling, 6),
         }
 
-    @app.post("/api/decode")
-    def decode(req: DecodeRequest) -> dict[str, Any]:
-        if not has_decoder:
+    def decode(self, req: DecodeRequest) -> dict[str, Any]:
+        if not self.has_decoder:
             raise HTTPException(409, "this model has no decoder")
-        if not 0 <= req.class_index < cfg.num_classes:
-            raise HTTPException(422, f"class_index: must be in 0..{cfg.num_classes - 1}")
-        if len(req.pose) != cfg.class_dim:
-            raise HTTPException(422, f"pose: expected {cfg.class_dim} values")
-        poses = torch.zeros(1, cfg.num_classes, cfg.class_dim)  # (1, K, D)
+        if not 0 <= req.class_index < self.k:
+            raise HTTPException(422, f"class_index: must be in 0..{self.k - 1}")
+        if len(req.pose) != self.pose_dim:
+            raise HTTPException(422, f"pose: expected {self.pose_dim} values")
+        poses = torch.zeros(1, self.k, self.pose_dim)  # (1, K, D)
         poses[0, req.class_index] = torch.tensor(req.pose)
-        mask = torch.nn.functional.one_hot(torch.tensor([req.class_index]), cfg.num_classes)
+        mask = torch.nn.functional.one_hot(torch.tensor([req.class_index]), self.k)
         with torch.no_grad():
-            recon = model.decode(poses, mask.float())
+            recon = self.model.decode(poses, mask.float())
         return {"reconstruction": _rounded(recon[0], 4)}
 
-    @app.get("/api/random")
-    def random_test_image() -> dict[str, Any]:
-        if test_images is None or test_labels is None or n_test == 0:
+    def random_test_image(self) -> dict[str, Any]:
+        if self.n_test == 0:
             raise HTTPException(404, "no test images (the run's dataset was not found)")
-        i = rng.randrange(n_test)
-        label = int(test_labels[i])
+        i = self.rng.randrange(self.n_test)
+        y = self.labels[i]
+        labels = y.labels.tolist() if isinstance(y, OverlayTargets) else [int(y)]
         return {
             "index": i,
-            "label": label,
-            "class_name": names[label],
-            "pixels": _rounded(test_images[i].float() / 255, 4),
+            "label": labels[0] if len(labels) == 1 else labels,
+            "class_name": " + ".join(self.names[k] for k in labels),
+            "pixels": _rounded(self.images[i].float() / 255, 4),
         }
 
+
+def create_app(
+    model: nn.Module,
+    dataset: str | None = None,
+    test_images: Tensor | None = None,
+    test_labels: Targets | None = None,
+    hosts: tuple[str, ...] | None = LOOPBACK,
+    body_timeout: float = BODY_TIMEOUT,
+) -> FastAPI:
+    """The explorer for ``model`` (a Classifier in eval mode on the CPU).
+
+    ``test_images`` (N, C, H, W) uint8 with ``test_labels`` (N,) or OverlayTargets feed
+    "random test image"; ``hosts`` are the Host header names accepted (None: any); a
+    request body must arrive within ``body_timeout`` seconds.
+    """
+    require(model, "explore", Classifier)
+    api = _Api(model, dataset, test_images, test_labels)
+    app = _base_app(16384 + 32 * math.prod(api.shape), hosts, body_timeout)
+    app.get("/api/info")(api.info)
+    app.post("/api/predict")(api.predict)
+    app.post("/api/decode")(api.decode)
+    app.get("/api/random")(api.random_test_image)
     return app
 
 
 def load_explorer(
     run_dir: str | Path, data_dir: str | None = None, host: str = "127.0.0.1"
 ) -> FastAPI:
-    """The explorer of a run; random test images come from the run's dataset if it is found
-    (never downloaded). Host headers are checked unless ``host`` is a wildcard address."""
-    model, config = load_run(run_dir)
-    train_config = run_train_config(run_dir)
-    dataset = train_config.get("dataset")
+    """The explorer of a run; random test images come from the run's own test set if its
+    data is found (never downloaded). Host headers are checked unless ``host`` is a
+    wildcard address."""
+    run = RunDir(run_dir)
+    model = run.load_model()
+    require(model, "explore", Classifier)
     images = labels = None
-    if dataset is not None:
-        data_dir = data_dir or train_config.get("data_dir")
+    if run.dataset is not None:
         try:
-            images, labels = load_split(dataset, "test", data_dir, download=False)
+            images, labels = run.test_set(data_dir, download=False)
         except CapsNetError as e:
             log.warning("no random test images: %s", e)
-        if images is not None and images.shape[1:] != (config.in_channels, *config.input_size):
-            log.warning("no random test images: %s images do not fit the model", dataset)
-            images = labels = None
     if host not in LOOPBACK:
         log.warning("listening on %s: whoever can reach it can use it (no authentication)", host)
     hosts = None if host in ("", "0.0.0.0", "::") else (*LOOPBACK, host)
-    return create_app(model, dataset, images, labels, hosts)
+    return create_app(model, run.dataset, images, labels, hosts)
 
 
 __all__ = ["BODY_TIMEOUT", "create_app", "load_explorer"]

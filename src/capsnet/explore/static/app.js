@@ -177,11 +177,11 @@ function showEmpty() {
 function show(p) {
   current = p;
   $("prediction").textContent = p.class_name;
-  $("confidence").textContent = `length ${p.lengths[p.prediction].toFixed(3)}`;
+  $("confidence").textContent = `score ${p.scores[p.prediction].toFixed(3)}`;
   [...$("bars").children].forEach((row, k) => {
     row.classList.toggle("win", k === p.prediction);
-    row.querySelector(".fill").style.width = `${(100 * p.lengths[k]).toFixed(1)}%`;
-    row.querySelector(".value").textContent = p.lengths[k].toFixed(3);
+    row.querySelector(".fill").style.width = `${(100 * p.scores[k]).toFixed(1)}%`;
+    row.querySelector(".value").textContent = p.scores[k].toFixed(3);
   });
   heatmap(p.coupling);
   resetSliders();
@@ -211,6 +211,7 @@ function viridis(t) {
 // Mean coupling to the winner over the primary capsule types, on the primary grid; the
 // colours span the map's own range.
 function heatmap(values) {
+  if (!info.capsules) return;
   const [gh, gw] = info.primary_grid, canvas = $("coupling");
   canvas.width = gw; canvas.height = gh;
   const ctx = canvas.getContext("2d"), img = ctx.createImageData(gw, gh);
@@ -288,10 +289,13 @@ async function start() {
   info = await api("/api/info");
   const [h, w] = info.input_size;
   $("model").textContent = `${info.dataset || "unknown dataset"} · ${info.class_names.length} classes · ` +
-    `${info.in_channels}×${h}×${w} input · ${info.class_dim}-D class capsules`;
+    `${info.in_channels}×${h}×${w} input · ` +
+    (info.capsules ? `${info.class_dim}-D class capsules` : "no capsules");
   fit($("seen"), info.input_size, 56);
   fit($("recon"), info.input_size, 140);
-  fit($("coupling"), info.primary_grid, 200);
+  if (info.capsules) fit($("coupling"), info.primary_grid, 200);
+  else $("coupling").closest(".card").hidden = true;
+  if (!info.capsules) $("caps-title").textContent = "Class scores";
   buildBars();
   buildSliders();
   if (!info.has_decoder) {

@@ -11,7 +11,6 @@ features, and the network has 35,445,522 parameters
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -19,36 +18,37 @@ from typing import Any, NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from capsnet.data.multimnist import OverlayTargets
 from capsnet.errors import ConfigError
-from capsnet.models import build, register_model
+from capsnet.models.config import ModelConfig
+from capsnet.models.registry import build, register_model
+from capsnet.targets import OverlayTargets
 
 
 @dataclass(frozen=True)
-class BaselineConfig:
+class BaselineConfig(ModelConfig):
     """Hyper-parameters of the baseline CNN. The defaults are the paper's MNIST baseline."""
 
-    in_channels: int = 1
-    input_size: tuple[int, int] = (28, 28)
-    num_classes: int = 10
     conv_channels: tuple[int, ...] = (256, 256, 128)
     kernel_size: int = 5  # odd: 'same' padding of kernel_size // 2, stride 1, no pooling
     hidden: tuple[int, ...] = (328, 192)
     dropout: float = 0.5  # before the softmax layer
 
-    def __post_init__(self) -> None:
-        for name in ("input_size", "conv_channels", "hidden"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+    def validate(self) -> None:
+        super().validate()
         if self.kernel_size % 2 == 0 or not 0 <= self.dropout < 1:
             raise ConfigError("baseline kernel_size must be odd and dropout in [0, 1)")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
+class SoftmaxOutput(NamedTuple):
+    """A plain classifier's output (meets ``contract.Scored``): no capsules."""
 
-class BaselineOutput(NamedTuple):
-    lengths: Tensor  # (B, K) class probabilities (softmax): what the trainer's argmax reads
+    probabilities: Tensor  # (B, K) softmax of the logits
     logits: Tensor  # (B, K)
+
+    @property
+    def scores(self) -> Tensor:
+        """(B, K) class scores (the contract's name): the probabilities."""
+        return self.probabilities
 
 
 class BaselineCNN(nn.Module):
@@ -72,13 +72,13 @@ class BaselineCNN(nn.Module):
             *fcs, nn.Dropout(cfg.dropout), nn.Linear(sizes[-1], cfg.num_classes)
         )
 
-    def forward(self, x: Tensor, y: Any = None) -> BaselineOutput:
+    def forward(self, x: Tensor, y: Any = None) -> SoftmaxOutput:
         """x: images (B, C, H, W) in [0, 1]; ``y`` is ignored (the trainer passes it)."""
         logits = self.classifier(self.features(x).flatten(1))  # (B, K)
-        return BaselineOutput(logits.softmax(1), logits)
+        return SoftmaxOutput(logits.softmax(1), logits)
 
     def loss(
-        self, out: BaselineOutput, x: Tensor, y: Tensor | OverlayTargets
+        self, out: SoftmaxOutput, x: Tensor, y: Tensor | OverlayTargets
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Cross-entropy. With OverlayTargets the target is uniform over the present classes."""
         if isinstance(y, OverlayTargets):
@@ -103,4 +103,4 @@ def baseline_cnn_small(**overrides: Any) -> BaselineCNN:
     return build(BaselineCNN, SMALL_BASELINE, overrides)
 
 
-__all__ = ["BaselineCNN", "BaselineConfig", "BaselineOutput"]
+__all__ = ["BaselineCNN", "BaselineConfig", "SoftmaxOutput"]

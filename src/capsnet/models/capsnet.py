@@ -1,56 +1,33 @@
-"""CapsNet (Sabour et al., 2017): configs, the network, and a small model registry."""
+"""CapsNet (Sabour et al., 2017): its config and the network."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from capsnet.data.multimnist import OverlayTargets
 from capsnet.errors import ConfigError
 from capsnet.layers import Decoder, PrimaryCaps, RoutingCaps
 from capsnet.losses import capsnet_loss
-from capsnet.routing import get_routing
-
-
-def _conv_out(size: int, kernel: int, stride: int) -> int:
-    return (size - kernel) // stride + 1
+from capsnet.models.config import VectorCapsuleConfig, conv_out
+from capsnet.models.registry import build, register_model
+from capsnet.targets import OverlayTargets
 
 
 @dataclass(frozen=True)
-class CapsNetConfig:
+class CapsNetConfig(VectorCapsuleConfig):
     """Hyper-parameters of a CapsNet. The defaults are the paper's MNIST network."""
 
-    in_channels: int = 1
-    input_size: tuple[int, int] = (28, 28)
-    num_classes: int = 10
     conv1_channels: int = 256
     conv1_kernel: int = 9
     primary_types: int = 32
-    primary_dim: int = 8
     primary_kernel: int = 9
     primary_stride: int = 2
-    class_dim: int = 16
-    routing_iterations: int = 3
-    detach_agreement: bool = False
-    reconstruction: bool = True
-    decoder_hidden: tuple[int, ...] = (512, 1024)
-    reconstruction_weight: float = 0.0005
-    routing: str = "dynamic"  # or "em", "self-attention" (see capsnet.routing.ROUTINGS)
 
-    def __post_init__(self) -> None:
-        # JSON round-trips give lists; keep the dataclass hashable and comparable.
-        object.__setattr__(self, "input_size", tuple(self.input_size))
-        object.__setattr__(self, "decoder_hidden", tuple(self.decoder_hidden))
-        if self.routing_iterations < 1:
-            raise ConfigError(f"routing_iterations must be ≥ 1, got {self.routing_iterations}")
-        get_routing(self.routing)
-        if not self.reconstruction_weight >= 0:
-            raise ConfigError(f"reconstruction_weight {self.reconstruction_weight} is not ≥ 0")
+    def validate(self) -> None:
+        super().validate()
         if min(self.primary_grid) < 1:
             raise ConfigError(
                 f"input size {self.input_size} is too small for conv1 {self.conv1_kernel}×"
@@ -61,16 +38,16 @@ class CapsNetConfig:
     @property
     def primary_grid(self) -> tuple[int, int]:
         """Spatial size (H', W') of the primary capsule grid."""
-        h, w = (_conv_out(s, self.conv1_kernel, 1) for s in self.input_size)
+        h, w = (conv_out(s, self.conv1_kernel, 1) for s in self.input_size)
         return (
-            _conv_out(h, self.primary_kernel, self.primary_stride),
-            _conv_out(w, self.primary_kernel, self.primary_stride),
+            conv_out(h, self.primary_kernel, self.primary_stride),
+            conv_out(w, self.primary_kernel, self.primary_stride),
         )
 
     @property
     def coupling_grid(self) -> tuple[int, int, int]:
         """(types, H', W') of the children of the class capsules: ``coupling`` (B, I, K)
-        views as (B, types, H', W', K). Every capsule model's config has it."""
+        views as (B, types, H', W', K)."""
         return (self.primary_types, *self.primary_grid)
 
     @property
@@ -78,29 +55,45 @@ class CapsNetConfig:
         h, w = self.primary_grid
         return self.primary_types * h * w
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CapsNetConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown CapsNetConfig field(s): {', '.join(unknown)}")
-        return cls(**d)
-
 
 class CapsNetOutput(NamedTuple):
+    """A capsule classifier's output (meets ``contract.CapsuleOutput``)."""
+
     lengths: Tensor  # (B, K) class activations = capsule lengths (EM routing: its a_j)
     poses: Tensor  # (B, K, D) class capsules
     reconstructions: Tensor | None  # (B, C, H, W), None without a decoder
     coupling: Tensor  # (B, I, K) assignment weights of the children to the classes
 
+    @property
+    def scores(self) -> Tensor:
+        """(B, K) class scores (the contract's name): the class activations."""
+        return self.lengths
 
-class CapsNet(nn.Module):
+    @property
+    def routing_weights(self) -> Tensor:
+        """(B, I, K) (the contract's name): the coupling coefficients."""
+        return self.coupling
+
+
+class CapsuleModel(nn.Module):
+    """What the class-capsule families share: the contract's ``pose_dim`` and
+    ``routing_grid``, read from their config's ``class_dim`` and ``coupling_grid``."""
+
+    config: Any
+
+    @property
+    def pose_dim(self) -> int:
+        return self.config.class_dim
+
+    @property
+    def routing_grid(self) -> tuple[int, int, int]:
+        return self.config.coupling_grid
+
+
+class CapsNet(CapsuleModel):
     """Conv1 → PrimaryCaps → class capsules with routing → (optional) decoder.
 
-    Subclasses with another encoder (see ``capsnet.efficient``) override
+    Subclasses with another encoder (see ``capsnet.models.efficient``) override
     :meth:`_build_encoder` and :meth:`encode`; the class capsules, decoder and loss stay.
     """
 
@@ -109,13 +102,7 @@ class CapsNet(nn.Module):
         self.config = cfg = config or CapsNetConfig()
         self._build_encoder(cfg)
         self.classes = RoutingCaps(
-            cfg.num_primary_caps,
-            cfg.primary_dim,
-            cfg.num_classes,
-            cfg.class_dim,
-            cfg.routing_iterations,
-            cfg.detach_agreement,
-            cfg.routing,
+            cfg.num_primary_caps, cfg.primary_dim, cfg.num_classes, cfg.class_dim, cfg.routing_spec
         )
         self.decoder = (
             Decoder(
@@ -195,43 +182,6 @@ class CapsNet(nn.Module):
         return y.to(lengths.dtype)
 
 
-# --- registry -------------------------------------------------------------------------
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
-
-
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def check_model_name(name: str) -> None:
-    """Raise ConfigError unless ``name`` is registered."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model '{name}'; choose from: {', '.join(list_models())}")
-
-
-def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build a registered model; ``overrides`` replace fields of its default config."""
-    check_model_name(name)
-    return _REGISTRY[name](**overrides)
-
-
-def build(model_cls: Callable[[Any], nn.Module], base: Any, overrides: dict[str, Any]) -> Any:
-    """``model_cls(base config with overrides)``; ConfigError for an unknown field."""
-    try:
-        return model_cls(dataclasses.replace(base, **overrides))
-    except TypeError as e:  # unknown field
-        raise ConfigError(f"bad model override: {e}") from None
-
-
 PAPER = CapsNetConfig()
 SMALL = CapsNetConfig(conv1_channels=64, primary_types=16, decoder_hidden=(256, 512))
 
@@ -248,11 +198,4 @@ def capsnet_small(**overrides: Any) -> CapsNet:
     return build(CapsNet, SMALL, overrides)
 
 
-__all__ = [
-    "CapsNet",
-    "CapsNetConfig",
-    "CapsNetOutput",
-    "create_model",
-    "list_models",
-    "register_model",
-]
+__all__ = ["CapsNet", "CapsNetConfig", "CapsNetOutput", "CapsuleModel"]

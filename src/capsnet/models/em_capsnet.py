@@ -12,7 +12,6 @@ parameters by its count; ours (``em-capsnet``) has 316,394: 832 (conv1) + 17,952
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,21 +19,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from capsnet.data.multimnist import OverlayTargets
 from capsnet.errors import ConfigError
 from capsnet.layers import ClassMatrixCaps, ConvMatrixCaps, PrimaryMatrixCaps
 from capsnet.losses import spread_loss
-from capsnet.models import CapsNetOutput, _conv_out, build, register_model
-from capsnet.routing import get_routing
+from capsnet.models.capsnet import CapsNetOutput, CapsuleModel
+from capsnet.models.config import CapsuleConfig
+from capsnet.models.config import conv_out as _conv_out
+from capsnet.models.registry import build, register_model
+from capsnet.targets import OverlayTargets
 
 
 @dataclass(frozen=True)
-class EMCapsNetConfig:
+class EMCapsNetConfig(CapsuleConfig):
     """Hyper-parameters of a matrix capsule network. The defaults are a CPU-sized one."""
 
-    in_channels: int = 1
-    input_size: tuple[int, int] = (28, 28)
-    num_classes: int = 10
+    routing: str = "em"
     conv1_channels: int = 32  # A
     conv1_kernel: int = 5
     conv1_stride: int = 2
@@ -45,17 +44,13 @@ class EMCapsNetConfig:
     caps1_stride: int = 2
     caps2_kernel: int = 3
     caps2_stride: int = 1
-    routing: str = "em"
-    routing_iterations: int = 3
-    detach_agreement: bool = False
     margin_start: float = 0.2  # spread-loss margin, raised linearly …
     margin_end: float = 0.9
     margin_steps: int = 5000  # … over this many training steps (forward calls in train mode)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "input_size", tuple(self.input_size))
-        get_routing(self.routing)
-        if self.routing_iterations < 1 or self.margin_steps < 1:
+    def validate(self) -> None:
+        super().validate()
+        if self.margin_steps < 1:
             raise ConfigError("routing_iterations and margin_steps must be ≥ 1")
         if min(self.caps2_grid) < 1:
             raise ConfigError(f"input size {self.input_size} is too small for the capsule layers")
@@ -84,14 +79,11 @@ class EMCapsNetConfig:
     def class_dim(self) -> int:
         return 16
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-
-class EMCapsNet(nn.Module):
+class EMCapsNet(CapsuleModel):
     """Conv1 → PrimaryMatrixCaps → ConvMatrixCaps ×2 → ClassMatrixCaps.
 
-    ``forward`` returns a :class:`~capsnet.models.CapsNetOutput`: class activations
+    ``forward`` returns a :class:`~capsnet.models.capsnet.CapsNetOutput`: class activations
     ``lengths`` (B, K), class poses (B, K, 16), no reconstructions, and the class layer's
     assignments ``coupling`` (B, I, K), I = D · H · W children ordered (type, row, column).
     Every forward call in train mode advances the buffer ``step`` that drives the margin
@@ -102,18 +94,18 @@ class EMCapsNet(nn.Module):
     def __init__(self, config: EMCapsNetConfig | None = None):
         super().__init__()
         self.config = cfg = config or EMCapsNetConfig()
-        route = (cfg.routing, cfg.routing_iterations, cfg.detach_agreement)
+        route = cfg.routing_spec
         self.conv1 = nn.Conv2d(
             cfg.in_channels, cfg.conv1_channels, cfg.conv1_kernel, cfg.conv1_stride
         )
         self.primary = PrimaryMatrixCaps(cfg.conv1_channels, cfg.primary_types)
         self.caps1 = ConvMatrixCaps(
-            cfg.primary_types, cfg.caps1_types, cfg.caps1_kernel, cfg.caps1_stride, *route
+            cfg.primary_types, cfg.caps1_types, cfg.caps1_kernel, cfg.caps1_stride, route
         )
         self.caps2 = ConvMatrixCaps(
-            cfg.caps1_types, cfg.caps2_types, cfg.caps2_kernel, cfg.caps2_stride, *route
+            cfg.caps1_types, cfg.caps2_types, cfg.caps2_kernel, cfg.caps2_stride, route
         )
-        self.classes = ClassMatrixCaps(cfg.caps2_types, cfg.num_classes, *route, cfg.caps2_grid)
+        self.classes = ClassMatrixCaps(cfg.caps2_types, cfg.num_classes, route, cfg.caps2_grid)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def forward(self, x: Tensor, y: Any = None) -> CapsNetOutput:

@@ -8,7 +8,7 @@ convolution makes 16 primary capsules of 8 dimensions, squashed by
 :func:`~capsnet.routing.efficient_squash`; self-attention routing makes 10 class capsules
 of 16. The paper's 161,824 trainable parameters are exactly ours without the decoder
 (832 + 18,496 + 36,928 + 73,856 conv, 576 batch-norm scales and shifts, 10,496 depthwise,
-20,480 W and 160 log priors); the reconstruction decoder (FC 512, 1024, 784, as in
+20,480 W and 160 coupling biases); the reconstruction decoder (FC 512, 1024, 784, as in
 CapsNet) adds 1,411,344, so ``efficient-capsnet`` has 1,573,168 in all. The published
 training loss is margin loss + 0.392 · mean squared reconstruction error, i.e. 0.0005 ·
 the summed squared error on 28×28 images: our ``reconstruction_weight`` default.
@@ -16,7 +16,6 @@ the summed squared error on 28×28 images: our ``reconstruction_weight`` default
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,37 +23,24 @@ from torch import Tensor, nn
 
 from capsnet.errors import ConfigError
 from capsnet.layers import PrimaryCaps
-from capsnet.models import CapsNet, _conv_out, build, register_model
-from capsnet.routing import efficient_squash, get_routing
+from capsnet.models.capsnet import CapsNet
+from capsnet.models.config import VectorCapsuleConfig, conv_out
+from capsnet.models.registry import build, register_model
+from capsnet.routing import efficient_squash
 
 
 @dataclass(frozen=True)
-class EfficientCapsNetConfig:
+class EfficientCapsNetConfig(VectorCapsuleConfig):
     """Hyper-parameters of an Efficient-CapsNet. The defaults are the paper's MNIST one."""
 
-    in_channels: int = 1
-    input_size: tuple[int, int] = (28, 28)
-    num_classes: int = 10
+    routing: str = "self-attention"  # routing_iterations: only for dynamic and EM routing
     stem_channels: tuple[int, ...] = (32, 64, 64, 128)
     stem_kernels: tuple[int, ...] = (5, 3, 3, 3)
     stem_strides: tuple[int, ...] = (1, 1, 1, 2)
     primary_kernel: int = 9  # depthwise, stride 1: 9×9 → one position on MNIST
-    primary_dim: int = 8
-    class_dim: int = 16
-    routing: str = "self-attention"
-    routing_iterations: int = 3  # only for dynamic and EM routing
-    detach_agreement: bool = False
-    reconstruction: bool = True
-    decoder_hidden: tuple[int, ...] = (512, 1024)
-    reconstruction_weight: float = 0.0005
 
-    def __post_init__(self) -> None:
-        for name in ("input_size", "stem_channels", "stem_kernels", "stem_strides"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        object.__setattr__(self, "decoder_hidden", tuple(self.decoder_hidden))
-        get_routing(self.routing)
-        if not self.reconstruction_weight >= 0:
-            raise ConfigError(f"reconstruction_weight {self.reconstruction_weight} is not ≥ 0")
+    def validate(self) -> None:
+        super().validate()
         if not len(self.stem_channels) == len(self.stem_kernels) == len(self.stem_strides):
             raise ConfigError("stem_channels, stem_kernels and stem_strides differ in length")
         if self.stem_channels[-1] % self.primary_dim:
@@ -62,8 +48,6 @@ class EfficientCapsNetConfig:
                 f"the last stem width {self.stem_channels[-1]} is not a multiple of "
                 f"primary_dim {self.primary_dim}"
             )
-        if self.routing_iterations < 1:
-            raise ConfigError(f"routing_iterations must be ≥ 1, got {self.routing_iterations}")
         if min(self.primary_grid) < 1:
             raise ConfigError(f"input size {self.input_size} is too small for the stem")
 
@@ -75,8 +59,8 @@ class EfficientCapsNetConfig:
     def primary_grid(self) -> tuple[int, int]:
         sizes = list(self.input_size)
         for k, s in zip(self.stem_kernels, self.stem_strides, strict=True):
-            sizes = [_conv_out(n, k, s) for n in sizes]
-        return tuple(_conv_out(n, self.primary_kernel, 1) for n in sizes)
+            sizes = [conv_out(n, k, s) for n in sizes]
+        return tuple(conv_out(n, self.primary_kernel, 1) for n in sizes)
 
     @property
     def num_primary_caps(self) -> int:
@@ -87,14 +71,11 @@ class EfficientCapsNetConfig:
     def coupling_grid(self) -> tuple[int, int, int]:
         return (self.primary_types, *self.primary_grid)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 class EfficientCapsNet(CapsNet):
     """Stem → depthwise PrimaryCaps → class capsules (self-attention routing) → decoder.
 
-    A :class:`~capsnet.models.CapsNet` with another encoder: the same output, margin +
+    A :class:`~capsnet.models.capsnet.CapsNet` with another encoder: the same output, margin +
     reconstruction loss and decoder API.
     """
 

@@ -1,0 +1,62 @@
+"""The model families, their registry, the shared config base and the model contract.
+
+| file | family | registered names |
+| --- | --- | --- |
+| ``capsnet.py`` | CapsNet, dynamic routing (Sabour et al., 2017) | capsnet-mnist, capsnet-small |
+| ``efficient.py`` | Efficient-CapsNet, self-attention routing | efficient-capsnet |
+| ``em_capsnet.py`` | matrix capsules with EM routing | em-capsnet, em-capsnet-small |
+| ``baseline.py`` | the paper's baseline CNN | baseline-cnn, baseline-cnn-small |
+
+What every model provides, and what each tool needs of it: ``contract.py``.
+"""
+
+from capsnet.models.baseline import BaselineCNN, BaselineConfig, SoftmaxOutput
+from capsnet.models.capsnet import CapsNet, CapsNetConfig, CapsNetOutput, CapsuleModel
+from capsnet.models.config import CapsuleConfig, ModelConfig, VectorCapsuleConfig
+from capsnet.models.contract import (
+    CapsuleClassifier,
+    CapsuleOutput,
+    Classifier,
+    PoseDecoder,
+    Scored,
+    provides,
+    require,
+)
+from capsnet.models.efficient import EfficientCapsNet, EfficientCapsNetConfig
+from capsnet.models.em_capsnet import EMCapsNet, EMCapsNetConfig
+from capsnet.models.registry import (
+    build,
+    check_model_name,
+    create_model,
+    list_models,
+    register_model,
+)
+
+__all__ = [
+    "BaselineCNN",
+    "BaselineConfig",
+    "CapsNet",
+    "CapsNetConfig",
+    "CapsNetOutput",
+    "CapsuleClassifier",
+    "CapsuleConfig",
+    "CapsuleModel",
+    "CapsuleOutput",
+    "Classifier",
+    "EMCapsNet",
+    "EMCapsNetConfig",
+    "EfficientCapsNet",
+    "EfficientCapsNetConfig",
+    "ModelConfig",
+    "PoseDecoder",
+    "Scored",
+    "SoftmaxOutput",
+    "VectorCapsuleConfig",
+    "build",
+    "check_model_name",
+    "create_model",
+    "list_models",
+    "provides",
+    "register_model",
+    "require",
+]

@@ -1,0 +1,93 @@
+"""The base of every model config: a frozen dataclass that owns its defaults, turns JSON
+lists back into tuples, validates itself and round-trips through a dict."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from capsnet.errors import ConfigError
+from capsnet.routing import RoutingSpec
+
+C = TypeVar("C", bound="ModelConfig")
+
+
+def conv_out(size: int, kernel: int, stride: int) -> int:
+    """Output size of a valid (unpadded) convolution."""
+    return (size - kernel) // stride + 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What every model is built for: input channels, input size (H, W), classes.
+
+    Subclasses add fields (all with defaults) and checks in :meth:`validate`; every field
+    holding a tuple may be given as a list (as JSON gives it back).
+    """
+
+    in_channels: int = 1
+    input_size: tuple[int, int] = (28, 28)
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # JSON round-trips give lists; keep it hashable
+            if isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError for inconsistent fields (subclasses extend it)."""
+        if self.in_channels < 1 or self.num_classes < 2 or len(self.input_size) != 2:
+            raise ConfigError(
+                f"need in_channels ≥ 1, num_classes ≥ 2 and input_size (H, W), got "
+                f"{self.in_channels}, {self.num_classes}, {self.input_size}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class CapsuleConfig(ModelConfig):
+    """A model whose class capsules are routed: the three routing settings, kept flat so
+    saved configs stay as they were, and handed to the layers as one :class:`RoutingSpec`."""
+
+    routing: str = "dynamic"  # a key of capsnet.routing.ROUTINGS
+    routing_iterations: int = 3
+    detach_agreement: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        self.routing_spec  # noqa: B018 (checks the name and the iterations)
+
+    @property
+    def routing_spec(self) -> RoutingSpec:
+        return RoutingSpec(self.routing, self.routing_iterations, self.detach_agreement)
+
+
+@dataclass(frozen=True)
+class VectorCapsuleConfig(CapsuleConfig):
+    """Vector capsules with a reconstruction decoder (CapsNet, Efficient-CapsNet)."""
+
+    primary_dim: int = 8
+    class_dim: int = 16
+    reconstruction: bool = True
+    decoder_hidden: tuple[int, ...] = (512, 1024)
+    reconstruction_weight: float = 0.0005
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.reconstruction_weight >= 0:
+            raise ConfigError(f"reconstruction_weight {self.reconstruction_weight} is not ≥ 0")
+
+
+__all__ = ["CapsuleConfig", "ModelConfig", "VectorCapsuleConfig", "conv_out"]

@@ -1,0 +1,31 @@
+"""Training: the loop (``loop``), its resumable state (``state``), the run directory
+(``rundir``), the training config (``config``), environment facts (``environment``) and
+what the loop needs of a progress display (``progress``)."""
+
+from capsnet.targets import num_correct
+from capsnet.training.config import TrainConfig
+from capsnet.training.environment import environment
+from capsnet.training.loop import Session, build_model, evaluate, to_input, train, train_step
+from capsnet.training.progress import NoProgress, Progress, ProgressFactory
+from capsnet.training.rundir import RUN_FILES, RunDir, load_run
+from capsnet.training.state import STATE_JSON, STATE_TENSORS
+
+__all__ = [
+    "RUN_FILES",
+    "STATE_JSON",
+    "STATE_TENSORS",
+    "NoProgress",
+    "Progress",
+    "ProgressFactory",
+    "RunDir",
+    "Session",
+    "TrainConfig",
+    "build_model",
+    "environment",
+    "evaluate",
+    "load_run",
+    "num_correct",
+    "to_input",
+    "train",
+    "train_step",
+]

@@ -1,0 +1,59 @@
+"""Testing a finished run: on its own test set (as made in training) or another task's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from capsnet.checkpoint import write_json
+from capsnet.data.tasks import load_test
+from capsnet.errors import ConfigError
+from capsnet.training.environment import environment
+from capsnet.training.loop import evaluate
+from capsnet.training.progress import NoProgress, ProgressFactory
+from capsnet.training.rundir import RunDir
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    dataset: str | None = None,
+    options: dict[str, Any] | None = None,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+    progress: ProgressFactory = NoProgress,
+) -> dict[str, Any]:
+    """Test a run's selected model; write and return ``eval.json`` (``eval-TASK.json`` for
+    another task). Its own task's test set is made with the run's options (``options``
+    override them) from ``data_dir``, else the run's data directory."""
+    run = RunDir(run_dir)
+    if run.file is not None or run.train is None:
+        raise ConfigError(f"{run_dir}: not a run directory (no training config.json)")
+    model = run.load_model(device)
+    own = dataset in (None, run.dataset)
+    dataset = run.dataset if own else dataset
+    options = {**run.dataset_options, **(options or {})} if own else dict(options or {})
+    x, y = load_test(dataset, data_dir or run.data_dir, limit=limit, options=options)
+    config = model.config
+    if x.shape[1:] != (config.in_channels, *config.input_size):
+        raise ConfigError(
+            f"{dataset} images are {tuple(x.shape[1:])} but the model expects "
+            f"{(config.in_channels, *config.input_size)}"
+        )
+    r = evaluate(model, x, y, batch_size, device, progress, "test")
+    result = {
+        "dataset": dataset,
+        "test_accuracy": r["accuracy"],
+        "test_error": r["error"],
+        "test_loss": r["loss"],
+        "test_examples": len(y),
+        **environment(),
+    }
+    write_json(run.path / ("eval.json" if own else f"eval-{dataset}.json"), result)
+    return result
+
+
+__all__ = ["evaluate_run"]

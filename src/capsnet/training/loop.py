@@ -1,0 +1,342 @@
+"""The training loop and evaluation. Progress display is the caller's (see ``Progress``).
+
+``train`` runs the epochs of a :class:`Session` (the state of a run in progress): each
+epoch trains, validates, keeps the best weights and writes the run directory; at the end
+the selected weights are tested. Validation and test losses, like the training loss,
+reconstruct the *true* class (the decoder is fed the target's capsules), so ``val_loss``
+compares with ``train_loss``; ``history.csv`` says so in its ``loss_decodes`` column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from capsnet.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from capsnet.data.tasks import TrainData, dataset_spec, load_test, load_train
+from capsnet.errors import ConfigError
+from capsnet.models import create_model
+from capsnet.runtime import (
+    Distributed,
+    autocast,
+    distributed_from_env,
+    grad_scaler,
+    process_group,
+    resolve_device,
+)
+from capsnet.targets import Targets, num_correct
+from capsnet.training.config import TrainConfig
+from capsnet.training.environment import environment
+from capsnet.training.progress import NoProgress, ProgressFactory
+from capsnet.training.rundir import RunDir
+from capsnet.training.state import load_train_state, save_train_state
+
+log = logging.getLogger(__name__)
+
+LOSS_DECODES = "true_class"  # history.csv: what val_loss reconstructs (older runs: predicted)
+
+
+def to_input(images: Tensor, device: torch.device) -> Tensor:
+    """uint8 images → floats in [0, 1] on ``device``, as the models take them."""
+    return images.to(device, non_blocking=True).float().div_(255.0)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    images: Tensor,
+    labels: Targets,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    progress: ProgressFactory = NoProgress,
+    desc: str = "eval",
+    precision: str = "fp32",
+) -> dict[str, float]:
+    """Accuracy and mean loss of ``model`` on uint8 images (N, C, H, W) with labels (N,)
+    or OverlayTargets (see ``num_correct``). The loss is the training loss: the decoder,
+    if any, reconstructs the true class(es), as in training."""
+    device = torch.device(device)
+    model.eval()
+    correct, loss_sum, n = 0, 0.0, len(labels)
+    bar = progress(total=n, desc=desc)
+    for idx in torch.arange(n).split(batch_size):
+        x, y = to_input(images[idx], device), labels[idx].to(device)
+        with autocast(device, precision):
+            out = model(x, y)
+            loss, _ = model.loss(out, x, y)
+        correct += int(num_correct(out.scores, y))
+        loss_sum += float(loss) * len(idx)
+        bar.update(len(idx))
+    bar.close()
+    return {"accuracy": correct / n, "error": 1 - correct / n, "loss": loss_sum / n}
+
+
+def build_model(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The registered model with its input shape and class count taken from the data."""
+    c, h, w = image_shape
+    overrides = {"in_channels": c, "input_size": (h, w), "num_classes": num_classes}
+    return create_model(cfg.model, **overrides, **cfg.model_overrides)
+
+
+def train_step(
+    model: nn.Module,
+    forward: Callable[..., Any],
+    optim: torch.optim.Optimizer,
+    x: Tensor,
+    y: Targets,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One optimisation step. ``forward`` is ``model`` or a wrapper of it (DDP, compiled).
+
+    Returns the detached loss and the number of correct predictions (no device sync).
+    """
+    with autocast(x.device, precision):
+        out = forward(x, y)
+        loss, _ = model.loss(out, x, y)
+    optim.zero_grad(set_to_none=True)
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.step(optim)
+        scaler.update()
+    else:
+        loss.backward()
+        optim.step()
+    return loss.detach(), num_correct(out.scores.detach(), y)
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: ProgressFactory = NoProgress,
+) -> dict[str, Any]:
+    """Train, checkpoint every epoch, select on validation, test the selected model.
+
+    Writes into ``run_dir`` (see :class:`~capsnet.training.rundir.RunDir`) and returns the
+    metrics. ``resume`` continues the run there with its saved config (only ``epochs`` and
+    ``device`` from ``cfg``). Under ``torchrun`` every process trains its share of each
+    global batch (DistributedDataParallel) and only rank 0 writes files.
+    """
+    run = RunDir(run_dir)
+    run.check_for_training(resume, overwrite)
+    if resume:
+        saved = run.train
+        if saved is None:
+            raise ConfigError(f"{run.path}: config.json holds no training config")
+        cfg = dataclasses.replace(saved, epochs=cfg.epochs, device=cfg.device)
+    info = distributed_from_env()
+    if cfg.batch_size < info.world_size:
+        raise ConfigError(f"batch size {cfg.batch_size} < {info.world_size} processes")
+    with process_group(resolve_device(cfg.device), info) as device:
+        if info.enabled:
+            dist.barrier()  # every rank has checked the run directory before rank 0 writes
+        session = Session.start(cfg, run, device, info, progress if info.is_main else NoProgress)
+        first = session.resume() if resume else session.begin()
+        for epoch in range(first, cfg.epochs + 1):
+            session.end_epoch(session.train_epoch(epoch))
+        return session.finish()
+
+
+@dataclass
+class Session:
+    """A training run in progress: what it trains, with what, and where it stands."""
+
+    cfg: TrainConfig
+    run: RunDir
+    device: torch.device
+    info: Distributed
+    progress: ProgressFactory
+    data: TrainData
+    model: nn.Module
+    forward: Callable[..., Any]  # the model, or its DDP / compiled wrapper
+    optim: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    gen: torch.Generator
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val: float = -1.0
+    best_epoch: int = 0
+    best_state: dict[str, Tensor] | None = None
+
+    @classmethod
+    def start(
+        cls,
+        cfg: TrainConfig,
+        run: RunDir,
+        device: torch.device,
+        info: Distributed,
+        progress: ProgressFactory,
+    ) -> Session:
+        """Seed, load the data, build the model, its optimiser and wrappers."""
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        data = load_train(
+            cfg.dataset,
+            cfg.data_dir,
+            val_size=cfg.val_size,
+            train_limit=cfg.train_limit,
+            max_shift=cfg.max_shift,
+            options=cfg.dataset_options,
+        )
+        num_classes = dataset_spec(cfg.dataset).num_classes
+        model = build_model(cfg, data.image_shape, num_classes).to(device)
+        forward: Callable[..., Any] = model
+        if info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            forward = DistributedDataParallel(model, device_ids=ids)
+        if cfg.compile:
+            forward = torch.compile(forward)
+        optim = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        scaler = grad_scaler(device, cfg.precision)
+        return cls(cfg, run, device, info, progress, data, model, forward, optim, scaler, gen)
+
+    def begin(self) -> int:
+        """Write config.json (rank 0); the first epoch."""
+        if self.info.is_main:
+            self.run.write_config(
+                {
+                    "train": self.cfg.to_dict(),
+                    "model": {"name": self.cfg.model, "config": self.model.config.to_dict()},
+                    "parameters": sum(p.numel() for p in self.model.parameters()),
+                    "world_size": self.info.world_size,
+                    "environment": environment(),
+                }
+            )
+        return 1
+
+    def resume(self) -> int:
+        """Restore weights, optimiser, RNG and selection state; the next epoch."""
+        path = self.run.path
+        meta = load_train_state(path, self.optim, self.gen)
+        self.model.load_state_dict(load_checkpoint(path / LAST).state_dict())
+        self.best_state = load_checkpoint(path / BEST).state_dict()
+        self.history, self.best_val = meta["history"], meta["best_val"]
+        self.best_epoch = meta["best_epoch"]
+        log.info("resuming %s at epoch %d", path, meta["epoch"] + 1)
+        return meta["epoch"] + 1
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over the training data; the epoch's history row."""
+        cfg, info, n_train = self.cfg, self.info, self.data.size
+        lr = cfg.lr * cfg.lr_decay ** (epoch - 1)
+        for group in self.optim.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        bar = self.progress(total=n_train, desc=f"epoch {epoch}/{cfg.epochs}")
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        t0 = time.perf_counter()
+        for step, (x, y) in enumerate(self.data.batches(cfg.batch_size, self.gen)):
+            # Every rank makes the whole global batch (the same examples and augmentation
+            # as one process at this batch size), then trains on its share of it.
+            n = len(x)
+            if info.enabled:
+                share = torch.arange(n).tensor_split(info.world_size)[info.rank]
+                x, y = x[share], y[share]
+            x, y = to_input(x, self.device), y.to(self.device)
+            loss, n_correct = train_step(
+                self.model, self.forward, self.optim, x, y, cfg.precision, self.scaler
+            )
+            loss_sum += loss * len(x)
+            correct += n_correct
+            bar.update(n)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        if info.enabled:
+            dist.all_reduce(loss_sum)
+            dist.all_reduce(correct)
+        bar.close()
+        seconds = time.perf_counter() - t0
+        row = {"epoch": epoch, "lr": lr, "train_loss": float(loss_sum) / n_train}
+        if not math.isfinite(row["train_loss"]):
+            raise ConfigError(f"training diverged at epoch {epoch} (loss {row['train_loss']})")
+        return row | {
+            "train_accuracy": int(correct) / n_train,
+            "train_seconds": round(seconds, 3),
+            "train_images_per_second": round(n_train / seconds, 2),
+        }
+
+    def end_epoch(self, row: dict[str, Any]) -> None:
+        """Validate, select, and write the epoch's checkpoints, history and state."""
+        data, epoch = self.data, row["epoch"]
+        is_best = True  # no validation split: the last epoch is the selected one
+        if len(data.val_y):  # every rank evaluates (identically), so all agree on the best
+            val = evaluate(
+                self.model, data.val_x, data.val_y, 500, self.device, self.progress,
+                "validation", self.cfg.precision,
+            )  # fmt: skip
+            row |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+            row["loss_decodes"] = LOSS_DECODES
+            is_best = val["accuracy"] > self.best_val
+        self.history.append(row)
+        if is_best:
+            self.best_val, self.best_epoch = row.get("val_accuracy", -1.0), epoch
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.info.is_main:
+            self._write_epoch(epoch, is_best)
+        val_acc = f"{100 * row['val_accuracy']:.2f}%" if "val_accuracy" in row else "n/a"
+        log.info(
+            "epoch %d: loss %.4f, train accuracy %.2f%%, val accuracy %s, %.0f images/s",
+            epoch, row["train_loss"], 100 * row["train_accuracy"], val_acc,
+            row["train_images_per_second"],
+        )  # fmt: skip
+
+    def _write_epoch(self, epoch: int, is_best: bool) -> None:
+        path, name = self.run.path, self.cfg.model
+        save_checkpoint(path / LAST, self.model, name, epoch=epoch)
+        if is_best:
+            save_checkpoint(path / BEST, self.model, name, epoch=epoch)
+        self.run.write_history(self.history)
+        save_train_state(
+            path, self.optim, self.gen, epoch=epoch, history=self.history,
+            best_val=self.best_val, best_epoch=self.best_epoch,
+        )  # fmt: skip
+
+    def finish(self) -> dict[str, Any]:
+        """Test the selected weights; write and return metrics.json."""
+        cfg = self.cfg
+        self.model.load_state_dict(self.best_state)
+        x, y = load_test(
+            cfg.dataset, cfg.data_dir, limit=cfg.test_limit, options=cfg.dataset_options
+        )
+        test = evaluate(self.model, x, y, 500, self.device, self.progress, "test", cfg.precision)
+        seconds = sum(h["train_seconds"] for h in self.history)
+        metrics = {
+            "dataset": cfg.dataset,
+            "model": cfg.model,
+            "test_accuracy": test["accuracy"],
+            "test_error": test["error"],
+            "test_loss": test["loss"],
+            "loss_decodes": LOSS_DECODES,
+            "test_examples": len(y),
+            "best_val_accuracy": self.best_val if self.best_val >= 0 else None,
+            "best_epoch": self.best_epoch,
+            "epochs": cfg.epochs,
+            "train_examples": self.data.size,
+            "train_images_per_second": round(self.data.size * len(self.history) / seconds, 2),
+            "train_seconds": round(seconds, 1),
+            "device": str(self.device),
+            "world_size": self.info.world_size,
+            "precision": cfg.precision,
+            "compile": cfg.compile,
+            **{k: v for k, v in environment().items() if k != "command"},
+        }
+        if self.info.is_main:
+            self.run.write_metrics(metrics)
+        return metrics
+
+
+__all__ = ["Session", "build_model", "evaluate", "to_input", "train", "train_step"]

@@ -1,0 +1,188 @@
+"""The run directory: one object that writes it during training and reads it afterwards.
+
+A run directory holds ``config.json`` (training config, model name and config,
+environment), ``history.csv`` (one row per epoch), ``best.safetensors`` and
+``last.safetensors`` (weights + model config), ``train_state.*`` (for resuming) and
+``metrics.json`` (the test of the selected epoch). Every command that reads a run reads
+it through :class:`RunDir`; runs written by older versions are migrated on read.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from capsnet.checkpoint import BEST, LAST, atomic_write, load_checkpoint, read_json, write_json
+from capsnet.data.datasets import DATASETS, find_dataset
+from capsnet.data.tasks import dataset_spec, load_test, task_source
+from capsnet.errors import CapsNetError, CheckpointError
+from capsnet.models.contract import Classifier, require
+from capsnet.targets import Targets
+from capsnet.training.config import TrainConfig
+from capsnet.training.state import STATE_JSON, STATE_TENSORS
+
+CONFIG, HISTORY, METRICS = "config.json", "history.csv", "metrics.json"
+RUN_FILES = (CONFIG, METRICS, HISTORY, BEST, LAST, STATE_TENSORS, STATE_JSON)
+
+
+def class_names(dataset: str | None, num_classes: int) -> tuple[str, ...]:
+    """The class names of a task (``--dataset``), or "0", "1", … when it is unknown or
+    has another number of classes."""
+    try:
+        names = dataset_spec(dataset).class_names if dataset else ()
+    except CapsNetError:
+        names = ()
+    return names if len(names) == num_classes else tuple(map(str, range(num_classes)))
+
+
+class RunDir:
+    """A run directory (or one checkpoint file, whose directory is its parent).
+
+    ``config`` is config.json as a dict ({} if absent), ``train`` the training config it
+    holds (None if absent); ``dataset``, ``dataset_options`` and ``data_dir`` are the
+    task the run was trained on, its settings and where its data was found.
+    """
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        self.file = path if path.is_file() else None
+        self.path = path.parent if self.file else path
+        self._config: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # --- reading ----------------------------------------------------------------------
+
+    @property
+    def config(self) -> dict[str, Any]:
+        if self._config is None:
+            try:
+                config = read_json(self.path / CONFIG)
+            except CapsNetError:
+                config = {}
+            self._config = config if isinstance(config, dict) else {}
+        return self._config
+
+    @property
+    def train(self) -> TrainConfig | None:
+        saved = self.config.get("train")
+        return TrainConfig.from_dict(saved) if isinstance(saved, dict) else None
+
+    @property
+    def dataset(self) -> str | None:
+        return self.train.dataset if self.train else None
+
+    @property
+    def dataset_options(self) -> dict[str, Any]:
+        return dict(self.train.dataset_options) if self.train else {}
+
+    @property
+    def data_dir(self) -> str | None:
+        return self.train.data_dir if self.train else None
+
+    @property
+    def checkpoint(self) -> Path:
+        """The given checkpoint file, else the best (else last) checkpoint of the run."""
+        if self.file is not None:
+            return self.file
+        if not self.path.exists():
+            raise CheckpointError(f"{self.path}: no such run directory or checkpoint")
+        for name in (BEST, LAST):
+            if (self.path / name).is_file():
+                return self.path / name
+        raise CheckpointError(f"{self.path}: not a run directory (no {BEST} or {LAST})")
+
+    def load_model(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The run's model in eval mode; ConfigError unless it meets the contract."""
+        model = load_checkpoint(self.checkpoint, device)
+        require(model, "capsnet", Classifier)
+        return model
+
+    def class_names(self, num_classes: int) -> tuple[str, ...]:
+        """The task's class names, or "0", "1", … when unknown or of another count."""
+        return class_names(self.dataset, num_classes)
+
+    def test_set(
+        self,
+        data_dir: str | Path | None = None,
+        limit: int | None = None,
+        download: bool = True,
+        dataset: str | None = None,
+    ) -> tuple[Tensor, Targets]:
+        """The run's own test set (its task, with its options), uint8 images (N, C, H, W),
+        from ``data_dir``, else where the run found its data; or the test set of another
+        task ``dataset`` (with its default options). ``download=False``: DataError rather
+        than a download when the task's raw source is not found."""
+        own = dataset in (None, self.dataset)
+        name = self.dataset if own else dataset
+        if name is None:
+            raise CheckpointError(f"{self.path}: the run's dataset is unknown; pass --dataset")
+        source = task_source(name)
+        if not download and source in DATASETS:
+            find_dataset(source, data_dir or self.data_dir, download=False)
+        options = self.dataset_options if own else {}
+        return load_test(name, data_dir or self.data_dir, limit=limit, options=options)
+
+    def history(self) -> list[dict[str, str]]:
+        try:
+            with (self.path / HISTORY).open(newline="") as f:
+                rows = list(csv.DictReader(f))
+        except OSError as e:
+            raise CheckpointError(
+                f"{self.path / HISTORY}: cannot read ({e.strerror or e})"
+            ) from None
+        if not rows:
+            raise CheckpointError(f"{self.path / HISTORY}: no epochs recorded")
+        return rows
+
+    def metrics(self) -> dict[str, Any] | None:
+        return read_json(self.path / METRICS) if (self.path / METRICS).is_file() else None
+
+    # --- writing (training) -----------------------------------------------------------
+
+    def check_for_training(self, resume: bool, overwrite: bool) -> None:
+        """CheckpointError unless a new run may start here (or, ``resume``, continue)."""
+        run = self.path
+        existing = [f for f in RUN_FILES if (run / f).exists()]
+        if resume:
+            if not (run / STATE_JSON).exists():
+                raise CheckpointError(f"{run}: nothing to resume (no {STATE_JSON})")
+        elif existing and not overwrite:
+            raise CheckpointError(
+                f"{run}: already holds a run ({existing[0]}); use --resume, --overwrite "
+                "or a new --out"
+            )
+        elif run.exists() and not run.is_dir():
+            raise CheckpointError(f"{run}: exists and is not a directory")
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(self.path / CONFIG, config)
+        self._config = None
+
+    def write_history(self, history: list[dict[str, Any]]) -> None:
+        def write(p: Path) -> None:
+            with p.open("w", newline="") as f:
+                fields = dict.fromkeys(k for row in history for k in row)  # old rows: fewer
+                w = csv.DictWriter(f, fieldnames=list(fields), restval="")
+                w.writeheader()
+                w.writerows(history)
+
+        atomic_write(self.path / HISTORY, write)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        write_json(self.path / METRICS, metrics)
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+    """Load a trained model (eval mode) and its config from a run directory or checkpoint."""
+    model = RunDir(path).load_model(device)
+    return model, model.config
+
+
+__all__ = ["CONFIG", "HISTORY", "METRICS", "RUN_FILES", "RunDir", "class_names", "load_run"]

@@ -1,0 +1,63 @@
+"""The training state a run resumes from: optimiser and RNG state, pickle-free."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from capsnet.checkpoint import atomic_write, read_json, write_json
+from capsnet.errors import CheckpointError
+
+STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
+
+
+def save_train_state(
+    run: Path, optim: torch.optim.Optimizer, gen: torch.Generator, **meta: Any
+) -> None:
+    """Optimiser tensors and RNG states as safetensors; scalars and ``meta`` as JSON."""
+    sd = optim.state_dict()
+    tensors = {"rng.generator": gen.get_state(), "rng.torch": torch.get_rng_state()}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, state in sd["state"].items():
+        for k, v in state.items():
+            if isinstance(v, Tensor):
+                tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    atomic_write(run / STATE_TENSORS, lambda p: save_file(tensors, str(p)))
+    write_json(
+        run / STATE_JSON,
+        {**meta, "param_groups": sd["param_groups"], "optim_scalars": scalars},
+    )
+
+
+def load_train_state(
+    run: Path, optim: torch.optim.Optimizer, gen: torch.Generator
+) -> dict[str, Any]:
+    """Restore what :func:`save_train_state` saved; returns its ``meta``."""
+    meta = read_json(run / STATE_JSON)
+    try:
+        tensors = load_file(str(run / STATE_TENSORS))
+    except Exception as e:  # safetensors raises several types for a corrupt file
+        raise CheckpointError(f"{run / STATE_TENSORS}: unreadable ({e})") from None
+    state: dict[int, dict[str, Any]] = {}
+    for key, t in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = t
+    for pid, scalars in meta["optim_scalars"].items():
+        state.setdefault(int(pid), {}).update(scalars)
+    try:
+        optim.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        gen.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.torch"])
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{run}: training state does not match the model ({e})") from None
+    return meta
+
+
+__all__ = ["STATE_JSON", "STATE_TENSORS", "load_train_state", "save_train_state"]
