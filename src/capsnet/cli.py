@@ -95,6 +95,36 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
 
+def _dataset_help(tasks: dict[str, object]) -> str:
+    from capsnet.data.custom import OFFICIAL
+
+    names = ", ".join(sorted([*tasks, *OFFICIAL]))
+    return f"one of {names}, folder:PATH or npz:PATH (default: mnist)"
+
+
+def _add_image_args(p: argparse.ArgumentParser) -> None:
+    """Image policy (folder:, npz:, cifar10, svhn, smallnorb) and model options."""
+    from capsnet.data.images import NORMALIZE, RESIZE
+
+    p.add_argument("--input-size", type=_positive, nargs=2, metavar=("H", "W"))
+    p.add_argument("--resize", choices=RESIZE, help="how images reach --input-size")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="default: from the data")
+    p.add_argument("--normalize", choices=NORMALIZE, help="default: the dataset's")
+    p.add_argument(
+        "--model-option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a field of the model's config, e.g. none_of_the_above=false (repeatable)",
+    )
+
+
+def _image_options(args: argparse.Namespace) -> dict[str, object]:
+    names = ("input_size", "resize", "channels", "normalize")
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
 def _parser() -> argparse.ArgumentParser:
     from capsnet.data import DATASETS
     from capsnet.data.tasks import TASKS
@@ -108,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model and test the validation-selected checkpoint")
-    t.add_argument("--dataset", choices=sorted(TASKS), default="mnist")
+    t.add_argument("--dataset", default="mnist", help=_dataset_help(TASKS))
     t.add_argument("--out", required=True, type=Path, help="run directory to write")
     t.add_argument("--model", default="capsnet-mnist", help=f"one of {', '.join(list_models())}")
     t.add_argument("--epochs", type=_positive, default=10)
@@ -129,13 +159,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast dtype")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    _add_image_args(t)
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     _add_data_args(t)
 
     e = sub.add_parser("evaluate", help="test a trained run; writes RUN_DIR/eval.json")
     e.add_argument("run_dir", type=Path)
-    e.add_argument("--dataset", choices=sorted(TASKS), help="default: the run's dataset")
+    e.add_argument("--dataset", help="default: the run's dataset; " + _dataset_help(TASKS))
     e.add_argument("--batch-size", type=_positive, default=500)
     _add_data_args(e)
 
@@ -215,7 +246,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from capsnet.train import TrainConfig, train
     from capsnet.viz import save_figures
 
-    overrides: dict[str, object] = {}
+    overrides: dict[str, object] = dict(args.model_option)
     if args.routing is not None:
         overrides["routing"] = args.routing
     if args.routing_iterations is not None:
@@ -226,7 +257,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         overrides["reconstruction_weight"] = args.reconstruction_weight
     cfg = TrainConfig(
         dataset=args.dataset,
-        dataset_options=dict(args.dataset_option),
+        dataset_options=dict(args.dataset_option) | _image_options(args),
         data_dir=args.data_dir,
         model=args.model,
         model_overrides=overrides,
@@ -377,13 +408,16 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> None:
     from capsnet.checkpoint import load_run
-    from capsnet.predict import class_names, predict, read_inputs, run_train_config
+    from capsnet.data.custom import saved_policy
+    from capsnet.predict import class_names, predict, read_inputs, run_data, run_train_config
     from capsnet.runtime import resolve_device
 
     device = resolve_device(args.device)
     model, config = load_run(args.run_dir, device)
-    names = class_names(run_train_config(args.run_dir).get("dataset"), config.num_classes)
-    inputs = read_inputs(args.images, config.in_channels, config.input_size)
+    data = run_data(args.run_dir)  # class names and image policy saved by training
+    dataset = run_train_config(args.run_dir).get("dataset")
+    names = class_names(dataset, config.num_classes, data.get("class_names"))
+    inputs = read_inputs(args.images, config.in_channels, config.input_size, saved_policy(data))
     lengths = predict(model, inputs.images, args.batch_size, device)
     for n, (k, row) in enumerate(zip(lengths.argmax(1).tolist(), lengths.tolist(), strict=True)):
         if args.json:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from capsnet.checkpoint import read_json
 from capsnet.data import get_spec
+from capsnet.data.images import ImagePolicy, fit_batch
 from capsnet.errors import CapsNetError, DataError
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,27 @@ def run_train_config(run_dir: str | Path) -> dict[str, Any]:
     return train if isinstance(train, dict) else {}
 
 
-def class_names(dataset: str | None, num_classes: int) -> tuple[str, ...]:
-    """The dataset's class names, or "0", "1", … when it is unknown or does not fit."""
+def run_data(run_dir: str | Path) -> dict[str, Any]:
+    """What a run saved about its data (class names, image policy), else {}."""
+    path = Path(run_dir)
+    config = path / "config.json" if path.is_dir() else path.parent / "config.json"
+    try:
+        data = read_json(config).get("data")
+    except (CapsNetError, AttributeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def class_names(
+    dataset: str | None, num_classes: int, saved: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """The class names saved in the run, else the dataset's, else "0", "1", … (when
+    unknown or not ``num_classes`` of them)."""
     try:
         names = get_spec(dataset).class_names if dataset else ()
     except CapsNetError:
         names = ()
+    names = tuple(saved) if saved else names
     return names if len(names) == num_classes else tuple(str(k) for k in range(num_classes))
 
 
@@ -105,11 +121,16 @@ def _read_array(path: Path, channels: int) -> np.ndarray:
 
 
 def read_inputs(
-    paths: Sequence[str | Path], in_channels: int, input_size: tuple[int, int]
+    paths: Sequence[str | Path],
+    in_channels: int,
+    input_size: tuple[int, int],
+    policy: ImagePolicy | None = None,
 ) -> Inputs:
     """Read PNG/JPEG images and .npy arrays into one float32 batch (N, C, H, W) in [0, 1].
 
-    uint8 values are divided by 255, as in training; float arrays must lie in [0, 1]. Raises
+    A run's ``policy`` (resize rule, normalisation) is applied as in training; without one
+    every input must already have the model's size. uint8 values are divided by 255, as in
+    training; float arrays must lie in [0, 1]. Raises
     DataError naming the file for anything unreadable, non-finite, out of range or not of
     the model's shape (C, H, W).
     """
@@ -118,6 +139,8 @@ def read_inputs(
     for p in map(Path, paths):
         read = _read_array if p.suffix.lower() == ".npy" else _read_picture
         a = read(p, in_channels)
+        if policy is not None:  # the run's resize rule and normalisation
+            a = fit_batch(a, policy, str(p))
         if a.shape[1:] != expected:
             c, h, w = a.shape[1:]
             raise DataError(
@@ -127,7 +150,7 @@ def read_inputs(
         x = torch.tensor(a, dtype=torch.float32)
         if a.dtype == np.uint8:
             x = x.div_(255.0)
-        if x.mean() > 0.5:
+        if x.mean() > 0.5 and policy is None:
             log.warning("%s: looks dark-on-light; the model expects white-on-black", p)
         arrays.append(x)
         files += [str(p)] * len(a)

@@ -32,6 +32,7 @@ from capsnet.checkpoint import (
     save_checkpoint,
     write_json,
 )
+from capsnet.data.custom import run_record
 from capsnet.data.multimnist import OverlayTargets
 from capsnet.data.tasks import Targets, check_dataset, dataset_spec, load_test, load_train
 from capsnet.errors import CheckpointError, ConfigError
@@ -361,6 +362,7 @@ def _train(
         options=cfg.dataset_options,
     )
     num_classes = dataset_spec(cfg.dataset).num_classes
+    data_record = run_record(cfg.dataset, cfg.dataset_options)  # class names, image policy
     model = build_model(cfg, data.image_shape, num_classes).to(device)
     optim = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scaler = grad_scaler(device, cfg.precision)
@@ -388,6 +390,7 @@ def _train(
             {
                 "train": dataclasses.asdict(cfg),
                 "model": {"name": cfg.model, "config": model.config.to_dict()},
+                "data": data_record,
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "world_size": info.world_size,
                 "environment": environment(),

@@ -176,6 +176,10 @@ TASKS: dict[str, _Task] = {
 
 
 def _task(name: str) -> _Task:
+    from capsnet.data import custom  # folder:PATH, npz:PATH, cifar10, svhn, smallnorb
+
+    if (task := custom.task(name)) is not None:
+        return task
     try:
         return TASKS[name]
     except KeyError:
@@ -207,7 +211,9 @@ def check_dataset(name: str, options: Mapping[str, Any] | None = None, train: bo
 
 def dataset_spec(name: str) -> DatasetSpec:
     """Class count and names (those of the IDX dataset the images come from)."""
-    return get_spec(_task(name).source)
+    from capsnet.data import custom
+
+    return custom.classes(name) or get_spec(_task(name).source)
 
 
 def load_train(

@@ -29,9 +29,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor, nn
 
 from capsnet.checkpoint import load_run
-from capsnet.data import load_split
+from capsnet.data import custom, load_split
+from capsnet.data.tasks import load_test
 from capsnet.errors import CapsNetError, ConfigError
-from capsnet.predict import class_names, run_train_config
+from capsnet.predict import class_names, run_data, run_train_config
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +139,17 @@ def create_app(
     test_images: Tensor | None = None,
     test_labels: Tensor | None = None,
     hosts: tuple[str, ...] | None = LOOPBACK,
+    saved_names: list[str] | None = None,
 ) -> FastAPI:
     """The explorer for ``model`` (a CapsNet in eval mode on the CPU).
 
     ``test_images`` (N, C, H, W) uint8 with ``test_labels`` (N,) feed "random test image";
-    ``hosts`` are the Host header names accepted (None: any).
+    ``hosts`` are the Host header names accepted (None: any); ``saved_names`` are the
+    class names saved in the run (default: the dataset's).
     """
     cfg = model.config
     c, (h, w) = cfg.in_channels, cfg.input_size
-    names = class_names(dataset, cfg.num_classes)
+    names = class_names(dataset, cfg.num_classes, saved_names)
     has_decoder = getattr(model, "decoder", None) is not None
     n_test = 0 if test_images is None else len(test_images)
     rng = random.Random()
@@ -251,7 +254,11 @@ def load_explorer(
     if dataset is not None:
         data_dir = data_dir or train_config.get("data_dir")
         try:
-            images, labels = load_split(dataset, "test", data_dir, download=False)
+            if custom.task(dataset) is not None:  # folder:, npz:, …: as in training
+                options = train_config.get("dataset_options")
+                images, labels = load_test(dataset, data_dir, options=options)
+            else:
+                images, labels = load_split(dataset, "test", data_dir, download=False)
         except CapsNetError as e:
             log.warning("no random test images: %s", e)
         if images is not None and images.shape[1:] != (config.in_channels, *config.input_size):
@@ -260,7 +267,8 @@ def load_explorer(
     if host not in LOOPBACK:
         log.warning("listening on %s: whoever can reach it can use it (no authentication)", host)
     hosts = None if host in ("", "0.0.0.0", "::") else (*LOOPBACK, host)
-    return create_app(model, dataset, images, labels, hosts)
+    saved_names = run_data(run_dir).get("class_names")
+    return create_app(model, dataset, images, labels, hosts, saved_names)
 
 
 def listen(host: str, port: int) -> socket.socket:
