@@ -18,7 +18,7 @@ from capsnet.errors import DataError
 
 def _open(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
