@@ -289,6 +289,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from capsnet.checkpoint import load_run, read_json, write_json
     from capsnet.data.tasks import load_test
+    from capsnet.metrics import ClassCounts, write_class_report
+    from capsnet.predict import class_names, run_data
     from capsnet.runtime import resolve_device
     from capsnet.train import environment, evaluate
 
@@ -309,7 +311,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         )
     if args.test_limit is not None:
         x, y = x[: args.test_limit], y[: args.test_limit]
-    r = evaluate(model, x, y, args.batch_size, device, _progress(), "test")
+    counts = ClassCounts(config.num_classes)
+    r = evaluate(model, x, y, args.batch_size, device, _progress(), "test", counts=counts)
     result = {
         "dataset": dataset,
         "test_accuracy": r["accuracy"],
@@ -318,9 +321,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         "test_examples": len(y),
         **environment(),
     }
-    name = "eval.json" if dataset == trained["dataset"] else f"eval-{dataset}.json"
+    own = dataset == trained["dataset"]
+    name = "eval.json" if own else f"eval-{_file_safe(dataset)}.json"
     write_json(args.run_dir / name, result)
+    names = class_names(dataset, config.num_classes, run_data(args.run_dir).get("class_names"))
+    stem = args.run_dir / ("classes" if own else f"classes-{_file_safe(dataset)}")
+    for path in write_class_report(counts.report(names), stem, f"{dataset}: {r['accuracy']:.2%}"):
+        log.info("wrote %s", path)
     print(f"test accuracy {r['accuracy']:.4%} (error {r['error']:.2%}) on {len(y)} images")
+
+
+def _file_safe(dataset: str) -> str:
+    """A dataset name usable in a file name (``folder:/a/b`` → ``folder-a-b``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in dataset).strip("-")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:

@@ -36,6 +36,7 @@ from capsnet.data.custom import run_record
 from capsnet.data.multimnist import OverlayTargets
 from capsnet.data.tasks import Targets, check_dataset, dataset_spec, load_test, load_train
 from capsnet.errors import CheckpointError, ConfigError
+from capsnet.metrics import ClassCounts
 from capsnet.models import check_model_name, create_model
 from capsnet.runtime import (
     Distributed,
@@ -133,9 +134,10 @@ def evaluate(
     progress: ProgressFactory = _NoProgress,
     desc: str = "eval",
     precision: str = "fp32",
+    counts: ClassCounts | None = None,
 ) -> dict[str, float]:
     """Accuracy and mean loss of ``model`` on uint8 images (N, C, H, W) with labels (N,)
-    or OverlayTargets (see num_correct)."""
+    or OverlayTargets (see num_correct); ``counts`` (if given) also counts per class."""
     device = torch.device(device)
     model.eval()
     correct, loss_sum, n = 0, 0.0, len(labels)
@@ -146,6 +148,8 @@ def evaluate(
             out = model(x)
             loss, _ = model.loss(out, x, y)
         correct += int(num_correct(out.lengths, y))
+        if counts is not None:
+            counts.update(out.lengths, y)
         loss_sum += float(loss) * len(idx)
         bar.update(len(idx))
     bar.close()
