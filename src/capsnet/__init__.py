@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from capsnet.baseline import BaselineCNN, BaselineConfig  # noqa: E402
 from capsnet.checkpoint import load_run  # noqa: E402
+from capsnet.cifar_capsnet import CifarCapsNet, CifarCapsNetConfig  # noqa: E402
 from capsnet.efficient import EfficientCapsNet, EfficientCapsNetConfig  # noqa: E402
 from capsnet.em_capsnet import EMCapsNet, EMCapsNetConfig  # noqa: E402
 from capsnet.losses import margin_loss, reconstruction_loss  # noqa: E402
@@ -31,6 +32,8 @@ __all__ = [
     "BaselineConfig",
     "CapsNet",
     "CapsNetConfig",
+    "CifarCapsNet",
+    "CifarCapsNetConfig",
     "CapsNetOutput",
     "EMCapsNet",
     "EMCapsNetConfig",
