@@ -1,5 +1,6 @@
 """Per-class accuracy and the confusion matrix (capsnet.metrics, capsnet evaluate)."""
 
+import dataclasses
 import json
 
 import torch
@@ -7,6 +8,7 @@ import torch
 from capsnet.cli import main
 from capsnet.data.multimnist import OverlayTargets
 from capsnet.metrics import ClassCounts
+from capsnet.train import train
 
 
 def test_confusion_rows_are_true_classes_and_columns_predictions():
@@ -56,3 +58,18 @@ def test_evaluate_writes_per_class_json_and_confusion_png(tiny_run, mnist_dir, c
     assert report["class_names"][3] == "3"
     assert sum(c["examples"] for c in report["per_class"]) == 50
     assert (tiny_run / "classes.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tensorboard_logs_step_and_epoch_scalars_and_figures(tiny_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = dataclasses.replace(tiny_cfg, epochs=2, tensorboard=True)
+    train(cfg, tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()
+    assert {"step/loss", "step/lr", "step/images_per_second"} <= set(tags["scalars"])
+    assert {"epoch/train_loss", "epoch/val_accuracy", "epoch/lr"} <= set(tags["scalars"])
+    assert len(events.Scalars("step/loss")) == 4  # 2 epochs × ⌈60 / 50⌉ steps
+    assert [e.step for e in events.Scalars("epoch/train_loss")] == [1, 2]
+    assert {"figures/coupling", "figures/reconstructions"} <= set(tags["images"])

@@ -159,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast dtype")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--tensorboard", action="store_true", help="log to RUN_DIR/tensorboard")
     _add_image_args(t)
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -273,6 +274,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         seed=args.seed,
         precision=args.precision,
         compile=args.compile,
+        tensorboard=args.tensorboard,
     )
     m = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=_progress())
     if not distributed_from_env().is_main:

@@ -47,6 +47,7 @@ from capsnet.runtime import (
     process_group,
     resolve_device,
 )
+from capsnet.tensorboard import TensorBoardLog, check_available
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 with a grad scaler)
     compile: bool = False  # torch.compile the training forward
+    tensorboard: bool = False  # TensorBoard events in RUN_DIR/tensorboard (capsnet.tensorboard)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -87,6 +89,8 @@ class TrainConfig:
         check_precision(self.precision)
         check_dataset(self.dataset, self.dataset_options, train=True)  # before loading data
         check_model_name(self.model)
+        if self.tensorboard:
+            check_available()
 
 
 class Progress(Protocol):
@@ -402,6 +406,8 @@ def _train(
         )
     n_train = data.size
     train_seconds = sum(h["train_seconds"] for h in history)
+    tb = TensorBoardLog(run) if cfg.tensorboard and info.is_main else None
+    global_step = sum(-(-n_train // cfg.batch_size) for _ in history)
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         lr = cfg.lr * cfg.lr_decay ** (epoch - 1)
@@ -426,6 +432,10 @@ def _train(
             bar.update(n)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+            if tb is not None:  # per-step scalars (a device sync per step)
+                global_step += 1
+                rate = n * (step + 1) / (time.perf_counter() - t0)
+                tb.step(global_step, float(loss), lr, rate)
         if info.enabled:
             dist.all_reduce(loss_sum)
             dist.all_reduce(correct)
@@ -451,6 +461,9 @@ def _train(
         else:
             is_best = True  # no validation split: the last epoch is the selected one
         history.append(row)
+        if tb is not None:
+            tb.epoch(row)
+            tb.figures(model, data.val_x, data.val_y, epoch, data_record["class_names"])
         if is_best:
             best_val, best_epoch = row.get("val_accuracy", -1.0), epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -477,6 +490,8 @@ def _train(
             row["train_images_per_second"],
         )
 
+    if tb is not None:
+        tb.close()
     model.load_state_dict(best_state)
     test_x, test_y = load_test(
         cfg.dataset, cfg.data_dir, limit=cfg.test_limit, options=cfg.dataset_options
