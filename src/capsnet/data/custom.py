@@ -54,6 +54,8 @@ class ArrayOptions(ImagePolicy):
 
 @dataclass(frozen=True)
 class Cifar10Options(ArrayOptions):
+    """CIFAR-10 as in the paper: random 24×24 patches for training, the centre for testing."""
+
     input_size: tuple[int, int] | None = (24, 24)  # the paper's 24×24 patches
     resize: str | None = "crop"
     normalize: str = "per-image"
@@ -62,11 +64,16 @@ class Cifar10Options(ArrayOptions):
 
 @dataclass(frozen=True)
 class SvhnOptions(ArrayOptions):
+    """SVHN: 32×32 RGB as is, normalised per image."""
+
     normalize: str = "per-image"
 
 
 @dataclass(frozen=True)
 class NorbOptions(ArrayOptions):
+    """smallNORB as in the paper: random 32×32 crops of 48×48 with brightness/contrast
+    jitter for training, the centre crop for testing."""
+
     input_size: tuple[int, int] | None = (32, 32)  # of the 48×48 downsampled images
     resize: str | None = "crop"
     normalize: str = "per-image"
@@ -80,7 +87,7 @@ Split = tuple[np.ndarray | Tensor, np.ndarray | Tensor]
 def _fitted(x: np.ndarray | Tensor, policy: ImagePolicy, where: str) -> Tensor:
     """uint8 (N, C, H, W) with the policy's channels, size and normalisation."""
     x = convert_channels(torch.as_tensor(x), policy.channels, where)
-    if policy.input_size is not None and tuple(x.shape[2:]) != policy.input_size:
+    if len(x) and policy.input_size is not None and tuple(x.shape[2:]) != policy.input_size:
         x = torch.from_numpy(np.stack([fit_image(a, policy, where) for a in x.numpy()]))
     return normalize_images(x, policy.normalize)
 
