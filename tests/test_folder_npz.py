@@ -288,3 +288,13 @@ def test_channels_converts_npz_images(tmp_path):
     data = load_train(f"npz:{path}", val_size=4, options={"channels": 1})
     x, _ = load_test(f"npz:{path}", options={"channels": 1})
     assert data.image_shape == (1, 20, 20) and x.shape == (6, 1, 20, 20)
+
+
+def test_export_of_a_folder_run_carries_its_class_names_and_policy(folder_run, tmp_path):
+    import onnx
+
+    run, _, _ = folder_run
+    assert main(["export", str(run), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert json.loads(props["class_names"]) == ["cat", "dog"]
+    assert json.loads(props["image_policy"])["resize"] == "pad"

@@ -2,7 +2,8 @@
 
 Two graphs, both with a dynamic batch axis and the routing iterations unrolled:
 
-* the classifier ``FILE``: ``images`` (B, C, H, W) in [0, 1] → ``lengths`` (B, K),
+* the classifier ``FILE``: ``images`` (B, C, H, W) in [0, 1] (after the run's image policy, saved as
+  ``image_policy`` metadata, if it has one) → ``lengths`` (B, K),
   ``poses`` (B, K, D), ``coupling`` (B, I, K);
 * the decoder ``FILE`` with suffix ``.decoder.onnx``: ``poses`` (B, K, D), ``mask`` (B, K) →
   ``reconstructions`` (B, C, H, W) (models trained without a decoder have none).
@@ -26,9 +27,10 @@ from torch import Tensor, nn
 
 from capsnet import __version__
 from capsnet.checkpoint import atomic_write, load_run
-from capsnet.data import load_split
+from capsnet.data import custom, load_split
+from capsnet.data.tasks import load_test
 from capsnet.errors import CheckpointError, ConfigError
-from capsnet.predict import class_names, run_train_config
+from capsnet.predict import class_names, run_data, run_train_config
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +145,11 @@ def export_run(
     data_dir = data_dir or train_config.get("data_dir")
     if dataset is None:
         raise ConfigError(f"{run_dir}: the run's dataset is unknown; pass --dataset")
-    images, _ = load_split(dataset, "test", data_dir)
+    if custom.task(dataset) is not None:  # folder:, npz:, …: test images as in training
+        images, _ = load_test(dataset, data_dir, options=train_config.get("dataset_options"))
+    else:
+        images, _ = load_split(dataset, "test", data_dir)
+    saved = run_data(run_dir)  # class names and image policy saved by training
     if images.shape[1:] != (config.in_channels, *config.input_size):
         raise ConfigError(
             f"{dataset} images are {tuple(images.shape[1:])} but the model expects "
@@ -154,7 +160,10 @@ def export_run(
     metadata = {
         "capsnet_version": __version__,
         "dataset": dataset,
-        "class_names": json.dumps(class_names(dataset, config.num_classes)),
+        "class_names": json.dumps(
+            class_names(dataset, config.num_classes, saved.get("class_names"))
+        ),
+        "image_policy": json.dumps(saved.get("image_policy")),
         "config": json.dumps(config.to_dict()),
     }
     path = Path(path)
