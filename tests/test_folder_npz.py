@@ -298,3 +298,14 @@ def test_export_of_a_folder_run_carries_its_class_names_and_policy(folder_run, t
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert json.loads(props["class_names"]) == ["cat", "dog"]
     assert json.loads(props["image_policy"])["resize"] == "pad"
+
+
+def test_explore_normalises_posted_images_as_the_run_was_trained(folder_run):
+    run, _, _ = folder_run
+    client = TestClient(load_explorer(run), base_url="http://127.0.0.1:8000")
+    image = torch.zeros(3, 20, 20)
+    image[:, :10] = 1.0  # bright on top, full contrast
+    faint = image * 0.25 + 0.25  # the same image at a quarter of the contrast
+    full = client.post("/api/predict", json={"pixels": image.flatten().tolist()}).json()
+    low = client.post("/api/predict", json={"pixels": faint.flatten().tolist()}).json()
+    assert low["lengths"] == full["lengths"]

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from capsnet.checkpoint import load_run
 from capsnet.data import custom, load_split
+from capsnet.data.images import normalize_images
 from capsnet.data.tasks import load_test
 from capsnet.errors import CapsNetError, ConfigError
 from capsnet.predict import class_names, run_data, run_train_config
@@ -140,12 +141,14 @@ def create_app(
     test_labels: Tensor | None = None,
     hosts: tuple[str, ...] | None = LOOPBACK,
     saved_names: list[str] | None = None,
+    normalize: str = "none",
 ) -> FastAPI:
     """The explorer for ``model`` (a CapsNet in eval mode on the CPU).
 
     ``test_images`` (N, C, H, W) uint8 with ``test_labels`` (N,) feed "random test image";
     ``hosts`` are the Host header names accepted (None: any); ``saved_names`` are the
-    class names saved in the run (default: the dataset's).
+    class names saved in the run (default: the dataset's); ``normalize`` is the run's
+    normalisation (see capsnet.data.images), applied to every image sent to /api/predict.
     """
     cfg = model.config
     c, (h, w) = cfg.in_channels, cfg.input_size
@@ -197,6 +200,8 @@ def create_app(
         if len(req.pixels) != c * h * w:
             raise HTTPException(422, f"pixels: expected {c}×{h}×{w} = {c * h * w} values")
         x = torch.tensor(req.pixels, dtype=torch.float32).view(1, c, h, w)
+        if normalize != "none":  # as the run's images were in training
+            x = normalize_images(x.mul(255).round().to(torch.uint8), normalize).float() / 255
         with torch.no_grad():
             out = model(x)
         k = int(out.lengths[0].argmax())
@@ -267,8 +272,10 @@ def load_explorer(
     if host not in LOOPBACK:
         log.warning("listening on %s: whoever can reach it can use it (no authentication)", host)
     hosts = None if host in ("", "0.0.0.0", "::") else (*LOOPBACK, host)
-    saved_names = run_data(run_dir).get("class_names")
-    return create_app(model, dataset, images, labels, hosts, saved_names)
+    saved = run_data(run_dir)  # class names and image policy saved by training
+    policy = custom.saved_policy(saved)
+    normalize = policy.normalize if policy is not None else "none"
+    return create_app(model, dataset, images, labels, hosts, saved.get("class_names"), normalize)
 
 
 def listen(host: str, port: int) -> socket.socket:
