@@ -183,7 +183,7 @@ def _task(name: str) -> _Task:
     try:
         return TASKS[name]
     except KeyError:
-        choices = ", ".join(sorted(TASKS))
+        choices = ", ".join(sorted([*TASKS, *custom.OFFICIAL, "folder:PATH", "npz:PATH"]))
         raise ConfigError(f"unknown dataset '{name}'; choose from: {choices}") from None
 
 
