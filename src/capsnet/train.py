@@ -407,7 +407,7 @@ def _train(
     n_train = data.size
     train_seconds = sum(h["train_seconds"] for h in history)
     tb = TensorBoardLog(run) if cfg.tensorboard and info.is_main else None
-    global_step = sum(-(-n_train // cfg.batch_size) for _ in history)
+    global_step = len(history) * math.ceil(n_train / cfg.batch_size)  # steps done (resume)
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         lr = cfg.lr * cfg.lr_decay ** (epoch - 1)
@@ -434,7 +434,7 @@ def _train(
                 bar.set_postfix(loss=f"{loss.item():.4f}")
             if tb is not None:  # per-step scalars (a device sync per step)
                 global_step += 1
-                rate = n * (step + 1) / (time.perf_counter() - t0)
+                rate = (step * cfg.batch_size + n) / (time.perf_counter() - t0)  # this epoch
                 tb.step(global_step, float(loss), lr, rate)
         if info.enabled:
             dist.all_reduce(loss_sum)
