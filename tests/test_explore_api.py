@@ -51,13 +51,14 @@ def test_nothing_from_the_request_reaches_a_page(client):
     assert client.get("/?text=<script>x</script>").text == client.get("/").text
 
 
-def test_info_describes_the_model_and_its_dataset(client):
+def test_info_describes_the_model_and_its_dataset(client, mnist_dir):
     info = client.get("/api/info").json()
+    n_test = len(load_split("mnist", "test", mnist_dir)[1])  # the fixture's test split
     assert info["class_names"] == [str(k) for k in range(10)] and info["dataset"] == "mnist"
     assert info["in_channels"] == 1 and info["input_size"] == [28, 28]
     assert info["class_dim"] == 16 and info["primary_types"] == 4
     assert info["primary_grid"] == [6, 6]  # (28 - 9 + 1 - 9) // 2 + 1
-    assert info["has_decoder"] and info["test_images"] == 10_000
+    assert info["has_decoder"] and info["test_images"] == n_test
     assert info["slider"] == {"min": -0.5, "max": 0.5, "step": 0.05, "mark": 0.25}
 
 
