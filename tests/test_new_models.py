@@ -20,6 +20,7 @@ TINY_EFFICIENT = {"stem_channels": (8, 16, 16, 32), "decoder_hidden": (32,)}
 TINY = {  # every registered model, made small enough to train in a test
     "baseline-cnn": {"conv_channels": (8, 8, 8), "hidden": (16, 16)},
     "baseline-cnn-small": {"conv_channels": (8, 8, 8), "hidden": (16, 16)},
+    "capsnet-cifar10": {**TINY_CAPSNET, "in_channels": 1, "input_size": (28, 28)},
     "capsnet-mnist": TINY_CAPSNET,
     "capsnet-small": TINY_CAPSNET,
     "efficient-capsnet": TINY_EFFICIENT,

@@ -85,7 +85,7 @@ TABLE1_FIELDS = ("epochs", "batch_size", "train_limit", "val_size")
 
 def _train_fields(tasks, models, precisions) -> dict[str, tuple]:
     return {
-        "dataset": (str, "the task to train on", ("choices", sorted(tasks))),
+        "dataset": (str, _dataset_help(tasks)),
         "model": (str, f"one of {', '.join(models)}"),
         "epochs": (_positive, "training epochs"),
         "batch_size": (_positive, "images per step"),
@@ -97,7 +97,29 @@ def _train_fields(tasks, models, precisions) -> dict[str, tuple]:
         "seed": (int, "random seed"),
         "precision": (str, "autocast dtype", ("choices", precisions)),
         "compile": (None, "torch.compile the model"),
+        "tensorboard": (None, "log scalars and figures to RUN_DIR/tensorboard"),
     }
+
+
+def _dataset_help(tasks) -> str:
+    from capsnet.data.custom import OFFICIAL
+
+    return f"one of {', '.join(sorted([*tasks, *OFFICIAL]))}, folder:PATH or npz:PATH"
+
+
+def _add_image_args(p: argparse.ArgumentParser) -> None:
+    """The image policy of folder:, npz:, cifar10, svhn and smallnorb (saved in the run)."""
+    from capsnet.data.images import NORMALIZE, RESIZE
+
+    p.add_argument("--input-size", type=_positive, nargs=2, metavar=("H", "W"))
+    p.add_argument("--resize", choices=RESIZE, help="how images reach --input-size")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="default: from the data")
+    p.add_argument("--normalize", choices=NORMALIZE, help="default: the dataset's")
+
+
+def _image_options(args: argparse.Namespace) -> dict[str, object]:
+    names = ("input_size", "resize", "channels", "normalize")
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
 def _bench_fields(models, precisions) -> dict[str, tuple]:
@@ -165,13 +187,14 @@ def _training_parsers(sub, tasks, models, precisions, routings) -> None:
     t.add_argument("--out", required=True, type=Path, help="run directory to write")
     _field_args(t, TrainConfig, _train_fields(tasks, models, precisions))
     _add_model_args(t, routings)
+    _add_image_args(t)
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     _add_data_args(t)
 
     e = sub.add_parser("evaluate", help="test a trained run; writes RUN_DIR/eval.json")
     e.add_argument("run_dir", type=Path)
-    e.add_argument("--dataset", choices=sorted(tasks), help="default: the run's dataset")
+    e.add_argument("--dataset", help="default: the run's dataset; " + _dataset_help(tasks))
     e.add_argument("--batch-size", type=_positive, default=500)
     _add_data_args(e)
 
@@ -251,7 +274,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     cfg = _from_args(
         TrainConfig,
         args,
-        dataset_options=dict(args.dataset_option),
+        dataset_options=dict(args.dataset_option) | _image_options(args),
         model_overrides=_model_overrides(args),
     )
     m = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=_progress())
@@ -276,6 +299,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     )  # fmt: skip
     n = r["test_examples"]
     print(f"test accuracy {r['test_accuracy']:.4%} (error {r['test_error']:.2%}) on {n} images")
+
+
+def _file_safe(dataset: str) -> str:
+    """A dataset name usable in a file name (``folder:/a/b`` → ``folder-a-b``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in dataset).strip("-")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -333,7 +361,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     model = run.load_model(device)
     config = model.config
     names = run.class_names(config.num_classes)
-    inputs = read_inputs(args.images, config.in_channels, config.input_size)
+    inputs = read_inputs(args.images, config.in_channels, config.input_size, run.image_policy)
     scores = predict(model, inputs.images, args.batch_size, device)
     for n, (k, row) in enumerate(zip(scores.argmax(1).tolist(), scores.tolist(), strict=True)):
         if args.json:

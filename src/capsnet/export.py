@@ -5,7 +5,8 @@ Up to two graphs, both with a dynamic batch axis and the routing iterations unro
 * the classifier ``FILE``: ``images`` (B, C, H, W) in [0, 1] → ``scores`` (B, K) for every
   model (:class:`~capsnet.models.contract.Classifier`), and for a capsule model
   (:class:`~capsnet.models.contract.CapsuleClassifier`) also ``poses`` (B, K, D) and
-  ``routing_weights`` (B, I, K);
+  ``routing_weights`` (B, I, K); images are those after the run's image policy (resize,
+  normalisation; saved as ``image_policy`` metadata) if it has one;
 * for a model with a decoder (:class:`~capsnet.models.contract.PoseDecoder`), the decoder
   ``FILE`` with suffix ``.decoder.onnx``: ``poses`` (B, K, D), ``mask`` (B, K) →
   ``reconstructions`` (B, C, H, W).
@@ -232,7 +233,12 @@ def export_run(
         "capsnet_version": __version__,
         "model": name_of(model),
         "dataset": dataset or run.dataset or "",
-        "class_names": json.dumps(class_names(dataset or run.dataset, config.num_classes)),
+        "class_names": json.dumps(
+            run.class_names(config.num_classes)
+            if dataset in (None, run.dataset)
+            else class_names(dataset, config.num_classes)
+        ),
+        "image_policy": json.dumps(run.data.get("image_policy")),
         "config": json.dumps(config.to_dict()),
     }
     path = Path(path)

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from capsnet.data.images import ImagePolicy, fit_batch
 from capsnet.errors import DataError
 from capsnet.models.contract import Classifier, require
 
@@ -110,11 +111,16 @@ def _read_array(path: Path, channels: int) -> np.ndarray:
 
 
 def read_inputs(
-    paths: Sequence[str | Path], in_channels: int, input_size: tuple[int, int]
+    paths: Sequence[str | Path],
+    in_channels: int,
+    input_size: tuple[int, int],
+    policy: ImagePolicy | None = None,
 ) -> Inputs:
     """Read PNG/JPEG images and .npy arrays into one float32 batch (N, C, H, W) in [0, 1].
 
-    uint8 values are divided by 255, as in training; float arrays must lie in [0, 1]. Raises
+    A run's ``policy`` (resize rule, normalisation) is applied as in training; without one
+    every input must already have the model's size. uint8 values are divided by 255, as in
+    training; float arrays must lie in [0, 1]. Raises
     DataError naming the file for anything unreadable, non-finite, out of range or not of
     the model's shape (C, H, W).
     """
@@ -123,6 +129,8 @@ def read_inputs(
     for p in map(Path, paths):
         read = _read_array if p.suffix.lower() == ".npy" else _read_picture
         a = read(p, in_channels)
+        if policy is not None:  # the run's resize rule and normalisation
+            a = fit_batch(a, policy, str(p))
         if a.shape[1:] != expected:
             c, h, w = a.shape[1:]
             raise DataError(
@@ -132,7 +140,7 @@ def read_inputs(
         x = torch.tensor(a, dtype=torch.float32)
         if a.dtype == np.uint8:
             x = x.div_(255.0)
-        if x.mean() > 0.5:
+        if x.mean() > 0.5 and policy is None:
             log.warning("%s: looks dark-on-light; the model expects white-on-black", p)
         blank = (x.flatten(1).amax(1) - x.flatten(1).amin(1)) < 1 / 255  # (N,) uniform images
         if blank.any():

@@ -176,10 +176,14 @@ TASKS: dict[str, _Task] = {
 
 
 def _task(name: str) -> _Task:
+    from capsnet.data import custom  # folder:PATH, npz:PATH, cifar10, svhn, smallnorb
+
+    if (task := custom.task(name)) is not None:
+        return task
     try:
         return TASKS[name]
     except KeyError:
-        choices = ", ".join(sorted(TASKS))
+        choices = ", ".join(sorted([*TASKS, *custom.OFFICIAL, "folder:PATH", "npz:PATH"]))
         raise ConfigError(f"unknown dataset '{name}'; choose from: {choices}") from None
 
 
@@ -212,7 +216,9 @@ def task_source(name: str) -> str:
 
 def dataset_spec(name: str) -> DatasetSpec:
     """Class count and names (those of the IDX dataset the images come from)."""
-    return get_spec(_task(name).source)
+    from capsnet.data import custom
+
+    return custom.classes(name) or get_spec(_task(name).source)
 
 
 def load_train(

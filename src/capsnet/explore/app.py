@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor, nn
 
+from capsnet.data.images import normalize_images
 from capsnet.errors import CapsNetError
 from capsnet.models.contract import CapsuleClassifier, Classifier, PoseDecoder, provides, require
 from capsnet.targets import OverlayTargets, Targets
@@ -183,12 +184,15 @@ def _base_app(max_body: int, hosts: tuple[str, ...] | None, body_timeout: float)
 class _Api:
     """The JSON API's answers for one model (what it provides of the contract decides)."""
 
-    def __init__(self, model: nn.Module, dataset: str | None, images, labels) -> None:
+    def __init__(
+        self, model: nn.Module, dataset: str | None, images, labels, names, normalize: str
+    ) -> None:
         self.model, self.dataset, self.images, self.labels = model, dataset, images, labels
+        self.normalize = normalize
         cfg = model.config
         self.shape = (cfg.in_channels, *cfg.input_size)  # (C, H, W)
         self.k = cfg.num_classes
-        self.names = class_names(dataset, self.k)
+        self.names = tuple(names) if names else class_names(dataset, self.k)
         self.capsules = provides(model, CapsuleClassifier)
         self.has_decoder = provides(model, PoseDecoder)
         self.pose_dim = model.pose_dim if self.capsules else None
@@ -217,6 +221,8 @@ class _Api:
         if len(req.pixels) != c * h * w:
             raise HTTPException(422, f"pixels: expected {c}×{h}×{w} = {c * h * w} values")
         x = torch.tensor(req.pixels, dtype=torch.float32).view(1, c, h, w)
+        if self.normalize != "none":  # as the run's images were in training
+            x = normalize_images(x.mul(255).round().to(torch.uint8), self.normalize) / 255
         with torch.no_grad():
             out = self.model(x)
         k = int(out.scores[0].argmax())
@@ -267,15 +273,19 @@ def create_app(
     test_labels: Targets | None = None,
     hosts: tuple[str, ...] | None = LOOPBACK,
     body_timeout: float = BODY_TIMEOUT,
+    class_names: tuple[str, ...] | None = None,
+    normalize: str = "none",
 ) -> FastAPI:
     """The explorer for ``model`` (a Classifier in eval mode on the CPU).
 
     ``test_images`` (N, C, H, W) uint8 with ``test_labels`` (N,) or OverlayTargets feed
     "random test image"; ``hosts`` are the Host header names accepted (None: any); a
-    request body must arrive within ``body_timeout`` seconds.
+    request body must arrive within ``body_timeout`` seconds. ``class_names`` default to
+    the dataset's; ``normalize`` (see capsnet.data.images) is applied to every image sent
+    to /api/predict, as the run's images were in training.
     """
     require(model, "explore", Classifier)
-    api = _Api(model, dataset, test_images, test_labels)
+    api = _Api(model, dataset, test_images, test_labels, class_names, normalize)
     app = _base_app(16384 + 32 * math.prod(api.shape), hosts, body_timeout)
     app.get("/api/info")(api.info)
     app.post("/api/predict")(api.predict)
@@ -302,7 +312,16 @@ def load_explorer(
     if host not in LOOPBACK:
         log.warning("listening on %s: whoever can reach it can use it (no authentication)", host)
     hosts = None if host in ("", "0.0.0.0", "::") else (*LOOPBACK, host)
-    return create_app(model, run.dataset, images, labels, hosts)
+    policy = run.image_policy
+    return create_app(
+        model,
+        run.dataset,
+        images,
+        labels,
+        hosts,
+        class_names=run.class_names(model.config.num_classes),
+        normalize=policy.normalize if policy else "none",
+    )
 
 
 __all__ = ["BODY_TIMEOUT", "create_app", "load_explorer"]

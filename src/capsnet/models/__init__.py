@@ -5,6 +5,7 @@
 | ``capsnet.py`` | CapsNet, dynamic routing (Sabour et al., 2017) | capsnet-mnist, capsnet-small |
 | ``efficient.py`` | Efficient-CapsNet, self-attention routing | efficient-capsnet |
 | ``em_capsnet.py`` | matrix capsules with EM routing | em-capsnet, em-capsnet-small |
+| ``cifar.py`` | CapsNet with 3 channels, 64 primary types, none-of-the-above | capsnet-cifar10 |
 | ``baseline.py`` | the paper's baseline CNN | baseline-cnn, baseline-cnn-small |
 
 What every model provides, and what each tool needs of it: ``contract.py``.
@@ -12,6 +13,7 @@ What every model provides, and what each tool needs of it: ``contract.py``.
 
 from capsnet.models.baseline import BaselineCNN, BaselineConfig, SoftmaxOutput
 from capsnet.models.capsnet import CapsNet, CapsNetConfig, CapsNetOutput, CapsuleModel
+from capsnet.models.cifar import CifarCapsNet, CifarCapsNetConfig
 from capsnet.models.config import CapsuleConfig, ModelConfig, VectorCapsuleConfig
 from capsnet.models.contract import (
     CapsuleClassifier,
@@ -42,6 +44,8 @@ __all__ = [
     "CapsuleConfig",
     "CapsuleModel",
     "CapsuleOutput",
+    "CifarCapsNet",
+    "CifarCapsNetConfig",
     "Classifier",
     "EMCapsNet",
     "EMCapsNetConfig",

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Everything a training run needs besides the model's own config."""
 
-    dataset: str = "mnist"  # a task of capsnet.data.tasks.TASKS
+    dataset: str = "mnist"  # a task of capsnet.data.tasks (folder:PATH, npz:PATH, …)
     dataset_options: dict[str, Any] = field(default_factory=dict)  # see capsnet.data.tasks
     data_dir: str | None = None
     model: str = "capsnet-mnist"
@@ -36,6 +36,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 with a grad scaler)
     compile: bool = False  # torch.compile the training forward
+    tensorboard: bool = False  # TensorBoard events in RUN_DIR/tensorboard (capsnet.tensorboard)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -48,6 +49,10 @@ class TrainConfig:
         check_precision(self.precision)
         check_dataset(self.dataset, self.dataset_options, train=True)  # before loading data
         check_model_name(self.model)
+        if self.tensorboard:
+            from capsnet.tensorboard import check_available
+
+            check_available()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

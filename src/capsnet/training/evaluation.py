@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,13 @@ import torch
 from capsnet.checkpoint import write_json
 from capsnet.data.tasks import load_test
 from capsnet.errors import ConfigError
+from capsnet.metrics import ClassCounts, write_class_report
 from capsnet.training.environment import environment
 from capsnet.training.loop import evaluate
 from capsnet.training.progress import NoProgress, ProgressFactory
-from capsnet.training.rundir import RunDir
+from capsnet.training.rundir import RunDir, class_names
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_run(
@@ -27,8 +31,10 @@ def evaluate_run(
     progress: ProgressFactory = NoProgress,
 ) -> dict[str, Any]:
     """Test a run's selected model; write and return ``eval.json`` (``eval-TASK.json`` for
-    another task). Its own task's test set is made with the run's options (``options``
-    override them) from ``data_dir``, else the run's data directory."""
+    another task), and per-class accuracy with the confusion matrix as ``classes.json``
+    and ``classes.png`` (``classes-TASK.*``). Its own task's test set is made with the
+    run's options (``options`` override them) from ``data_dir``, else the run's data
+    directory."""
     run = RunDir(run_dir)
     if run.file is not None or run.train is None:
         raise ConfigError(f"{run_dir}: not a run directory (no training config.json)")
@@ -43,7 +49,8 @@ def evaluate_run(
             f"{dataset} images are {tuple(x.shape[1:])} but the model expects "
             f"{(config.in_channels, *config.input_size)}"
         )
-    r = evaluate(model, x, y, batch_size, device, progress, "test")
+    counts = ClassCounts(config.num_classes)
+    r = evaluate(model, x, y, batch_size, device, progress, "test", counts=counts)
     result = {
         "dataset": dataset,
         "test_accuracy": r["accuracy"],
@@ -52,8 +59,20 @@ def evaluate_run(
         "test_examples": len(y),
         **environment(),
     }
-    write_json(run.path / ("eval.json" if own else f"eval-{dataset}.json"), result)
+    suffix = "" if own else "-" + file_safe(dataset)
+    write_json(run.path / f"eval{suffix}.json", result)
+    names = run.class_names(config.num_classes) if own else class_names(dataset, config.num_classes)
+    report = counts.report(names)
+    for path in write_class_report(
+        report, run.path / f"classes{suffix}", f"{dataset}: {r['accuracy']:.2%}"
+    ):
+        log.info("wrote %s", path)
     return result
+
+
+def file_safe(dataset: str) -> str:
+    """A dataset name usable in a file name (``folder:/a/b`` → ``folder-a-b``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in dataset).strip("-")
 
 
 __all__ = ["evaluate_run"]

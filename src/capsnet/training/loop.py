@@ -24,8 +24,10 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from capsnet.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from capsnet.data.custom import run_record
 from capsnet.data.tasks import TrainData, dataset_spec, load_test, load_train
 from capsnet.errors import ConfigError
+from capsnet.metrics import ClassCounts
 from capsnet.models import create_model
 from capsnet.runtime import (
     Distributed,
@@ -36,6 +38,7 @@ from capsnet.runtime import (
     resolve_device,
 )
 from capsnet.targets import Targets, num_correct
+from capsnet.tensorboard import TensorBoardLog
 from capsnet.training.config import TrainConfig
 from capsnet.training.environment import environment
 from capsnet.training.progress import NoProgress, ProgressFactory
@@ -62,10 +65,12 @@ def evaluate(
     progress: ProgressFactory = NoProgress,
     desc: str = "eval",
     precision: str = "fp32",
+    counts: ClassCounts | None = None,
 ) -> dict[str, float]:
     """Accuracy and mean loss of ``model`` on uint8 images (N, C, H, W) with labels (N,)
     or OverlayTargets (see ``num_correct``). The loss is the training loss: the decoder,
-    if any, reconstructs the true class(es), as in training."""
+    if any, reconstructs the true class(es), as in training. ``counts``, if given, also
+    counts per class."""
     device = torch.device(device)
     model.eval()
     correct, loss_sum, n = 0, 0.0, len(labels)
@@ -76,6 +81,8 @@ def evaluate(
             out = model(x, y)
             loss, _ = model.loss(out, x, y)
         correct += int(num_correct(out.scores, y))
+        if counts is not None:
+            counts.update(out.scores, y)
         loss_sum += float(loss) * len(idx)
         bar.update(len(idx))
     bar.close()
@@ -86,6 +93,8 @@ def build_model(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int
     """The registered model with its input shape and class count taken from the data."""
     c, h, w = image_shape
     overrides = {"in_channels": c, "input_size": (h, w), "num_classes": num_classes}
+    if clash := sorted(set(overrides) & set(cfg.model_overrides)):
+        raise ConfigError(f"{', '.join(clash)}: set by the data, not a model option")
     return create_model(cfg.model, **overrides, **cfg.model_overrides)
 
 
@@ -170,6 +179,8 @@ class Session:
     best_val: float = -1.0
     best_epoch: int = 0
     best_state: dict[str, Tensor] | None = None
+    tb: TensorBoardLog | None = None  # --tensorboard, on rank 0
+    global_step: int = 0
 
     @classmethod
     def start(
@@ -201,7 +212,10 @@ class Session:
             forward = torch.compile(forward)
         optim = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         scaler = grad_scaler(device, cfg.precision)
-        return cls(cfg, run, device, info, progress, data, model, forward, optim, scaler, gen)
+        session = cls(cfg, run, device, info, progress, data, model, forward, optim, scaler, gen)
+        if cfg.tensorboard and info.is_main:
+            session.tb = TensorBoardLog(run.path)
+        return session
 
     def begin(self) -> int:
         """Write config.json (rank 0); the first epoch."""
@@ -210,6 +224,7 @@ class Session:
                 {
                     "train": self.cfg.to_dict(),
                     "model": {"name": self.cfg.model, "config": self.model.config.to_dict()},
+                    "data": run_record(self.cfg.dataset, self.cfg.dataset_options),
                     "parameters": sum(p.numel() for p in self.model.parameters()),
                     "world_size": self.info.world_size,
                     "environment": environment(),
@@ -225,6 +240,7 @@ class Session:
         self.best_state = load_checkpoint(path / BEST).state_dict()
         self.history, self.best_val = meta["history"], meta["best_val"]
         self.best_epoch = meta["best_epoch"]
+        self.global_step = len(self.history) * math.ceil(self.data.size / self.cfg.batch_size)
         log.info("resuming %s at epoch %d", path, meta["epoch"] + 1)
         return meta["epoch"] + 1
 
@@ -255,6 +271,10 @@ class Session:
             bar.update(n)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+            if self.tb is not None:  # per-step scalars (a device sync per step)
+                self.global_step += 1
+                rate = (step * cfg.batch_size + n) / (time.perf_counter() - t0)  # this epoch
+                self.tb.step(self.global_step, float(loss), lr, rate)
         if info.enabled:
             dist.all_reduce(loss_sum)
             dist.all_reduce(correct)
@@ -287,6 +307,10 @@ class Session:
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.info.is_main:
             self._write_epoch(epoch, is_best)
+        if self.tb is not None:
+            self.tb.epoch(row)
+            names = self.run.class_names(self.model.config.num_classes)
+            self.tb.figures(self.model, data.val_x, data.val_y, epoch, names)
         val_acc = f"{100 * row['val_accuracy']:.2f}%" if "val_accuracy" in row else "n/a"
         log.info(
             "epoch %d: loss %.4f, train accuracy %.2f%%, val accuracy %s, %.0f images/s",
@@ -308,6 +332,8 @@ class Session:
     def finish(self) -> dict[str, Any]:
         """Test the selected weights; write and return metrics.json."""
         cfg = self.cfg
+        if self.tb is not None:
+            self.tb.close()
         self.model.load_state_dict(self.best_state)
         x, y = load_test(
             cfg.dataset, cfg.data_dir, limit=cfg.test_limit, options=cfg.dataset_options

@@ -17,7 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from capsnet.checkpoint import BEST, LAST, atomic_write, load_checkpoint, read_json, write_json
+from capsnet.data.custom import saved_policy
 from capsnet.data.datasets import DATASETS, find_dataset
+from capsnet.data.images import ImagePolicy
 from capsnet.data.tasks import dataset_spec, load_test, task_source
 from capsnet.errors import CapsNetError, CheckpointError
 from capsnet.models.contract import Classifier, require
@@ -103,8 +105,26 @@ class RunDir:
         require(model, "capsnet", Classifier)
         return model
 
+    @property
+    def data(self) -> dict[str, Any]:
+        """What training saved about its data (``class_names``, ``image_policy``), or {}."""
+        data = self.config.get("data")
+        return data if isinstance(data, dict) else {}
+
+    @property
+    def image_policy(self) -> ImagePolicy | None:
+        """The resize rule and normalisation new images get (folder:, npz:, …), or None."""
+        try:
+            return saved_policy(self.data)
+        except TypeError as e:
+            raise CheckpointError(f"{self.path / CONFIG}: bad data.image_policy ({e})") from None
+
     def class_names(self, num_classes: int) -> tuple[str, ...]:
-        """The task's class names, or "0", "1", … when unknown or of another count."""
+        """The class names saved by training, else the task's, else "0", "1", … (when
+        unknown or not ``num_classes`` of them)."""
+        saved = self.data.get("class_names")
+        if isinstance(saved, list) and len(saved) == num_classes:
+            return tuple(map(str, saved))
         return class_names(self.dataset, num_classes)
 
     def test_set(

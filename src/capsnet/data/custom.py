@@ -1,0 +1,297 @@
+"""Tasks beyond the MNIST family: ``folder:PATH``, ``npz:PATH``, ``cifar10``, ``svhn``,
+``smallnorb``. :func:`task` gives ``capsnet.data.tasks`` the entry of such a name.
+
+| name | images | training batches | validation / test |
+| --- | --- | --- | --- |
+| ``folder:PATH`` | as the policy says | random shifts | ``val/`` or held out; ``test/`` |
+| ``npz:PATH`` | as the policy says | random shifts (and crops) | held out; ``test_images`` |
+| ``cifar10`` | 24×24 RGB | random 24×24 crops of 32×32, shifts | centre crops |
+| ``svhn`` | 32×32 RGB | random shifts | as is |
+| ``smallnorb`` | 32×32, 2 (stereo) | random 32×32 crops of 48×48, brightness/contrast | centre |
+
+Every split is normalised as its options say (``normalize``: see
+:mod:`capsnet.data.images`); CIFAR-10, SVHN and smallNORB are normalised per image by
+default. A folder without ``test/`` is tested on ``val/``; with neither (or an ``.npz``
+without ``test_images``) training stops before it starts, asking for a test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from capsnet.data import cifar10, smallnorb, svhn
+from capsnet.data.datasets import search_path
+from capsnet.data.folder import class_names as folder_class_names
+from capsnet.data.folder import list_split, load_folder_split
+from capsnet.data.images import ImagePolicy, convert_channels, fit_image, normalize_images
+from capsnet.data.npz import load_npz
+from capsnet.data.tasks import TrainData, _Task
+from capsnet.data.transforms import random_shift, train_val_split
+from capsnet.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+PREFIXES = ("folder:", "npz:")
+
+
+@dataclass(frozen=True)
+class ArrayOptions(ImagePolicy):
+    """An ImagePolicy plus training augmentation."""
+
+    random_crop: bool = False  # training: cut input_size at a random place (resize "crop")
+    jitter: bool = False  # training: random brightness ±32/255 and contrast ×0.5–1.5
+
+
+@dataclass(frozen=True)
+class Cifar10Options(ArrayOptions):
+    """CIFAR-10 as in the paper: random 24×24 patches for training, the centre for testing."""
+
+    input_size: tuple[int, int] | None = (24, 24)  # the paper's 24×24 patches
+    resize: str | None = "crop"
+    normalize: str = "per-image"
+    random_crop: bool = True
+
+
+@dataclass(frozen=True)
+class SvhnOptions(ArrayOptions):
+    """SVHN: 32×32 RGB as is, normalised per image."""
+
+    normalize: str = "per-image"
+
+
+@dataclass(frozen=True)
+class NorbOptions(ArrayOptions):
+    """smallNORB as in the paper: random 32×32 crops of 48×48 with brightness/contrast
+    jitter for training, the centre crop for testing."""
+
+    input_size: tuple[int, int] | None = (32, 32)  # of the 48×48 downsampled images
+    resize: str | None = "crop"
+    normalize: str = "per-image"
+    random_crop: bool = True
+    jitter: bool = True
+
+
+Split = tuple[np.ndarray | Tensor, np.ndarray | Tensor]
+
+
+def _fitted(x: np.ndarray | Tensor, policy: ImagePolicy, where: str) -> Tensor:
+    """uint8 (N, C, H, W) with the policy's channels, size and normalisation."""
+    x = convert_channels(torch.as_tensor(x), policy.channels, where)
+    if len(x) and policy.input_size is not None and tuple(x.shape[2:]) != policy.input_size:
+        x = torch.from_numpy(np.stack([fit_image(a, policy, where) for a in x.numpy()]))
+    return normalize_images(x, policy.normalize)
+
+
+def _random_crop(x: Tensor, size: tuple[int, int], gen: torch.Generator) -> Tensor:
+    """Each image of (B, C, H, W) cut to ``size`` at its own random place."""
+    (b, _, h, w), (th, tw) = x.shape, size
+    top = torch.randint(0, h - th + 1, (b, 1, 1), generator=gen)
+    left = torch.randint(0, w - tw + 1, (b, 1, 1), generator=gen)
+    rows = (top + torch.arange(th).view(1, th, 1)).expand(b, th, tw)  # (B, th, tw)
+    cols = (left + torch.arange(tw).view(1, 1, tw)).expand(b, th, tw)
+    batch = torch.arange(b).view(b, 1, 1)
+    return x.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def _jitter(x: Tensor, gen: torch.Generator) -> Tensor:
+    """Random brightness (±32/255) and contrast (×0.5–1.5 about the mean) per image."""
+    b = len(x)
+    brightness = (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * 32
+    contrast = 0.5 + torch.rand(b, 1, 1, 1, generator=gen)
+    f = x.float()
+    mean = f.mean((1, 2, 3), keepdim=True)
+    return ((f - mean) * contrast + mean + brightness).clamp_(0, 255).round_().to(torch.uint8)
+
+
+def _train_data(train: Split, val: Split | None, cfg: ImagePolicy, where: str, args) -> TrainData:
+    """TrainData from arrays: ``val`` or ``args.val_size`` held out of ``train``."""
+    val_size, limit, max_shift = args
+    x, y = torch.as_tensor(train[0]), torch.as_tensor(train[1])  # x may be memory-mapped
+    idx = torch.arange(len(y))
+    if val is None:
+        idx, val_idx = train_val_split(len(y), val_size, seed=0)
+        val = (x[val_idx], y[val_idx])
+    idx = idx[:limit] if limit is not None else idx
+    crop = getattr(cfg, "random_crop", False) and cfg.resize == "crop"
+    jitter = getattr(cfg, "jitter", False)
+
+    def make_batch(i: Tensor, gen: torch.Generator):
+        xb = convert_channels(x[idx[i]], cfg.channels, where)
+        if crop and tuple(xb.shape[2:]) != cfg.input_size:
+            xb = _random_crop(xb, cfg.input_size, gen)
+        else:
+            xb = _fitted(xb, dataclasses.replace(cfg, normalize="none"), where)
+        xb = normalize_images(xb, cfg.normalize)
+        xb = _jitter(xb, gen) if jitter else xb
+        return random_shift(xb, max_shift, gen), y[idx[i]]
+
+    return TrainData(len(idx), _fitted(val[0], cfg, where), torch.as_tensor(val[1]), make_batch)
+
+
+def _no_test(where: str) -> DataError:
+    return DataError(f"{where}: no test split (a test/ or val/ folder, or test_images); add one")
+
+
+# --- folder: and npz: ------------------------------------------------------------------
+
+
+def _train_folder(root, _source, _dir, val_size, limit, max_shift, cfg) -> TrainData:
+    train = load_folder_split(root, "train", cfg)
+    val = load_folder_split(root, "val", cfg)
+    if val is None and list_split(root, "test") is None:
+        raise _no_test(root)  # before training, not after it
+    return _train_data(train, val, cfg, root, (val_size, limit, max_shift))
+
+
+def _test_folder(root, _dir, cfg) -> Split:
+    test = load_folder_split(root, "test", cfg)
+    if test is None:
+        log.warning("%s has no test/ folder: testing on val/", root)
+        test = load_folder_split(root, "val", cfg)
+    if test is None:
+        raise _no_test(root)
+    return _fitted(test[0], cfg, root), torch.as_tensor(test[1])
+
+
+def _train_npz(path, _source, _dir, val_size, limit, max_shift, cfg) -> TrainData:
+    data = load_npz(path)
+    if data["test"] is None:
+        raise _no_test(path)
+    return _train_data(data["train"], None, cfg, path, (val_size, limit, max_shift))
+
+
+def _test_npz(path, _dir, cfg) -> Split:
+    test = load_npz(path)["test"]
+    if test is None:
+        raise _no_test(path)
+    return _fitted(test[0], cfg, path), torch.as_tensor(test[1])
+
+
+# --- the official datasets -------------------------------------------------------------
+
+
+def _official(load, name: str):
+    """Train and test functions of a dataset whose loader is ``load(split, data_dir)``."""
+
+    def train(_source, data_dir, val_size, limit, max_shift, cfg) -> TrainData:
+        return _train_data(load("train", data_dir), None, cfg, name, (val_size, limit, max_shift))
+
+    def test(data_dir, cfg) -> Split:
+        x, y = load("test", data_dir)
+        return _fitted(x, cfg, name), y
+
+    return train, test
+
+
+def load_smallnorb48(split: str, data_dir: str | Path | None = None) -> Split:
+    """smallNORB from the first search-path directory holding it, downsampled from 96×96
+    to the paper's 48×48 by averaging 2×2 blocks: uint8 (N, 2, 48, 48), int64 labels (N,)."""
+    dirs = search_path("smallnorb", data_dir)
+    pattern = f"{smallnorb.PREFIX[split]}-dat.mat*"
+    directory = next((d for d in dirs if d.is_dir() and any(d.glob(pattern))), None)
+    if directory is None:
+        raise DataError(f"smallNORB {split} files not found in {', '.join(map(str, dirs))}")
+    x, y = smallnorb.load_smallnorb(split, directory)
+    n, c, h, w = x.shape
+    if h % 2 or w % 2:
+        raise DataError(f"{directory}: smallNORB images are {h}×{w}, expected even sizes")
+    small = torch.cat(
+        [
+            part.view(-1, c, h // 2, 2, w // 2, 2).float().mean((3, 5)).round().to(torch.uint8)
+            for part in x.split(1000)  # (B, C, H/2, 2, W/2, 2) blocks, in chunks
+        ]
+    )
+    return small, y
+
+
+OFFICIAL = {
+    "cifar10": (cifar10.load_cifar10, Cifar10Options, cifar10.CLASS_NAMES),
+    "svhn": (svhn.load_svhn, SvhnOptions, svhn.CLASS_NAMES),
+    "smallnorb": (load_smallnorb48, NorbOptions, smallnorb.CLASS_NAMES),
+}
+
+
+def task(name: str) -> _Task | None:
+    """The task of ``name`` if it is one of this module's, else None."""
+    if name in OFFICIAL:
+        load, options, _ = OFFICIAL[name]
+        return _Task(name, options, *_official(load, name))
+    prefix, sep, path = name.partition(":")
+    if not sep or f"{prefix}:" not in PREFIXES:
+        return None
+    if not path:
+        raise ConfigError(f"'{name}': give a path after '{prefix}:'")
+    if prefix == "folder":
+        return _Task(name, ImagePolicy, partial(_train_folder, path), partial(_test_folder, path))
+    return _Task(name, ArrayOptions, partial(_train_npz, path), partial(_test_npz, path))
+
+
+def run_record(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a run saves about its data (``config.json`` ``data``): class names and, for
+    tasks that have one, the image policy predict and explore apply to new images."""
+    from capsnet.data.tasks import dataset_options, dataset_spec
+
+    policy = dataset_options(name, options)
+    return {
+        "class_names": list(dataset_spec(name).class_names),
+        "image_policy": (
+            {f.name: getattr(policy, f.name) for f in dataclasses.fields(ImagePolicy)}
+            if isinstance(policy, ImagePolicy)
+            else None
+        ),
+    }
+
+
+def saved_policy(record: Mapping[str, Any] | None) -> ImagePolicy | None:
+    """The ImagePolicy of a run's ``data`` record (None if it has none)."""
+    saved = (record or {}).get("image_policy")
+    return ImagePolicy(**saved) if saved else None
+
+
+class Classes(NamedTuple):
+    """What ``tasks.dataset_spec`` gives for these tasks (DatasetSpec's class fields)."""
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+
+
+def classes(name: str) -> Classes | None:
+    """The classes of ``name`` if it is one of this module's tasks, else None."""
+    names = class_names(name)
+    return None if names is None else Classes(name, len(names), names)
+
+
+def class_names(name: str) -> tuple[str, ...] | None:
+    """The class names of ``name`` if it is one of this module's tasks, else None."""
+    if name in OFFICIAL:
+        return OFFICIAL[name][2]
+    prefix, _, path = name.partition(":")
+    if prefix == "folder" and task(name):
+        return folder_class_names(path)
+    if prefix == "npz" and task(name):
+        return load_npz(Path(path))["class_names"]
+    return None
+
+
+__all__ = [
+    "OFFICIAL",
+    "ArrayOptions",
+    "Classes",
+    "Cifar10Options",
+    "class_names",
+    "classes",
+    "run_record",
+    "saved_policy",
+    "task",
+]
