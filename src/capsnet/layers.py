@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from capsnet.routing import Routed, capsule_lengths, get_routing, squash
+from capsnet.routing import Routed, capsule_lengths, conv_em_routing, get_routing, squash
 
 
 class PrimaryCaps(nn.Module):
@@ -168,6 +168,7 @@ class ConvMatrixCaps(nn.Module):
         children = kernel_size * kernel_size * in_types
         self.weight = _pose_weight(children, out_types)  # (K·K·T_in, T_out, 4, 4)
         self.router = Router(children, out_types, routing, iterations, detach_agreement)
+        self.fused = routing == "em"
 
     def forward(self, poses: Tensor, activations: Tensor) -> tuple[Tensor, Tensor]:
         k, s = self.kernel_size, self.stride
@@ -177,9 +178,15 @@ class ConvMatrixCaps(nn.Module):
         patches = patches.permute(0, 1, 2, 5, 6, 3, 4).reshape(b * h * w, k * k * t, POSE, POSE)
         acts = activations.unfold(1, k, s).unfold(2, k, s)  # (B, H', W', T, K, K)
         acts = acts.permute(0, 1, 2, 4, 5, 3).reshape(b * h * w, k * k * t)  # (N, I)
-        votes = torch.einsum("nipq,ijqr->njipr", patches, self.weight)  # (N, J, I, 4, 4)
-        out = self.router(votes.flatten(-2).transpose(1, 2), acts)  # votes (N, I, J, 16)
-        return out.poses.view(b, h, w, -1, POSE * POSE), out.activations.view(b, h, w, -1)
+        if self.fused:  # EM computes the votes itself, block by block, never storing them
+            r = self.router
+            params = (r.params["beta_u"], r.params["beta_a"], r.iterations)
+            mu, a = conv_em_routing(patches, self.weight, acts, *params, 1.0, r.detach_agreement)
+        else:
+            votes = torch.einsum("nipq,ijqr->njipr", patches, self.weight)  # (N, J, I, 4, 4)
+            out = self.router(votes.flatten(-2).transpose(1, 2), acts)  # votes (N, I, J, 16)
+            mu, a = out.poses, out.activations  # (N, J, 16), (N, J)
+        return mu.view(b, h, w, -1, POSE * POSE), a.view(b, h, w, -1)
 
 
 class ClassMatrixCaps(nn.Module):
