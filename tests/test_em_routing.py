@@ -123,6 +123,7 @@ def test_conv_em_routing_backward_passes_gradcheck():
 def test_conv_em_routing_refuses_double_backward():
     poses, weight, acts, bu, ba = _inputs(n=2, i=3, j=2)
     mu, a = conv_em_routing(poses, weight, acts, bu, ba, 2)
-    (g,) = torch.autograd.grad(mu.sum() + a.sum(), weight, create_graph=True)
+    loss = mu.pow(2).sum() + a.pow(2).sum()  # output gradients that need a gradient
+    (g,) = torch.autograd.grad(loss, weight, create_graph=True)
     with pytest.raises(RuntimeError, match="twice"):
         g.sum().backward()
