@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from capsnet import ROUTINGS, efficient_squash, em_routing, self_attention_routing
+from capsnet.em_routing import MASS_EPS
 from capsnet.errors import ConfigError
 from capsnet.layers import RoutingCaps
 from capsnet.routing import RoutingSpec, get_routing
@@ -32,10 +33,11 @@ def test_em_routing_finds_hand_built_clusters():
 
 
 def test_em_routing_one_iteration_averages_the_votes_weighted_by_activation():
-    # With R = 1/J, μ_j is the activation-weighted mean of the votes: (1·2 + 3·6) / 4 = 5.
+    # With R = 1/J, μ_j is the activation-weighted mean of the votes, (1·2 + 3·6) / 4 = 5,
+    # up to capsule_em's small mass: (20/3) / (4/3 + MASS_EPS).
     votes = torch.tensor([2.0, 6.0]).view(1, 2, 1, 1).expand(1, 2, 3, 1)
     mu, _, r = _em(votes, torch.tensor([[1.0, 3.0]]), iterations=1)
-    torch.testing.assert_close(mu, torch.full((1, 3, 1), 5.0))
+    torch.testing.assert_close(mu, torch.full((1, 3, 1), (20 / 3) / (4 / 3 + MASS_EPS)))
     torch.testing.assert_close(r, torch.full((1, 2, 3), 1 / 3))
 
 

@@ -1,0 +1,146 @@
+"""EM routing, Procedure 1 of Hinton, Sabour & Frosst (2018), "Matrix capsules with EM routing".
+
+Shapes: N = routing problems (batch, or batch × positions of a convolutional layer),
+I = children, J = parents, D = pose components (16, a flattened 4×4 matrix).
+
+Where the paper is silent this follows the authors' released code, google-research
+``capsule_em/em_layers.py`` (``update_em_routing``): the inverse temperature of iteration
+t = 1 … T is ``final_beta · (1 - 0.95^t)``, the variance has the floor ``MIN_VAR`` added,
+and ``MASS_EPS`` is added to the mass Σ_i r_ij. The variance is computed in two passes
+(μ first, then Σ_i r_ij (V_ij - μ_j)²), exact for tight clusters far from the origin.
+
+:func:`em_routing` runs on given votes under plain autograd. (A fused convolutional
+version that recomputed the votes block by block instead of storing them used an eighth
+of the memory but trained em-capsnet 58× slower on these CPUs; see
+benchmarks/em-old-vs-new.log. It was removed.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MIN_VAR = 5e-4  # capsule_em: min_var
+MASS_EPS = 1e-5  # capsule_em: added to the masses Σ_i r_ij
+
+
+def inverse_temperatures(iterations: int, final_beta: float) -> list[float]:
+    """λ_t = final_beta · (1 - 0.95^t), t = 1 … iterations (capsule_em's schedule)."""
+    if iterations < 1:
+        raise ValueError(f"routing needs at least 1 iteration, got {iterations}")
+    return [final_beta * (1 - 0.95**t) for t in range(1, iterations + 1)]
+
+
+def m_step(votes: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """M-step of Procedure 1 for votes (N, J, I, D) weighted by r = R · a (N, J, I).
+
+    Returns μ (N, J, D), σ² (N, J, D), the mass ``Σ_i r_ij + MASS_EPS`` (N, J) and the
+    squared deviations ``(V_ij - μ_j)²`` (N, J, I, D), which the E-step reuses. Two passes:
+    ``σ² = Σ_i r_ij (V_ij - μ_j)² / mass + MIN_VAR``, never ``E[V²] - μ²``.
+    """
+    mass = r.sum(2) + MASS_EPS  # (N, J)
+    w = (r / mass.unsqueeze(2)).unsqueeze(2)  # (N, J, 1, I)
+    mu = torch.matmul(w, votes).squeeze(2)  # (N, J, D)
+    dev2 = (votes - mu.unsqueeze(2)).pow(2)  # (N, J, I, D)
+    var = torch.matmul(w, dev2).squeeze(2) + MIN_VAR  # (N, J, D)
+    return mu, var, mass, dev2
+
+
+def _logits(var: Tensor, mass: Tensor, beta_u: Tensor, beta_a: Tensor, lam: float) -> Tensor:
+    """λ (β_a + (mean_k cost_k - cost_j) / std_k cost_k), cost_j = Σ_h (β_u + log σ_jh) mass_j.
+
+    (N, J). The standardisation over the parents is this library's documented deviation.
+    """
+    cost = (beta_u.unsqueeze(-1) + 0.5 * torch.log(var)).sum(-1) * mass  # (N, J)
+    mean = cost.mean(1, keepdim=True)
+    std = torch.sqrt((cost - mean).pow(2).mean(1, keepdim=True) + 1e-6)
+    return lam * (beta_a + (mean - cost) / std)
+
+
+def _e_step(logits: Tensor, var: Tensor, dev2: Tensor) -> Tensor:
+    """log(a_j p_j(V_ij)) (N, J, I), p_j the Gaussian density N(μ_j, diag σ²_j)."""
+    sq = torch.matmul(dev2, (1.0 / var).unsqueeze(-1)).squeeze(-1)  # (N, J, I)
+    log_norm = 0.5 * torch.log(2 * math.pi * var).sum(-1, keepdim=True)  # (N, J, 1)
+    return F.logsigmoid(logits).unsqueeze(-1) - 0.5 * sq - log_norm
+
+
+def _route(
+    v: Tensor, a_in: Tensor, beta_u: Tensor, beta_a: Tensor, lambdas: list[float], detach: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Procedure 1 on v (N, J, I, D), a_in (N, 1, I) → μ (N, J, D), logits (N, J), R (N, J, I).
+
+    With ``detach``, every E-step (and the M-steps feeding it) sees ``v.detach()``; only the
+    last M-step uses ``v``, with the R so computed.
+    """
+    agree = v.detach() if detach else v
+    r = (a_in / v.shape[1]).expand(v.shape[:3])  # (N, J, I): R = 1/J
+    log_r = None
+    for t, lam in enumerate(lambdas):
+        last = t == len(lambdas) - 1
+        mu, var, mass, dev2 = m_step(v if last else agree, r)
+        logits = _logits(var, mass, beta_u, beta_a, lam)
+        if last:
+            break
+        log_r = _e_step(logits, var, dev2)  # (N, J, I)
+        r = torch.softmax(log_r, dim=1) * a_in
+    if log_r is None:  # one iteration: R = 1/J
+        return mu, logits, v.new_full(v.shape[:3], 1 / v.shape[1])
+    return mu, logits, torch.softmax(log_r, dim=1)
+
+
+def _wide(x: Tensor) -> Tensor:
+    """``x`` in float32, or float64 if it is float64: the precision capsule maths run in."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def em_routing(
+    votes: Tensor,
+    activations: Tensor,
+    beta_u: Tensor,
+    beta_a: Tensor,
+    iterations: int = 3,
+    final_beta: float = 1.0,
+    detach_agreement: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Procedure 1 of Hinton, Sabour & Frosst (2018) on given votes, under autograd.
+
+    Each parent j is a Gaussian over the D pose components, fitted to the children's votes
+    V_ij weighted by r_ij = R_ij a_i:
+
+    * M-step: ``μ_j = Σ_i r_ij V_ij / m_j``, ``σ²_j = Σ_i r_ij (V_ij - μ_j)² / m_j +
+      MIN_VAR`` with the mass ``m_j = Σ_i r_ij + MASS_EPS``; ``cost_j = Σ_h (β_u + log σ_jh)
+      m_j``; ``a_j = logistic(λ_t (β_a + (mean_k cost_k - cost_j) / std_k cost_k))``.
+    * E-step: ``R_ij = a_j p_j(V_ij) / Σ_k a_k p_k(V_ij)``, in log space (a softmax).
+
+    Args:
+        votes: V (B, I, J, D); fastest as a ``transpose(1, 2)`` view of a (B, J, I, D)-
+            contiguous tensor.
+        activations: a_i of the children (B, I), in [0, 1].
+        beta_u, beta_a: learned costs, broadcastable to (J,) (one per parent type).
+        iterations: T ≥ 1; each iteration is an M-step then, except the last, an E-step.
+        final_beta: the schedule λ_t = final_beta · (1 - 0.95^t) of capsule_em.
+        detach_agreement: if True, the assignments R of every iteration are computed from
+            detached votes, and gradient reaches the votes only through the last M-step
+            (μ, σ², a_j from the votes, with those R). a_i, β_u and β_a keep all paths.
+
+    Returns:
+        ``(μ, a, R)``: parent poses (B, J, D), activations (B, J) in (0, 1) and the
+        assignments R (B, I, J) used by the last M-step, which sum to 1 over J.
+
+    Deviation (as in widely used public implementations): the cost is standardised over
+    the parents. Unscaled, it grows with the fan-in and with log σ, whose scale is
+    arbitrary, and saturates every a_j at 0 or 1 from the start. All sums run in float32
+    (float64 stays float64); empty clusters, zero activations, equal or huge votes give
+    finite outputs and gradients.
+    """
+    lambdas = inverse_temperatures(iterations, final_beta)
+    v = _wide(votes).transpose(1, 2)  # (B, J, I, D): the sums over I are matmuls
+    a_in = _wide(activations).unsqueeze(1)  # (B, 1, I)
+    bu, ba = _wide(beta_u), _wide(beta_a)
+    with torch.autocast(v.device.type, enabled=False):
+        mu, logits, r = _route(v, a_in, bu, ba, lambdas, detach_agreement)
+    out = votes.dtype
+    return mu.to(out), torch.sigmoid(logits).to(out), r.transpose(1, 2)
