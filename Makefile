@@ -1,4 +1,5 @@
-# make demo: set up .venv and train a small CapsNet on Fashion-MNIST (< 10 min on 2 CPU cores)
+# make demo: set up .venv, test a shipped pretrained model on Fashion-MNIST and draw its
+# figures, then train a small CapsNet on Fashion-MNIST (< 10 min on 2 CPU cores)
 # make test: set up .venv (and Chromium for the browser test) and run lint + the whole test suite
 SHELL := /bin/bash
 VENV ?= .venv
@@ -22,8 +23,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@$(CAPSNET) -q data fashion-mnist --no-download >/dev/null 2>&1 || \
 		bash scripts/apt-install.sh dataset-fashion-mnist "capsnet will try to download it"
+	@echo "== a shipped pretrained model: its Fashion-MNIST test accuracy, reproduced here"
+	$(CAPSNET) pretrained
+	$(CAPSNET) evaluate efficient-capsnet-fashion-mnist --out $(DEMO_OUT)/pretrained
+	$(CAPSNET) -q figures efficient-capsnet-fashion-mnist --out $(DEMO_OUT)/pretrained
+	@echo "== a small CapsNet trained from scratch"
 	$(CAPSNET) train --dataset fashion-mnist --model capsnet-small --epochs 3 \
-		--train-limit 20000 --out $(DEMO_OUT)
+		--train-limit 20000 --out $(DEMO_OUT)/capsnet-small
 
 test: $(STAMP) lint
 	@command -v chromium >/dev/null || \

@@ -46,7 +46,7 @@ def test_existing_run_is_an_error_not_an_overwrite(run, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["evaluate", "/nonexistent/run"], "not a run directory"),
+        (["evaluate", "/nonexistent/run"], "no such run directory, checkpoint or pretrained"),
         (["train", "--out", "{tmp}/r", "--model", "nope"], "unknown model 'nope'"),
         (["train", "--out", "{tmp}/r", "--data-dir", "{tmp}/bad"], "train-images-idx3-ubyte"),
     ],

@@ -1,6 +1,7 @@
 """Every registered model through every tool: a tiny run of each (CLI), then evaluate,
-predict, figures, export, explore and bench on it, by the CLI and the Python API; and runs
-of other tasks (expanded-mnist, multimnist) through export, explore and figures."""
+predict, figures, export, explore, robustness and bench on it, by the CLI and the Python
+API; and runs of other tasks (expanded-mnist, multimnist) through export, explore and
+figures."""
 
 import json
 
@@ -70,6 +71,11 @@ def test_every_tool_works_on_a_run_of_every_model(run, tmp_path, capsys):
     p = client.post("/api/predict", json={"pixels": [0.0] * 784}).json()
     assert len(p["scores"]) == 10 and (p["coupling"] is None) != info["capsules"]
     assert client.get("/api/random").status_code == 200
+    rob = ["-q", "robustness", str(run), "--against", str(run / "last.safetensors")]
+    rob += ["--limit", "8", "--perturbations", "rotation", "blur", "--out", str(tmp_path / "r")]
+    assert main(rob) == 0
+    report = json.loads((tmp_path / "r" / "robustness.json").read_text())
+    assert len(report["models"]) == 2 and report["test_examples"] == 8
     name = RunDir(run).train.model
     bench = ["-q", "bench", "--model", name, "--batch-size", "2", "--steps", "1", "--warmup", "0"]
     assert main([*bench, "--json", *_options(TINY_MODELS[name])]) == 0

@@ -10,6 +10,7 @@ import torch
 
 import capsnet.pretrained as pretrained
 from capsnet.checkpoint import save_checkpoint
+from capsnet.cli import main
 from capsnet.data.tasks import load_test
 from capsnet.errors import CheckpointError, ConfigError
 from capsnet.models import create_model
@@ -79,3 +80,34 @@ def test_manifests_describe_what_is_shipped():
     for p in SHIPPED:
         assert p.bytes == (p.path / pretrained.WEIGHTS).stat().st_size
         assert dataclasses.asdict(p)["dtype"] in ("float16", "float32")
+
+
+def test_the_cli_lists_what_is_shipped(shelf, capsys):
+    assert main(["pretrained"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("tiny\tcapsnet-small on mnist\t10.00% test")
+
+
+def test_tools_take_a_pretrained_name_and_write_nothing_into_the_package(
+    shelf, mnist_dir, tmp_path, monkeypatch, capsys
+):
+    train = {"dataset": "mnist", "data_dir": None, "model": "capsnet-small"}
+    (shelf / "config.json").write_text(json.dumps({"train": train}))
+    (shelf / "history.csv").write_text("epoch,train_loss,train_accuracy\n1,0.5,0.8\n")
+    before = sorted(shelf.iterdir())
+    work = tmp_path / "work"  # where the user is: not the package's directory
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = ["--data-dir", str(mnist_dir), "--test-limit", "20", "--device", "cpu"]
+    assert main(["-q", "evaluate", "tiny", *args]) == 0
+    assert "on 20 images" in capsys.readouterr().out
+    assert main(["-q", "evaluate", "tiny", *args, "--out", "ev"]) == 0
+    assert {p.name for p in (work / "ev").iterdir()} >= {"eval.json", "classes.json"}
+    assert main(["-q", "figures", "tiny", "--data-dir", str(mnist_dir)]) == 0
+    assert (work / "tiny-figures" / "coupling.png").is_file()
+    assert sorted(shelf.iterdir()) == before
+
+
+def test_a_name_that_is_neither_a_run_nor_shipped_is_one_line(shelf, capsys):
+    assert main(["evaluate", "nope"]) == 2
+    assert "no such run directory, checkpoint or pretrained model" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from capsnet.models import (  # noqa: E402
     list_models,
     register_model,
 )
+from capsnet.pretrained import list_pretrained, load_pretrained  # noqa: E402
 from capsnet.routing import (  # noqa: E402
     ROUTINGS,
     Routed,
@@ -53,6 +54,8 @@ __all__ = [
     "efficient_squash",
     "em_routing",
     "list_models",
+    "list_pretrained",
+    "load_pretrained",
     "load_run",
     "margin_loss",
     "reconstruction_loss",

@@ -12,11 +12,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from capsnet import cli_commands
 from capsnet.allocator import keep_freed_memory
-from capsnet.cli_progress import progress_factory as _progress
-from capsnet.errors import CapsNetError, ConfigError
+from capsnet.errors import CapsNetError
 
 log = logging.getLogger("capsnet")
+RUN = "a run directory, a checkpoint file or a pretrained name (`capsnet pretrained`)"
+EXPLORE_DEFAULT = "capsnet-mnist"  # the paper network on MNIST, when shipped
 
 
 def _positive(text: str) -> int:
@@ -57,13 +59,6 @@ def _field_args(p: argparse.ArgumentParser, cls: type, spec: dict[str, tuple]) -
             continue
         shown = f" (default: {default})" if default is not None else ""
         p.add_argument(flag, type=kind, default=default, help=text + shown, **dict(extra))
-
-
-def _from_args(cls: type, args: argparse.Namespace, **more: object):
-    """``cls`` built from the fields ``args`` has (as :func:`_field_args` added them)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    given = {k: v for k, v in vars(args).items() if k in names}
-    return cls(**{**given, **more})
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -117,11 +112,6 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normalize", choices=NORMALIZE, help="default: the dataset's")
 
 
-def _image_options(args: argparse.Namespace) -> dict[str, object]:
-    names = ("input_size", "resize", "channels", "normalize")
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-
-
 def _bench_fields(models, precisions) -> dict[str, tuple]:
     return {
         "model": (str, f"one of {', '.join(models)}"),
@@ -149,16 +139,6 @@ def _add_model_args(p: argparse.ArgumentParser, routings) -> None:
         help="factor of the summed squared reconstruction error (default: the model's, 0.0005)",
     )
     _add_option_arg(p, "--model-option", "a field of the model's config, e.g. class_dim=8")
-
-
-def _model_overrides(args: argparse.Namespace) -> dict[str, object]:
-    named = {
-        "routing": args.routing,
-        "routing_iterations": args.routing_iterations,
-        "reconstruction": False if args.no_reconstruction else None,
-        "reconstruction_weight": args.reconstruction_weight,
-    }
-    return {**{k: v for k, v in named.items() if v is not None}, **dict(args.model_option)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -192,8 +172,11 @@ def _training_parsers(sub, tasks, models, precisions, routings) -> None:
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     _add_data_args(t)
 
-    e = sub.add_parser("evaluate", help="test a trained run; writes RUN_DIR/eval.json")
-    e.add_argument("run_dir", type=Path)
+    e = sub.add_parser(
+        "evaluate", help="test a run: eval.json, per-class classes.json/png in RUN_DIR or --out"
+    )
+    e.add_argument("run_dir", metavar="RUN", help=RUN)
+    e.add_argument("--out", type=Path, help="default: RUN_DIR (a pretrained model: nothing)")
     e.add_argument("--dataset", help="default: the run's dataset; " + _dataset_help(tasks))
     e.add_argument("--batch-size", type=_positive, default=500)
     _add_data_args(e)
@@ -234,22 +217,24 @@ def _training_parsers(sub, tasks, models, precisions, routings) -> None:
 
 
 def _tool_parsers(sub, tasks, datasets) -> None:
+    from capsnet.robustness import PERTURBATIONS
+
     p = sub.add_parser("predict", help="classify PNG/JPEG images or .npy arrays with a run")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", metavar="RUN", help=RUN)
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help=".png, .jpg or .npy")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--batch-size", type=_positive, default=500)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
     x = sub.add_parser("export", help="export the classifier and decoder to ONNX")
-    x.add_argument("run_dir", type=Path)
+    x.add_argument("run_dir", metavar="RUN", help=RUN)
     x.add_argument("--onnx", required=True, type=Path, metavar="FILE", help="classifier file")
     x.add_argument("--data-dir", help="where the run's test images are (default: as trained)")
     x.add_argument("--dataset", choices=sorted(tasks), help="default: the run's own")
     x.add_argument("--check-images", type=_positive, default=100, help="default: 100")
 
     v = sub.add_parser("explore", help="serve the interactive capsule explorer")
-    v.add_argument("run_dir", type=Path)
+    v.add_argument("run_dir", metavar="RUN", nargs="?", default=EXPLORE_DEFAULT, help=RUN)
     v.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (loopback only)")
     v.add_argument("--port", type=int, default=8000, help="default: 8000; 0 picks a free port")
     v.add_argument("--data-dir", help="where the run's test images are (for random images)")
@@ -260,140 +245,23 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     d.add_argument("--no-download", action="store_true")
 
     f = sub.add_parser("figures", help="draw a run's figures (paper Figs. 3-5, routing, curves)")
-    f.add_argument("run_dir", type=Path)
-    f.add_argument("--out", type=Path, help="directory for the PNG files (default: RUN_DIR)")
+    f.add_argument("run_dir", metavar="RUN", help=RUN)
+    f.add_argument("--out", type=Path, help="default: RUN_DIR (pretrained: ./NAME-figures)")
+
+    sub.add_parser("pretrained", help="list the pretrained models shipped with capsnet")
+
+    r = sub.add_parser("robustness", help="accuracy under rotation, scale, shear, … (JSON, PNG)")
+    r.add_argument("run_dir", metavar="RUN", help=RUN)
+    r.add_argument("--against", nargs="+", default=[], metavar="RUN", help="models to compare")
+    r.add_argument("--out", type=Path, required=True, help="directory for robustness.json/png")
+    names = list(PERTURBATIONS)
+    r.add_argument("--perturbations", nargs="+", choices=names, default=names, metavar="NAME")
+    r.add_argument("--limit", type=_positive, help="the first N test images (default: all)")
+    r.add_argument("--seed", type=int, default=0, help="of the random perturbations")
+    r.add_argument("--data-dir", help="where the first run's test images are")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     f.add_argument("--data-dir", help="where the run's dataset is (default: as in training)")
     f.add_argument("--device", default="cpu")
-
-
-def _cmd_train(args: argparse.Namespace) -> None:
-    from capsnet.runtime import distributed_from_env, resolve_device
-    from capsnet.training import TrainConfig, train
-    from capsnet.viz import save_figures
-
-    cfg = _from_args(
-        TrainConfig,
-        args,
-        dataset_options=dict(args.dataset_option) | _image_options(args),
-        model_overrides=_model_overrides(args),
-    )
-    m = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=_progress())
-    if not distributed_from_env().is_main:
-        return  # under torchrun, rank 0 reports
-    for png in save_figures(args.out, data_dir=args.data_dir, device=resolve_device(args.device)):
-        log.info("wrote %s", png)
-    print(
-        f"test accuracy {m['test_accuracy']:.4%} (error {m['test_error']:.2%}) on "
-        f"{m['test_examples']} images; best epoch {m['best_epoch']}; "
-        f"{m['train_images_per_second']:.0f} train images/s; run in {args.out}"
-    )
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from capsnet.runtime import resolve_device
-    from capsnet.training.evaluation import evaluate_run
-
-    r = evaluate_run(
-        args.run_dir, args.dataset, dict(args.dataset_option), args.data_dir,
-        args.test_limit, args.batch_size, resolve_device(args.device), _progress(),
-    )  # fmt: skip
-    n = r["test_examples"]
-    print(f"test accuracy {r['test_accuracy']:.4%} (error {r['test_error']:.2%}) on {n} images")
-
-
-def _file_safe(dataset: str) -> str:
-    """A dataset name usable in a file name (``folder:/a/b`` → ``folder-a-b``)."""
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in dataset).strip("-")
-
-
-def _cmd_bench(args: argparse.Namespace) -> None:
-    from capsnet.bench import BenchConfig, append_csv, benchmark, summary
-
-    cfg = _from_args(BenchConfig, args, model_overrides=dict(args.model_option))
-    r = benchmark(cfg)
-    if args.csv:
-        append_csv(args.csv, r)
-    if args.json:
-        print(json.dumps(r))
-        return
-    print(summary(r))
-
-
-def _cmd_figures(args: argparse.Namespace) -> None:
-    from capsnet.runtime import resolve_device
-    from capsnet.viz import save_figures
-
-    for png in save_figures(args.run_dir, args.out, args.data_dir, resolve_device(args.device)):
-        print(png)
-
-
-def _cmd_multimnist(args: argparse.Namespace) -> None:
-    from capsnet.data import MultiMNISTConfig, load_split
-    from capsnet.data.multimnist import fixed_pairs, save_npz
-
-    if args.out.exists() and not args.overwrite:
-        raise ConfigError(f"{args.out}: exists; use --overwrite or another --out")
-    images, labels = load_split("mnist", args.split, args.data_dir)
-    if args.limit is not None:
-        images, labels = images[: args.limit], labels[: args.limit]
-    cfg = MultiMNISTConfig(pad=args.pad, shift=args.shift)
-    x, t = fixed_pairs(images, labels, args.pairs_per_digit, cfg, args.seed)
-    save_npz(args.out, x, t)
-    print(f"{len(x)} MultiMNIST images of {x.shape[-2]}×{x.shape[-1]} written to {args.out}")
-
-
-def _cmd_experiment(args: argparse.Namespace) -> None:
-    from capsnet.experiments import Table1Config, run_table1
-    from capsnet.training import TrainConfig
-
-    train = _from_args(TrainConfig, args, dataset_options=dict(args.dataset_option))
-    cfg = Table1Config(train=train, seeds=tuple(args.seeds), rows=tuple(args.rows), size=args.size)
-    print(run_table1(cfg, args.out, progress=_progress()))
-
-
-def _cmd_predict(args: argparse.Namespace) -> None:
-    from capsnet.predict import predict, read_inputs
-    from capsnet.runtime import resolve_device
-    from capsnet.training import RunDir
-
-    device = resolve_device(args.device)
-    run = RunDir(args.run_dir)
-    model = run.load_model(device)
-    config = model.config
-    names = run.class_names(config.num_classes)
-    inputs = read_inputs(args.images, config.in_channels, config.input_size, run.image_policy)
-    scores = predict(model, inputs.images, args.batch_size, device)
-    for n, (k, row) in enumerate(zip(scores.argmax(1).tolist(), scores.tolist(), strict=True)):
-        if args.json:
-            obj = {"file": inputs.files[n], "index": inputs.indices[n], "class": k}
-            obj |= {"class_name": names[k], "scores": [round(v, 6) for v in row]}
-            print(json.dumps(obj))
-        else:
-            print(f"{inputs.names[n]}\t{names[k]}\t" + " ".join(f"{v:.4f}" for v in row))
-
-
-def _cmd_export(args: argparse.Namespace) -> None:
-    from capsnet.export import export_run
-
-    diffs = export_run(args.run_dir, args.onnx, args.data_dir, args.check_images, args.dataset)
-    for path, d in diffs.items():
-        worst = ", ".join(f"{name} {v:.2e}" for name, v in d.items())
-        print(f"wrote {path}; max abs difference to PyTorch: {worst}")
-
-
-def _cmd_explore(args: argparse.Namespace) -> None:
-    from capsnet.explore import listen, load_explorer, serve, url
-
-    app = load_explorer(args.run_dir, args.data_dir, args.host)
-    sock = listen(args.host, args.port)
-    print(f"capsnet explorer: {url(sock)} (Ctrl-C stops it)", flush=True)
-    serve(app, sock)
-
-
-def _cmd_data(args: argparse.Namespace) -> None:
-    from capsnet.data import find_dataset
-
-    print(find_dataset(args.dataset, args.data_dir, download=not args.no_download))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -407,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     keep_freed_memory()  # large activations otherwise cost page faults every step
     try:
-        globals()[f"_cmd_{args.command}"](args)  # the command's _cmd_ function
+        getattr(cli_commands, f"cmd_{args.command}")(args)
     except CapsNetError as e:
         print(f"capsnet: error: {e}", file=sys.stderr)
         return 2

@@ -65,6 +65,11 @@ def list_pretrained() -> list[Pretrained]:
     return [_read(d) for d in sorted(ROOT.iterdir()) if (d / MANIFEST).is_file()]
 
 
+def is_pretrained(name: str) -> bool:
+    """Whether ``name`` is a shipped model (a bare name, not a path)."""
+    return "/" not in name and (ROOT / name / MANIFEST).is_file()
+
+
 def get_pretrained(name: str) -> Pretrained:
     """The shipped model called ``name``; ConfigError listing the names if there is none."""
     for p in list_pretrained():

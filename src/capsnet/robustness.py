@@ -209,11 +209,15 @@ def robustness_report(
     seed: int = 0,
     batch_size: int = 500,
     on_step: Callable[[str, str, float, float], None] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Sweep every model (label → classifier) over the same perturbed images; write
-    ``robustness.json`` and ``robustness.png`` into ``out_dir``; return the JSON's content.
+    ``robustness.json`` (with ``extra`` added) and ``robustness.png`` into ``out_dir``;
+    return the JSON's content.
 
-    ``images`` float (N, C, H, W) in [0, 1]. All models see identical perturbed images
+    ``images`` float (N, C, H, W) in [0, 1] on the CPU; the models run on ``device``.
+    All models see identical perturbed images
     (the same seed), so their curves compare point by point. ``on_step(label, name,
     strength, accuracy)`` is called after each point.
     """
@@ -225,7 +229,7 @@ def robustness_report(
     out = Path(out_dir)
     curves = {
         label: sweep(
-            partial(predict, model, batch_size=batch_size),
+            partial(predict, model, batch_size=batch_size, device=device),
             images,
             labels,
             names,
@@ -235,11 +239,54 @@ def robustness_report(
         for label, model in models.items()
     }
     report = {
+        **(extra or {}),
         "test_examples": len(labels),
         "seed": seed,
         "units": {name: PERTURBATIONS[name].unit for name in names},
         "models": curves,
     }
+    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "robustness.json", report)
     save_robustness(curves, out / "robustness.png")
     return report
+
+
+def compare_runs(
+    runs: Sequence[str | Path],
+    out_dir: str | Path,
+    limit: int | None = None,
+    names: Sequence[str] = tuple(PERTURBATIONS),
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    on_step: Callable[[str, str, float, float], None] | None = None,
+) -> dict[str, Any]:
+    """:func:`robustness_report` for runs or pretrained names, on the first ``limit`` test
+    images of the first run's task (from ``data_dir``, else where it was trained). Every
+    model must take that task's images and classes; the report also records each run's
+    clean test accuracy from its ``metrics.json``."""
+    from capsnet.training.rundir import RunDir
+
+    check_perturbations(names)
+    dirs = [RunDir(r) for r in runs]
+    models = {d.name: d.load_model(device) for d in dirs}
+    if len(models) < len(dirs):
+        raise ConfigError("the same run is given twice")
+    images, labels = dirs[0].test_set(data_dir, limit=limit)
+    if not isinstance(labels, Tensor):
+        raise ConfigError(f"{dirs[0].name}: robustness needs one label per image")
+    for label, model in models.items():
+        cfg = model.config
+        if (cfg.in_channels, *cfg.input_size) != tuple(images.shape[1:]):
+            shape = (cfg.in_channels, *cfg.input_size)
+            raise ConfigError(f"{label} takes images of {shape}, not {dirs[0].dataset}'s")
+        if cfg.num_classes <= int(labels.max()):
+            raise ConfigError(f"{label} has {cfg.num_classes} classes, fewer than the task's")
+    extra = {
+        "dataset": dirs[0].dataset,
+        "clean_test_accuracy": {d.name: (d.metrics() or {}).get("test_accuracy") for d in dirs},
+    }
+    x = images.float().div(255)  # (N, C, H, W); perturbed on the CPU, batches go to device
+    return robustness_report(
+        models, x, labels, out_dir, names, seed, on_step=on_step, extra=extra, device=device
+    )

@@ -263,7 +263,8 @@ def save_figures(
     device: str | torch.device = "cpu",
     examples: int = 300,
 ) -> list[Path]:
-    """Every figure the run's model supports, into ``out_dir`` (default: the run directory).
+    """Every figure the run's model supports, into ``out_dir`` (default: the run directory;
+    for a pretrained model, ``NAME-figures`` in the current directory).
 
     Uses the first ``examples`` images of the run's own test set (failures for Fig. 3 are
     searched among them), from ``data_dir``, else the run's data directory. Models that
@@ -271,7 +272,9 @@ def save_figures(
     no reconstruction figures.
     """
     run = RunDir(run_dir)
-    out = Path(out_dir) if out_dir is not None else run.path
+    if out_dir is None:  # a pretrained model's directory is inside the package
+        out_dir = f"{run.pretrained}-figures" if run.pretrained else run.path
+    out = Path(out_dir)
     model = run.load_model(device)
     paths = [save_training_curves(run.path, out / "training.png")]
     if not provides(model, CapsuleClassifier):

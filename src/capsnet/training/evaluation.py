@@ -29,16 +29,18 @@ def evaluate_run(
     batch_size: int = 500,
     device: str | torch.device = "cpu",
     progress: ProgressFactory = NoProgress,
+    out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Test a run's selected model; write and return ``eval.json`` (``eval-TASK.json`` for
     another task), and per-class accuracy with the confusion matrix as ``classes.json``
-    and ``classes.png`` (``classes-TASK.*``). Its own task's test set is made with the
-    run's options (``options`` override them) from ``data_dir``, else the run's data
-    directory."""
+    and ``classes.png`` (``classes-TASK.*``), into ``out`` (default: the run directory;
+    for a pretrained model, nothing is written without ``out``). Its own task's test set
+    is made with the run's options (``options`` override them) from ``data_dir``, else the
+    run's data directory."""
     run = RunDir(run_dir)
+    model = run.load_model(device)  # CheckpointError first if there is no such run
     if run.file is not None or run.train is None:
         raise ConfigError(f"{run_dir}: not a run directory (no training config.json)")
-    model = run.load_model(device)
     own = dataset in (None, run.dataset)
     dataset = run.dataset if own else dataset
     options = {**run.dataset_options, **(options or {})} if own else dict(options or {})
@@ -59,13 +61,15 @@ def evaluate_run(
         "test_examples": len(y),
         **environment(),
     }
-    suffix = "" if own else "-" + file_safe(dataset)
-    write_json(run.path / f"eval{suffix}.json", result)
     names = run.class_names(config.num_classes) if own else class_names(dataset, config.num_classes)
-    report = counts.report(names)
-    for path in write_class_report(
-        report, run.path / f"classes{suffix}", f"{dataset}: {r['accuracy']:.2%}"
-    ):
+    if out is None and run.pretrained:
+        return result
+    where = Path(out) if out is not None else run.path
+    where.mkdir(parents=True, exist_ok=True)
+    suffix = "" if own else "-" + file_safe(dataset)
+    write_json(where / f"eval{suffix}.json", result)
+    title = f"{run.name} on {dataset}: {r['accuracy']:.2%}"
+    for path in write_class_report(counts.report(names), where / f"classes{suffix}", title):
         log.info("wrote %s", path)
     return result
 

@@ -42,18 +42,31 @@ def class_names(dataset: str | None, num_classes: int) -> tuple[str, ...]:
 
 
 class RunDir:
-    """A run directory (or one checkpoint file, whose directory is its parent).
+    """A run directory (or one checkpoint file, whose directory is its parent), or the
+    name of a shipped pretrained model (``capsnet.pretrained``; a path that exists wins).
 
     ``config`` is config.json as a dict ({} if absent), ``train`` the training config it
     holds (None if absent); ``dataset``, ``dataset_options`` and ``data_dir`` are the
     task the run was trained on, its settings and where its data was found.
+    ``pretrained`` is the shipped model's name (its weights' sha256 checked), else None:
+    tools write nothing into a pretrained model's directory, which is inside the package.
     """
 
     def __init__(self, path: str | Path):
+        from capsnet.pretrained import is_pretrained, verified_path
+
         path = Path(path)
+        self.pretrained = str(path) if not path.exists() and is_pretrained(str(path)) else None
+        if self.pretrained is not None:
+            path = verified_path(self.pretrained)
         self.file = path if path.is_file() else None
         self.path = path.parent if self.file else path
         self._config: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        """The pretrained model's name, else the path given (run directory or checkpoint)."""
+        return self.pretrained or str(self.file or self.path)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -93,7 +106,10 @@ class RunDir:
         if self.file is not None:
             return self.file
         if not self.path.exists():
-            raise CheckpointError(f"{self.path}: no such run directory or checkpoint")
+            raise CheckpointError(
+                f"{self.path}: no such run directory, checkpoint or pretrained model "
+                "(`capsnet pretrained` lists those shipped)"
+            )
         for name in (BEST, LAST):
             if (self.path / name).is_file():
                 return self.path / name

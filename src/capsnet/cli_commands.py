@@ -1,0 +1,190 @@
+"""What each ``capsnet`` command does with its parsed arguments (``cmd_<command>``); the
+parsers and their defaults are in :mod:`capsnet.cli`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+
+from capsnet.cli_progress import progress_factory as _progress
+from capsnet.errors import ConfigError
+
+log = logging.getLogger("capsnet")
+
+
+def _from_args(cls: type, args: argparse.Namespace, **more: object):
+    """``cls`` built from the fields ``args`` has (as ``capsnet.cli`` added them)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    return cls(**{**given, **more})
+
+
+def _image_options(args: argparse.Namespace) -> dict[str, object]:
+    names = ("input_size", "resize", "channels", "normalize")
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def _model_overrides(args: argparse.Namespace) -> dict[str, object]:
+    named = {
+        "routing": args.routing,
+        "routing_iterations": args.routing_iterations,
+        "reconstruction": False if args.no_reconstruction else None,
+        "reconstruction_weight": args.reconstruction_weight,
+    }
+    return {**{k: v for k, v in named.items() if v is not None}, **dict(args.model_option)}
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from capsnet.runtime import distributed_from_env, resolve_device
+    from capsnet.training import TrainConfig, train
+    from capsnet.viz import save_figures
+
+    cfg = _from_args(
+        TrainConfig,
+        args,
+        dataset_options=dict(args.dataset_option) | _image_options(args),
+        model_overrides=_model_overrides(args),
+    )
+    m = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=_progress())
+    if not distributed_from_env().is_main:
+        return  # under torchrun, rank 0 reports
+    for png in save_figures(args.out, data_dir=args.data_dir, device=resolve_device(args.device)):
+        log.info("wrote %s", png)
+    print(
+        f"test accuracy {m['test_accuracy']:.4%} (error {m['test_error']:.2%}) on "
+        f"{m['test_examples']} images; best epoch {m['best_epoch']}; "
+        f"{m['train_images_per_second']:.0f} train images/s; run in {args.out}"
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from capsnet.runtime import resolve_device
+    from capsnet.training.evaluation import evaluate_run
+
+    r = evaluate_run(
+        args.run_dir, args.dataset, dict(args.dataset_option), args.data_dir,
+        args.test_limit, args.batch_size, resolve_device(args.device), _progress(), args.out,
+    )  # fmt: skip
+    n = r["test_examples"]
+    print(f"test accuracy {r['test_accuracy']:.4%} (error {r['test_error']:.2%}) on {n} images")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from capsnet.bench import BenchConfig, append_csv, benchmark, summary
+
+    cfg = _from_args(BenchConfig, args, model_overrides=dict(args.model_option))
+    r = benchmark(cfg)
+    if args.csv:
+        append_csv(args.csv, r)
+    if args.json:
+        print(json.dumps(r))
+        return
+    print(summary(r))
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    from capsnet.runtime import resolve_device
+    from capsnet.viz import save_figures
+
+    for png in save_figures(args.run_dir, args.out, args.data_dir, resolve_device(args.device)):
+        print(png)
+
+
+def cmd_multimnist(args: argparse.Namespace) -> None:
+    from capsnet.data import MultiMNISTConfig, load_split
+    from capsnet.data.multimnist import fixed_pairs, save_npz
+
+    if args.out.exists() and not args.overwrite:
+        raise ConfigError(f"{args.out}: exists; use --overwrite or another --out")
+    images, labels = load_split("mnist", args.split, args.data_dir)
+    if args.limit is not None:
+        images, labels = images[: args.limit], labels[: args.limit]
+    cfg = MultiMNISTConfig(pad=args.pad, shift=args.shift)
+    x, t = fixed_pairs(images, labels, args.pairs_per_digit, cfg, args.seed)
+    save_npz(args.out, x, t)
+    print(f"{len(x)} MultiMNIST images of {x.shape[-2]}×{x.shape[-1]} written to {args.out}")
+
+
+def cmd_experiment(args: argparse.Namespace) -> None:
+    from capsnet.experiments import Table1Config, run_table1
+    from capsnet.training import TrainConfig
+
+    train = _from_args(TrainConfig, args, dataset_options=dict(args.dataset_option))
+    cfg = Table1Config(train=train, seeds=tuple(args.seeds), rows=tuple(args.rows), size=args.size)
+    print(run_table1(cfg, args.out, progress=_progress()))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from capsnet.predict import predict, read_inputs
+    from capsnet.runtime import resolve_device
+    from capsnet.training import RunDir
+
+    device = resolve_device(args.device)
+    run = RunDir(args.run_dir)
+    model = run.load_model(device)
+    config = model.config
+    names = run.class_names(config.num_classes)
+    inputs = read_inputs(args.images, config.in_channels, config.input_size, run.image_policy)
+    scores = predict(model, inputs.images, args.batch_size, device)
+    for n, (k, row) in enumerate(zip(scores.argmax(1).tolist(), scores.tolist(), strict=True)):
+        if args.json:
+            obj = {"file": inputs.files[n], "index": inputs.indices[n], "class": k}
+            obj |= {"class_name": names[k], "scores": [round(v, 6) for v in row]}
+            print(json.dumps(obj))
+        else:
+            print(f"{inputs.names[n]}\t{names[k]}\t" + " ".join(f"{v:.4f}" for v in row))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from capsnet.export import export_run
+
+    diffs = export_run(args.run_dir, args.onnx, args.data_dir, args.check_images, args.dataset)
+    for path, d in diffs.items():
+        worst = ", ".join(f"{name} {v:.2e}" for name, v in d.items())
+        print(f"wrote {path}; max abs difference to PyTorch: {worst}")
+
+
+def cmd_explore(args: argparse.Namespace) -> None:
+    from capsnet.explore import listen, load_explorer, serve, url
+
+    with listen(args.host, args.port) as sock:  # a bad port fails before any loading
+        app = load_explorer(args.run_dir, args.data_dir, args.host)
+        print(f"capsnet explorer: {url(sock)} (Ctrl-C stops it)", flush=True)
+        serve(app, sock)
+
+
+def cmd_pretrained(args: argparse.Namespace) -> None:
+    from capsnet.pretrained import list_pretrained
+
+    models = list_pretrained()
+    if not models:
+        print("no pretrained models are shipped with this version")
+    for p in models:
+        size = f"{p.bytes / 2**20:.1f} MB {p.dtype}"
+        print(f"{p.name}\t{p.model} on {p.dataset}\t{p.test_accuracy:.2%} test\t{size}\t{p.origin}")
+
+
+def cmd_robustness(args: argparse.Namespace) -> None:
+    from capsnet.robustness import compare_runs
+    from capsnet.runtime import resolve_device
+
+    def step(label: str, name: str, strength: float, accuracy: float) -> None:
+        log.info("%s: %s %g: %.2f%%", label, name, strength, 100 * accuracy)
+
+    runs = [args.run_dir, *args.against]
+    report = compare_runs(
+        runs, args.out, args.limit, args.perturbations, args.seed, args.data_dir,
+        resolve_device(args.device), on_step=step,
+    )  # fmt: skip
+    for label, curves in report["models"].items():
+        worst = ", ".join(f"{n} {100 * min(c['accuracy']):.1f}%" for n, c in curves.items())
+        print(f"{label}: lowest accuracy per perturbation: {worst}")
+    print(f"wrote {args.out / 'robustness.json'} and {args.out / 'robustness.png'}")
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from capsnet.data import find_dataset
+
+    print(find_dataset(args.dataset, args.data_dir, download=not args.no_download))
