@@ -79,14 +79,22 @@ TABLE1_FIELDS = ("epochs", "batch_size", "train_limit", "val_size")
 
 
 def _train_fields(tasks, models, precisions) -> dict[str, tuple]:
+    from capsnet.training.config import LR_SCHEDULES
+
     return {
         "dataset": (str, _dataset_help(tasks)),
         "model": (str, f"one of {', '.join(models)}"),
         "epochs": (_positive, "training epochs"),
         "batch_size": (_positive, "images per step"),
         "lr": (float, "Adam learning rate"),
-        "lr_decay": (float, "per-epoch factor of the learning rate"),
+        "lr_decay": (float, "per-epoch factor of the learning rate (exponential schedule)"),
+        "lr_schedule": (str, "learning-rate schedule", ("choices", LR_SCHEDULES)),
+        "warmup_epochs": (float, "linear learning-rate warm-up, epochs"),
+        "weight_decay": (float, "decoupled weight decay (AdamW); 0: the paper's Adam"),
         "max_shift": (_non_negative, "random shift, pixels (mnist, fashion-mnist)"),
+        "rotation": (float, "beyond the paper: random rotation, ± degrees"),
+        "scale": (float, "beyond the paper: random scaling by 1 ± this"),
+        "elastic": (float, "beyond the paper: elastic distortion α, pixels (σ = 4)"),
         "train_limit": (_positive, "train on the first N training images"),
         "val_size": (_non_negative, "validation images held out of the training split"),
         "seed": (int, "random seed"),

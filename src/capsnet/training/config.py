@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from capsnet.data.tasks import check_dataset
+from capsnet.data.transforms import Augmentation
 from capsnet.errors import ConfigError
 from capsnet.models import check_model_name
 from capsnet.runtime import check_precision
 
 log = logging.getLogger(__name__)
+
+LR_SCHEDULES = ("exponential", "cosine")
 
 
 @dataclass(frozen=True)
@@ -27,8 +31,14 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 100
     lr: float = 1e-3
-    lr_decay: float = 0.96  # multiplies the learning rate after every epoch
+    lr_decay: float = 0.96  # multiplies the learning rate after every epoch (exponential)
+    lr_schedule: str = "exponential"  # or "cosine": lr · ½(1 + cos(π · t / epochs)), per step
+    warmup_epochs: float = 0.0  # linear warm-up from ~0 over this many epochs, per step
+    weight_decay: float = 0.0  # decoupled (AdamW) when > 0; the paper's Adam when 0
     max_shift: int = 2  # random translation augmentation, pixels (paper: 2)
+    rotation: float = 0.0  # beyond the paper: random rotation in ± degrees
+    scale: float = 0.0  # beyond the paper: random scaling by 1 ± scale
+    elastic: float = 0.0  # beyond the paper: elastic distortion α, pixels (σ = 4)
     train_limit: int | None = None
     val_size: int = 5000
     test_limit: int | None = None
@@ -46,6 +56,13 @@ class TrainConfig:
             raise ConfigError("lr must be > 0 and lr_decay in (0, 1]")
         if self.val_size < 0 or self.max_shift < 0:
             raise ConfigError("val_size and max_shift must be ≥ 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"unknown lr_schedule '{self.lr_schedule}'; choose from: {', '.join(LR_SCHEDULES)}"
+            )
+        if self.warmup_epochs < 0 or self.weight_decay < 0:
+            raise ConfigError("warmup_epochs and weight_decay must be ≥ 0")
+        self.augmentation()  # checks rotation, scale, elastic
         check_precision(self.precision)
         check_dataset(self.dataset, self.dataset_options, train=True)  # before loading data
         check_model_name(self.model)
@@ -53,6 +70,29 @@ class TrainConfig:
             from capsnet.tensorboard import check_available
 
             check_available()
+
+    def augmentation(self) -> Augmentation | None:
+        """The augmentation beyond the paper's shifts (applied after them), or None."""
+        if not (self.rotation or self.scale or self.elastic):
+            return None
+        return Augmentation(0, self.rotation, self.scale, self.elastic)
+
+    def learning_rate(self, epoch: int, step: int = 0, steps: int = 1) -> float:
+        """The learning rate of step ``step`` (from 0) of ``steps`` in ``epoch`` (from 1).
+
+        With t = epoch − 1 + step / steps (epochs done before the step): ``exponential`` is
+        lr · lr_decay^(epoch − 1), constant within an epoch; ``cosine`` is
+        lr · ½(1 + cos(π t / epochs)). While t < warmup_epochs either is multiplied by
+        (t + 1 / steps) / warmup_epochs: a linear warm-up whose first step is not 0.
+        """
+        t = epoch - 1 + step / steps
+        if self.lr_schedule == "cosine":
+            lr = self.lr * 0.5 * (1 + math.cos(math.pi * t / self.epochs))
+        else:
+            lr = self.lr * self.lr_decay ** (epoch - 1)
+        if t < self.warmup_epochs:
+            lr *= min(1.0, (t + 1 / steps) / self.warmup_epochs)
+        return lr
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -210,7 +210,10 @@ class Session:
             forward = DistributedDataParallel(model, device_ids=ids)
         if cfg.compile:
             forward = torch.compile(forward)
-        optim = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        if cfg.weight_decay:  # decoupled weight decay; with 0 it is the paper's Adam
+            optim = torch.optim.AdamW(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            optim = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         scaler = grad_scaler(device, cfg.precision)
         session = cls(cfg, run, device, info, progress, data, model, forward, optim, scaler, gen)
         if cfg.tensorboard and info.is_main:
@@ -247,9 +250,9 @@ class Session:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over the training data; the epoch's history row."""
         cfg, info, n_train = self.cfg, self.info, self.data.size
-        lr = cfg.lr * cfg.lr_decay ** (epoch - 1)
-        for group in self.optim.param_groups:
-            group["lr"] = lr
+        steps, augment = math.ceil(n_train / cfg.batch_size), cfg.augmentation()
+        per_step = cfg.lr_schedule != "exponential" or epoch - 1 < cfg.warmup_epochs
+        lr = first_lr = self._set_lr(cfg.learning_rate(epoch, 0, steps))
         self.model.train()
         bar = self.progress(total=n_train, desc=f"epoch {epoch}/{cfg.epochs}")
         loss_sum = torch.zeros((), device=self.device)
@@ -259,6 +262,10 @@ class Session:
             # Every rank makes the whole global batch (the same examples and augmentation
             # as one process at this batch size), then trains on its share of it.
             n = len(x)
+            if augment is not None:  # beyond the paper's shifts (see TrainConfig)
+                x = augment(x, self.gen)
+            if per_step and step:
+                lr = self._set_lr(cfg.learning_rate(epoch, step, steps))
             if info.enabled:
                 share = torch.arange(n).tensor_split(info.world_size)[info.rank]
                 x, y = x[share], y[share]
@@ -280,7 +287,7 @@ class Session:
             dist.all_reduce(correct)
         bar.close()
         seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, "lr": lr, "train_loss": float(loss_sum) / n_train}
+        row = {"epoch": epoch, "lr": first_lr, "train_loss": float(loss_sum) / n_train}
         if not math.isfinite(row["train_loss"]):
             raise ConfigError(f"training diverged at epoch {epoch} (loss {row['train_loss']})")
         return row | {
@@ -288,6 +295,11 @@ class Session:
             "train_seconds": round(seconds, 3),
             "train_images_per_second": round(n_train / seconds, 2),
         }
+
+    def _set_lr(self, lr: float) -> float:
+        for group in self.optim.param_groups:
+            group["lr"] = lr
+        return lr
 
     def end_epoch(self, row: dict[str, Any]) -> None:
         """Validate, select, and write the epoch's checkpoints, history and state."""
