@@ -1,7 +1,12 @@
+import json
+
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from capsnet import CapsNet, CapsNetConfig, create_model, list_models, squash
+from capsnet.checkpoint import load_checkpoint, save_checkpoint
 from capsnet.errors import ConfigError
 from capsnet.layers import PrimaryCaps
 
@@ -96,3 +101,16 @@ def test_config_round_trips_through_a_dict():
     assert CapsNetConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="unknown CapsNetConfig field"):
         CapsNetConfig.from_dict({**cfg.to_dict(), "extra": 1})
+
+
+def test_a_checkpoint_saved_before_the_weight_existed_loads_with_the_papers_text(tmp_path):
+    model = create_model("capsnet-small", conv1_channels=4, primary_types=2, decoder_hidden=(8,))
+    assert model.config.reconstruction_weight == 0.01  # today's default: the authors' code
+    path = tmp_path / "old.safetensors"
+    save_checkpoint(path, model, "capsnet-small")
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    config = json.loads(meta["config"])
+    del config["reconstruction_weight"]  # as written before the field existed
+    save_file(load_file(path), path, metadata={**meta, "config": json.dumps(config)})
+    assert load_checkpoint(path).config.reconstruction_weight == 0.0005

@@ -17,6 +17,7 @@ from torch import nn
 
 from capsnet.errors import CapsNetError, CheckpointError
 from capsnet.models import create_model
+from capsnet.models.config import migrate_config
 
 BEST, LAST = "best.safetensors", "last.safetensors"
 
@@ -100,7 +101,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
     if "model" not in metadata or "config" not in metadata:
         raise CheckpointError(f"{path}: not a capsnet checkpoint (no model name/config)")
     try:
-        model = create_model(metadata["model"], **json.loads(metadata["config"]))
+        model = create_model(metadata["model"], **migrate_config(json.loads(metadata["config"])))
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: invalid model config ({e})") from None
     except CapsNetError as e:

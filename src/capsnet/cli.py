@@ -144,7 +144,7 @@ def _add_model_args(p: argparse.ArgumentParser, routings) -> None:
     p.add_argument(
         "--reconstruction-weight",
         type=float,
-        help="factor of the summed squared reconstruction error (default: the model's, 0.0005)",
+        help="× the summed squared reconstruction error (default: the model's, 0.01)",
     )
     _add_option_arg(p, "--model-option", "a field of the model's config, e.g. class_dim=8")
 

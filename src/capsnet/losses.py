@@ -63,7 +63,8 @@ def spread_loss(activations: Tensor, targets: Tensor, margin: float | Tensor) ->
 def reconstruction_loss(reconstructions: Tensor, images: Tensor) -> Tensor:
     """Sum of squared errors per example (over all pixels), averaged over the batch.
 
-    The paper scales this by 0.0005 (``CapsNetConfig.reconstruction_weight``).
+    The paper's text scales this by 0.0005; the models' default ``reconstruction_weight``
+    is 0.01, the balance of the authors' code (see ``VectorCapsuleConfig``).
     """
     diff = reconstructions.float() - images.float()
     return diff.pow(2).flatten(1).sum(dim=1).mean()

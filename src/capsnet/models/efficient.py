@@ -11,7 +11,8 @@ of 16. The paper's 161,824 trainable parameters are exactly ours without the dec
 20,480 W and 160 coupling biases); the reconstruction decoder (FC 512, 1024, 784, as in
 CapsNet) adds 1,411,344, so ``efficient-capsnet`` has 1,573,168 in all. The published
 training loss is margin loss + 0.392 · mean squared reconstruction error, i.e. 0.0005 ·
-the summed squared error on 28×28 images: our ``reconstruction_weight`` default.
+the summed squared error on 28×28 images (``reconstruction_weight=0.0005``; the default,
+0.01, is the CapsNet authors' balance, see ``VectorCapsuleConfig``).
 """
 
 from __future__ import annotations
