@@ -3,9 +3,11 @@ shifts (TrainConfig options, off by default)."""
 
 import csv
 import dataclasses
+import json
 import math
 
 import pytest
+import torch
 
 from capsnet.data.transforms import Augmentation
 from capsnet.errors import ConfigError
@@ -59,3 +61,23 @@ def test_a_run_with_every_option_trains_and_records_its_learning_rates(tiny_cfg,
         lrs = [float(row["lr"]) for row in csv.DictReader(f)]
     steps = -(-cfg.train_limit // cfg.batch_size)
     assert lrs == pytest.approx([cfg.learning_rate(e, 0, steps) for e in (1, 2)])
+
+
+def test_precision_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    import capsnet.runtime as runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.resolve_precision("auto", cpu) == "fp32"
+    assert runtime.resolve_precision("fp16", cpu) == "fp16"  # others unchanged
+
+
+def test_a_run_records_what_precision_auto_chose(tiny_cfg, tmp_path, monkeypatch):
+    import capsnet.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    metrics = train(dataclasses.replace(tiny_cfg, precision="auto", device="cpu"), tmp_path / "r")
+    assert metrics["precision"] == "fp32"
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["precision"] == "fp32"

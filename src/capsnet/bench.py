@@ -19,7 +19,13 @@ from capsnet.allocator import allocator_tuned
 from capsnet.checkpoint import atomic_write
 from capsnet.models import check_model_name, create_model
 from capsnet.models.contract import Classifier, require
-from capsnet.runtime import autocast, check_precision, grad_scaler, resolve_device
+from capsnet.runtime import (
+    autocast,
+    check_precision,
+    grad_scaler,
+    resolve_device,
+    resolve_precision,
+)
 from capsnet.training.environment import environment
 from capsnet.training.loop import train_step
 
@@ -74,6 +80,7 @@ def benchmark(cfg: BenchConfig, model: nn.Module | None = None) -> dict[str, Any
     model = model or create_model(cfg.model, **cfg.model_overrides)
     require(model, "bench", Classifier)
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(0)
     model = model.to(device)
     c = model.config
@@ -81,13 +88,13 @@ def benchmark(cfg: BenchConfig, model: nn.Module | None = None) -> dict[str, Any
     y = torch.randint(0, c.num_classes, (cfg.batch_size,), device=device)
     forward = torch.compile(model) if cfg.compile else model
     optim = torch.optim.Adam(model.parameters(), lr=1e-3)
-    scaler = grad_scaler(device, cfg.precision)
+    scaler = grad_scaler(device, precision)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     model.train()
     train_s = _median_seconds(
-        lambda: train_step(model, forward, optim, x, y, cfg.precision, scaler),
+        lambda: train_step(model, forward, optim, x, y, precision, scaler),
         cfg.warmup,
         cfg.steps,
         device,
@@ -96,7 +103,7 @@ def benchmark(cfg: BenchConfig, model: nn.Module | None = None) -> dict[str, Any
 
     @torch.no_grad()
     def infer() -> None:
-        with autocast(device, cfg.precision):
+        with autocast(device, precision):
             forward(x)
 
     infer_s = _median_seconds(infer, cfg.warmup, cfg.steps, device)
@@ -107,6 +114,7 @@ def benchmark(cfg: BenchConfig, model: nn.Module | None = None) -> dict[str, Any
         "impl": "capsnet",
         "allocator": "tuned" if allocator_tuned() else "default",
         "device": str(device),
+        "precision": precision,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_images_per_second": round(cfg.batch_size / train_s, 2),
         "infer_images_per_second": round(cfg.batch_size / infer_s, 2),

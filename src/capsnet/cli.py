@@ -154,13 +154,13 @@ def _parser() -> argparse.ArgumentParser:
     from capsnet.data.tasks import TASKS
     from capsnet.models import list_models
     from capsnet.routing import ROUTINGS
-    from capsnet.runtime import PRECISIONS
+    from capsnet.runtime import AUTO, PRECISIONS
 
     parser = argparse.ArgumentParser(prog="capsnet", description=__doc__)
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    _training_parsers(sub, TASKS, list_models(), PRECISIONS, ROUTINGS)
+    _training_parsers(sub, TASKS, list_models(), [*PRECISIONS, AUTO], ROUTINGS)
     _tool_parsers(sub, TASKS, DATASETS)
     return parser
 

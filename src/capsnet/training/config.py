@@ -44,7 +44,9 @@ class TrainConfig:
     test_limit: int | None = None
     device: str = "auto"
     seed: int = 0
-    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 with a grad scaler)
+    # fp32 (the default: the same numbers on every machine), bf16 or fp16 (autocast; fp16
+    # with a grad scaler), or auto: bf16 where the device computes it natively, else fp32
+    precision: str = "fp32"
     compile: bool = False  # torch.compile the training forward
     tensorboard: bool = False  # TensorBoard events in RUN_DIR/tensorboard (capsnet.tensorboard)
 

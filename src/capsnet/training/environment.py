@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from capsnet import __version__
+from capsnet.runtime import cpu_has_native_bf16
 
 
 def git_commit() -> str | None:
@@ -45,11 +46,7 @@ def cpu_features() -> str:
     """The vector instructions PyTorch uses here (``AVX512``, ``AVX2``, …), plus ``+bf16``
     when the CPU computes bfloat16 natively: the two change CPU speeds several-fold."""
     features = torch.backends.cpu.get_cpu_capability()
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return features
-    return features + ("+bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "")
+    return features + ("+bf16" if cpu_has_native_bf16() else "")
 
 
 def environment() -> dict[str, Any]:

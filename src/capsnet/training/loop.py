@@ -30,12 +30,14 @@ from capsnet.errors import ConfigError
 from capsnet.metrics import ClassCounts
 from capsnet.models import create_model
 from capsnet.runtime import (
+    AUTO,
     Distributed,
     autocast,
     distributed_from_env,
     grad_scaler,
     process_group,
     resolve_device,
+    resolve_precision,
 )
 from capsnet.targets import Targets, num_correct
 from capsnet.tensorboard import TensorBoardLog
@@ -151,6 +153,9 @@ def train(
     if cfg.batch_size < info.world_size:
         raise ConfigError(f"batch size {cfg.batch_size} < {info.world_size} processes")
     with process_group(resolve_device(cfg.device), info) as device:
+        if cfg.precision == AUTO:  # the run records what auto chose here
+            cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
+            log.info("precision auto: %s on %s", cfg.precision, device)
         if info.enabled:
             dist.barrier()  # every rank has checked the run directory before rank 0 writes
         session = Session.start(cfg, run, device, info, progress if info.is_main else NoProgress)
