@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from capsnet.data.datasets import load_split
+from capsnet.data.sources import load_split
 from capsnet.errors import ConfigError
 from capsnet.robustness import PERTURBATIONS, robustness_report, sweep
 

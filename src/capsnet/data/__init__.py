@@ -1,6 +1,11 @@
-"""Datasets (MNIST, Fashion-MNIST) from IDX files, splits, augmentation, MultiMNIST, affNIST."""
+"""Data, in two layers: raw sources (``sources``: the IDX files of MNIST and Fashion-MNIST;
+``cifar10``, ``svhn``, ``smallnorb``, ``folder``, ``npz`` readers) and tasks (``tasks``,
+``custom``: what ``--dataset`` names, with splits, augmentation, MultiMNIST and affNIST built
+from the sources)."""
 
-from capsnet.data.datasets import (
+from capsnet.data.idx import read_idx
+from capsnet.data.multimnist import MultiMNISTConfig, OverlayTargets
+from capsnet.data.sources import (
     DATASETS,
     DatasetSpec,
     download_dataset,
@@ -9,8 +14,6 @@ from capsnet.data.datasets import (
     load_split,
     search_path,
 )
-from capsnet.data.idx import read_idx
-from capsnet.data.multimnist import MultiMNISTConfig, OverlayTargets
 from capsnet.data.transforms import random_shift, shift_images, train_val_split
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 ``cifar-10-binary.tar.gz`` (read in place, nothing extracted) or its extracted
 ``data_batch_1.bin`` … ``data_batch_5.bin`` and ``test_batch.bin``, found in the data search
-path (``capsnet.data.datasets.search_path("cifar10", data_dir)``, also below a
+path (``capsnet.data.sources.search_path("cifar10", data_dir)``, also below a
 ``cifar-10-batches-bin/`` folder) or downloaded from the authors' page and checked by MD5.
 Each record is 3,073 bytes: the label (0–9), then 1,024 red, 1,024 green and 1,024 blue
 pixel values of a 32×32 image, row by row.
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from capsnet.data.datasets import _download_dir, _download_file, search_path
+from capsnet.data.sources import _download_dir, _download_file, search_path
 from capsnet.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -30,11 +30,11 @@ import torch
 from torch import Tensor
 
 from capsnet.data import cifar10, smallnorb, svhn
-from capsnet.data.datasets import search_path
 from capsnet.data.folder import class_names as folder_class_names
 from capsnet.data.folder import list_split, load_folder_split
 from capsnet.data.images import ImagePolicy, convert_channels, fit_image, normalize_images
 from capsnet.data.npz import load_npz
+from capsnet.data.sources import search_path
 from capsnet.data.tasks import TrainData, _Task
 from capsnet.data.transforms import random_shift, train_val_split
 from capsnet.errors import ConfigError, DataError

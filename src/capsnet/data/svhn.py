@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from capsnet.data.datasets import _download_dir, _download_file, search_path
+from capsnet.data.sources import _download_dir, _download_file, search_path
 from capsnet.errors import DataError
 
 log = logging.getLogger(__name__)

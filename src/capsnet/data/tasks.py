@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from capsnet.data.affnist import AffineRanges, load_affnist_mat, random_affine
-from capsnet.data.datasets import DatasetSpec, get_spec, load_split, search_path
 from capsnet.data.multimnist import MultiMNISTConfig, fixed_pairs, make_pairs
+from capsnet.data.sources import DatasetSpec, get_spec, load_split, search_path
 from capsnet.data.transforms import random_shift, train_val_split
 from capsnet.errors import ConfigError, DataError
 from capsnet.targets import OverlayTargets, Targets
@@ -210,7 +210,7 @@ def check_dataset(name: str, options: Mapping[str, Any] | None = None, train: bo
 
 
 def task_source(name: str) -> str:
-    """The raw source (a key of ``capsnet.data.datasets.DATASETS``) a task's images come from."""
+    """The raw source (a key of ``capsnet.data.sources.DATASETS``) a task's images come from."""
     return _task(name).source
 
 

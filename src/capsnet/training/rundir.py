@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from capsnet.checkpoint import BEST, LAST, atomic_write, load_checkpoint, read_json, write_json
 from capsnet.data.custom import saved_policy
-from capsnet.data.datasets import DATASETS, find_dataset
 from capsnet.data.images import ImagePolicy
+from capsnet.data.sources import DATASETS, find_dataset
 from capsnet.data.tasks import dataset_spec, load_test, task_source
 from capsnet.errors import CapsNetError, CheckpointError
 from capsnet.models.contract import Classifier, require

@@ -1,4 +1,6 @@
-"""MNIST-like datasets: where their IDX files live, how to download them, how to load a split.
+"""Raw sources: the MNIST-like IDX datasets (``DATASETS``): where their files live, how to
+download them, how to load a split. What ``--dataset`` means (a task built from a source,
+or a folder, array or official archive) is :mod:`capsnet.data.tasks`.
 
 Local files are accepted on their structure (magic numbers, shapes, counts, label range);
 MD5 checksums are enforced only for files this module downloads itself.
