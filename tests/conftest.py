@@ -1,5 +1,8 @@
+import contextlib
 import dataclasses
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,20 @@ def tiny_run(tiny_cfg, tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@contextlib.contextmanager
+def serving(server, sock):
+    """Run a uvicorn ``server`` on the listening ``sock`` in a thread while the block runs."""
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

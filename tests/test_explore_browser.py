@@ -1,11 +1,10 @@
 """End to end: the explorer served by uvicorn on a free loopback port, driven in headless
 Chromium (Debian's, through Playwright; no browser download). Screenshot in test-artifacts/."""
 
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from tests.conftest import serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
@@ -35,16 +34,8 @@ def server_url(tiny_run):
 
     sock = listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(load_explorer(tiny_run), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield url(sock)
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serving(server, sock):
+        yield url(sock)
 
 
 def _stroke(page, points) -> None:

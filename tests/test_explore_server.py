@@ -1,10 +1,10 @@
 """The explorer's server under slow and many clients, on loopback with bounded clients."""
 
 import socket
-import threading
 import time
 
 import pytest
+from tests.conftest import serving
 
 from capsnet.errors import ConfigError
 from capsnet.explore import ServerLimits, create_app, listen, make_server
@@ -18,16 +18,8 @@ def address():
     model = create_model("capsnet-small", conv1_channels=4, primary_types=2, decoder_hidden=(8,))
     server = make_server(create_app(model.eval(), body_timeout=0.5), LIMITS)
     sock = listen("127.0.0.1", 0)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield sock.getsockname()[:2]
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serving(server, sock):
+        yield sock.getsockname()[:2]
 
 
 def _connect(address, data: bytes) -> socket.socket:
