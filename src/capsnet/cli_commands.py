@@ -15,10 +15,11 @@ log = logging.getLogger("capsnet")
 
 
 def _from_args(cls: type, args: argparse.Namespace, **more: object):
-    """``cls`` built from the fields ``args`` has (as ``capsnet.cli`` added them)."""
+    """``cls`` built from the fields ``args`` has (as ``capsnet.cli`` added them: those of
+    config fields only if given on the command line); lists become tuples."""
     names = {f.name for f in dataclasses.fields(cls)}
-    given = {k: v for k, v in vars(args).items() if k in names}
-    return cls(**{**given, **more})
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()}
+    return cls(**{k: v for k, v in given.items() if k in names}, **more)
 
 
 def _image_options(args: argparse.Namespace) -> dict[str, object]:
@@ -101,7 +102,7 @@ def cmd_multimnist(args: argparse.Namespace) -> None:
     images, labels = load_split("mnist", args.split, args.data_dir)
     if args.limit is not None:
         images, labels = images[: args.limit], labels[: args.limit]
-    cfg = MultiMNISTConfig(pad=args.pad, shift=args.shift)
+    cfg = MultiMNISTConfig(**{k: getattr(args, k) for k in ("pad", "shift") if k in args})
     x, t = fixed_pairs(images, labels, args.pairs_per_digit, cfg, args.seed)
     save_npz(args.out, x, t)
     print(f"{len(x)} MultiMNIST images of {x.shape[-2]}×{x.shape[-1]} written to {args.out}")
@@ -112,7 +113,7 @@ def cmd_experiment(args: argparse.Namespace) -> None:
     from capsnet.training import TrainConfig
 
     train = _from_args(TrainConfig, args, dataset_options=dict(args.dataset_option))
-    cfg = Table1Config(train=train, seeds=tuple(args.seeds), rows=tuple(args.rows), size=args.size)
+    cfg = _from_args(Table1Config, args, train=train)
     print(run_table1(cfg, args.out, progress=_progress()))
 
 
