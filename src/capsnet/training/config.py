@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,8 +43,12 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if self.lr <= 0 or not 0 < self.lr_decay <= 1:
-            raise ConfigError("lr must be > 0 and lr_decay in (0, 1]")
+        if not 0 < self.lr < math.inf or not 0 < self.lr_decay <= 1:  # nan fails too
+            raise ConfigError(
+                f"lr must be finite and > 0, and lr_decay in (0, 1]; got {self.lr}, {self.lr_decay}"
+            )
+        if not 0 <= self.seed < 2**64:
+            raise ConfigError(f"seed must be from 0 to 2**64 - 1, got {self.seed}")
         if self.val_size < 0 or self.max_shift < 0:
             raise ConfigError("val_size and max_shift must be ≥ 0")
         check_precision(self.precision)

@@ -143,9 +143,7 @@ def train(
     run = RunDir(run_dir)
     run.check_for_training(resume, overwrite)
     if resume:
-        saved = run.train
-        if saved is None:
-            raise ConfigError(f"{run.path}: config.json holds no training config")
+        saved = run.resume_config(cfg.epochs)
         cfg = dataclasses.replace(saved, epochs=cfg.epochs, device=cfg.device)
     info = distributed_from_env()
     if cfg.batch_size < info.world_size:

@@ -13,6 +13,14 @@ from capsnet.checkpoint import atomic_write, read_json, write_json
 from capsnet.errors import CheckpointError
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
+_META = {  # what train_state.json holds: key → its JSON type
+    "epoch": int,
+    "history": list,
+    "best_val": (int, float),
+    "best_epoch": int,
+    "param_groups": list,
+    "optim_scalars": dict,
+}
 
 
 def save_train_state(
@@ -35,11 +43,27 @@ def save_train_state(
     )
 
 
+def read_state_meta(run: Path) -> dict[str, Any]:
+    """train_state.json of ``run``: the epoch reached, history, selection and optimiser
+    scalars; CheckpointError naming the file unless it has that shape."""
+    path = run / STATE_JSON
+    meta = read_json(path)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: not a training state (an object expected)")
+    for key, kind in _META.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise CheckpointError(f"{path}: not a training state ('{key}' missing or wrong)")
+    history = meta["history"]
+    if len(history) != meta["epoch"] or not all(isinstance(row, dict) for row in history):
+        raise CheckpointError(f"{path}: epoch {meta['epoch']} does not match its history")
+    return meta
+
+
 def load_train_state(
     run: Path, optim: torch.optim.Optimizer, gen: torch.Generator
 ) -> dict[str, Any]:
     """Restore what :func:`save_train_state` saved; returns its ``meta``."""
-    meta = read_json(run / STATE_JSON)
+    meta = read_state_meta(run)
     try:
         tensors = load_file(str(run / STATE_TENSORS))
     except Exception as e:  # safetensors raises several types for a corrupt file
@@ -60,4 +84,4 @@ def load_train_state(
     return meta
 
 
-__all__ = ["STATE_JSON", "STATE_TENSORS", "load_train_state", "save_train_state"]
+__all__ = ["STATE_JSON", "STATE_TENSORS", "load_train_state", "read_state_meta", "save_train_state"]

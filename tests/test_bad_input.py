@@ -1,0 +1,127 @@
+"""Bad input (issue 13): one line ``capsnet: error: …`` naming the file and what is wrong,
+exit code 2, and every earlier file left as it was."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from capsnet.cli import main
+
+BAD_CONFIGS = {
+    "empty": ({}, "no training settings"),
+    "train-not-an-object": ({"train": 5}, "'train' must be an object, found a number"),
+    "wrong-type": ("epochs=ten", "epochs must be an integer, found 'ten'"),
+}
+
+
+def files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file()}
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("capsnet: error: ") and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture
+def run(tiny_run, tmp_path) -> Path:
+    """A copy of the session's tiny run, to spoil."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
+
+
+def spoil_config(run: Path, how: object) -> None:
+    config = json.loads((run / "config.json").read_text())
+    if isinstance(how, str):  # field=value
+        key, _, value = how.partition("=")
+        config["train"][key] = value
+    else:
+        config = how
+    (run / "config.json").write_text(json.dumps(config))
+
+
+def commands(run: Path, tmp_path: Path, mnist_dir: Path) -> dict[str, list[str]]:
+    np.save(tmp_path / "digit.npy", np.zeros((28, 28), np.uint8))
+    data = ["--data-dir", str(mnist_dir)]
+    return {
+        "evaluate": ["evaluate", str(run), *data],
+        "figures": ["figures", str(run), "--out", str(tmp_path / "figs"), *data],
+        "predict": ["predict", str(run), str(tmp_path / "digit.npy")],
+        "export": ["export", str(run), "--onnx", str(tmp_path / "m.onnx"), *data],
+        "resume": ["train", "--out", str(run), "--resume", "--epochs", "2", *data],
+    }
+
+
+@pytest.mark.parametrize("command", ["evaluate", "figures", "predict", "export", "resume"])
+@pytest.mark.parametrize("bad", list(BAD_CONFIGS))
+def test_config_json_of_the_wrong_shape(run, tmp_path, mnist_dir, capsys, command, bad):
+    how, message = BAD_CONFIGS[bad]
+    spoil_config(run, how)
+    before = files(run)
+    err = one_line_error(capsys, commands(run, tmp_path, mnist_dir)[command])
+    assert f"{run / 'config.json'}: " in err and message in err
+    assert files(run) == before
+
+
+def test_unknown_training_setting_is_a_warning_for_the_tools(run, mnist_dir, caplog):
+    spoil_config(run, "from_the_future=1")
+    assert main(["evaluate", str(run), "--data-dir", str(mnist_dir), "--test-limit", "20"]) == 0
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.endswith("config.json: ignoring unknown training setting(s) from_the_future")
+
+
+def test_unknown_training_setting_is_refused_on_resume(run, capsys):
+    spoil_config(run, "from_the_future=1")
+    err = one_line_error(capsys, ["train", "--out", str(run), "--resume", "--epochs", "2"])
+    assert "unknown training setting(s) from_the_future" in err
+
+
+@pytest.mark.parametrize("state", [{}, [], {"epoch": 1, "history": "x"}])
+def test_train_state_json_of_the_wrong_shape(run, capsys, state):
+    (run / "train_state.json").write_text(json.dumps(state))
+    before = files(run)
+    err = one_line_error(capsys, ["train", "--out", str(run), "--resume", "--epochs", "2"])
+    assert f"{run / 'train_state.json'}: not a training state" in err
+    assert files(run) == before
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--lr", "nan"], "lr must be finite and > 0"),
+        (["--lr", "inf"], "lr must be finite and > 0"),
+        (["--seed", "100000000000000000000000"], "seed must be from 0 to 2**64 - 1"),
+    ],
+)
+def test_non_finite_lr_and_huge_seed(tmp_path, capsys, option, message):
+    err = one_line_error(capsys, ["train", "--out", str(tmp_path / "r"), *option])
+    assert message in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        ({"lr": 1, "train_limit": None, "dataset_options": {}}, None),  # an int is a number
+        ({"compile": 1}, "compile must be true/false, found 1"),
+        ({"epochs": True}, "epochs must be an integer, found True"),
+        ({"train_limit": "all"}, "train_limit must be an integer or null, found 'all'"),
+        ({"dataset_options": []}, "dataset_options must be an object, found []"),
+    ],
+)
+def test_saved_settings_are_checked_against_the_field_types(values, error):
+    from capsnet.errors import ConfigError
+    from capsnet.training import TrainConfig
+    from capsnet.typecheck import check_field_types
+
+    if error is None:
+        check_field_types(TrainConfig, values)
+        return
+    with pytest.raises(ConfigError) as e:
+        check_field_types(TrainConfig, values)
+    assert str(e.value) == error
