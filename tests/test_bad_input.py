@@ -125,3 +125,10 @@ def test_saved_settings_are_checked_against_the_field_types(values, error):
     with pytest.raises(ConfigError) as e:
         check_field_types(TrainConfig, values)
     assert str(e.value) == error
+
+
+def test_a_shift_of_half_the_image_is_refused_before_training(tmp_path, mnist_dir, capsys):
+    argv = ["train", "--out", str(tmp_path / "r"), "--data-dir", str(mnist_dir), "--val-size", "0"]
+    err = one_line_error(capsys, [*argv, "--max-shift", "14"])
+    assert "max_shift 14 moves the 28×28 images by half their side or more; use at most 13" in err
+    assert not (tmp_path / "r").exists()
