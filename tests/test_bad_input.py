@@ -132,3 +132,38 @@ def test_a_shift_of_half_the_image_is_refused_before_training(tmp_path, mnist_di
     err = one_line_error(capsys, [*argv, "--max-shift", "14"])
     assert "max_shift 14 moves the 28×28 images by half their side or more; use at most 13" in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture(scope="module")
+def other_run(tiny_cfg, tmp_path_factory) -> Path:
+    """A run of a smaller model than the tiny run's (8 conv1 channels, not 16)."""
+    from capsnet.training import train
+
+    out = tmp_path_factory.mktemp("other-run")
+    train(tiny_cfg, out)
+    return out
+
+
+@pytest.mark.parametrize("name", ["best.safetensors", "last.safetensors"])
+def test_another_models_checkpoint_is_refused(run, other_run, mnist_dir, capsys, name):
+    (run / "best.safetensors").unlink()  # evaluate then reads last.safetensors
+    shutil.copy(other_run / name, run / name)
+    err = one_line_error(capsys, ["evaluate", str(run), "--data-dir", str(mnist_dir)])
+    assert f"{run / name}: holds another model than config.json says (conv1_channels 8" in err
+
+
+@pytest.mark.parametrize("name", ["best.safetensors", "last.safetensors"])
+def test_another_models_weights_are_refused_on_resume(run, other_run, capsys, name):
+    shutil.copy(other_run / name, run / name)
+    before = files(run)
+    err = one_line_error(capsys, ["train", "--out", str(run), "--resume", "--epochs", "2"])
+    assert f"{run / name}: weights of another model (conv1.weight is (8, 1, 9, 9)" in err
+    assert files(run) == before
+
+
+def test_another_runs_training_state_is_refused_before_training(run, other_run, capsys):
+    shutil.copy(other_run / "train_state.safetensors", run / "train_state.safetensors")
+    before = files(run)
+    err = one_line_error(capsys, ["train", "--out", str(run), "--resume", "--epochs", "2"])
+    assert f"{run / 'train_state.safetensors'}: another model's training state" in err
+    assert files(run) == before

@@ -113,3 +113,21 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
             f"{path}: weights do not match the model config ({' '.join(first[1:2]).strip()})"
         ) from None
     return model.to(device).eval()
+
+
+def weights_for(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of checkpoint ``path`` if they fit ``model`` (the same names and
+    shapes), ready for ``model.load_state_dict``; CheckpointError naming the file if
+    they are another model's."""
+    path = Path(path)
+    saved, own = load_checkpoint(path).state_dict(), model.state_dict()
+    for name in [*own, *(name for name in saved if name not in own)]:  # the model's order
+        if name not in saved or name not in own:
+            where = "missing from the file" if name not in saved else "not in the run's model"
+            raise CheckpointError(f"{path}: weights of another model ({name} {where})")
+        if saved[name].shape != own[name].shape:
+            raise CheckpointError(
+                f"{path}: weights of another model ({name} is {tuple(saved[name].shape)}, "
+                f"the run's model has {tuple(own[name].shape)})"
+            )
+    return saved

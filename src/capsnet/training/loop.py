@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from capsnet.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from capsnet.checkpoint import BEST, LAST, save_checkpoint, weights_for
 from capsnet.data.custom import run_record
 from capsnet.data.tasks import TrainData, dataset_spec, load_test, load_train
 from capsnet.errors import ConfigError
@@ -233,9 +233,9 @@ class Session:
     def resume(self) -> int:
         """Restore weights, optimiser, RNG and selection state; the next epoch."""
         path = self.run.path
+        self.model.load_state_dict(weights_for(path / LAST, self.model))
+        self.best_state = weights_for(path / BEST, self.model)
         meta = load_train_state(path, self.optim, self.gen)
-        self.model.load_state_dict(load_checkpoint(path / LAST).state_dict())
-        self.best_state = load_checkpoint(path / BEST).state_dict()
         self.history, self.best_val = meta["history"], meta["best_val"]
         self.best_epoch = meta["best_epoch"]
         self.global_step = len(self.history) * math.ceil(self.data.size / self.cfg.batch_size)

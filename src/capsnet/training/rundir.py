@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,25 @@ class RunDir:
         """The run's model in eval mode; ConfigError unless it meets the contract."""
         model = load_checkpoint(self.checkpoint, device)
         require(model, "capsnet", Classifier)
+        self._check_model(model)
         return model
+
+    def _check_model(self, model: nn.Module) -> None:
+        """CheckpointError unless the checkpoint holds the model config.json describes."""
+        saved = self.config.get("model")
+        if not isinstance(saved, dict):
+            return
+        ckpt, name = self.checkpoint, getattr(model, "name", None)
+        if saved.get("name") not in (None, name):
+            raise CheckpointError(f"{ckpt}: holds a {name}, {CONFIG} says {saved['name']}")
+        own = json.loads(json.dumps(model.config.to_dict()))  # tuples as lists, like the file
+        theirs = saved.get("config") if isinstance(saved.get("config"), dict) else {}
+        for key in sorted(set(own) & set(theirs)):
+            if own[key] != theirs[key]:
+                raise CheckpointError(
+                    f"{ckpt}: holds another model than {CONFIG} says ({key} {own[key]} "
+                    f"in the checkpoint, {theirs[key]} in {CONFIG})"
+                )
 
     @property
     def data(self) -> dict[str, Any]:

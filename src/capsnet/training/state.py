@@ -81,7 +81,20 @@ def load_train_state(
         torch.set_rng_state(tensors["rng.torch"])
     except (KeyError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{run}: training state does not match the model ({e})") from None
+    _check_shapes(run / STATE_TENSORS, optim)
     return meta
+
+
+def _check_shapes(path: Path, optim: torch.optim.Optimizer) -> None:
+    """CheckpointError unless every per-parameter tensor of the restored optimiser state
+    (Adam's moments) has its parameter's shape: not another model's state."""
+    for param, state in optim.state.items():
+        for name, value in state.items():
+            if isinstance(value, Tensor) and value.dim() and value.shape != param.shape:
+                raise CheckpointError(
+                    f"{path}: another model's training state ({name} of shape "
+                    f"{tuple(value.shape)} for a parameter of shape {tuple(param.shape)})"
+                )
 
 
 __all__ = ["STATE_JSON", "STATE_TENSORS", "load_train_state", "read_state_meta", "save_train_state"]
