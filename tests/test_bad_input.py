@@ -167,3 +167,40 @@ def test_another_runs_training_state_is_refused_before_training(run, other_run, 
     err = one_line_error(capsys, ["train", "--out", str(run), "--resume", "--epochs", "2"])
     assert f"{run / 'train_state.safetensors'}: another model's training state" in err
     assert files(run) == before
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--lr", "0.01"], "--lr 0.01 differs from the run's 0.001"),
+        (["--batch-size", "100"], "--batch-size 100 differs from the run's 50"),
+        (["--compile"], "--compile differs from the run's false"),
+        (["--routing-iterations", "1"], "--routing-iterations 1 differs from the run's 3"),
+        (["--model-option", "conv1_channels=8"], "conv1_channels=8 differs from the run's 16"),
+    ],
+)
+def test_resume_refuses_an_option_that_differs_from_the_run(run, capsys, option, message):
+    before = files(run)
+    err = one_line_error(capsys, ["train", "--out", str(run), "--resume", "--epochs", "2", *option])
+    assert message in err and "only --epochs and --device may change" in err
+    assert files(run) == before
+
+
+def test_resume_takes_options_not_given_from_the_run(run, mnist_dir):
+    # the run trained with batch size 50; the option's default (100) is not "given"
+    argv = ["train", "--out", str(run), "--resume", "--epochs", "2", "--lr", "0.001"]
+    assert main([*argv, "--device", "cpu", "--data-dir", str(mnist_dir)]) == 0
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_resume_to_fewer_epochs_than_done_is_refused(run, tmp_path, capsys):
+    state = json.loads((run / "train_state.json").read_text())
+    state["epoch"], state["history"] = 2, state["history"] * 2  # as if 2 epochs were done
+    (run / "train_state.json").write_text(json.dumps(state))
+    err = one_line_error(capsys, ["train", "--out", str(run), "--resume", "--epochs", "1"])
+    assert "--epochs 1: the run in" in err and "has done 2 epochs already" in err
+
+
+def test_resume_and_overwrite_together_are_refused(run, capsys):
+    err = one_line_error(capsys, ["train", "--out", str(run), "--resume", "--overwrite"])
+    assert "not both" in err

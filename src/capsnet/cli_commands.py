@@ -38,8 +38,9 @@ def _model_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from capsnet.cli_resume import check_resume_options
     from capsnet.runtime import distributed_from_env, resolve_device
-    from capsnet.training import TrainConfig, train
+    from capsnet.training import RunDir, TrainConfig, train
     from capsnet.viz import save_figures
 
     cfg = _from_args(
@@ -48,6 +49,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         dataset_options=dict(args.dataset_option) | _image_options(args),
         model_overrides=_model_overrides(args),
     )
+    if args.resume:
+        check_resume_options(args, cfg, RunDir(args.out))
     m = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=_progress())
     if not distributed_from_env().is_main:
         return  # under torchrun, rank 0 reports
