@@ -204,3 +204,34 @@ def test_resume_to_fewer_epochs_than_done_is_refused(run, tmp_path, capsys):
 def test_resume_and_overwrite_together_are_refused(run, capsys):
     err = one_line_error(capsys, ["train", "--out", str(run), "--resume", "--overwrite"])
     assert "not both" in err
+
+
+@pytest.mark.parametrize("existing", ["m.onnx", "m.decoder.onnx"])
+def test_export_refuses_an_existing_file_unless_overwrite(tiny_run, tmp_path, capsys, existing):
+    (tmp_path / existing).write_bytes(b"mine")
+    err = one_line_error(capsys, ["export", str(tiny_run), "--onnx", str(tmp_path / "m.onnx")])
+    assert f"{tmp_path / existing}: exists; use --overwrite or another name" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [existing]
+    assert (tmp_path / existing).read_bytes() == b"mine"
+
+
+def test_export_overwrite_replaces_the_files(tiny_run, tmp_path, mnist_dir):
+    (tmp_path / "m.onnx").write_bytes(b"old")
+    argv = ["export", str(tiny_run), "--onnx", str(tmp_path / "m.onnx"), "--overwrite"]
+    assert main([*argv, "--data-dir", str(mnist_dir), "--check-images", "10"]) == 0
+    assert (tmp_path / "m.onnx").stat().st_size > 1000 and (tmp_path / "m.decoder.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "message"), [("missing/m.onnx", "does not exist"), ("file/m.onnx", "is not a dir")]
+)
+def test_export_into_a_directory_that_is_not_there(tiny_run, tmp_path, capsys, where, message):
+    (tmp_path / "file").write_text("")
+    err = one_line_error(capsys, ["export", str(tiny_run), "--onnx", str(tmp_path / where)])
+    assert f"{tmp_path / where}: {tmp_path / where.split('/')[0]} {message}" in err
+
+
+def test_train_into_a_place_that_cannot_be_written(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    err = one_line_error(capsys, ["train", "--out", str(tmp_path / "file" / "run")])
+    assert f"{tmp_path / 'file' / 'run'}: cannot write there (Not a directory)" in err

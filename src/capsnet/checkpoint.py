@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from capsnet.errors import CapsNetError, CheckpointError
+from capsnet.errors import CapsNetError, CheckpointError, ConfigError
 from capsnet.models import create_model
 
 BEST, LAST = "best.safetensors", "last.safetensors"
@@ -43,6 +43,36 @@ def atomic_write(path: Path, write: Any) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_writable_dir(directory: Path) -> None:
+    """ConfigError, before any work, unless ``directory`` exists or can be made and a file
+    can be written in it. Leaves nothing behind (directories it made are removed)."""
+    made = [p for p in (directory, *directory.parents) if not p.exists()]  # deepest first
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".capsnet-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{directory}: cannot write there ({e.strerror or e})") from None
+    finally:
+        for p in made:
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+
+
+def check_new_file(path: Path, overwrite: bool = False) -> None:
+    """ConfigError, before any work, unless ``path`` can be written: its directory exists
+    and is writable, and the file does not exist (or ``overwrite``)."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path}: exists; use --overwrite or another name")
+    if not path.parent.is_dir():
+        what = "is not a directory" if path.parent.exists() else "does not exist"
+        raise ConfigError(f"{path}: {path.parent} {what}")
+    check_writable_dir(path.parent)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -239,6 +239,9 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     x.add_argument("--data-dir", help="where the run's test images are (default: as trained)")
     x.add_argument("--dataset", choices=sorted(tasks), help="default: the run's own")
     x.add_argument("--check-images", type=_positive, default=100, help="default: 100")
+    x.add_argument(
+        "--overwrite", action="store_true", help="replace FILE and FILE.decoder.onnx if they exist"
+    )
 
     v = _command(sub, "explore", "serve the interactive capsule explorer")
     v.add_argument("run_dir", metavar="RUN", nargs="?", default=EXPLORE_DEFAULT, help=RUN)

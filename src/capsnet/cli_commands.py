@@ -9,7 +9,6 @@ import json
 import logging
 
 from capsnet.cli_progress import progress_factory as _progress
-from capsnet.errors import ConfigError
 
 log = logging.getLogger("capsnet")
 
@@ -97,11 +96,11 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 
 def cmd_multimnist(args: argparse.Namespace) -> None:
+    from capsnet.checkpoint import check_new_file
     from capsnet.data import MultiMNISTConfig, load_split
     from capsnet.data.multimnist import fixed_pairs, save_npz
 
-    if args.out.exists() and not args.overwrite:
-        raise ConfigError(f"{args.out}: exists; use --overwrite or another --out")
+    check_new_file(args.out, args.overwrite)
     images, labels = load_split("mnist", args.split, args.data_dir)
     if args.limit is not None:
         images, labels = images[: args.limit], labels[: args.limit]
@@ -144,7 +143,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from capsnet.export import export_run
 
-    diffs = export_run(args.run_dir, args.onnx, args.data_dir, args.check_images, args.dataset)
+    diffs = export_run(
+        args.run_dir, args.onnx, args.data_dir, args.check_images, args.dataset, args.overwrite
+    )
     for path, d in diffs.items():
         worst = ", ".join(f"{name} {v:.2e}" for name, v in d.items())
         print(f"wrote {path}; max abs difference to PyTorch: {worst}")

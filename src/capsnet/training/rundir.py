@@ -19,7 +19,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from capsnet.checkpoint import BEST, LAST, atomic_write, load_checkpoint, read_json, write_json
+from capsnet.checkpoint import (
+    BEST,
+    LAST,
+    atomic_write,
+    check_writable_dir,
+    load_checkpoint,
+    read_json,
+    write_json,
+)
 from capsnet.data.custom import saved_policy
 from capsnet.data.datasets import DATASETS, find_dataset
 from capsnet.data.images import ImagePolicy
@@ -259,6 +267,7 @@ class RunDir:
             )
         elif run.exists() and not run.is_dir():
             raise CheckpointError(f"{run}: exists and is not a directory")
+        check_writable_dir(run)
 
     def resume_config(self, epochs: int) -> TrainConfig:
         """The saved config ``train --resume`` continues (to ``epochs`` epochs): an error,
