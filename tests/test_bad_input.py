@@ -235,3 +235,31 @@ def test_train_into_a_place_that_cannot_be_written(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     err = one_line_error(capsys, ["train", "--out", str(tmp_path / "file" / "run")])
     assert f"{tmp_path / 'file' / 'run'}: cannot write there (Not a directory)" in err
+
+
+TINY_ARGS = ["--model", "capsnet-small", "--epochs", "1", "--batch-size", "50"]
+TINY_ARGS += ["--train-limit", "60", "--val-size", "30", "--test-limit", "30"]
+TINY_ARGS += [f"--model-option={o}" for o in ("conv1_channels=8", "primary_types=2")]
+
+
+def test_overwrite_leaves_nothing_of_the_old_run(run, tmp_path, mnist_dir):
+    old = ["eval.json", "eval-affnist.json", "classes.json", "classes.png", "reconstructions.png"]
+    for name in [*old, ".history.csv.x1y2.tmp"]:
+        (run / name).write_text("old")
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out.tfevents.1.host").write_text("old")
+    argv = [*TINY_ARGS, "--no-reconstruction", "--data-dir", str(mnist_dir)]
+    assert main(["train", "--out", str(run), "--overwrite", *argv]) == 0
+    assert main(["train", "--out", str(tmp_path / "fresh"), *argv]) == 0
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        p.name for p in (tmp_path / "fresh").iterdir()
+    )
+    assert "reconstructions.png" not in files(run)  # no decoder: the old one is gone
+
+
+def test_overwrite_refuses_a_directory_with_files_capsnet_did_not_write(run, capsys):
+    (run / "notes.txt").write_text("mine")
+    before = files(run)
+    err = one_line_error(capsys, ["train", "--out", str(run), "--overwrite", *TINY_ARGS])
+    assert "--overwrite removes a run's files only, and it also holds others (notes.txt)" in err
+    assert files(run) == before

@@ -216,8 +216,10 @@ class Session:
         return session
 
     def begin(self) -> int:
-        """Write config.json (rank 0); the first epoch."""
+        """Clear the directory of an old run's files (``--overwrite``) and write config.json
+        (rank 0); the first epoch."""
         if self.info.is_main:
+            self.run.clear()
             self.run.write_config(
                 {
                     "train": self.cfg.to_dict(),

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fnmatch
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,15 @@ log = logging.getLogger(__name__)
 
 CONFIG, HISTORY, METRICS = "config.json", "history.csv", "metrics.json"
 RUN_FILES = (CONFIG, METRICS, HISTORY, BEST, LAST, STATE_TENSORS, STATE_JSON)
+# Everything else capsnet writes into a run directory: evaluate (eval*.json, classes*),
+# figures (capsnet.viz), robustness --out RUN, and atomic_write's temporary files.
+OUTPUTS = (
+    *RUN_FILES,
+    *("eval.json", "eval-*.json", "classes.json", "classes.png", "classes-*.json"),
+    *("classes-*.png", "training.png", "coupling.png", "multimnist.png", "reconstructions.png"),
+    *("perturbation.png", "robustness.json", "robustness.png", ".*.tmp"),
+)
+TENSORBOARD, EVENTS = "tensorboard", "events.out.tfevents.*"  # --tensorboard (a directory)
 
 
 def class_names(dataset: str | None, num_classes: int) -> tuple[str, ...]:
@@ -253,21 +264,54 @@ class RunDir:
 
     # --- writing (training) -----------------------------------------------------------
 
+    def contents(self) -> tuple[list[Path], list[Path]]:
+        """The directory's entries capsnet writes (``OUTPUTS``, ``tensorboard/`` holding
+        only events files), and the others; sorted by name."""
+        if not self.path.is_dir():
+            return [], []
+        ours, others = [], []
+        for entry in sorted(self.path.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                events = entry.name == TENSORBOARD and all(
+                    p.is_file() and fnmatch.fnmatchcase(p.name, EVENTS) for p in entry.iterdir()
+                )
+                (ours if events else others).append(entry)
+                continue
+            mine = entry.is_file() and any(fnmatch.fnmatchcase(entry.name, o) for o in OUTPUTS)
+            (ours if mine else others).append(entry)
+        return ours, others
+
     def check_for_training(self, resume: bool, overwrite: bool) -> None:
-        """CheckpointError unless a new run may start here (or, ``resume``, continue)."""
+        """CheckpointError unless a new run may start here (or, ``resume``, continue).
+        ``overwrite`` replaces a run: refused if the directory also holds other files."""
         run = self.path
-        existing = [f for f in RUN_FILES if (run / f).exists()]
+        if run.exists() and not run.is_dir():
+            raise CheckpointError(f"{run}: exists and is not a directory")
+        ours, others = self.contents()
         if resume:
             if not (run / STATE_JSON).exists():
                 raise CheckpointError(f"{run}: nothing to resume (no {STATE_JSON})")
-        elif existing and not overwrite:
+        elif ours and not overwrite:
             raise CheckpointError(
-                f"{run}: already holds a run ({existing[0]}); use --resume, --overwrite "
+                f"{run}: already holds a run ({ours[0].name}); use --resume, --overwrite "
                 "or a new --out"
             )
-        elif run.exists() and not run.is_dir():
-            raise CheckpointError(f"{run}: exists and is not a directory")
+        elif ours and others:
+            names = ", ".join(p.name for p in others[:3]) + (", …" if len(others) > 3 else "")
+            raise CheckpointError(
+                f"{run}: --overwrite removes a run's files only, and it also holds others "
+                f"({names}); move them away or use a new --out"
+            )
         check_writable_dir(run)
+
+    def clear(self) -> None:
+        """Remove every file capsnet wrote here (see :meth:`contents`), nothing else."""
+        for entry in self.contents()[0]:
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        self._config = self._train = None
 
     def resume_config(self, epochs: int) -> TrainConfig:
         """The saved config ``train --resume`` continues (to ``epochs`` epochs): an error,
