@@ -263,3 +263,42 @@ def test_overwrite_refuses_a_directory_with_files_capsnet_did_not_write(run, cap
     err = one_line_error(capsys, ["train", "--out", str(run), "--overwrite", *TINY_ARGS])
     assert "--overwrite removes a run's files only, and it also holds others (notes.txt)" in err
     assert files(run) == before
+
+
+def diverge_after(monkeypatch, steps: int) -> None:
+    """Training steps after the first ``steps`` have a loss of nan."""
+    from capsnet.training import loop
+
+    step, calls = loop.train_step, []
+
+    def nan_later(*args, **kwargs):
+        loss, correct = step(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) > steps else loss), correct
+
+    monkeypatch.setattr(loop, "train_step", nan_later)
+
+
+def test_a_run_diverging_in_its_first_epoch_leaves_nothing(
+    tmp_path, mnist_dir, capsys, monkeypatch
+):
+    diverge_after(monkeypatch, 0)
+    out, data = tmp_path / "run", ["--data-dir", str(mnist_dir)]
+    err = one_line_error(capsys, ["train", "--out", str(out), *TINY_ARGS, *data])
+    assert "training diverged at epoch 1 (loss nan); nothing was kept in" in err
+    assert err.endswith("; rerun and a lower --lr")
+    assert list(out.iterdir()) == []
+    monkeypatch.undo()
+    assert main(["train", "--out", str(out), *TINY_ARGS, *data]) == 0  # no --overwrite needed
+
+
+def test_a_run_diverging_later_keeps_its_epochs(tmp_path, mnist_dir, capsys, monkeypatch):
+    diverge_after(monkeypatch, 2)  # 60 images in batches of 50: epoch 1 is two steps
+    out, data = tmp_path / "run", ["--data-dir", str(mnist_dir)]
+    argv = ["train", "--out", str(out), *TINY_ARGS, "--epochs", "3", *data]
+    err = one_line_error(capsys, argv)
+    assert f"training diverged at epoch 2 (loss nan); {out} keeps the 1 epoch(s) before" in err
+    assert err.endswith("rerun with --overwrite and a lower --lr")
+    assert "metrics.json" not in files(out)
+    assert len((out / "history.csv").read_text().splitlines()) == 2
+    assert main(["evaluate", str(out), *data, "--test-limit", "20"]) == 0

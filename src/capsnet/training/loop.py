@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from capsnet.checkpoint import BEST, LAST, save_checkpoint, weights_for
 from capsnet.data.custom import run_record
 from capsnet.data.tasks import TrainData, dataset_spec, load_test, load_train
-from capsnet.errors import ConfigError
+from capsnet.errors import ConfigError, TrainingDiverged
 from capsnet.metrics import ClassCounts
 from capsnet.models import create_model
 from capsnet.runtime import (
@@ -153,8 +153,11 @@ def train(
             dist.barrier()  # every rank has checked the run directory before rank 0 writes
         session = Session.start(cfg, run, device, info, progress if info.is_main else NoProgress)
         first = session.resume() if resume else session.begin()
-        for epoch in range(first, cfg.epochs + 1):
-            session.end_epoch(session.train_epoch(epoch))
+        try:
+            for epoch in range(first, cfg.epochs + 1):
+                session.end_epoch(session.train_epoch(epoch))
+        except TrainingDiverged as e:
+            session.stop(e)
         return session.finish()
 
 
@@ -244,6 +247,20 @@ class Session:
         log.info("resuming %s at epoch %d", path, meta["epoch"] + 1)
         return meta["epoch"] + 1
 
+    def stop(self, diverged: TrainingDiverged) -> NoReturn:
+        """End a diverged run, saying how to go on: the epochs that completed stay (a run
+        that evaluate, figures and --resume read); if none did, what it wrote is removed."""
+        if self.tb is not None:
+            self.tb.close()
+        path, done = self.run.path, len(self.history)
+        if done:
+            kept = f"{path} keeps the {done} epoch(s) before; rerun with --overwrite"
+        else:
+            if self.info.is_main:
+                self.run.clear()
+            kept = f"nothing was kept in {path}; rerun"
+        raise ConfigError(f"{diverged}; {kept} and a lower --lr") from None
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over the training data; the epoch's history row."""
         cfg, info, n_train = self.cfg, self.info, self.data.size
@@ -282,7 +299,7 @@ class Session:
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "lr": lr, "train_loss": float(loss_sum) / n_train}
         if not math.isfinite(row["train_loss"]):
-            raise ConfigError(f"training diverged at epoch {epoch} (loss {row['train_loss']})")
+            raise TrainingDiverged(epoch, row["train_loss"])
         return row | {
             "train_accuracy": int(correct) / n_train,
             "train_seconds": round(seconds, 3),
