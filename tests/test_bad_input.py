@@ -302,3 +302,13 @@ def test_a_run_diverging_later_keeps_its_epochs(tmp_path, mnist_dir, capsys, mon
     assert "metrics.json" not in files(out)
     assert len((out / "history.csv").read_text().splitlines()) == 2
     assert main(["evaluate", str(out), *data, "--test-limit", "20"]) == 0
+
+
+def test_data_checks_the_files_it_finds(tmp_path, mnist_dir, capsys):
+    data = Path(shutil.copytree(mnist_dir, tmp_path / "mnist"))
+    assert main(["data", "mnist", "--data-dir", str(data), "--no-download"]) == 0
+    assert capsys.readouterr().out.strip() == str(data)
+    labels = data / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:-20])  # a cut-off download
+    err = one_line_error(capsys, ["data", "mnist", "--data-dir", str(data), "--no-download"])
+    assert f"{labels}: corrupt gzip stream" in err

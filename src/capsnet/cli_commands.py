@@ -190,6 +190,6 @@ def cmd_robustness(args: argparse.Namespace) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from capsnet.data import find_dataset
+    from capsnet.data.datasets import verify_dataset
 
-    print(find_dataset(args.dataset, args.data_dir, download=not args.no_download))
+    print(verify_dataset(args.dataset, args.data_dir, download=not args.no_download))
