@@ -27,6 +27,7 @@ DESCRIPTION = (
     "`capsnet COMMAND --help` shows a command's options."
 )
 TRAIN_CONFIG = "capsnet.training.config:TrainConfig"
+QUIET = "only warnings and results"
 
 
 def _positive(text: str) -> int:
@@ -137,9 +138,6 @@ def _add_model_args(p: argparse.ArgumentParser, routings) -> None:
     _add_option_arg(p, "--model-option", "a field of the model's config, e.g. class_dim=8")
 
 
-QUIET = "only warnings and results"
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = Parser(prog="capsnet", description=DESCRIPTION)
     parser.add_argument("-q", "--quiet", action="store_true", help=QUIET)
@@ -147,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _training_parsers(sub, names.TASKS, names.MODELS, names.PRECISIONS, names.ROUTINGS)
+    _experiment_parsers(sub, names.TASKS, names.MODELS, names.PRECISIONS)
     _tool_parsers(sub, names.TASKS, names.DATASETS)
     return parser
 
@@ -192,6 +191,8 @@ def _training_parsers(sub, tasks, models, precisions, routings) -> None:
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--csv", type=Path, help="append the result to this CSV file")
 
+
+def _experiment_parsers(sub, tasks, models, precisions) -> None:
     m = _command(sub, "multimnist", "MultiMNIST sets (train with --dataset multimnist)")
     msub = m.add_subparsers(dest="action", required=True, metavar="ACTION")
     mk = _command(msub, "make", "write a fixed, seeded MultiMNIST set to .npz")

@@ -8,9 +8,12 @@ import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from capsnet.errors import ConfigError
+
+if TYPE_CHECKING:
+    from capsnet.training import RunDir, TrainConfig
 
 RULE = "resume takes the saved config (only --epochs and --device may change)"
 MAY_CHANGE = {"epochs", "device", "out", "resume", "overwrite", "quiet"}
@@ -23,7 +26,7 @@ MODEL_OPTIONS = {  # option → the model config field it sets
 }
 
 
-def check_resume_options(args: argparse.Namespace, cfg: Any, run: Any) -> None:
+def check_resume_options(args: argparse.Namespace, cfg: TrainConfig, run: RunDir) -> None:
     """ConfigError naming the first option given (``args.given``) whose value differs
     from the saved run's; ``cfg`` is the TrainConfig the options make, ``run`` the
     RunDir to resume (its files are checked first, see ``RunDir.resume_config``)."""
@@ -36,7 +39,7 @@ def check_resume_options(args: argparse.Namespace, cfg: Any, run: Any) -> None:
 
 
 def _given_settings(
-    args: argparse.Namespace, cfg: Any, saved: Any, run: Any
+    args: argparse.Namespace, cfg: TrainConfig, saved: TrainConfig, run: RunDir
 ) -> Iterator[tuple[str, Any, Any, str]]:
     """(the option as written, the value given, the run's, the option's dest) for each
     setting given on the command line, in its order."""
