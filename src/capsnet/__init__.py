@@ -1,65 +1,81 @@
-"""capsnet: Capsule Networks (Sabour, Frosst & Hinton, 2017) in PyTorch."""
+"""capsnet: Capsule Networks (Sabour, Frosst & Hinton, 2017) in PyTorch.
+
+The public names below are imported on first use (PEP 562), so that ``import capsnet``
+and the command line's ``--help`` do not load PyTorch; ``from capsnet import X`` works
+as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
 
 __version__ = "0.1.0"
 
-from capsnet.losses import margin_loss, reconstruction_loss  # noqa: E402
-from capsnet.models import (  # noqa: E402
-    BaselineCNN,
-    BaselineConfig,
-    CapsNet,
-    CapsNetConfig,
-    CapsNetOutput,
-    CifarCapsNet,
-    CifarCapsNetConfig,
-    EfficientCapsNet,
-    EfficientCapsNetConfig,
-    EMCapsNet,
-    EMCapsNetConfig,
-    create_model,
-    list_models,
-    register_model,
-)
-from capsnet.pretrained import list_pretrained, load_pretrained  # noqa: E402
-from capsnet.routing import (  # noqa: E402
-    ROUTINGS,
-    Routed,
-    RoutingSpec,
-    capsule_lengths,
-    dynamic_routing,
-    efficient_squash,
-    em_routing,
-    self_attention_routing,
-    squash,
-)
-from capsnet.training.rundir import load_run  # noqa: E402
+_LAZY = {  # public name → the module that defines it
+    "margin_loss": "capsnet.losses",
+    "reconstruction_loss": "capsnet.losses",
+    **dict.fromkeys(
+        (
+            "BaselineCNN",
+            "BaselineConfig",
+            "CapsNet",
+            "CapsNetConfig",
+            "CapsNetOutput",
+            "CifarCapsNet",
+            "CifarCapsNetConfig",
+            "EfficientCapsNet",
+            "EfficientCapsNetConfig",
+            "EMCapsNet",
+            "EMCapsNetConfig",
+            "create_model",
+            "list_models",
+            "register_model",
+        ),
+        "capsnet.models",
+    ),
+    "list_pretrained": "capsnet.pretrained",
+    "load_pretrained": "capsnet.pretrained",
+    **dict.fromkeys(
+        (
+            "ROUTINGS",
+            "Routed",
+            "RoutingSpec",
+            "capsule_lengths",
+            "dynamic_routing",
+            "efficient_squash",
+            "em_routing",
+            "self_attention_routing",
+            "squash",
+        ),
+        "capsnet.routing",
+    ),
+    "load_run": "capsnet.training.rundir",
+}
 
-__all__ = [
-    "BaselineCNN",
-    "BaselineConfig",
-    "CapsNet",
-    "CapsNetConfig",
-    "CapsNetOutput",
-    "CifarCapsNet",
-    "CifarCapsNetConfig",
-    "EMCapsNet",
-    "EMCapsNetConfig",
-    "EfficientCapsNet",
-    "EfficientCapsNetConfig",
-    "ROUTINGS",
-    "Routed",
-    "RoutingSpec",
-    "capsule_lengths",
-    "create_model",
-    "dynamic_routing",
-    "efficient_squash",
-    "em_routing",
-    "list_models",
-    "list_pretrained",
-    "load_pretrained",
-    "load_run",
-    "margin_loss",
-    "reconstruction_loss",
-    "register_model",
-    "self_attention_routing",
-    "squash",
-]
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'capsnet' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+class _Package(types.ModuleType):
+    """``capsnet.em_routing`` is the function, as it always was, although importing the
+    submodule of that name (``capsnet/em_routing.py``) sets the package attribute."""
+
+    em_routing = property(lambda self: __getattr__("em_routing"), lambda self, value: None)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from capsnet.errors import CapsNetError, CheckpointError
+from capsnet.errors import CapsNetError, CheckpointError, ConfigError
 from capsnet.models import create_model
 from capsnet.models.config import migrate_config
 
@@ -44,6 +44,36 @@ def atomic_write(path: Path, write: Any) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_writable_dir(directory: Path) -> None:
+    """ConfigError, before any work, unless ``directory`` exists or can be made and a file
+    can be written in it. Leaves nothing behind (directories it made are removed)."""
+    made = [p for p in (directory, *directory.parents) if not p.exists()]  # deepest first
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".capsnet-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{directory}: cannot write there ({e.strerror or e})") from None
+    finally:
+        for p in made:
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+
+
+def check_new_file(path: Path, overwrite: bool = False) -> None:
+    """ConfigError, before any work, unless ``path`` can be written: its directory exists
+    and is writable, and the file does not exist (or ``overwrite``)."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path}: exists; use --overwrite or another name")
+    if not path.parent.is_dir():
+        what = "is not a directory" if path.parent.exists() else "does not exist"
+        raise ConfigError(f"{path}: {path.parent} {what}")
+    check_writable_dir(path.parent)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -114,3 +144,21 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
             f"{path}: weights do not match the model config ({' '.join(first[1:2]).strip()})"
         ) from None
     return model.to(device).eval()
+
+
+def weights_for(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of checkpoint ``path`` if they fit ``model`` (the same names and
+    shapes), ready for ``model.load_state_dict``; CheckpointError naming the file if
+    they are another model's."""
+    path = Path(path)
+    saved, own = load_checkpoint(path).state_dict(), model.state_dict()
+    for name in [*own, *(name for name in saved if name not in own)]:  # the model's order
+        if name not in saved or name not in own:
+            where = "missing from the file" if name not in saved else "not in the run's model"
+            raise CheckpointError(f"{path}: weights of another model ({name} {where})")
+        if saved[name].shape != own[name].shape:
+            raise CheckpointError(
+                f"{path}: weights of another model ({name} is {tuple(saved[name].shape)}, "
+                f"the run's model has {tuple(own[name].shape)})"
+            )
+    return saved

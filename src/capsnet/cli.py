@@ -1,24 +1,33 @@
 """The ``capsnet`` command line: the only module that parses arguments (its progress
-display is ``cli_progress``). Options that set a config field take their defaults from
-the config's dataclass."""
+display is ``cli_progress``, its parser class ``cli_argparse``). Options that set a config
+field take their defaults from the config's dataclass. Building the parsers imports no
+PyTorch (names come from ``capsnet.names``), so help and argument errors answer at once."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from capsnet import cli_commands
+from capsnet import __version__, cli_commands, names
 from capsnet.allocator import keep_freed_memory
+from capsnet.cli_argparse import Parser
+from capsnet.cli_argparse import field_args as _field_args
 from capsnet.errors import CapsNetError
 
 log = logging.getLogger("capsnet")
 RUN = "a run directory, a checkpoint file or a pretrained name (`capsnet pretrained`)"
 EXPLORE_DEFAULT = "capsnet-mnist"  # the paper network on MNIST, when shipped
+DESCRIPTION = (
+    "Capsule networks (Sabour, Frosst & Hinton, 2017): train them, test them, draw their "
+    "figures, classify images, export to ONNX and explore them in a browser. "
+    "`capsnet COMMAND --help` shows a command's options."
+)
+TRAIN_CONFIG = "capsnet.training.config:TrainConfig"
+QUIET = "only warnings and results"
 
 
 def _positive(text: str) -> int:
@@ -35,6 +44,13 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**64 - 1, got {value}")
+    return value
+
+
 def _option(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -43,22 +59,6 @@ def _option(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except ValueError:
         return key, value
-
-
-def _field_args(p: argparse.ArgumentParser, cls: type, spec: dict[str, tuple]) -> None:
-    """``--name`` options for fields of the dataclass ``cls``, their defaults taken from it.
-
-    ``spec`` maps a field to (type or None for a flag, help text, extra add_argument
-    keywords); the option's destination is the field's name (see :func:`_from_args`)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    for name, (kind, text, *extra) in spec.items():
-        default = defaults[name]
-        flag = "--" + name.replace("_", "-")
-        if kind is None:  # a boolean flag
-            p.add_argument(flag, action="store_true", help=text)
-            continue
-        shown = f" (default: {default})" if default is not None else ""
-        p.add_argument(flag, type=kind, default=default, help=text + shown, **dict(extra))
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -79,8 +79,6 @@ TABLE1_FIELDS = ("epochs", "batch_size", "train_limit", "val_size")
 
 
 def _train_fields(tasks, models, precisions) -> dict[str, tuple]:
-    from capsnet.training.config import LR_SCHEDULES
-
     return {
         "dataset": (str, _dataset_help(tasks)),
         "model": (str, f"one of {', '.join(models)}"),
@@ -88,7 +86,7 @@ def _train_fields(tasks, models, precisions) -> dict[str, tuple]:
         "batch_size": (_positive, "images per step"),
         "lr": (float, "Adam learning rate"),
         "lr_decay": (float, "per-epoch factor of the learning rate (exponential schedule)"),
-        "lr_schedule": (str, "learning-rate schedule", ("choices", LR_SCHEDULES)),
+        "lr_schedule": (str, "learning-rate schedule", ("choices", names.LR_SCHEDULES)),
         "warmup_epochs": (float, "linear learning-rate warm-up, epochs"),
         "weight_decay": (float, "decoupled weight decay (AdamW); 0: the paper's Adam"),
         "max_shift": (_non_negative, "random shift, pixels (mnist, fashion-mnist)"),
@@ -105,19 +103,16 @@ def _train_fields(tasks, models, precisions) -> dict[str, tuple]:
 
 
 def _dataset_help(tasks) -> str:
-    from capsnet.data.custom import OFFICIAL
-
-    return f"one of {', '.join(sorted([*tasks, *OFFICIAL]))}, folder:PATH or npz:PATH"
+    return f"one of {', '.join(sorted([*tasks, *names.OFFICIAL]))}, folder:PATH or npz:PATH"
 
 
 def _add_image_args(p: argparse.ArgumentParser) -> None:
     """The image policy of folder:, npz:, cifar10, svhn and smallnorb (saved in the run)."""
-    from capsnet.data.images import NORMALIZE, RESIZE
-
-    p.add_argument("--input-size", type=_positive, nargs=2, metavar=("H", "W"))
-    p.add_argument("--resize", choices=RESIZE, help="how images reach --input-size")
+    size_help = "the size images are brought to (default: the data's own)"
+    p.add_argument("--input-size", type=_positive, nargs=2, metavar=("H", "W"), help=size_help)
+    p.add_argument("--resize", choices=names.RESIZE, help="how images reach --input-size")
     p.add_argument("--channels", type=int, choices=(1, 3), help="default: from the data")
-    p.add_argument("--normalize", choices=NORMALIZE, help="default: the dataset's")
+    p.add_argument("--normalize", choices=names.NORMALIZE, help="default: the dataset's")
 
 
 def _bench_fields(models, precisions) -> dict[str, tuple]:
@@ -139,7 +134,7 @@ def _add_option_arg(p: argparse.ArgumentParser, flag: str, text: str) -> None:
 def _add_model_args(p: argparse.ArgumentParser, routings) -> None:
     """Model config overrides: the common ones by name, any field by --model-option."""
     p.add_argument("--routing", choices=sorted(routings), help="default: the model's own")
-    p.add_argument("--routing-iterations", type=_positive)
+    p.add_argument("--routing-iterations", type=_positive, help="default: the model's own")
     p.add_argument("--no-reconstruction", action="store_true", help="train without the decoder")
     p.add_argument(
         "--reconstruction-weight",
@@ -150,126 +145,143 @@ def _add_model_args(p: argparse.ArgumentParser, routings) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from capsnet.data import DATASETS
-    from capsnet.data.tasks import TASKS
-    from capsnet.models import list_models
-    from capsnet.routing import ROUTINGS
-    from capsnet.runtime import AUTO, PRECISIONS
-
-    parser = argparse.ArgumentParser(prog="capsnet", description=__doc__)
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    parser = Parser(prog="capsnet", description=DESCRIPTION)
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET)
+    parser.add_argument("--version", action="version", version=f"capsnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    _training_parsers(sub, TASKS, list_models(), [*PRECISIONS, AUTO], ROUTINGS)
-    _tool_parsers(sub, TASKS, DATASETS)
+    _training_parsers(sub, names.TASKS, names.MODELS, names.PRECISIONS, names.ROUTINGS)
+    _experiment_parsers(sub, names.TASKS, names.MODELS, names.PRECISIONS)
+    _tool_parsers(sub, names.TASKS, names.DATASETS)
     return parser
 
 
-def _training_parsers(sub, tasks, models, precisions, routings) -> None:
-    from capsnet.bench import BenchConfig
-    from capsnet.data import MultiMNISTConfig
-    from capsnet.experiments import ROW_NAMES, SIZES, Table1Config
-    from capsnet.training import TrainConfig
+def _command(sub, name: str, text: str) -> argparse.ArgumentParser:
+    """A (sub)command's parser; -q works after the command too."""
+    p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET)
+    return p
 
-    t = sub.add_parser("train", help="train a model and test the validation-selected checkpoint")
+
+def _training_parsers(sub, tasks, models, precisions, routings) -> None:
+    t = _command(sub, "train", "train a model and test the validation-selected checkpoint")
     t.add_argument("--out", required=True, type=Path, help="run directory to write")
-    _field_args(t, TrainConfig, _train_fields(tasks, models, precisions))
+    _field_args(t, TRAIN_CONFIG, _train_fields(tasks, models, precisions))
     _add_model_args(t, routings)
     _add_image_args(t)
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
-    t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out with its saved config (only --epochs and --device "
+        "may change)",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in --out (its files only; refused if --out holds others)",
+    )
     _add_data_args(t)
 
-    e = sub.add_parser(
-        "evaluate", help="test a run: eval.json, per-class classes.json/png in RUN_DIR or --out"
+    e = _command(
+        sub, "evaluate", "test a run: eval.json, per-class classes.json/png in RUN_DIR or --out"
     )
     e.add_argument("run_dir", metavar="RUN", help=RUN)
     e.add_argument("--out", type=Path, help="default: RUN_DIR (a pretrained model: nothing)")
     e.add_argument("--dataset", help="default: the run's dataset; " + _dataset_help(tasks))
-    e.add_argument("--batch-size", type=_positive, default=500)
+    e.add_argument("--batch-size", type=_positive, default=500, help="images per step")
     _add_data_args(e)
 
-    b = sub.add_parser("bench", help="measure training and inference images/s and peak memory")
-    _field_args(b, BenchConfig, _bench_fields(models, precisions))
+    b = _command(sub, "bench", "measure training and inference images/s and peak memory")
+    _field_args(b, "capsnet.bench:BenchConfig", _bench_fields(models, precisions))
     _add_option_arg(b, "--model-option", "a field of the model's config, e.g. class_dim=8")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--csv", type=Path, help="append the result to this CSV file")
 
-    m = sub.add_parser("multimnist", help="MultiMNIST sets (train with --dataset multimnist)")
+
+def _experiment_parsers(sub, tasks, models, precisions) -> None:
+    m = _command(sub, "multimnist", "MultiMNIST sets (train with --dataset multimnist)")
     msub = m.add_subparsers(dest="action", required=True, metavar="ACTION")
-    mk = msub.add_parser("make", help="write a fixed, seeded MultiMNIST set to .npz")
+    mk = _command(msub, "make", "write a fixed, seeded MultiMNIST set to .npz")
     mk.add_argument("--out", required=True, type=Path, help=".npz file to write")
-    mk.add_argument("--split", choices=["train", "test"], default="test")
-    mk.add_argument("--pairs-per-digit", type=_positive, default=1)
+    mk.add_argument("--split", choices=["train", "test"], default="test", help="of MNIST")
+    mk.add_argument("--pairs-per-digit", type=_positive, default=1, help="partners per digit")
     pad_shift = {
         "pad": (_non_negative, "canvas border, pixels"),
         "shift": (_non_negative, "max shift per digit"),
     }
-    _field_args(mk, MultiMNISTConfig, pad_shift)
+    _field_args(mk, "capsnet.data.multimnist:MultiMNISTConfig", pad_shift)
     mk.add_argument("--limit", type=_positive, help="use the first N digits of the split")
-    mk.add_argument("--seed", type=int, default=0)
-    mk.add_argument("--data-dir")
-    mk.add_argument("--overwrite", action="store_true")
+    mk.add_argument("--seed", type=_seed, default=0, help="of the pairs")
+    mk.add_argument("--data-dir", help="where MNIST is (default: searched, else downloaded)")
+    mk.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
-    x = sub.add_parser("experiment", help="the paper's experiments")
+    x = _command(sub, "experiment", "the paper's experiments")
     xsub = x.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
-    t1 = xsub.add_parser("table1", help="baseline vs CapsNet ablation, N seeds per row")
+    t1 = _command(xsub, "table1", "baseline vs CapsNet ablation, N seeds per row")
     t1.add_argument("--out", type=Path, default=Path("results"), help="default: results/")
-    t1.add_argument("--dataset", choices=["mnist", "multimnist", "fashion-mnist"], default="mnist")
-    t1.add_argument("--size", choices=sorted(SIZES), default=Table1Config.size)
-    t1.add_argument("--rows", nargs="+", choices=ROW_NAMES, default=list(Table1Config.rows))
-    t1.add_argument("--seeds", nargs="+", type=int, default=list(Table1Config.seeds))
+    table1_datasets = ["mnist", "multimnist", "fashion-mnist"]
+    t1.add_argument("--dataset", choices=table1_datasets, default="mnist", help="of every run")
+    table1 = {
+        "size": (str, "the models' size", ("choices", names.TABLE1_SIZES)),
+        "rows": (str, "rows of the table", ("nargs", "+"), ("choices", names.TABLE1_ROWS)),
+        "seeds": (_seed, "a run per row and seed", ("nargs", "+")),
+    }
+    _field_args(t1, "capsnet.experiments:Table1Config", table1)
     fields = _train_fields(tasks, models, precisions)
-    _field_args(t1, TrainConfig, {k: fields[k] for k in TABLE1_FIELDS})
+    _field_args(t1, TRAIN_CONFIG, {k: fields[k] for k in TABLE1_FIELDS})
     _add_data_args(t1)
 
 
 def _tool_parsers(sub, tasks, datasets) -> None:
-    from capsnet.robustness import PERTURBATIONS
-
-    p = sub.add_parser("predict", help="classify PNG/JPEG images or .npy arrays with a run")
+    p = _command(sub, "predict", "classify PNG/JPEG images or .npy arrays with a run")
     p.add_argument("run_dir", metavar="RUN", help=RUN)
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help=".png, .jpg or .npy")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
-    p.add_argument("--batch-size", type=_positive, default=500)
+    p.add_argument("--batch-size", type=_positive, default=500, help="images per step")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
-    x = sub.add_parser("export", help="export the classifier and decoder to ONNX")
+    x = _command(sub, "export", "export the classifier and decoder to ONNX")
     x.add_argument("run_dir", metavar="RUN", help=RUN)
     x.add_argument("--onnx", required=True, type=Path, metavar="FILE", help="classifier file")
     x.add_argument("--data-dir", help="where the run's test images are (default: as trained)")
     x.add_argument("--dataset", choices=sorted(tasks), help="default: the run's own")
     x.add_argument("--check-images", type=_positive, default=100, help="default: 100")
+    x.add_argument(
+        "--overwrite", action="store_true", help="replace FILE and FILE.decoder.onnx if they exist"
+    )
 
-    v = sub.add_parser("explore", help="serve the interactive capsule explorer")
+    v = _command(sub, "explore", "serve the interactive capsule explorer")
     v.add_argument("run_dir", metavar="RUN", nargs="?", default=EXPLORE_DEFAULT, help=RUN)
     v.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (loopback only)")
     v.add_argument("--port", type=int, default=8000, help="default: 8000; 0 picks a free port")
     v.add_argument("--data-dir", help="where the run's test images are (for random images)")
 
-    d = sub.add_parser("data", help="find (or download) a dataset and print its directory")
+    d = _command(sub, "data", "find (or download) a dataset, check its files, print its directory")
     d.add_argument("dataset", choices=sorted(datasets))
-    d.add_argument("--data-dir")
-    d.add_argument("--no-download", action="store_true")
+    d.add_argument("--data-dir", help="look here first (default: the search path only)")
+    d.add_argument("--no-download", action="store_true", help="fail rather than download")
 
-    f = sub.add_parser("figures", help="draw a run's figures (paper Figs. 3-5, routing, curves)")
+    f = _command(sub, "figures", "draw a run's figures (paper Figs. 3-5, routing, curves)")
     f.add_argument("run_dir", metavar="RUN", help=RUN)
     f.add_argument("--out", type=Path, help="default: RUN_DIR (pretrained: ./NAME-figures)")
 
-    sub.add_parser("pretrained", help="list the pretrained models shipped with capsnet")
+    _command(sub, "pretrained", "list the pretrained models shipped with capsnet")
 
-    r = sub.add_parser("robustness", help="accuracy under rotation, scale, shear, … (JSON, PNG)")
+    r = _command(sub, "robustness", "accuracy under rotation, scale, shear, … (JSON, PNG)")
     r.add_argument("run_dir", metavar="RUN", help=RUN)
     r.add_argument("--against", nargs="+", default=[], metavar="RUN", help="models to compare")
     r.add_argument("--out", type=Path, required=True, help="directory for robustness.json/png")
-    names = list(PERTURBATIONS)
-    r.add_argument("--perturbations", nargs="+", choices=names, default=names, metavar="NAME")
+    kinds = list(names.PERTURBATIONS)
+    r.add_argument(
+        "--perturbations", nargs="+", choices=kinds, default=kinds, metavar="NAME",
+        help=f"some of {', '.join(kinds)} (default: all)",
+    )  # fmt: skip
     r.add_argument("--limit", type=_positive, help="the first N test images (default: all)")
-    r.add_argument("--seed", type=int, default=0, help="of the random perturbations")
+    r.add_argument("--seed", type=_seed, default=0, help="of the random perturbations")
     r.add_argument("--data-dir", help="where the first run's test images are")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     f.add_argument("--data-dir", help="where the run's dataset is (default: as in training)")
-    f.add_argument("--device", default="cpu")
+    f.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

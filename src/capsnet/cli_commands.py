@@ -9,16 +9,16 @@ import json
 import logging
 
 from capsnet.cli_progress import progress_factory as _progress
-from capsnet.errors import ConfigError
 
 log = logging.getLogger("capsnet")
 
 
 def _from_args(cls: type, args: argparse.Namespace, **more: object):
-    """``cls`` built from the fields ``args`` has (as ``capsnet.cli`` added them)."""
+    """``cls`` built from the fields ``args`` has (as ``capsnet.cli`` added them: those of
+    config fields only if given on the command line); lists become tuples."""
     names = {f.name for f in dataclasses.fields(cls)}
-    given = {k: v for k, v in vars(args).items() if k in names}
-    return cls(**{**given, **more})
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()}
+    return cls(**{k: v for k, v in given.items() if k in names}, **more)
 
 
 def _image_options(args: argparse.Namespace) -> dict[str, object]:
@@ -37,8 +37,9 @@ def _model_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from capsnet.cli_resume import check_resume_options
     from capsnet.runtime import distributed_from_env, resolve_device
-    from capsnet.training import TrainConfig, train
+    from capsnet.training import RunDir, TrainConfig, train
     from capsnet.viz import save_figures
 
     cfg = _from_args(
@@ -47,6 +48,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         dataset_options=dict(args.dataset_option) | _image_options(args),
         model_overrides=_model_overrides(args),
     )
+    if args.resume:
+        check_resume_options(args, cfg, RunDir(args.out))
     m = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=_progress())
     if not distributed_from_env().is_main:
         return  # under torchrun, rank 0 reports
@@ -93,15 +96,15 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 
 def cmd_multimnist(args: argparse.Namespace) -> None:
+    from capsnet.checkpoint import check_new_file
     from capsnet.data import MultiMNISTConfig, load_split
     from capsnet.data.multimnist import fixed_pairs, save_npz
 
-    if args.out.exists() and not args.overwrite:
-        raise ConfigError(f"{args.out}: exists; use --overwrite or another --out")
+    check_new_file(args.out, args.overwrite)
     images, labels = load_split("mnist", args.split, args.data_dir)
     if args.limit is not None:
         images, labels = images[: args.limit], labels[: args.limit]
-    cfg = MultiMNISTConfig(pad=args.pad, shift=args.shift)
+    cfg = MultiMNISTConfig(**{k: getattr(args, k) for k in ("pad", "shift") if k in args})
     x, t = fixed_pairs(images, labels, args.pairs_per_digit, cfg, args.seed)
     save_npz(args.out, x, t)
     print(f"{len(x)} MultiMNIST images of {x.shape[-2]}×{x.shape[-1]} written to {args.out}")
@@ -112,7 +115,7 @@ def cmd_experiment(args: argparse.Namespace) -> None:
     from capsnet.training import TrainConfig
 
     train = _from_args(TrainConfig, args, dataset_options=dict(args.dataset_option))
-    cfg = Table1Config(train=train, seeds=tuple(args.seeds), rows=tuple(args.rows), size=args.size)
+    cfg = _from_args(Table1Config, args, train=train)
     print(run_table1(cfg, args.out, progress=_progress()))
 
 
@@ -140,7 +143,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from capsnet.export import export_run
 
-    diffs = export_run(args.run_dir, args.onnx, args.data_dir, args.check_images, args.dataset)
+    diffs = export_run(
+        args.run_dir, args.onnx, args.data_dir, args.check_images, args.dataset, args.overwrite
+    )
     for path, d in diffs.items():
         worst = ", ".join(f"{name} {v:.2e}" for name, v in d.items())
         print(f"wrote {path}; max abs difference to PyTorch: {worst}")
@@ -185,6 +190,6 @@ def cmd_robustness(args: argparse.Namespace) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from capsnet.data import find_dataset
+    from capsnet.data.sources import verify_dataset
 
-    print(find_dataset(args.dataset, args.data_dir, download=not args.no_download))
+    print(verify_dataset(args.dataset, args.data_dir, download=not args.no_download))

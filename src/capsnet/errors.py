@@ -15,3 +15,11 @@ class CheckpointError(CapsNetError):
 
 class ConfigError(CapsNetError):
     """An unknown name or an invalid setting."""
+
+
+class TrainingDiverged(ConfigError):
+    """The training loss of an epoch is not finite (inf or nan)."""
+
+    def __init__(self, epoch: int, loss: float):
+        super().__init__(f"training diverged at epoch {epoch} (loss {loss})")
+        self.epoch, self.loss = epoch, loss

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from capsnet import __version__
-from capsnet.checkpoint import atomic_write
+from capsnet.checkpoint import atomic_write, check_new_file
 from capsnet.errors import CheckpointError, ConfigError
 from capsnet.models.contract import CapsuleClassifier, Classifier, PoseDecoder, provides, require
 from capsnet.models.contract import model_name as name_of
@@ -203,13 +203,19 @@ def export_run(
     data_dir: str | None = None,
     check_images: int = 100,
     dataset: str | None = None,
+    overwrite: bool = False,
 ) -> dict[Path, dict[str, float]]:
     """Export a run's classifier (and decoder, if any) to ONNX, checked on the run's own
     test images (from ``data_dir``, else the run's data directory), or on those of the
     task ``dataset`` (for a bare checkpoint, whose task is unknown).
 
+    ``path`` and its decoder file must not exist unless ``overwrite`` (checked before any
+    work); overwriting with a model that has no decoder removes an old decoder file.
     Returns, per written file, the max abs difference of each output to PyTorch.
     """
+    path = Path(path)
+    for p in (path, decoder_path(path)):
+        check_new_file(p, overwrite)
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -241,11 +247,11 @@ def export_run(
         "image_policy": json.dumps(run.data.get("image_policy")),
         "config": json.dumps(config.to_dict()),
     }
-    path = Path(path)
     classifier = _Classifier(model, outputs)
     diffs = {path: _onnx_file(classifier, {"images": x}, outputs, path, metadata)}
     if not provides(model, PoseDecoder):
         log.info("%s has no decoder: exported the classifier only", name_of(model))
+        decoder_path(path).unlink(missing_ok=True)  # an old one would not belong to it
         return diffs
     with torch.no_grad():
         out = model(x)

@@ -14,6 +14,7 @@ from capsnet.errors import ConfigError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUTO = "auto"  # resolved by resolve_precision before any work
+PRECISION_CHOICES = (*PRECISIONS, AUTO)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -51,8 +52,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_precision(precision: str) -> None:
-    if precision not in (*PRECISIONS, AUTO):
-        choices = ", ".join((*PRECISIONS, AUTO))
+    if precision not in PRECISION_CHOICES:
+        choices = ", ".join(PRECISION_CHOICES)
         raise ConfigError(f"unknown precision '{precision}'; choose from: {choices}")
 
 

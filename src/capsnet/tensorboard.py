@@ -44,9 +44,18 @@ class TensorBoardLog:
 
     def __init__(self, run_dir: Path) -> None:
         check_available()
-        from torch.utils.tensorboard import SummaryWriter
+        self.log_dir = run_dir / "tensorboard"
+        self._writer: Any = None
 
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    @property
+    def writer(self) -> Any:
+        """The SummaryWriter, made on first use: nothing is written before training starts
+        (``--overwrite`` clears the run directory first)."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        return self._writer
 
     def step(self, step: int, loss: float, lr: float, images_per_second: float) -> None:
         self.writer.add_scalar("step/loss", loss, step)
@@ -82,7 +91,8 @@ class TensorBoardLog:
         model.train(was_training)
 
     def close(self) -> None:
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 __all__ = ["TensorBoardLog", "check_available"]

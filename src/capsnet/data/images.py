@@ -24,9 +24,8 @@ from PIL import Image
 from torch import Tensor
 
 from capsnet.errors import ConfigError, DataError
+from capsnet.names import NORMALIZE, RESIZE
 
-RESIZE = ("pad", "crop", "stretch")
-NORMALIZE = ("none", "per-image")
 CHANNELS = (1, 3)
 
 

@@ -266,6 +266,31 @@ def load_split(
     if split not in ("train", "test"):
         raise ConfigError(f"unknown split '{split}'; choose from: test, train")
     directory = find_dataset(spec, data_dir, download)
+    images, labels = _read_split(spec, directory, split)
+    n, height, width = images.shape
+    logger.info(
+        "loaded %s %s: %d images of %dx%d from %s", spec.name, split, n, height, width, directory
+    )
+    return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long()
+
+
+def verify_dataset(
+    dataset: str | DatasetSpec, data_dir: str | Path | None = None, download: bool = True
+) -> Path:
+    """find_dataset, then every file read and checked as load_split does (and both splits
+    of one image size): DataError naming the first bad file. Returns the directory."""
+    spec = _as_spec(dataset)
+    directory = find_dataset(spec, data_dir, download)
+    train, test = (_read_split(spec, directory, split)[0] for split in ("train", "test"))
+    if train.shape[1:] != test.shape[1:]:
+        path = _locate(directory, spec.files["test_images"][0])
+        size = "×".join(map(str, train.shape[1:]))
+        raise DataError(f"{path}: images of {'×'.join(map(str, test.shape[1:]))}, not {size}")
+    return directory
+
+
+def _read_split(spec: DatasetSpec, directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W) and labels (N,) of a split, checked (see load_split)."""
     images_path = _locate(directory, spec.files[f"{split}_images"][0])
     labels_path = _locate(directory, spec.files[f"{split}_labels"][0])
     images, labels = read_idx(images_path), read_idx(labels_path)
@@ -281,8 +306,4 @@ def load_split(
             f"{labels_path}: label {labels[bad[0]]} out of range 0..{spec.num_classes - 1} "
             f"(item {bad[0]})"
         )
-    n, height, width = images.shape
-    logger.info(
-        "loaded %s %s: %d images of %dx%d from %s", spec.name, split, n, height, width, directory
-    )
-    return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long()
+    return images, labels

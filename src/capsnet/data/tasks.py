@@ -236,9 +236,22 @@ def load_train(
     datasets place their digits as their options say."""
     check_dataset(name, options, train=True)
     task = _task(name)
-    return task.train(
+    data = task.train(
         task.source, data_dir, val_size, train_limit, max_shift, dataset_options(name, options)
     )
+    check_shift(max_shift, data.image_shape[1:])
+    return data
+
+
+def check_shift(max_shift: int, size: tuple[int, ...]) -> None:
+    """ConfigError if shifts of up to ±``max_shift`` pixels could move an image of
+    ``size`` (H, W) by half its side or more: little or nothing of it would be left."""
+    limit = (min(size) - 1) // 2
+    if max_shift > limit:
+        raise ConfigError(
+            f"max_shift {max_shift} moves the {'×'.join(map(str, size))} images by half their "
+            f"side or more; use at most {limit}"
+        )
 
 
 def load_test(
@@ -259,6 +272,7 @@ __all__ = [
     "TrainData",
     "affnist_files",
     "check_dataset",
+    "check_shift",
     "dataset_options",
     "dataset_spec",
     "load_test",

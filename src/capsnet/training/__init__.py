@@ -5,7 +5,8 @@ what the loop needs of a progress display (``progress``)."""
 from capsnet.targets import num_correct
 from capsnet.training.config import TrainConfig
 from capsnet.training.environment import environment
-from capsnet.training.loop import Session, build_model, evaluate, to_input, train, train_step
+from capsnet.training.evaluation import evaluate, to_input
+from capsnet.training.loop import Session, build_model, train, train_step
 from capsnet.training.progress import NoProgress, Progress, ProgressFactory
 from capsnet.training.rundir import RUN_FILES, RunDir, load_run
 from capsnet.training.state import STATE_JSON, STATE_TENSORS

@@ -12,11 +12,10 @@ from capsnet.data.tasks import check_dataset
 from capsnet.data.transforms import Augmentation
 from capsnet.errors import ConfigError
 from capsnet.models import check_model_name
+from capsnet.names import LR_SCHEDULES
 from capsnet.runtime import check_precision
 
 log = logging.getLogger(__name__)
-
-LR_SCHEDULES = ("exponential", "cosine")
 
 
 @dataclass(frozen=True)
@@ -54,8 +53,12 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if self.lr <= 0 or not 0 < self.lr_decay <= 1:
-            raise ConfigError("lr must be > 0 and lr_decay in (0, 1]")
+        if not 0 < self.lr < math.inf or not 0 < self.lr_decay <= 1:  # nan fails too
+            raise ConfigError(
+                f"lr must be finite and > 0, and lr_decay in (0, 1]; got {self.lr}, {self.lr_decay}"
+            )
+        if not 0 <= self.seed < 2**64:
+            raise ConfigError(f"seed must be from 0 to 2**64 - 1, got {self.seed}")
         if self.val_size < 0 or self.max_shift < 0:
             raise ConfigError("val_size and max_shift must be ≥ 0")
         if self.lr_schedule not in LR_SCHEDULES:

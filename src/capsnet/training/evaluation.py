@@ -1,4 +1,6 @@
-"""Testing a finished run: on its own test set (as made in training) or another task's."""
+"""Evaluation: accuracy and loss of a model on a test set (``evaluate``, used by the
+training loop for validation and test), and testing a finished run on its own test set
+(as made in training) or another task's (``evaluate_run``)."""
 
 from __future__ import annotations
 
@@ -7,17 +9,58 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from capsnet.checkpoint import write_json
 from capsnet.data.tasks import load_test
 from capsnet.errors import ConfigError
 from capsnet.metrics import ClassCounts, write_class_report
+from capsnet.runtime import autocast
+from capsnet.targets import Targets, num_correct
 from capsnet.training.environment import environment
-from capsnet.training.loop import evaluate
 from capsnet.training.progress import NoProgress, ProgressFactory
 from capsnet.training.rundir import RunDir, class_names
 
 log = logging.getLogger(__name__)
+
+
+def to_input(images: Tensor, device: torch.device) -> Tensor:
+    """uint8 images → floats in [0, 1] on ``device``, as the models take them."""
+    return images.to(device, non_blocking=True).float().div_(255.0)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    images: Tensor,
+    labels: Targets,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    progress: ProgressFactory = NoProgress,
+    desc: str = "eval",
+    precision: str = "fp32",
+    counts: ClassCounts | None = None,
+) -> dict[str, float]:
+    """Accuracy and mean loss of ``model`` on uint8 images (N, C, H, W) with labels (N,)
+    or OverlayTargets (see ``num_correct``). The loss is the training loss: the decoder,
+    if any, reconstructs the true class(es), as in training. ``counts``, if given, also
+    counts per class."""
+    device = torch.device(device)
+    model.eval()
+    correct, loss_sum, n = 0, 0.0, len(labels)
+    bar = progress(total=n, desc=desc)
+    for idx in torch.arange(n).split(batch_size):
+        x, y = to_input(images[idx], device), labels[idx].to(device)
+        with autocast(device, precision):
+            out = model(x, y)
+            loss, _ = model.loss(out, x, y)
+        correct += int(num_correct(out.scores, y))
+        if counts is not None:
+            counts.update(out.scores, y)
+        loss_sum += float(loss) * len(idx)
+        bar.update(len(idx))
+    bar.close()
+    return {"accuracy": correct / n, "error": 1 - correct / n, "loss": loss_sum / n}
 
 
 def evaluate_run(
@@ -79,4 +122,4 @@ def file_safe(dataset: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in dataset).strip("-")
 
 
-__all__ = ["evaluate_run"]
+__all__ = ["evaluate", "evaluate_run", "to_input"]

@@ -16,18 +16,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from capsnet.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from capsnet.checkpoint import BEST, LAST, save_checkpoint, weights_for
 from capsnet.data.custom import run_record
 from capsnet.data.tasks import TrainData, dataset_spec, load_test, load_train
-from capsnet.errors import ConfigError
-from capsnet.metrics import ClassCounts
+from capsnet.errors import ConfigError, TrainingDiverged
 from capsnet.models import create_model
 from capsnet.runtime import (
     AUTO,
@@ -43,6 +42,7 @@ from capsnet.targets import Targets, num_correct
 from capsnet.tensorboard import TensorBoardLog
 from capsnet.training.config import TrainConfig
 from capsnet.training.environment import environment
+from capsnet.training.evaluation import evaluate, to_input
 from capsnet.training.progress import NoProgress, ProgressFactory
 from capsnet.training.rundir import RunDir
 from capsnet.training.state import load_train_state, save_train_state
@@ -50,45 +50,6 @@ from capsnet.training.state import load_train_state, save_train_state
 log = logging.getLogger(__name__)
 
 LOSS_DECODES = "true_class"  # history.csv: what val_loss reconstructs (older runs: predicted)
-
-
-def to_input(images: Tensor, device: torch.device) -> Tensor:
-    """uint8 images → floats in [0, 1] on ``device``, as the models take them."""
-    return images.to(device, non_blocking=True).float().div_(255.0)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    images: Tensor,
-    labels: Targets,
-    batch_size: int = 500,
-    device: torch.device | str = "cpu",
-    progress: ProgressFactory = NoProgress,
-    desc: str = "eval",
-    precision: str = "fp32",
-    counts: ClassCounts | None = None,
-) -> dict[str, float]:
-    """Accuracy and mean loss of ``model`` on uint8 images (N, C, H, W) with labels (N,)
-    or OverlayTargets (see ``num_correct``). The loss is the training loss: the decoder,
-    if any, reconstructs the true class(es), as in training. ``counts``, if given, also
-    counts per class."""
-    device = torch.device(device)
-    model.eval()
-    correct, loss_sum, n = 0, 0.0, len(labels)
-    bar = progress(total=n, desc=desc)
-    for idx in torch.arange(n).split(batch_size):
-        x, y = to_input(images[idx], device), labels[idx].to(device)
-        with autocast(device, precision):
-            out = model(x, y)
-            loss, _ = model.loss(out, x, y)
-        correct += int(num_correct(out.scores, y))
-        if counts is not None:
-            counts.update(out.scores, y)
-        loss_sum += float(loss) * len(idx)
-        bar.update(len(idx))
-    bar.close()
-    return {"accuracy": correct / n, "error": 1 - correct / n, "loss": loss_sum / n}
 
 
 def build_model(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -145,9 +106,7 @@ def train(
     run = RunDir(run_dir)
     run.check_for_training(resume, overwrite)
     if resume:
-        saved = run.train
-        if saved is None:
-            raise ConfigError(f"{run.path}: config.json holds no training config")
+        saved = run.resume_config(cfg.epochs)
         cfg = dataclasses.replace(saved, epochs=cfg.epochs, device=cfg.device)
     info = distributed_from_env()
     if cfg.batch_size < info.world_size:
@@ -160,8 +119,11 @@ def train(
             dist.barrier()  # every rank has checked the run directory before rank 0 writes
         session = Session.start(cfg, run, device, info, progress if info.is_main else NoProgress)
         first = session.resume() if resume else session.begin()
-        for epoch in range(first, cfg.epochs + 1):
-            session.end_epoch(session.train_epoch(epoch))
+        try:
+            for epoch in range(first, cfg.epochs + 1):
+                session.end_epoch(session.train_epoch(epoch))
+        except TrainingDiverged as e:
+            session.stop(e)
         return session.finish()
 
 
@@ -226,8 +188,10 @@ class Session:
         return session
 
     def begin(self) -> int:
-        """Write config.json (rank 0); the first epoch."""
+        """Clear the directory of an old run's files (``--overwrite``) and write config.json
+        (rank 0); the first epoch."""
         if self.info.is_main:
+            self.run.clear()
             self.run.write_config(
                 {
                     "train": self.cfg.to_dict(),
@@ -243,14 +207,28 @@ class Session:
     def resume(self) -> int:
         """Restore weights, optimiser, RNG and selection state; the next epoch."""
         path = self.run.path
+        self.model.load_state_dict(weights_for(path / LAST, self.model))
+        self.best_state = weights_for(path / BEST, self.model)
         meta = load_train_state(path, self.optim, self.gen)
-        self.model.load_state_dict(load_checkpoint(path / LAST).state_dict())
-        self.best_state = load_checkpoint(path / BEST).state_dict()
         self.history, self.best_val = meta["history"], meta["best_val"]
         self.best_epoch = meta["best_epoch"]
         self.global_step = len(self.history) * math.ceil(self.data.size / self.cfg.batch_size)
         log.info("resuming %s at epoch %d", path, meta["epoch"] + 1)
         return meta["epoch"] + 1
+
+    def stop(self, diverged: TrainingDiverged) -> NoReturn:
+        """End a diverged run, saying how to go on: the epochs that completed stay (a run
+        that evaluate, figures and --resume read); if none did, what it wrote is removed."""
+        if self.tb is not None:
+            self.tb.close()
+        path, done = self.run.path, len(self.history)
+        if done:
+            kept = f"{path} keeps the {done} epoch(s) before; rerun with --overwrite"
+        else:
+            if self.info.is_main:
+                self.run.clear()
+            kept = f"nothing was kept in {path}; rerun"
+        raise ConfigError(f"{diverged}; {kept} and a lower --lr") from None
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over the training data; the epoch's history row."""
@@ -294,7 +272,7 @@ class Session:
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "lr": first_lr, "train_loss": float(loss_sum) / n_train}
         if not math.isfinite(row["train_loss"]):
-            raise ConfigError(f"training diverged at epoch {epoch} (loss {row['train_loss']})")
+            raise TrainingDiverged(epoch, row["train_loss"])
         return row | {
             "train_accuracy": int(correct) / n_train,
             "train_seconds": round(seconds, 3),

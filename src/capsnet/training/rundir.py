@@ -10,25 +10,50 @@ it through :class:`RunDir`; runs written by older versions are migrated on read.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import fnmatch
+import json
+import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from capsnet.checkpoint import BEST, LAST, atomic_write, load_checkpoint, read_json, write_json
+from capsnet.checkpoint import (
+    BEST,
+    LAST,
+    atomic_write,
+    check_writable_dir,
+    load_checkpoint,
+    read_json,
+    write_json,
+)
 from capsnet.data.custom import saved_policy
 from capsnet.data.images import ImagePolicy
 from capsnet.data.sources import DATASETS, find_dataset
 from capsnet.data.tasks import dataset_spec, load_test, task_source
-from capsnet.errors import CapsNetError, CheckpointError
+from capsnet.errors import CapsNetError, CheckpointError, ConfigError
 from capsnet.models.contract import Classifier, require
 from capsnet.targets import Targets
 from capsnet.training.config import TrainConfig
-from capsnet.training.state import STATE_JSON, STATE_TENSORS
+from capsnet.training.state import STATE_JSON, STATE_TENSORS, read_state_meta
+from capsnet.typecheck import check_field_types
+
+log = logging.getLogger(__name__)
 
 CONFIG, HISTORY, METRICS = "config.json", "history.csv", "metrics.json"
 RUN_FILES = (CONFIG, METRICS, HISTORY, BEST, LAST, STATE_TENSORS, STATE_JSON)
+# Everything else capsnet writes into a run directory: evaluate (eval*.json, classes*),
+# figures (capsnet.viz), robustness --out RUN, and atomic_write's temporary files.
+OUTPUTS = (
+    *RUN_FILES,
+    *("eval.json", "eval-*.json", "classes.json", "classes.png", "classes-*.json"),
+    *("classes-*.png", "training.png", "coupling.png", "multimnist.png", "reconstructions.png"),
+    *("perturbation.png", "robustness.json", "robustness.png", ".*.tmp"),
+)
+TENSORBOARD, EVENTS = "tensorboard", "events.out.tfevents.*"  # --tensorboard (a directory)
 
 
 def class_names(dataset: str | None, num_classes: int) -> tuple[str, ...]:
@@ -39,6 +64,45 @@ def class_names(dataset: str | None, num_classes: int) -> tuple[str, ...]:
     except CapsNetError:
         names = ()
     return names if len(names) == num_classes else tuple(map(str, range(num_classes)))
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false"}
+    return "null" if value is None else names.get(type(value), "a number")
+
+
+def checked_config(path: Path, config: Any) -> dict[str, Any]:
+    """``config`` (read from ``path``) if it has the shape of a run's config.json: an
+    object whose ``train`` is an object, and ``model`` and ``data`` too if present."""
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{path}: not a run's config (an object expected, found {_json_type(config)})"
+        )
+    if "train" not in config:
+        raise CheckpointError(f"{path}: not a run's config (no training settings, 'train')")
+    for key in ("train", "model", "data"):
+        if key in config and not isinstance(config[key], dict):
+            raise CheckpointError(
+                f"{path}: '{key}' must be an object, found {_json_type(config[key])}"
+            )
+    return config
+
+
+def saved_train_config(path: Path, saved: dict[str, Any], strict: bool = False) -> TrainConfig:
+    """The TrainConfig of config.json's ``train`` (``path``): settings added since take
+    their defaults; unknown ones (from a newer capsnet?) are left out with a warning, or
+    refused if ``strict``. CheckpointError naming the file for a bad setting."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown := sorted(set(saved) - known):
+        if strict:
+            raise CheckpointError(f"{path}: unknown training setting(s) {', '.join(unknown)}")
+        log.warning("%s: ignoring unknown training setting(s) %s", path, ", ".join(unknown))
+    saved = {k: v for k, v in saved.items() if k in known}
+    try:
+        check_field_types(TrainConfig, saved)
+        return TrainConfig.from_dict(saved)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: bad training setting: {e}") from None
 
 
 class RunDir:
@@ -62,6 +126,7 @@ class RunDir:
         self.file = path if path.is_file() else None
         self.path = path.parent if self.file else path
         self._config: dict[str, Any] | None = None
+        self._train: TrainConfig | None = None
 
     @property
     def name(self) -> str:
@@ -75,18 +140,18 @@ class RunDir:
 
     @property
     def config(self) -> dict[str, Any]:
+        """config.json, {} if there is none; CheckpointError if it is not a run's."""
         if self._config is None:
-            try:
-                config = read_json(self.path / CONFIG)
-            except CapsNetError:
-                config = {}
-            self._config = config if isinstance(config, dict) else {}
+            path = self.path / CONFIG
+            config = checked_config(path, read_json(path)) if path.exists() else {}
+            self._train = saved_train_config(path, config["train"]) if config else None
+            self._config = config
         return self._config
 
     @property
     def train(self) -> TrainConfig | None:
-        saved = self.config.get("train")
-        return TrainConfig.from_dict(saved) if isinstance(saved, dict) else None
+        """The training config of config.json (migrated), None if there is none."""
+        return self._train if self.config else None
 
     @property
     def dataset(self) -> str | None:
@@ -119,7 +184,25 @@ class RunDir:
         """The run's model in eval mode; ConfigError unless it meets the contract."""
         model = load_checkpoint(self.checkpoint, device)
         require(model, "capsnet", Classifier)
+        self._check_model(model)
         return model
+
+    def _check_model(self, model: nn.Module) -> None:
+        """CheckpointError unless the checkpoint holds the model config.json describes."""
+        saved = self.config.get("model")
+        if not isinstance(saved, dict):
+            return
+        ckpt, name = self.checkpoint, getattr(model, "name", None)
+        if saved.get("name") not in (None, name):
+            raise CheckpointError(f"{ckpt}: holds a {name}, {CONFIG} says {saved['name']}")
+        own = json.loads(json.dumps(model.config.to_dict()))  # tuples as lists, like the file
+        theirs = saved.get("config") if isinstance(saved.get("config"), dict) else {}
+        for key in sorted(set(own) & set(theirs)):
+            if own[key] != theirs[key]:
+                raise CheckpointError(
+                    f"{ckpt}: holds another model than {CONFIG} says ({key} {own[key]} "
+                    f"in the checkpoint, {theirs[key]} in {CONFIG})"
+                )
 
     @property
     def data(self) -> dict[str, Any]:
@@ -181,25 +264,73 @@ class RunDir:
 
     # --- writing (training) -----------------------------------------------------------
 
+    def contents(self) -> tuple[list[Path], list[Path]]:
+        """The directory's entries capsnet writes (``OUTPUTS``, ``tensorboard/`` holding
+        only events files), and the others; sorted by name."""
+        if not self.path.is_dir():
+            return [], []
+        ours, others = [], []
+        for entry in sorted(self.path.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                events = entry.name == TENSORBOARD and all(
+                    p.is_file() and fnmatch.fnmatchcase(p.name, EVENTS) for p in entry.iterdir()
+                )
+                (ours if events else others).append(entry)
+                continue
+            mine = entry.is_file() and any(fnmatch.fnmatchcase(entry.name, o) for o in OUTPUTS)
+            (ours if mine else others).append(entry)
+        return ours, others
+
     def check_for_training(self, resume: bool, overwrite: bool) -> None:
-        """CheckpointError unless a new run may start here (or, ``resume``, continue)."""
+        """CheckpointError unless a new run may start here (or, ``resume``, continue).
+        ``overwrite`` replaces a run: refused if the directory also holds other files."""
         run = self.path
-        existing = [f for f in RUN_FILES if (run / f).exists()]
+        if run.exists() and not run.is_dir():
+            raise CheckpointError(f"{run}: exists and is not a directory")
+        ours, others = self.contents()
         if resume:
             if not (run / STATE_JSON).exists():
                 raise CheckpointError(f"{run}: nothing to resume (no {STATE_JSON})")
-        elif existing and not overwrite:
+        elif ours and not overwrite:
             raise CheckpointError(
-                f"{run}: already holds a run ({existing[0]}); use --resume, --overwrite "
+                f"{run}: already holds a run ({ours[0].name}); use --resume, --overwrite "
                 "or a new --out"
             )
-        elif run.exists() and not run.is_dir():
-            raise CheckpointError(f"{run}: exists and is not a directory")
+        elif ours and others:
+            names = ", ".join(p.name for p in others[:3]) + (", …" if len(others) > 3 else "")
+            raise CheckpointError(
+                f"{run}: --overwrite removes a run's files only, and it also holds others "
+                f"({names}); move them away or use a new --out"
+            )
+        check_writable_dir(run)
+
+    def clear(self) -> None:
+        """Remove every file capsnet wrote here (see :meth:`contents`), nothing else."""
+        for entry in self.contents()[0]:
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        self._config = self._train = None
+
+    def resume_config(self, epochs: int) -> TrainConfig:
+        """The saved config ``train --resume`` continues (to ``epochs`` epochs): an error,
+        before any work, unless the run's files can be resumed so."""
+        if not self.config:
+            raise CheckpointError(f"{self.path}: nothing to resume (no {CONFIG})")
+        saved = saved_train_config(self.path / CONFIG, self.config["train"], strict=True)
+        done = read_state_meta(self.path)["epoch"]
+        if epochs < done:
+            raise ConfigError(
+                f"--epochs {epochs}: the run in {self.path} has done {done} epochs already; "
+                f"resume it with --epochs {done} or more"
+            )
+        return saved
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         write_json(self.path / CONFIG, config)
-        self._config = None
+        self._config = self._train = None
 
     def write_history(self, history: list[dict[str, Any]]) -> None:
         def write(p: Path) -> None:

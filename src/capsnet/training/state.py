@@ -13,6 +13,14 @@ from capsnet.checkpoint import atomic_write, read_json, write_json
 from capsnet.errors import CheckpointError
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
+_META = {  # what train_state.json holds: key → its JSON type
+    "epoch": int,
+    "history": list,
+    "best_val": (int, float),
+    "best_epoch": int,
+    "param_groups": list,
+    "optim_scalars": dict,
+}
 
 
 def save_train_state(
@@ -35,11 +43,27 @@ def save_train_state(
     )
 
 
+def read_state_meta(run: Path) -> dict[str, Any]:
+    """train_state.json of ``run``: the epoch reached, history, selection and optimiser
+    scalars; CheckpointError naming the file unless it has that shape."""
+    path = run / STATE_JSON
+    meta = read_json(path)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: not a training state (an object expected)")
+    for key, kind in _META.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise CheckpointError(f"{path}: not a training state ('{key}' missing or wrong)")
+    history = meta["history"]
+    if len(history) != meta["epoch"] or not all(isinstance(row, dict) for row in history):
+        raise CheckpointError(f"{path}: epoch {meta['epoch']} does not match its history")
+    return meta
+
+
 def load_train_state(
     run: Path, optim: torch.optim.Optimizer, gen: torch.Generator
 ) -> dict[str, Any]:
     """Restore what :func:`save_train_state` saved; returns its ``meta``."""
-    meta = read_json(run / STATE_JSON)
+    meta = read_state_meta(run)
     try:
         tensors = load_file(str(run / STATE_TENSORS))
     except Exception as e:  # safetensors raises several types for a corrupt file
@@ -57,7 +81,20 @@ def load_train_state(
         torch.set_rng_state(tensors["rng.torch"])
     except (KeyError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{run}: training state does not match the model ({e})") from None
+    _check_shapes(run / STATE_TENSORS, optim)
     return meta
 
 
-__all__ = ["STATE_JSON", "STATE_TENSORS", "load_train_state", "save_train_state"]
+def _check_shapes(path: Path, optim: torch.optim.Optimizer) -> None:
+    """CheckpointError unless every per-parameter tensor of the restored optimiser state
+    (Adam's moments) has its parameter's shape: not another model's state."""
+    for param, state in optim.state.items():
+        for name, value in state.items():
+            if isinstance(value, Tensor) and value.dim() and value.shape != param.shape:
+                raise CheckpointError(
+                    f"{path}: another model's training state ({name} of shape "
+                    f"{tuple(value.shape)} for a parameter of shape {tuple(param.shape)})"
+                )
+
+
+__all__ = ["STATE_JSON", "STATE_TENSORS", "load_train_state", "read_state_meta", "save_train_state"]
