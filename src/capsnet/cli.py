@@ -280,6 +280,7 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     r.add_argument("--seed", type=_seed, default=0, help="of the random perturbations")
     r.add_argument("--data-dir", help="where the first run's test images are")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    r.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     f.add_argument("--data-dir", help="where the run's dataset is (default: as in training)")
     f.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
 
