@@ -111,3 +111,16 @@ def test_tools_take_a_pretrained_name_and_write_nothing_into_the_package(
 def test_a_name_that_is_neither_a_run_nor_shipped_is_one_line(shelf, capsys):
     assert main(["evaluate", "nope"]) == 2
     assert "no such run directory, checkpoint or pretrained model" in capsys.readouterr().err
+
+
+def test_explore_without_a_run_opens_the_shipped_paper_network():
+    from fastapi.testclient import TestClient
+
+    from capsnet.cli import EXPLORE_DEFAULT
+    from capsnet.explore import load_explorer
+
+    assert EXPLORE_DEFAULT == "capsnet-mnist" and pretrained.is_pretrained(EXPLORE_DEFAULT)
+    client = TestClient(load_explorer(EXPLORE_DEFAULT), base_url="http://127.0.0.1")
+    info = client.get("/api/info").json()
+    assert info["class_dim"] == 16 and info["primary_types"] == 32
+    assert info["primary_grid"] == [6, 6]  # 1152 capsules: 32 types on a 6×6 grid

@@ -20,7 +20,7 @@ from capsnet.errors import CapsNetError
 
 log = logging.getLogger("capsnet")
 RUN = "a run directory, a checkpoint file or a pretrained name (`capsnet pretrained`)"
-EXPLORE_DEFAULT = "capsnet-mnist"  # the paper network on MNIST, when shipped
+EXPLORE_DEFAULT = "capsnet-mnist"  # the shipped paper network on MNIST
 DESCRIPTION = (
     "Capsule networks (Sabour, Frosst & Hinton, 2017): train them, test them, draw their "
     "figures, classify images, export to ONNX and explore them in a browser. "
