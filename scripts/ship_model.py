@@ -13,6 +13,7 @@ writes best.safetensors and pretrained.json (both accuracies, dtype, sha256, siz
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -46,11 +47,7 @@ def main() -> None:
         train["dataset"], args.data_dir or train["data_dir"], options=train.get("dataset_options")
     )
     fp32 = evaluate(model, x, y, batch_size=500)["accuracy"]
-    half = {
-        k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()
-    }
-    rounded, _ = load_run(args.run_dir)
-    rounded.load_state_dict(half)
+    rounded = copy.deepcopy(model).half().float()  # the weights rounded to float16
     fp16 = evaluate(rounded, x, y, batch_size=500)["accuracy"]
     use_half = abs(fp16 - fp32) <= TOLERANCE
     print(

@@ -41,7 +41,7 @@ from capsnet.checkpoint import atomic_write, check_new_file
 from capsnet.errors import CheckpointError, ConfigError
 from capsnet.models.contract import CapsuleClassifier, Classifier, PoseDecoder, provides, require
 from capsnet.models.contract import model_name as name_of
-from capsnet.training.rundir import RunDir, class_names
+from capsnet.training.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -239,11 +239,7 @@ def export_run(
         "capsnet_version": __version__,
         "model": name_of(model),
         "dataset": dataset or run.dataset or "",
-        "class_names": json.dumps(
-            run.class_names(config.num_classes)
-            if dataset in (None, run.dataset)
-            else class_names(dataset, config.num_classes)
-        ),
+        "class_names": json.dumps(run.class_names(config.num_classes, dataset)),
         "image_policy": json.dumps(run.data.get("image_policy")),
         "config": json.dumps(config.to_dict()),
     }

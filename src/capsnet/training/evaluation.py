@@ -19,7 +19,7 @@ from capsnet.runtime import autocast
 from capsnet.targets import Targets, num_correct
 from capsnet.training.environment import environment
 from capsnet.training.progress import NoProgress, ProgressFactory
-from capsnet.training.rundir import RunDir, class_names
+from capsnet.training.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def evaluate_run(
         "test_examples": len(y),
         **environment(),
     }
-    names = run.class_names(config.num_classes) if own else class_names(dataset, config.num_classes)
+    names = run.class_names(config.num_classes, dataset)
     if out is None and run.pretrained:
         return result
     where = Path(out) if out is not None else run.path

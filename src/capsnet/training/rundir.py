@@ -218,9 +218,11 @@ class RunDir:
         except TypeError as e:
             raise CheckpointError(f"{self.path / CONFIG}: bad data.image_policy ({e})") from None
 
-    def class_names(self, num_classes: int) -> tuple[str, ...]:
+    def class_names(self, num_classes: int, dataset: str | None = None) -> tuple[str, ...]:
         """The class names saved by training, else the task's, else "0", "1", … (when
-        unknown or not ``num_classes`` of them)."""
+        unknown or not ``num_classes`` of them); or those of another task ``dataset``."""
+        if dataset not in (None, self.dataset):
+            return class_names(dataset, num_classes)
         saved = self.data.get("class_names")
         if isinstance(saved, list) and len(saved) == num_classes:
             return tuple(map(str, saved))
