@@ -104,11 +104,12 @@ def train(
     global batch (DistributedDataParallel) and only rank 0 writes files.
     """
     run = RunDir(run_dir)
-    run.check_for_training(resume, overwrite)
+    info = distributed_from_env()
+    if info.is_main:  # other ranks' write probes would race with rank 0's (mkdir, rmdir)
+        run.check_for_training(resume, overwrite)
     if resume:
         saved = run.resume_config(cfg.epochs)
         cfg = dataclasses.replace(saved, epochs=cfg.epochs, device=cfg.device)
-    info = distributed_from_env()
     if cfg.batch_size < info.world_size:
         raise ConfigError(f"batch size {cfg.batch_size} < {info.world_size} processes")
     with process_group(resolve_device(cfg.device), info) as device:
@@ -116,7 +117,7 @@ def train(
             cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
             log.info("precision auto: %s on %s", cfg.precision, device)
         if info.enabled:
-            dist.barrier()  # every rank has checked the run directory before rank 0 writes
+            dist.barrier()  # rank 0 has checked the run directory before anyone goes on
         session = Session.start(cfg, run, device, info, progress if info.is_main else NoProgress)
         first = session.resume() if resume else session.begin()
         try:
