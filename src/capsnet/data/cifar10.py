@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from capsnet.data.sources import _download_dir, _download_file, search_path
+from capsnet.data.sources import download_into_cache, search_path
 from capsnet.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -94,10 +94,7 @@ def load_cifar10(
     int64 labels (N,). Downloads the archive (MD5-checked) if it is nowhere and allowed."""
     source = _sources(data_dir)
     if source is None and download:
-        directory = _download_dir("cifar10", data_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        _download_file(MIRRORS, MD5, directory / ARCHIVE)
-        source = directory / ARCHIVE
+        source = download_into_cache("cifar10", data_dir, MIRRORS, MD5, ARCHIVE)
     if source is None:
         where = ", ".join(map(str, search_path("cifar10", data_dir)))
         raise DataError(f"CIFAR-10 ({ARCHIVE} or its .bin files) not found in {where}")

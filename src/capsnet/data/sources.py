@@ -147,6 +147,17 @@ def _download_dir(name: str, data_dir: str | Path | None) -> Path:
     return Path.home() / ".cache" / "capsnet" / name
 
 
+def download_into_cache(
+    name: str, data_dir: str | Path | None, mirrors: tuple[str, ...], md5: str, filename: str
+) -> Path:
+    """Download ``filename`` (MD5-checked, from the first mirror that works) into the
+    dataset's download directory (see :func:`find_dataset`); returns its path."""
+    directory = _download_dir(name, data_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    _download_file(mirrors, md5, directory / filename)
+    return directory / filename
+
+
 def _locate(directory: Path, filename: str) -> Path:
     """``directory/filename.gz`` if it exists, else ``directory/filename`` (raw, maybe absent)."""
     gz = directory / f"{filename}.gz"

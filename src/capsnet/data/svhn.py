@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from capsnet.data.sources import _download_dir, _download_file, search_path
+from capsnet.data.sources import download_into_cache, search_path
 from capsnet.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,7 @@ def load_svhn(
     dirs = search_path("svhn", data_dir)
     path = next((d / name for d in dirs if (d / name).is_file()), None)
     if path is None and download:
-        directory = _download_dir("svhn", data_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        _download_file(MIRRORS, md5, directory / name)
-        path = directory / name
+        path = download_into_cache("svhn", data_dir, MIRRORS, md5, name)
     if path is None:
         raise DataError(f"SVHN {name} not found in {', '.join(map(str, dirs))}")
     log.info("loading SVHN %s from %s", split, path)
