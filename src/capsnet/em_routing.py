@@ -6,8 +6,17 @@ I = children, J = parents, D = pose components (16, a flattened 4×4 matrix).
 Where the paper is silent this follows the authors' released code, google-research
 ``capsule_em/em_layers.py`` (``update_em_routing``): the inverse temperature of iteration
 t = 1 … T is ``final_beta · (1 - 0.95^t)``, the variance has the floor ``MIN_VAR`` added,
-and ``MASS_EPS`` is added to the mass Σ_i r_ij. The variance is computed in two passes
-(μ first, then Σ_i r_ij (V_ij - μ_j)²), exact for tight clusters far from the origin.
+and ``MASS_EPS`` is added to the mass Σ_i r_ij.
+
+The votes are shifted once per routing call by their a-weighted mean c_j (:func:`vote_mean`,
+detached; with R = 1/J it is the first M-step's μ_j), and U = [V - c, (V - c)²] is formed
+once (:func:`centre`). Every sum over children and pose components in the iterations is then
+one matmul on U: the M-step's Σ_i r_ij V'_ij and Σ_i r_ij V'²_ij, and the E-step's
+Σ_d (V' - μ')²/σ² expanded. The result does not depend on c in exact arithmetic, so c is a
+constant for autograd and the gradients are exact. In float32 the variance
+E[V'²] - μ'² loses about 6e-8 · |μ_j - c_j|² to rounding (against the floor MIN_VAR =
+5e-4): exact for a tight cluster far from the origin whose mean is near c, approximate for a
+cluster more than about 20 units from c_j.
 
 :func:`em_routing` runs on given votes under plain autograd. (A fused convolutional
 version that recomputed the votes block by block instead of storing them used an eighth
@@ -34,19 +43,40 @@ def inverse_temperatures(iterations: int, final_beta: float) -> list[float]:
     return [final_beta * (1 - 0.95**t) for t in range(1, iterations + 1)]
 
 
-def m_step(votes: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """M-step of Procedure 1 for votes (N, J, I, D) weighted by r = R · a (N, J, I).
+def centre(votes: Tensor, shift: Tensor) -> Tensor:
+    """U = [V', V'²] (N, J, I, 2D) for votes V (N, J, I, D) and V' = V - shift (N, J, D).
 
-    Returns μ (N, J, D), σ² (N, J, D), the mass ``Σ_i r_ij + MASS_EPS`` (N, J) and the
-    squared deviations ``(V_ij - μ_j)²`` (N, J, I, D), which the E-step reuses. Two passes:
-    ``σ² = Σ_i r_ij (V_ij - μ_j)² / mass + MIN_VAR``, never ``E[V²] - μ²``.
+    Every sum over the children and pose components in the iterations is a matmul on U.
+    """
+    vc = votes - shift.unsqueeze(2)  # (N, J, I, D)
+    return torch.cat([vc, vc * vc], dim=-1)
+
+
+def vote_mean(votes: Tensor, a_in: Tensor) -> Tensor:
+    """The a-weighted mean of the votes, Σ_i a_i V_ij / (Σ_i a_i + MASS_EPS): (N, J, D),
+    detached. With R = 1/J it is the first M-step's μ_j (up to MASS_EPS)."""
+    with torch.no_grad():
+        w = a_in / (a_in.sum(-1, keepdim=True) + MASS_EPS)  # (N, 1, I)
+        return torch.matmul(w.unsqueeze(1), votes).squeeze(2)  # (N, J, D)
+
+
+def m_step(u: Tensor, r: Tensor, shift: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """M-step of Procedure 1 on U = [V', V'²] (N, J, I, 2D), V' = V - shift (shift (N, J, D)),
+    weighted by r = R · a (N, J, I).
+
+    Returns μ_j - shift_j (N, J, D) with ``μ_j = Σ_i r_ij V_ij / m_j``, σ²_j (N, J, D) and the
+    mass ``m_j = Σ_i r_ij + MASS_EPS`` (N, J). One matmul gives ``M1 = Σ_i w_ij V'_ij`` and
+    ``E = Σ_i w_ij V'²_ij`` (w_ij = r_ij / m_j, s_j = Σ_i w_ij); then, exactly,
+    ``μ_j - shift_j = M1 - (1 - s) shift`` and ``Σ_i w_ij (V_ij - μ_j)² = E - 2 (μ - shift) M1
+    + s (μ - shift)²``, clamped at 0 against rounding; σ² is that + MIN_VAR.
     """
     mass = r.sum(2) + MASS_EPS  # (N, J)
     w = (r / mass.unsqueeze(2)).unsqueeze(2)  # (N, J, 1, I)
-    mu = torch.matmul(w, votes).squeeze(2)  # (N, J, D)
-    dev2 = (votes - mu.unsqueeze(2)).pow(2)  # (N, J, I, D)
-    var = torch.matmul(w, dev2).squeeze(2) + MIN_VAR  # (N, J, D)
-    return mu, var, mass, dev2
+    m1, sq = torch.matmul(w, u).squeeze(2).chunk(2, dim=-1)  # (N, J, D) each
+    rest = (MASS_EPS / mass).unsqueeze(-1)  # (N, J, 1): 1 - s
+    mu = m1 - rest * shift  # μ - shift
+    var = (sq - 2 * mu * m1 + (1 - rest) * mu * mu).clamp(min=0) + MIN_VAR
+    return mu, var, mass
 
 
 def _logits(var: Tensor, mass: Tensor, beta_u: Tensor, beta_a: Tensor, lam: float) -> Tensor:
@@ -60,35 +90,47 @@ def _logits(var: Tensor, mass: Tensor, beta_u: Tensor, beta_a: Tensor, lam: floa
     return lam * (beta_a + (mean - cost) / std)
 
 
-def _e_step(logits: Tensor, var: Tensor, dev2: Tensor) -> Tensor:
-    """log(a_j p_j(V_ij)) (N, J, I), p_j the Gaussian density N(μ_j, diag σ²_j)."""
-    sq = torch.matmul(dev2, (1.0 / var).unsqueeze(-1)).squeeze(-1)  # (N, J, I)
+def _e_step(logits: Tensor, mu: Tensor, var: Tensor, u: Tensor) -> Tensor:
+    """log(a_j p_j(V_ij)) (N, J, I), p_j the Gaussian density N(μ_j, diag σ²_j).
+
+    ``Σ_d (V'_ijd - μ'_jd)² / σ²_jd = V'_ij·(-2 μ'_j/σ²_j) + V'²_ij·(1/σ²_j) + Σ_d μ'²/σ²``:
+    one matmul on U (N, J, I, 2D).
+    """
+    inv = 1.0 / var  # (N, J, D)
+    x = torch.cat([-2 * mu * inv, inv], dim=-1).unsqueeze(-1)  # (N, J, 2D, 1)
+    sq = torch.matmul(u, x).squeeze(-1) + (mu * mu * inv).sum(-1, keepdim=True)  # (N, J, I)
     log_norm = 0.5 * torch.log(2 * math.pi * var).sum(-1, keepdim=True)  # (N, J, 1)
-    return F.logsigmoid(logits).unsqueeze(-1) - 0.5 * sq - log_norm
+    return F.logsigmoid(logits).unsqueeze(-1) - 0.5 * sq.clamp(min=0) - log_norm
 
 
 def _route(
-    v: Tensor, a_in: Tensor, beta_u: Tensor, beta_a: Tensor, lambdas: list[float], detach: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Procedure 1 on v (N, J, I, D), a_in (N, 1, I) → μ (N, J, D), logits (N, J), R (N, J, I).
+    u: Tensor,
+    shift: Tensor,
+    a_in: Tensor,
+    beta_u: Tensor,
+    beta_a: Tensor,
+    lambdas: list[float],
+    detach: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Procedure 1 on U = [V', V'²] (N, J, I, 2D), V' = V - shift, and a_in (N, 1, I) →
+    μ - shift (N, J, D), logits (N, J), and log(a_j p_j) (N, J, I) of the last E-step (None
+    if T = 1).
 
-    With ``detach``, every E-step (and the M-steps feeding it) sees ``v.detach()``; only the
-    last M-step uses ``v``, with the R so computed.
+    With ``detach``, every E-step (and the M-steps feeding it) sees ``u.detach()``; only the
+    last M-step uses ``u``, with the R so computed.
     """
-    agree = v.detach() if detach else v
-    r = (a_in / v.shape[1]).expand(v.shape[:3])  # (N, J, I): R = 1/J
+    agree = u.detach() if detach else u
+    r = (a_in / u.shape[1]).expand(u.shape[:3])  # (N, J, I): R = 1/J
     log_r = None
     for t, lam in enumerate(lambdas):
         last = t == len(lambdas) - 1
-        mu, var, mass, dev2 = m_step(v if last else agree, r)
+        mu, var, mass = m_step(u if last else agree, r, shift)
         logits = _logits(var, mass, beta_u, beta_a, lam)
         if last:
             break
-        log_r = _e_step(logits, var, dev2)  # (N, J, I)
+        log_r = _e_step(logits, mu, var, agree)  # (N, J, I)
         r = torch.softmax(log_r, dim=1) * a_in
-    if log_r is None:  # one iteration: R = 1/J
-        return mu, logits, v.new_full(v.shape[:3], 1 / v.shape[1])
-    return mu, logits, torch.softmax(log_r, dim=1)
+    return mu, logits, log_r
 
 
 def _wide(x: Tensor) -> Tensor:
@@ -141,6 +183,11 @@ def em_routing(
     a_in = _wide(activations).unsqueeze(1)  # (B, 1, I)
     bu, ba = _wide(beta_u), _wide(beta_a)
     with torch.autocast(v.device.type, enabled=False):
-        mu, logits, r = _route(v, a_in, bu, ba, lambdas, detach_agreement)
+        shift = vote_mean(v, a_in)  # (B, J, D)
+        mu, logits, log_r = _route(centre(v, shift), shift, a_in, bu, ba, lambdas, detach_agreement)
+        if log_r is None:  # one iteration: R = 1/J
+            r = v.new_full(v.shape[:3], 1 / v.shape[1])
+        else:
+            r = torch.softmax(log_r, dim=1)  # (B, J, I)
     out = votes.dtype
-    return mu.to(out), torch.sigmoid(logits).to(out), r.transpose(1, 2)
+    return (mu + shift).to(out), torch.sigmoid(logits).to(out), r.transpose(1, 2)
