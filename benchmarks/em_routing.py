@@ -1,6 +1,7 @@
 """Today's EM routing against the new one, side by side in one process.
 
-    python -m benchmarks.em_routing [--model em-capsnet] [--old-batch 16] [--new-batch 16 100]
+    python -m benchmarks.em_routing [--model em-capsnet [em-capsnet-small]] [--old-batch 16]
+                                    [--new-batch 16 100]
                                     [--steps 5]
                                     [--threads N]
 
@@ -54,7 +55,7 @@ def run(impl: str, model_name: str, batch: int, steps: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="em-capsnet")
+    p.add_argument("--model", nargs="+", default=["em-capsnet"])
     p.add_argument("--old-batch", type=int, nargs="*", default=[16])
     p.add_argument("--new-batch", type=int, nargs="*", default=[16, 100])
     p.add_argument("--steps", type=int, default=5)
@@ -63,8 +64,9 @@ def main() -> None:
     keep_freed_memory()
     torch.set_num_threads(args.threads)
     runs = [("new", b) for b in args.new_batch] + [("old", b) for b in args.old_batch]
-    for impl, batch in runs:
-        print(json.dumps(run(impl, args.model, batch, args.steps)), flush=True)
+    for model in args.model:
+        for impl, batch in runs:
+            print(json.dumps(run(impl, model, batch, args.steps)), flush=True)
 
 
 if __name__ == "__main__":

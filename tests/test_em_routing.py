@@ -10,6 +10,7 @@ from capsnet.em_routing import (
     MASS_EPS,
     MIN_VAR,
     centre,
+    conv_em_routing,
     em_routing,
     inverse_temperatures,
     m_step,
@@ -104,3 +105,17 @@ def test_detach_agreement_changes_the_gradient_only():
     g0 = torch.autograd.grad(mu0.sum() + a0.sum(), votes, retain_graph=True)[0]
     g1 = torch.autograd.grad(mu1.sum() + a1.sum(), votes)[0]
     assert not torch.allclose(g0, g1)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_chunked_conv_routing_matches_em_routing_on_stored_votes(detach, iterations):
+    # 5 problems in chunks of 2 (the last one short); values and gradients, float64
+    poses, weight, acts, bu, ba = _inputs(n=5, i=6, j=3)
+    votes = _votes(poses, weight)
+    want = em_routing(votes, acts, bu, ba, iterations, 1.0, detach)[:2]
+    got = conv_em_routing(poses, weight, acts, bu, ba, iterations, 1.0, detach, chunk=2)
+    torch.testing.assert_close(got, want)
+    g = (torch.randn_like(want[0]), torch.randn_like(want[1]))
+    ins = (poses, weight, acts, bu, ba)
+    torch.testing.assert_close(torch.autograd.grad(got, ins, g), torch.autograd.grad(want, ins, g))

@@ -31,6 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 MIN_VAR = 5e-4  # capsule_em: min_var
 MASS_EPS = 1e-5  # capsule_em: added to the masses Σ_i r_ij
@@ -43,13 +44,10 @@ def inverse_temperatures(iterations: int, final_beta: float) -> list[float]:
     return [final_beta * (1 - 0.95**t) for t in range(1, iterations + 1)]
 
 
-def centre(votes: Tensor, shift: Tensor) -> Tensor:
-    """U = [V', V'²] (N, J, I, 2D) for votes V (N, J, I, D) and V' = V - shift (N, J, D).
-
-    Every sum over the children and pose components in the iterations is a matmul on U.
-    """
+def centre(votes: Tensor, shift: Tensor) -> Votes:
+    """V' = V - shift and V'² for votes V (N, J, I, D) and the shift (N, J, D)."""
     vc = votes - shift.unsqueeze(2)  # (N, J, I, D)
-    return torch.cat([vc, vc * vc], dim=-1)
+    return Votes(vc, vc * vc)
 
 
 def vote_mean(votes: Tensor, a_in: Tensor) -> Tensor:
@@ -60,7 +58,62 @@ def vote_mean(votes: Tensor, a_in: Tensor) -> Tensor:
         return torch.matmul(w.unsqueeze(1), votes).squeeze(2)  # (N, J, D)
 
 
-def m_step(u: Tensor, r: Tensor, shift: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+class Votes:
+    """V' (N, J, I, D) and V'² behind the two contractions the iterations need.
+
+    With a ``tape``, V' and V'² are constants for autograd: each contraction's share of
+    their gradient, a rank-1 term ``a ⊗ b`` per (n, j) (a over the children, b over the 2D
+    components of [V', V'²]), goes to the tape, and :func:`tape_gradient` sums them.
+    """
+
+    def __init__(self, v1: Tensor, v2: Tensor, tape: list[tuple[Tensor, Tensor]] | None = None):
+        self.v1, self.v2, self.tape = v1, v2, tape
+
+    def detach(self) -> Votes:
+        return Votes(self.v1.detach(), self.v2.detach())
+
+    def weighted_sum(self, w: Tensor) -> Tensor:
+        """[Σ_i w_ij V'_ij, Σ_i w_ij V'²_ij]: w (N, J, I) → (N, J, 2D)."""
+        if self.tape is not None:
+            return _Contract.apply(w, self.v1, self.v2, self.tape, True)
+        w = w.unsqueeze(2)  # (N, J, 1, I)
+        return torch.cat([torch.matmul(w, self.v1), torch.matmul(w, self.v2)], -1).squeeze(2)
+
+    def project(self, x: Tensor) -> Tensor:
+        """V'_ij · x_j[:D] + V'²_ij · x_j[D:]: x (N, J, 2D) → (N, J, I)."""
+        if self.tape is not None:
+            return _Contract.apply(x, self.v1, self.v2, self.tape, False)
+        x1, x2 = x.unsqueeze(-1).chunk(2, dim=-2)  # (N, J, D, 1) each
+        return (torch.matmul(self.v1, x1) + torch.matmul(self.v2, x2)).squeeze(-1)
+
+
+class _Contract(torch.autograd.Function):
+    """A contraction of :class:`Votes` whose gradient for V', V'² goes to the tape."""
+
+    @staticmethod
+    def forward(ctx, small, v1, v2, tape, over_children: bool) -> Tensor:  # type: ignore[override]
+        ctx.small, ctx.votes, ctx.tape = small, Votes(v1.detach(), v2.detach()), tape
+        ctx.over_children = over_children
+        return ctx.votes.weighted_sum(small) if over_children else ctx.votes.project(small)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None, None, None]:  # type: ignore[override]
+        if ctx.over_children:  # out = Σ_i w_i U_i: ∂/∂w_i = U_i · g, ∂/∂U_i = w_i g
+            ctx.tape.append((ctx.small.detach(), g))
+            return ctx.votes.project(g), None, None, None, None
+        ctx.tape.append((g, ctx.small.detach()))  # out_i = U_i · x: ∂/∂x = Σ_i g_i U_i
+        return ctx.votes.weighted_sum(g), None, None, None, None
+
+
+def tape_gradient(tape: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """∂L/∂V', ∂L/∂V'² (N, J, I, D) each: Σ_k a_k ⊗ b_k over the tape's a_k (N, J, I) and
+    b_k (N, J, 2D), as two matmuls with inner size K (the tape's length)."""
+    a = torch.stack([a for a, _ in tape], dim=-1)  # (N, J, I, K)
+    b1, b2 = torch.stack([b for _, b in tape], dim=-2).chunk(2, dim=-1)  # (N, J, K, D) each
+    return torch.matmul(a, b1), torch.matmul(a, b2)
+
+
+def m_step(u: Votes, r: Tensor, shift: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """M-step of Procedure 1 on U = [V', V'²] (N, J, I, 2D), V' = V - shift (shift (N, J, D)),
     weighted by r = R · a (N, J, I).
 
@@ -71,8 +124,7 @@ def m_step(u: Tensor, r: Tensor, shift: Tensor) -> tuple[Tensor, Tensor, Tensor]
     + s (μ - shift)²``, clamped at 0 against rounding; σ² is that + MIN_VAR.
     """
     mass = r.sum(2) + MASS_EPS  # (N, J)
-    w = (r / mass.unsqueeze(2)).unsqueeze(2)  # (N, J, 1, I)
-    m1, sq = torch.matmul(w, u).squeeze(2).chunk(2, dim=-1)  # (N, J, D) each
+    m1, sq = u.weighted_sum(r / mass.unsqueeze(2)).chunk(2, dim=-1)  # (N, J, D)
     rest = (MASS_EPS / mass).unsqueeze(-1)  # (N, J, 1): 1 - s
     mu = m1 - rest * shift  # μ - shift
     var = (sq - 2 * mu * m1 + (1 - rest) * mu * mu).clamp(min=0) + MIN_VAR
@@ -90,37 +142,36 @@ def _logits(var: Tensor, mass: Tensor, beta_u: Tensor, beta_a: Tensor, lam: floa
     return lam * (beta_a + (mean - cost) / std)
 
 
-def _e_step(logits: Tensor, mu: Tensor, var: Tensor, u: Tensor) -> Tensor:
+def _e_step(logits: Tensor, mu: Tensor, var: Tensor, u: Votes) -> Tensor:
     """log(a_j p_j(V_ij)) (N, J, I), p_j the Gaussian density N(μ_j, diag σ²_j).
 
     ``Σ_d (V'_ijd - μ'_jd)² / σ²_jd = V'_ij·(-2 μ'_j/σ²_j) + V'²_ij·(1/σ²_j) + Σ_d μ'²/σ²``:
     one matmul on U (N, J, I, 2D).
     """
     inv = 1.0 / var  # (N, J, D)
-    x = torch.cat([-2 * mu * inv, inv], dim=-1).unsqueeze(-1)  # (N, J, 2D, 1)
-    sq = torch.matmul(u, x).squeeze(-1) + (mu * mu * inv).sum(-1, keepdim=True)  # (N, J, I)
+    x = torch.cat([-2 * mu * inv, inv], dim=-1)  # (N, J, 2D)
+    sq = u.project(x) + (mu * mu * inv).sum(-1, keepdim=True)  # (N, J, I)
     log_norm = 0.5 * torch.log(2 * math.pi * var).sum(-1, keepdim=True)  # (N, J, 1)
     return F.logsigmoid(logits).unsqueeze(-1) - 0.5 * sq.clamp(min=0) - log_norm
 
 
 def _route(
-    u: Tensor,
+    u: Votes,
+    agree: Votes,
     shift: Tensor,
     a_in: Tensor,
     beta_u: Tensor,
     beta_a: Tensor,
     lambdas: list[float],
-    detach: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Procedure 1 on U = [V', V'²] (N, J, I, 2D), V' = V - shift, and a_in (N, 1, I) →
     μ - shift (N, J, D), logits (N, J), and log(a_j p_j) (N, J, I) of the last E-step (None
     if T = 1).
 
-    With ``detach``, every E-step (and the M-steps feeding it) sees ``u.detach()``; only the
-    last M-step uses ``u``, with the R so computed.
+    Every E-step (and the M-steps feeding it) sees ``agree``; the last M-step sees ``u``
+    (``agree`` is U detached for ``detach_agreement``, else ``u`` itself).
     """
-    agree = u.detach() if detach else u
-    r = (a_in / u.shape[1]).expand(u.shape[:3])  # (N, J, I): R = 1/J
+    r = (a_in / u.v1.shape[1]).expand(u.v1.shape[:3])  # (N, J, I): R = 1/J
     log_r = None
     for t, lam in enumerate(lambdas):
         last = t == len(lambdas) - 1
@@ -184,10 +235,148 @@ def em_routing(
     bu, ba = _wide(beta_u), _wide(beta_a)
     with torch.autocast(v.device.type, enabled=False):
         shift = vote_mean(v, a_in)  # (B, J, D)
-        mu, logits, log_r = _route(centre(v, shift), shift, a_in, bu, ba, lambdas, detach_agreement)
+        u = centre(v, shift)
+        agree = u.detach() if detach_agreement else u
+        mu, logits, log_r = _route(u, agree, shift, a_in, bu, ba, lambdas)
         if log_r is None:  # one iteration: R = 1/J
             r = v.new_full(v.shape[:3], 1 / v.shape[1])
         else:
             r = torch.softmax(log_r, dim=1)  # (B, J, I)
     out = votes.dtype
     return (mu + shift).to(out), torch.sigmoid(logits).to(out), r.transpose(1, 2)
+
+
+CHUNK_BYTES = 8 << 20  # V' and V'² per chunk of conv_em_routing (1-4 MB measured slower)
+
+
+def conv_em_routing(
+    poses: Tensor,
+    weight: Tensor,
+    activations: Tensor,
+    beta_u: Tensor,
+    beta_a: Tensor,
+    iterations: int = 3,
+    final_beta: float = 1.0,
+    detach_agreement: bool = False,
+    chunk: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Votes ``V_ij = M_i W_ij`` and :func:`em_routing` on them, chunk by chunk, never stored.
+
+    Args:
+        poses: the children's pose matrices M (N, I, 4, 4), one routing problem per row.
+        weight: W (I, J, 4, 4), shared by the N problems.
+        activations: a_i (N, I); the rest as for :func:`em_routing`.
+        chunk: routing problems per chunk (default: U of about ``CHUNK_BYTES``).
+
+    Returns:
+        ``(μ, a)``: parent poses (N, J, 16), activations (N, J), equal to
+        ``em_routing(V, a_in, …)[:2]`` with V (N, I, J, 16).
+
+    The forward pass keeps only the inputs; the backward pass recomputes each chunk's U and
+    its iterations on the small tensors only (U a constant, its gradient taped, see
+    :class:`Votes`), so one chunk's U is in memory at a time (not twice differentiable).
+    """
+    lambdas = inverse_temperatures(iterations, final_beta)
+    n, i = activations.shape
+    chunk = chunk or max(1, CHUNK_BYTES // (i * weight.shape[1] * 32 * poses.element_size()))
+    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+        chunk = n  # a traced loop would fix the batch size
+    args = (_wide(poses), _wide(weight), _wide(activations), _wide(beta_u), _wide(beta_a))
+    with torch.autocast(poses.device.type, enabled=False):
+        mu, a = _ConvEM.apply(*args, lambdas, detach_agreement, chunk)
+    return mu.to(poses.dtype), a.to(poses.dtype)
+
+
+def _conv_votes(poses: Tensor, weight: Tensor, acts: Tensor) -> tuple[Votes, Tensor]:
+    """V' = M_i W_ij - c_j and V'² (n, J, I, 16) and the shift c (n, J, 16), the
+    a-weighted mean vote, for poses (n, I, 4, 4), W (I, J, 4, 4) and a (n, I)."""
+    n, i = acts.shape
+    j = weight.shape[1]
+    w = acts / (acts.sum(1, keepdim=True) + MASS_EPS)  # (n, I)
+    # c_j = Σ_i w_i M_i W_ij without the votes: one matmul over (i, q)
+    m = (w[:, :, None, None] * poses).permute(0, 2, 1, 3).reshape(n * 4, i * 4)
+    c = (m @ weight.permute(0, 2, 1, 3).reshape(i * 4, j * 4)).view(n, 4, j, 4)
+    c = c.permute(0, 2, 1, 3).reshape(n, j, 16)
+    # one matmul per child i: (n·p, q) @ (q, j·r), laid out (i, n, p, j, r)
+    m = poses.transpose(0, 1).reshape(i, n * 4, 4)
+    votes = torch.bmm(m, weight.permute(0, 2, 1, 3).reshape(i, 4, j * 4))
+    votes = votes.view(i, n, 4, j, 4).permute(1, 3, 0, 2, 4).reshape(n, j, i, 16)  # (n, J, I, 16)
+    v1 = votes.sub_(c.unsqueeze(2))  # the reshape copied: in place
+    return Votes(v1, v1 * v1), c
+
+
+def _vote_grads(poses: Tensor, weight: Tensor, g_v: Tensor) -> tuple[Tensor, Tensor]:
+    """∂L/∂M (n, I, 4, 4) and ∂L/∂W (I, J, 4, 4) from ∂L/∂V, g_v (I, n, 4, J, 4)."""
+    i, n, _, j, _ = g_v.shape
+    g = g_v.view(i, n * 4, j * 4)
+    g_m = torch.bmm(g, weight.permute(0, 1, 3, 2).reshape(i, j * 4, 4))  # (I, n·p, q)
+    g_w = torch.bmm(poses.permute(1, 3, 0, 2).reshape(i, 4, n * 4), g)  # (I, q, j·r)
+    return g_m.view(i, n, 4, 4).transpose(0, 1), g_w.view(i, 4, j, 4).transpose(1, 2)
+
+
+def _conv_forward(poses, weight, acts, beta_u, beta_a, lambdas) -> tuple[Tensor, Tensor]:
+    """One chunk, no autograd: → μ (n, J, 16), a (n, J)."""
+    votes, c = _conv_votes(poses, weight, acts)
+    mu, logits, _ = _route(votes, votes, c, acts.unsqueeze(1), beta_u, beta_a, lambdas)
+    return mu + c, torch.sigmoid(logits)
+
+
+def _conv_backward(poses, weight, acts, beta_u, beta_a, lambdas, detach, g_mu, g_a):
+    """One chunk's gradients for poses, weight, acts, beta_u, beta_a (recomputed forward)."""
+    plain, c = _conv_votes(poses, weight, acts)
+    tape: list[tuple[Tensor, Tensor]] = []
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in (acts, beta_u, beta_a, plain.v1)]
+        votes = Votes(leaves[3], plain.v2, tape)
+        agree = plain if detach else votes
+        mu, logits, _ = _route(votes, agree, c, leaves[0].unsqueeze(1), *leaves[1:3], lambdas)
+        outs = (mu, torch.sigmoid(logits))
+        g_acts, g_bu, g_ba, _ = torch.autograd.grad(outs, leaves, (g_mu, g_a), allow_unused=True)
+    g1, g2 = tape_gradient(tape)  # ∂L/∂V', ∂L/∂V'² (n, J, I, 16)
+    n, j, i, _ = g1.shape
+    g_v = g1.new_empty(i, n, 4, j, 4)  # ∂L/∂V = g1 + 2 V' g2, in the layout of the votes
+    five = (n, j, i, 4, 4)
+    torch.addcmul(
+        g1.view(five), plain.v1.view(five), g2.view(five), value=2,
+        out=g_v.permute(1, 3, 0, 2, 4),
+    )  # fmt: skip
+    return (*_vote_grads(poses, weight, g_v), g_acts, g_bu, g_ba)
+
+
+class _ConvEM(torch.autograd.Function):
+    """:func:`conv_em_routing`: chunks of routing problems, recomputed in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, poses, weight, acts, beta_u, beta_a, lambdas, detach, chunk):  # type: ignore[override]
+        ctx.save_for_backward(poses, weight, acts, beta_u, beta_a)
+        ctx.lambdas, ctx.detach, ctx.chunk = lambdas, detach, chunk
+        parts = [
+            _conv_forward(
+                poses[s : s + chunk], weight, acts[s : s + chunk], beta_u, beta_a, lambdas
+            )
+            for s in range(0, acts.shape[0], chunk)
+        ]
+        return torch.cat([m for m, _ in parts]), torch.cat([a for _, a in parts])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_mu: Tensor, g_a: Tensor):  # type: ignore[override]
+        poses, weight, acts, beta_u, beta_a = ctx.saved_tensors
+        grads = [torch.zeros_like(t) for t in ctx.saved_tensors]
+        for s in range(0, acts.shape[0], ctx.chunk):
+            part = slice(s, s + ctx.chunk)
+            got = _conv_backward(
+                poses[part],
+                weight,
+                acts[part],
+                beta_u,
+                beta_a,
+                ctx.lambdas,
+                ctx.detach,
+                g_mu[part],
+                g_a[part],
+            )
+            for k, g in enumerate(got):
+                if g is not None:
+                    (grads[k][part] if k in (0, 2) else grads[k]).add_(g)
+        return (*grads, None, None, None)
