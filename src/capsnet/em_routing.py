@@ -277,13 +277,14 @@ def conv_em_routing(
     :class:`Votes`), so one chunk's U is in memory at a time (not twice differentiable).
     """
     lambdas = inverse_temperatures(iterations, final_beta)
-    n, i = activations.shape
+    i = activations.shape[1]
     chunk = chunk or max(1, CHUNK_BYTES // (i * weight.shape[1] * 32 * poses.element_size()))
-    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
-        chunk = n  # a traced loop would fix the batch size
     args = (_wide(poses), _wide(weight), _wide(activations), _wide(beta_u), _wide(beta_a))
     with torch.autocast(poses.device.type, enabled=False):
-        mu, a = _ConvEM.apply(*args, lambdas, detach_agreement, chunk)
+        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():  # one chunk, traceable
+            mu, a = _conv_forward(*args, lambdas)
+        else:
+            mu, a = _ConvEM.apply(*args, lambdas, detach_agreement, chunk)
     return mu.to(poses.dtype), a.to(poses.dtype)
 
 
