@@ -2,6 +2,7 @@
 capsule_em's schedule, floor and mass."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -107,10 +108,14 @@ def test_detach_agreement_changes_the_gradient_only():
     assert not torch.allclose(g0, g1)
 
 
+@pytest.mark.parametrize("keep", [0, 1 << 30])  # graphs recomputed, or kept from the forward
 @pytest.mark.parametrize("detach", [False, True])
 @pytest.mark.parametrize("iterations", [1, 3])
-def test_chunked_conv_routing_matches_em_routing_on_stored_votes(detach, iterations):
+def test_chunked_conv_routing_matches_em_routing_on_stored_votes(
+    detach, iterations, keep, monkeypatch
+):
     # 5 problems in chunks of 2 (the last one short); values and gradients, float64
+    monkeypatch.setattr(sys.modules["capsnet.em_routing"], "KEEP_BYTES", keep)
     poses, weight, acts, bu, ba = _inputs(n=5, i=6, j=3)
     votes = _votes(poses, weight)
     want = em_routing(votes, acts, bu, ba, iterations, 1.0, detach)[:2]

@@ -247,6 +247,8 @@ def em_routing(
 
 
 CHUNK_BYTES = 8 << 20  # V' and V'² per chunk of conv_em_routing (1-4 MB measured slower)
+KEEP_BYTES = 768 << 20  # graphs of chunks kept from the forward pass, per conv_em_routing
+KEPT_NUMBERS = 56  # a kept graph's numbers per (n, j, i): V', V'² and the small tensors
 
 
 def conv_em_routing(
@@ -322,8 +324,9 @@ def _conv_forward(poses, weight, acts, beta_u, beta_a, lambdas) -> tuple[Tensor,
     return mu + c, torch.sigmoid(logits)
 
 
-def _conv_backward(poses, weight, acts, beta_u, beta_a, lambdas, detach, g_mu, g_a):
-    """One chunk's gradients for poses, weight, acts, beta_u, beta_a (recomputed forward)."""
+def _conv_graph(poses, weight, acts, beta_u, beta_a, lambdas, detach) -> tuple:
+    """One chunk's forward under autograd on the small tensors only: ((μ, a), leaves, tape,
+    V' and V'²), for :func:`_conv_grads`."""
     plain, c = _conv_votes(poses, weight, acts)
     tape: list[tuple[Tensor, Tensor]] = []
     with torch.enable_grad():
@@ -331,8 +334,13 @@ def _conv_backward(poses, weight, acts, beta_u, beta_a, lambdas, detach, g_mu, g
         votes = Votes(leaves[3], plain.v2, tape)
         agree = plain if detach else votes
         mu, logits, _ = _route(votes, agree, c, leaves[0].unsqueeze(1), *leaves[1:3], lambdas)
-        outs = (mu, torch.sigmoid(logits))
-        g_acts, g_bu, g_ba, _ = torch.autograd.grad(outs, leaves, (g_mu, g_a), allow_unused=True)
+        return (mu + c, torch.sigmoid(logits)), leaves, tape, plain
+
+
+def _conv_grads(graph: tuple, poses: Tensor, weight: Tensor, g_mu: Tensor, g_a: Tensor):
+    """One chunk's gradients for poses, weight, acts, beta_u, beta_a from its graph."""
+    outs, leaves, tape, plain = graph
+    g_acts, g_bu, g_ba, _ = torch.autograd.grad(outs, leaves, (g_mu, g_a), allow_unused=True)
     g1, g2 = tape_gradient(tape)  # ∂L/∂V', ∂L/∂V'² (n, J, I, 16)
     g1.addcmul_(plain.v1, g2, value=2)  # ∂L/∂V = ∂L/∂V' + 2 V' ∂L/∂V'²
     n, j, i, _ = g1.shape
@@ -342,19 +350,26 @@ def _conv_backward(poses, weight, acts, beta_u, beta_a, lambdas, detach, g_mu, g
 
 
 class _ConvEM(torch.autograd.Function):
-    """:func:`conv_em_routing`: chunks of routing problems, recomputed in the backward pass."""
+    """:func:`conv_em_routing`: chunks of routing problems. Under autograd, the chunks
+    whose graphs fit in ``KEEP_BYTES`` keep them from the forward pass; the backward pass
+    recomputes the others."""
 
     @staticmethod
     def forward(ctx, poses, weight, acts, beta_u, beta_a, lambdas, detach, chunk):  # type: ignore[override]
         ctx.save_for_backward(poses, weight, acts, beta_u, beta_a)
-        ctx.lambdas, ctx.detach, ctx.chunk = lambdas, detach, chunk
-        parts = [
-            _conv_forward(
-                poses[s : s + chunk], weight, acts[s : s + chunk], beta_u, beta_a, lambdas
-            )
-            for s in range(0, acts.shape[0], chunk)
-        ]
-        return torch.cat([m for m, _ in parts]), torch.cat([a for _, a in parts])
+        ctx.lambdas, ctx.detach, ctx.chunk, ctx.kept = lambdas, detach, chunk, {}
+        n, i = acts.shape
+        per_chunk = chunk * i * weight.shape[1] * KEPT_NUMBERS * poses.element_size()
+        keep = KEEP_BYTES // per_chunk if any(ctx.needs_input_grad[:5]) else 0
+        outs = []
+        for s in range(0, n, chunk):
+            args = (poses[s : s + chunk], weight, acts[s : s + chunk], beta_u, beta_a, lambdas)
+            if len(ctx.kept) < keep:
+                ctx.kept[s] = _conv_graph(*args, detach)
+                outs.append([t.detach() for t in ctx.kept[s][0]])
+            else:
+                outs.append(_conv_forward(*args))
+        return torch.cat([m for m, _ in outs]), torch.cat([a for _, a in outs])
 
     @staticmethod
     @once_differentiable
@@ -363,17 +378,10 @@ class _ConvEM(torch.autograd.Function):
         grads = [torch.zeros_like(t) for t in ctx.saved_tensors]
         for s in range(0, acts.shape[0], ctx.chunk):
             part = slice(s, s + ctx.chunk)
-            got = _conv_backward(
-                poses[part],
-                weight,
-                acts[part],
-                beta_u,
-                beta_a,
-                ctx.lambdas,
-                ctx.detach,
-                g_mu[part],
-                g_a[part],
+            graph = ctx.kept.pop(s, None) or _conv_graph(
+                poses[part], weight, acts[part], beta_u, beta_a, ctx.lambdas, ctx.detach
             )
+            got = _conv_grads(graph, poses[part], weight, g_mu[part], g_a[part])
             for k, g in enumerate(got):
                 if g is not None:
                     (grads[k][part] if k in (0, 2) else grads[k]).add_(g)
