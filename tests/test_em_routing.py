@@ -84,6 +84,24 @@ def test_variance_is_exact_for_a_tight_cluster_far_from_the_origin():
     torch.testing.assert_close(var32.double() - MIN_VAR, var64 - MIN_VAR, rtol=1e-3, atol=0)
 
 
+def test_variance_error_away_from_the_shift_is_small_against_the_floor():
+    # One parent's r picks a tight cluster (σ = 0.01) 2.5 away from the shift (the mean of
+    # all votes): E[V'²] - μ'² in float32 is off by about 1e-6 · 2.5², 1% of MIN_VAR.
+    g = torch.Generator().manual_seed(0)
+    votes = 0.01 * torch.randn(1, 1, 1000, 16, generator=g, dtype=D64)
+    votes[..., :500, :] += 5
+    r = torch.zeros(1, 1, 1000, dtype=D64)
+    r[..., :500] = 1
+    a = torch.ones(1, 1, 1000, dtype=D64)
+
+    def variance(v, r, a):
+        shift = vote_mean(v, a)
+        return m_step(centre(v, shift), r, shift)[1]
+
+    var64, var32 = variance(votes, r, a), variance(votes.float(), r.float(), a.float())
+    assert (var32.double() - var64).abs().max() < 0.02 * MIN_VAR
+
+
 @pytest.mark.parametrize("detach", [False, True])
 def test_em_routing_matches_the_written_out_reference(detach):
     poses, weight, acts, bu, ba = _inputs()

@@ -9,19 +9,22 @@ t = 1 … T is ``final_beta · (1 - 0.95^t)``, the variance has the floor ``MIN_
 and ``MASS_EPS`` is added to the mass Σ_i r_ij.
 
 The votes are shifted once per routing call by their a-weighted mean c_j (:func:`vote_mean`,
-detached; with R = 1/J it is the first M-step's μ_j), and U = [V - c, (V - c)²] is formed
-once (:func:`centre`). Every sum over children and pose components in the iterations is then
-one matmul on U: the M-step's Σ_i r_ij V'_ij and Σ_i r_ij V'²_ij, and the E-step's
-Σ_d (V' - μ')²/σ² expanded. The result does not depend on c in exact arithmetic, so c is a
-constant for autograd and the gradients are exact. In float32 the variance
-E[V'²] - μ'² loses about 6e-8 · |μ_j - c_j|² to rounding (against the floor MIN_VAR =
-5e-4): exact for a tight cluster far from the origin whose mean is near c, approximate for a
-cluster more than about 20 units from c_j.
+detached; with R = 1/J it is the first M-step's μ_j), and V' = V - c and V'² are formed once
+(:func:`centre`). Every sum over children and pose components in the iterations is then a
+matmul on them (:class:`Votes`): the M-step's Σ_i r_ij V'_ij and Σ_i r_ij V'²_ij, and the
+E-step's Σ_d (V' - μ')²/σ² expanded; no (V - μ)² is formed per iteration. The result does
+not depend on c in exact arithmetic, so c is a constant for autograd and the gradients are
+exact. In float32 the variance E[V'²] - μ'² has an absolute rounding error of about
+1e-6 · |μ_j - c_j|² (measured for a cluster of σ = 0.01: 6e-6 at |μ - c| = 2.5, 8e-5 at
+10, against the floor MIN_VAR = 5e-4): exact for a tight cluster far from the origin whose
+mean is near c, less exact for a tight cluster far from the other votes of its parent.
 
-:func:`em_routing` runs on given votes under plain autograd. (A fused convolutional
-version that recomputed the votes block by block instead of storing them used an eighth
-of the memory but trained em-capsnet 58× slower on these CPUs; see
-benchmarks/em-old-vs-new.log. It was removed.)
+:func:`em_routing` runs on given votes under plain autograd (the class capsules).
+:func:`conv_em_routing` (the convolutional capsule layers) computes the votes M_i W_ij
+itself, chunk by chunk of routing problems, and never stores all of them: in the backward
+pass V' and V'² are constants and the gradient each contraction sends them is a rank-1
+term, taped and summed in one matmul, so autograd only sees tensors 1/16 the size of the
+votes; chunks are recomputed unless their graphs fit in ``KEEP_BYTES``.
 """
 
 from __future__ import annotations
