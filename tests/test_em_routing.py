@@ -7,11 +7,11 @@ import sys
 import pytest
 import torch
 
+from capsnet.em_conv import conv_em_routing
 from capsnet.em_routing import (
     MASS_EPS,
     MIN_VAR,
     centre,
-    conv_em_routing,
     em_routing,
     inverse_temperatures,
     m_step,
@@ -133,7 +133,7 @@ def test_chunked_conv_routing_matches_em_routing_on_stored_votes(
     detach, iterations, keep, monkeypatch
 ):
     # 5 problems in chunks of 2 (the last one short); values and gradients, float64
-    monkeypatch.setattr(sys.modules["capsnet.em_routing"], "KEEP_BYTES", keep)
+    monkeypatch.setattr(sys.modules["capsnet.em_conv"], "KEEP_BYTES", keep)
     poses, weight, acts, bu, ba = _inputs(n=5, i=6, j=3)
     votes = _votes(poses, weight)
     want = em_routing(votes, acts, bu, ba, iterations, 1.0, detach)[:2]

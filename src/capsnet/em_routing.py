@@ -20,7 +20,7 @@ exact. In float32 the variance E[V'²] - μ'² has an absolute rounding error of
 mean is near c, less exact for a tight cluster far from the other votes of its parent.
 
 :func:`em_routing` runs on given votes under plain autograd (the class capsules).
-:func:`conv_em_routing` (the convolutional capsule layers) computes the votes M_i W_ij
+:func:`capsnet.em_conv.conv_em_routing` (the convolutional capsule layers) computes the votes
 itself, chunk by chunk of routing problems, and never stores all of them: in the backward
 pass V' and V'² are constants and the gradient each contraction sends them is a rank-1
 term, taped and summed in one matmul, so autograd only sees tensors 1/16 the size of the
@@ -34,7 +34,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 MIN_VAR = 5e-4  # capsule_em: min_var
 MASS_EPS = 1e-5  # capsule_em: added to the masses Σ_i r_ij
@@ -61,6 +60,9 @@ def vote_mean(votes: Tensor, a_in: Tensor) -> Tensor:
         return torch.matmul(w.unsqueeze(1), votes).squeeze(2)  # (N, J, D)
 
 
+Tape = list[tuple[Tensor, Tensor]]  # rank-1 gradient terms (a (N, J, I), b (N, J, 2D))
+
+
 class Votes:
     """V' (N, J, I, D) and V'² behind the two contractions the iterations need.
 
@@ -69,7 +71,7 @@ class Votes:
     components of [V', V'²]), goes to the tape, and :func:`tape_gradient` sums them.
     """
 
-    def __init__(self, v1: Tensor, v2: Tensor, tape: list[tuple[Tensor, Tensor]] | None = None):
+    def __init__(self, v1: Tensor, v2: Tensor, tape: Tape | None = None):
         self.v1, self.v2, self.tape = v1, v2, tape
 
     def detach(self) -> Votes:
@@ -94,7 +96,7 @@ class _Contract(torch.autograd.Function):
     """A contraction of :class:`Votes` whose gradient for V', V'² goes to the tape."""
 
     @staticmethod
-    def forward(ctx, small, v1, v2, tape, over_children: bool) -> Tensor:  # type: ignore[override]
+    def forward(ctx, small: Tensor, v1: Tensor, v2: Tensor, tape: Tape, over_children: bool):  # type: ignore[override]
         ctx.small, ctx.votes, ctx.tape = small, Votes(v1.detach(), v2.detach()), tape
         ctx.over_children = over_children
         return ctx.votes.weighted_sum(small) if over_children else ctx.votes.project(small)
@@ -108,7 +110,7 @@ class _Contract(torch.autograd.Function):
         return ctx.votes.weighted_sum(g), None, None, None, None
 
 
-def tape_gradient(tape: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+def tape_gradient(tape: Tape) -> tuple[Tensor, Tensor]:
     """∂L/∂V', ∂L/∂V'² (N, J, I, D) each: Σ_k a_k ⊗ b_k over the tape's a_k (N, J, I) and
     b_k (N, J, 2D), as two matmuls with inner size K (the tape's length)."""
     a = torch.stack([a for a, _ in tape], dim=-1)  # (N, J, I, K)
@@ -247,145 +249,3 @@ def em_routing(
             r = torch.softmax(log_r, dim=1)  # (B, J, I)
     out = votes.dtype
     return (mu + shift).to(out), torch.sigmoid(logits).to(out), r.transpose(1, 2)
-
-
-CHUNK_BYTES = 8 << 20  # V' and V'² per chunk of conv_em_routing (1-4 MB measured slower)
-KEEP_BYTES = 768 << 20  # graphs of chunks kept from the forward pass, per conv_em_routing
-KEPT_NUMBERS = 56  # a kept graph's numbers per (n, j, i): V', V'² and the small tensors
-
-
-def conv_em_routing(
-    poses: Tensor,
-    weight: Tensor,
-    activations: Tensor,
-    beta_u: Tensor,
-    beta_a: Tensor,
-    iterations: int = 3,
-    final_beta: float = 1.0,
-    detach_agreement: bool = False,
-    chunk: int | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Votes ``V_ij = M_i W_ij`` and :func:`em_routing` on them, chunk by chunk, never stored.
-
-    Args:
-        poses: the children's pose matrices M (N, I, 4, 4), one routing problem per row.
-        weight: W (I, J, 4, 4), shared by the N problems.
-        activations: a_i (N, I); the rest as for :func:`em_routing`.
-        chunk: routing problems per chunk (default: U of about ``CHUNK_BYTES``).
-
-    Returns:
-        ``(μ, a)``: parent poses (N, J, 16), activations (N, J), equal to
-        ``em_routing(V, a_in, …)[:2]`` with V (N, I, J, 16).
-
-    The forward pass keeps only the inputs; the backward pass recomputes each chunk's U and
-    its iterations on the small tensors only (U a constant, its gradient taped, see
-    :class:`Votes`), so one chunk's U is in memory at a time (not twice differentiable).
-    """
-    lambdas = inverse_temperatures(iterations, final_beta)
-    i = activations.shape[1]
-    chunk = chunk or max(1, CHUNK_BYTES // (i * weight.shape[1] * 32 * poses.element_size()))
-    args = (_wide(poses), _wide(weight), _wide(activations), _wide(beta_u), _wide(beta_a))
-    with torch.autocast(poses.device.type, enabled=False):
-        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():  # one chunk, traceable
-            mu, a = _conv_forward(*args, lambdas)
-        else:
-            mu, a = _ConvEM.apply(*args, lambdas, detach_agreement, chunk)
-    return mu.to(poses.dtype), a.to(poses.dtype)
-
-
-def _conv_votes(poses: Tensor, weight: Tensor, acts: Tensor) -> tuple[Votes, Tensor]:
-    """V' = M_i W_ij - c_j and V'² (n, J, I, 16) and the shift c (n, J, 16), the
-    a-weighted mean vote, for poses (n, I, 4, 4), W (I, J, 4, 4) and a (n, I)."""
-    n, i = acts.shape
-    j = weight.shape[1]
-    w = acts / (acts.sum(1, keepdim=True) + MASS_EPS)  # (n, I)
-    # c_j = Σ_i w_i M_i W_ij without the votes: one matmul over (i, q)
-    m = (w[:, :, None, None] * poses).permute(0, 2, 1, 3).reshape(n * 4, i * 4)
-    c = (m @ weight.permute(0, 2, 1, 3).reshape(i * 4, j * 4)).view(n, 4, j, 4)
-    c = c.permute(0, 2, 1, 3).reshape(n, j, 16)
-    # one matmul per child i: (n·p, q) @ (q, j·r), laid out (i, n, p, j, r)
-    m = poses.transpose(0, 1).reshape(i, n * 4, 4)
-    votes = torch.bmm(m, weight.permute(0, 2, 1, 3).reshape(i, 4, j * 4))
-    votes = votes.view(i, n, 4, j, 4).permute(1, 3, 0, 2, 4).reshape(n, j, i, 16)  # (n, J, I, 16)
-    v1 = votes.sub_(c.unsqueeze(2))  # the reshape copied: in place
-    return Votes(v1, v1 * v1), c
-
-
-def _vote_grads(poses: Tensor, weight: Tensor, g_v: Tensor) -> tuple[Tensor, Tensor]:
-    """∂L/∂M (n, I, 4, 4) and ∂L/∂W (I, J, 4, 4) from ∂L/∂V, g_v (I, n, 4, J, 4)."""
-    i, n, _, j, _ = g_v.shape
-    g = g_v.view(i, n * 4, j * 4)
-    g_m = torch.bmm(g, weight.permute(0, 1, 3, 2).reshape(i, j * 4, 4))  # (I, n·p, q)
-    g_w = torch.bmm(poses.permute(1, 3, 0, 2).reshape(i, 4, n * 4), g)  # (I, q, j·r)
-    return g_m.view(i, n, 4, 4).transpose(0, 1), g_w.view(i, 4, j, 4).transpose(1, 2)
-
-
-def _conv_forward(poses, weight, acts, beta_u, beta_a, lambdas) -> tuple[Tensor, Tensor]:
-    """One chunk, no autograd: → μ (n, J, 16), a (n, J)."""
-    votes, c = _conv_votes(poses, weight, acts)
-    mu, logits, _ = _route(votes, votes, c, acts.unsqueeze(1), beta_u, beta_a, lambdas)
-    return mu + c, torch.sigmoid(logits)
-
-
-def _conv_graph(poses, weight, acts, beta_u, beta_a, lambdas, detach) -> tuple:
-    """One chunk's forward under autograd on the small tensors only: ((μ, a), leaves, tape,
-    V' and V'²), for :func:`_conv_grads`."""
-    plain, c = _conv_votes(poses, weight, acts)
-    tape: list[tuple[Tensor, Tensor]] = []
-    with torch.enable_grad():
-        leaves = [t.detach().requires_grad_() for t in (acts, beta_u, beta_a, plain.v1)]
-        votes = Votes(leaves[3], plain.v2, tape)
-        agree = plain if detach else votes
-        mu, logits, _ = _route(votes, agree, c, leaves[0].unsqueeze(1), *leaves[1:3], lambdas)
-        return (mu + c, torch.sigmoid(logits)), leaves, tape, plain
-
-
-def _conv_grads(graph: tuple, poses: Tensor, weight: Tensor, g_mu: Tensor, g_a: Tensor):
-    """One chunk's gradients for poses, weight, acts, beta_u, beta_a from its graph."""
-    outs, leaves, tape, plain = graph
-    g_acts, g_bu, g_ba, _ = torch.autograd.grad(outs, leaves, (g_mu, g_a), allow_unused=True)
-    g1, g2 = tape_gradient(tape)  # ∂L/∂V', ∂L/∂V'² (n, J, I, 16)
-    g1.addcmul_(plain.v1, g2, value=2)  # ∂L/∂V = ∂L/∂V' + 2 V' ∂L/∂V'²
-    n, j, i, _ = g1.shape
-    g_v = g1.new_empty(i, n, 4, j, 4)  # in the layout of the votes' matmul (a faster copy
-    g_v.permute(1, 3, 0, 2, 4).copy_(g1.view(n, j, i, 4, 4))  # than a strided addcmul)
-    return (*_vote_grads(poses, weight, g_v), g_acts, g_bu, g_ba)
-
-
-class _ConvEM(torch.autograd.Function):
-    """:func:`conv_em_routing`: chunks of routing problems. Under autograd, the chunks
-    whose graphs fit in ``KEEP_BYTES`` keep them from the forward pass; the backward pass
-    recomputes the others."""
-
-    @staticmethod
-    def forward(ctx, poses, weight, acts, beta_u, beta_a, lambdas, detach, chunk):  # type: ignore[override]
-        ctx.save_for_backward(poses, weight, acts, beta_u, beta_a)
-        ctx.lambdas, ctx.detach, ctx.chunk, ctx.kept = lambdas, detach, chunk, {}
-        n, i = acts.shape
-        per_chunk = chunk * i * weight.shape[1] * KEPT_NUMBERS * poses.element_size()
-        keep = KEEP_BYTES // per_chunk if any(ctx.needs_input_grad[:5]) else 0
-        outs = []
-        for s in range(0, n, chunk):
-            args = (poses[s : s + chunk], weight, acts[s : s + chunk], beta_u, beta_a, lambdas)
-            if len(ctx.kept) < keep:
-                ctx.kept[s] = _conv_graph(*args, detach)
-                outs.append([t.detach() for t in ctx.kept[s][0]])
-            else:
-                outs.append(_conv_forward(*args))
-        return torch.cat([m for m, _ in outs]), torch.cat([a for _, a in outs])
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_mu: Tensor, g_a: Tensor):  # type: ignore[override]
-        poses, weight, acts, beta_u, beta_a = ctx.saved_tensors
-        grads = [torch.zeros_like(t) for t in ctx.saved_tensors]
-        for s in range(0, acts.shape[0], ctx.chunk):
-            part = slice(s, s + ctx.chunk)
-            graph = ctx.kept.pop(s, None) or _conv_graph(
-                poses[part], weight, acts[part], beta_u, beta_a, ctx.lambdas, ctx.detach
-            )
-            got = _conv_grads(graph, poses[part], weight, g_mu[part], g_a[part])
-            for k, g in enumerate(got):
-                if g is not None:
-                    (grads[k][part] if k in (0, 2) else grads[k]).add_(g)
-        return (*grads, None, None, None)

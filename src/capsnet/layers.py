@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from capsnet.em_routing import conv_em_routing
+from capsnet.em_conv import conv_em_routing
 from capsnet.routing import ROUTINGS, Routed, RoutingSpec, capsule_lengths, get_routing, squash
 
 DYNAMIC, EM = RoutingSpec("dynamic"), RoutingSpec("em")  # the layers' default routings
