@@ -2,16 +2,20 @@
 capsule_em's schedule, floor and mass."""
 
 import math
+import sys
 
 import pytest
 import torch
 
+from capsnet.em_conv import conv_em_routing
 from capsnet.em_routing import (
     MASS_EPS,
     MIN_VAR,
+    centre,
     em_routing,
     inverse_temperatures,
     m_step,
+    vote_mean,
 )
 
 D64 = torch.float64
@@ -65,14 +69,37 @@ def test_inverse_temperature_follows_capsule_em():
     assert inverse_temperatures(3, 2.0) == pytest.approx([2 * 0.05, 2 * 0.0975, 2 * 0.142625])
 
 
+def _variance(votes, r):
+    """σ² of the M-step with the weights r (N, J, I), on votes shifted by their mean."""
+    shift = vote_mean(votes, r[:, :1])
+    return m_step(centre(votes, shift), r, shift)[1]
+
+
 def test_variance_is_exact_for_a_tight_cluster_far_from_the_origin():
-    # μ = 100, σ = 0.01: E[V²] - μ² in float32 would be off by about 30×.
+    # μ = 100, σ = 0.01: E[V²] - μ² in float32 would be off by about 30× without the shift.
     g = torch.Generator().manual_seed(0)
     votes = 100 + 0.01 * torch.randn(1, 1, 1000, 16, generator=g, dtype=D64)
     r = torch.ones(1, 1, 1000, dtype=D64)
-    _, var64, _, _ = m_step(votes, r)
-    _, var32, _, _ = m_step(votes.float(), r.float())
+    var64, var32 = _variance(votes, r), _variance(votes.float(), r.float())
     torch.testing.assert_close(var32.double() - MIN_VAR, var64 - MIN_VAR, rtol=1e-3, atol=0)
+
+
+def test_variance_error_away_from_the_shift_is_small_against_the_floor():
+    # One parent's r picks a tight cluster (σ = 0.01) 2.5 away from the shift (the mean of
+    # all votes): E[V'²] - μ'² in float32 is off by about 1e-6 · 2.5², 1% of MIN_VAR.
+    g = torch.Generator().manual_seed(0)
+    votes = 0.01 * torch.randn(1, 1, 1000, 16, generator=g, dtype=D64)
+    votes[..., :500, :] += 5
+    r = torch.zeros(1, 1, 1000, dtype=D64)
+    r[..., :500] = 1
+    a = torch.ones(1, 1, 1000, dtype=D64)
+
+    def variance(v, r, a):
+        shift = vote_mean(v, a)
+        return m_step(centre(v, shift), r, shift)[1]
+
+    var64, var32 = variance(votes, r, a), variance(votes.float(), r.float(), a.float())
+    assert (var32.double() - var64).abs().max() < 0.02 * MIN_VAR
 
 
 @pytest.mark.parametrize("detach", [False, True])
@@ -97,3 +124,21 @@ def test_detach_agreement_changes_the_gradient_only():
     g0 = torch.autograd.grad(mu0.sum() + a0.sum(), votes, retain_graph=True)[0]
     g1 = torch.autograd.grad(mu1.sum() + a1.sum(), votes)[0]
     assert not torch.allclose(g0, g1)
+
+
+@pytest.mark.parametrize("keep", [0, 1 << 30])  # graphs recomputed, or kept from the forward
+@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_chunked_conv_routing_matches_em_routing_on_stored_votes(
+    detach, iterations, keep, monkeypatch
+):
+    # 5 problems in chunks of 2 (the last one short); values and gradients, float64
+    monkeypatch.setattr(sys.modules["capsnet.em_conv"], "KEEP_BYTES", keep)
+    poses, weight, acts, bu, ba = _inputs(n=5, i=6, j=3)
+    votes = _votes(poses, weight)
+    want = em_routing(votes, acts, bu, ba, iterations, 1.0, detach)[:2]
+    got = conv_em_routing(poses, weight, acts, bu, ba, iterations, 1.0, detach, chunk=2)
+    torch.testing.assert_close(got, want)
+    g = (torch.randn_like(want[0]), torch.randn_like(want[1]))
+    ins = (poses, weight, acts, bu, ba)
+    torch.testing.assert_close(torch.autograd.grad(got, ins, g), torch.autograd.grad(want, ins, g))

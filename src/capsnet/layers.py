@@ -8,7 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from capsnet.routing import Routed, RoutingSpec, capsule_lengths, get_routing, squash
+from capsnet.em_conv import conv_em_routing
+from capsnet.routing import ROUTINGS, Routed, RoutingSpec, capsule_lengths, get_routing, squash
 
 DYNAMIC, EM = RoutingSpec("dynamic"), RoutingSpec("em")  # the layers' default routings
 
@@ -184,9 +185,17 @@ class ConvMatrixCaps(nn.Module):
         patches = patches.permute(0, 1, 2, 5, 6, 3, 4).reshape(b * h * w, k * k * t, POSE, POSE)
         acts = unfold_patches(activations, k, s)  # (B, H', W', T, K, K)
         acts = acts.permute(0, 1, 2, 4, 5, 3).reshape(b * h * w, k * k * t)  # (N, I)
-        votes = torch.einsum("nipq,ijqr->njipr", patches, self.weight)  # (N, J, I, 4, 4)
-        out = self.router(votes.flatten(-2).transpose(1, 2), acts)  # votes (N, I, J, 16)
-        return out.poses.view(b, h, w, -1, POSE * POSE), out.activations.view(b, h, w, -1)
+        r = self.router
+        if r.routing is ROUTINGS["em"]:  # votes made and routed chunk by chunk, not stored
+            p = r.params
+            mu, a = conv_em_routing(
+                patches, self.weight, acts, p["beta_u"], p["beta_a"], r.iterations,
+                detach_agreement=r.detach_agreement,
+            )  # fmt: skip
+        else:
+            votes = torch.einsum("nipq,ijqr->njipr", patches, self.weight)  # (N, J, I, 4, 4)
+            mu, a, _ = r(votes.flatten(-2).transpose(1, 2), acts)  # votes (N, I, J, 16)
+        return mu.view(b, h, w, -1, POSE * POSE), a.view(b, h, w, -1)
 
 
 class ClassMatrixCaps(nn.Module):
