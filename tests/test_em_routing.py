@@ -69,9 +69,10 @@ def test_inverse_temperature_follows_capsule_em():
     assert inverse_temperatures(3, 2.0) == pytest.approx([2 * 0.05, 2 * 0.0975, 2 * 0.142625])
 
 
-def _variance(votes, r):
-    """σ² of the M-step with the weights r (N, J, I), on votes shifted by their mean."""
-    shift = vote_mean(votes, r[:, :1])
+def _variance(votes, r, a):
+    """σ² of the M-step with the weights r (N, J, I), on votes shifted by their a-weighted
+    mean (a (N, 1, I))."""
+    shift = vote_mean(votes, a)
     return m_step(centre(votes, shift), r, shift)[1]
 
 
@@ -80,7 +81,7 @@ def test_variance_is_exact_for_a_tight_cluster_far_from_the_origin():
     g = torch.Generator().manual_seed(0)
     votes = 100 + 0.01 * torch.randn(1, 1, 1000, 16, generator=g, dtype=D64)
     r = torch.ones(1, 1, 1000, dtype=D64)
-    var64, var32 = _variance(votes, r), _variance(votes.float(), r.float())
+    var64, var32 = _variance(votes, r, r), _variance(votes.float(), r.float(), r.float())
     torch.testing.assert_close(var32.double() - MIN_VAR, var64 - MIN_VAR, rtol=1e-3, atol=0)
 
 
@@ -93,12 +94,7 @@ def test_variance_error_away_from_the_shift_is_small_against_the_floor():
     r = torch.zeros(1, 1, 1000, dtype=D64)
     r[..., :500] = 1
     a = torch.ones(1, 1, 1000, dtype=D64)
-
-    def variance(v, r, a):
-        shift = vote_mean(v, a)
-        return m_step(centre(v, shift), r, shift)[1]
-
-    var64, var32 = variance(votes, r, a), variance(votes.float(), r.float(), a.float())
+    var64, var32 = _variance(votes, r, a), _variance(votes.float(), r.float(), a.float())
     assert (var32.double() - var64).abs().max() < 0.02 * MIN_VAR
 
 
