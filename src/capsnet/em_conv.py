@@ -20,12 +20,12 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from capsnet.em_routing import (
-    MASS_EPS,
     Tape,
     Votes,
     _route,
     _wide,
     inverse_temperatures,
+    mean_weights,
     tape_gradient,
 )
 
@@ -78,7 +78,7 @@ def _conv_votes(poses: Tensor, weight: Tensor, acts: Tensor) -> tuple[Votes, Ten
     a-weighted mean vote, for poses (n, I, 4, 4), W (I, J, 4, 4) and a (n, I)."""
     n, i = acts.shape
     j = weight.shape[1]
-    w = acts / (acts.sum(1, keepdim=True) + MASS_EPS)  # (n, I)
+    w = mean_weights(acts)  # (n, I): the shift of em_routing.vote_mean
     # c_j = Σ_i w_i M_i W_ij without the votes: one matmul over (i, q)
     m = (w[:, :, None, None] * poses).permute(0, 2, 1, 3).reshape(n * 4, i * 4)
     c = (m @ weight.permute(0, 2, 1, 3).reshape(i * 4, j * 4)).view(n, 4, j, 4)

@@ -52,11 +52,16 @@ def centre(votes: Tensor, shift: Tensor) -> Votes:
     return Votes(vc, vc * vc)
 
 
+def mean_weights(a: Tensor) -> Tensor:
+    """a_i / (Σ_i a_i + MASS_EPS) over the last dimension: the weights of the shift."""
+    return a / (a.sum(-1, keepdim=True) + MASS_EPS)
+
+
 def vote_mean(votes: Tensor, a_in: Tensor) -> Tensor:
     """The a-weighted mean of the votes, Σ_i a_i V_ij / (Σ_i a_i + MASS_EPS): (N, J, D),
     detached. With R = 1/J it is the first M-step's μ_j (up to MASS_EPS)."""
     with torch.no_grad():
-        w = a_in / (a_in.sum(-1, keepdim=True) + MASS_EPS)  # (N, 1, I)
+        w = mean_weights(a_in)  # (N, 1, I)
         return torch.matmul(w.unsqueeze(1), votes).squeeze(2)  # (N, J, D)
 
 
