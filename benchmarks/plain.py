@@ -30,7 +30,8 @@ class PlainCapsNet(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> CapsNetOutput:
         net, cfg = self.net, self.config
-        p = net.primary.conv(F.relu(net.conv1(x)))  # (B, types·dim, H', W')
+        conv = net.primary.conv  # called as a plain convolution, never through the DFT
+        p = F.conv2d(F.relu(net.conv1(x)), conv.weight, conv.bias, conv.stride)  # (B, T·D, H', W')
         batch, _, h, w = p.shape
         u = p.view(batch, cfg.primary_types, cfg.primary_dim, h, w)
         u = plain_squash(u.permute(0, 1, 3, 4, 2).reshape(batch, -1, cfg.primary_dim))

@@ -4,14 +4,53 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from capsnet.dftconv import dft_conv2d
 from capsnet.em_conv import conv_em_routing
 from capsnet.routing import ROUTINGS, Routed, RoutingSpec, capsule_lengths, get_routing, squash
 
 DYNAMIC, EM = RoutingSpec("dynamic"), RoutingSpec("em")  # the layers' default routings
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` that convolves through the DFT (:func:`capsnet.dftconv.dft_conv2d`, the
+    same function to float rounding) where that does less arithmetic.
+
+    It does so with ``dft`` on, no padding, dilation or groups, equal strides, on the CPU in
+    float32/64 outside autocast, tracing and ONNX export, when the DFT's multiply-adds per
+    image are at most half the direct ones (``C·O·kh·kw·Mh·Mw``). They are estimated as
+    ``4F·C·O`` (the products, F = H·(W//2+1) frequencies) + ``2F·Mh·Mw·O`` (the inverse at
+    the outputs) + ``2F·(H+W)·C`` (the input's transform); the kernel's transform is shared
+    by the batch and left out. Elsewhere it is ``nn.Conv2d``; parameters and state dict are
+    the same either way.
+    """
+
+    def __init__(self, *args: Any, dft: bool = True, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        plain = self.padding == (0, 0) and self.dilation == (1, 1) and self.groups == 1
+        self.dft = dft and plain and self.stride[0] == self.stride[1]
+
+    def dft_pays(self, x: Tensor) -> bool:
+        """Whether :meth:`forward` takes the DFT path for input ``x``."""
+        if not self.dft or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+            return False
+        if torch.is_autocast_enabled("cpu") or torch.jit.is_tracing():
+            return False
+        if torch.onnx.is_in_onnx_export():
+            return False
+        (h, w), (kh, kw), s = x.shape[-2:], self.kernel_size, self.stride[0]
+        c, o, m = self.in_channels, self.out_channels, ((h - kh) // s + 1) * ((w - kw) // s + 1)
+        f = h * (w // 2 + 1)
+        return 2 * (4 * f * c * o + 2 * f * m * o + 2 * f * (h + w) * c) <= c * o * kh * kw * m
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.dft_pays(x):
+            return dft_conv2d(x, self.weight, self.bias, self.stride[0])
+        return super().forward(x)
 
 
 class PrimaryCaps(nn.Module):
@@ -20,7 +59,8 @@ class PrimaryCaps(nn.Module):
     Channels ``[t·dim, (t+1)·dim)`` form capsule type ``t``; a capsule is those ``dim``
     channels at one spatial position. Input (B, C, H, W) → output (B, types·H'·W', dim),
     capsules ordered (type, row, column). ``groups`` = channels makes the convolution
-    depthwise (Efficient-CapsNet); ``squash_fn`` is the capsule non-linearity.
+    depthwise (Efficient-CapsNet); ``squash_fn`` is the capsule non-linearity; ``dft``
+    lets the convolution go through the DFT where that is cheaper (:class:`Conv2d`).
     """
 
     def __init__(
@@ -32,10 +72,11 @@ class PrimaryCaps(nn.Module):
         stride: int,
         groups: int = 1,
         squash_fn: Callable[[Tensor], Tensor] = squash,
+        dft: bool = True,
     ):
         super().__init__()
         self.types, self.dim, self.squash = types, dim, squash_fn
-        self.conv = nn.Conv2d(in_channels, types * dim, kernel_size, stride, groups=groups)
+        self.conv = Conv2d(in_channels, types * dim, kernel_size, stride, groups=groups, dft=dft)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv(x)  # (B, types·dim, H', W')

@@ -25,9 +25,14 @@ class CapsNetConfig(VectorCapsuleConfig):
     primary_types: int = 32
     primary_kernel: int = 9
     primary_stride: int = 2
+    conv_algorithm: str = "auto"  # "auto": PrimaryCaps through the DFT where cheaper; "direct"
 
     def validate(self) -> None:
         super().validate()
+        if self.conv_algorithm not in ("auto", "direct"):
+            raise ConfigError(
+                f"conv_algorithm must be 'auto' or 'direct', not {self.conv_algorithm!r}"
+            )
         if min(self.primary_grid) < 1:
             raise ConfigError(
                 f"input size {self.input_size} is too small for conv1 {self.conv1_kernel}×"
@@ -122,6 +127,7 @@ class CapsNet(CapsuleModel):
             cfg.primary_dim,
             cfg.primary_kernel,
             cfg.primary_stride,
+            dft=cfg.conv_algorithm == "auto",
         )
 
     def encode(self, x: Tensor) -> Tensor:

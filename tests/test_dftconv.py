@@ -1,0 +1,97 @@
+"""Convolution through the DFT (capsnet.dftconv) against torch's own conv2d and FFT."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from capsnet import CapsNet, CapsNetConfig
+from capsnet.dftconv import dft_conv2d, half_spectrum, half_spectrum_adjoint
+from capsnet.errors import ConfigError
+from capsnet.layers import Conv2d
+
+SHAPES = [  # (B, C, O, H, W, kh, kw, stride): odd and even sizes, kernel = input, stride 3
+    (3, 4, 5, 11, 9, 3, 4, 2),
+    (2, 3, 2, 8, 8, 8, 8, 1),
+    (2, 2, 3, 7, 10, 2, 3, 3),
+    (2, 6, 4, 20, 20, 9, 9, 2),  # PrimaryCaps' geometry
+]
+
+
+def _inputs(b, c, o, h, w, kh, kw, dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, c, h, w, generator=g, dtype=dtype, requires_grad=True)
+    weight = torch.randn(o, c, kh, kw, generator=g, dtype=dtype, requires_grad=True)
+    bias = torch.randn(o, generator=g, dtype=dtype, requires_grad=True)
+    return x, weight, bias
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_conv2d_in_float64(shape):
+    *dims, s = shape
+    x, w, b = _inputs(*dims)
+    torch.testing.assert_close(dft_conv2d(x, w, b, s), F.conv2d(x, w, b, s), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3])
+def test_gradients_pass_gradcheck(shape):
+    *dims, s = shape
+    assert torch.autograd.gradcheck(lambda *a: dft_conv2d(*a, s), _inputs(*dims))
+
+
+def test_gradients_match_conv2d_in_float32():
+    x, w, b = _inputs(4, 16, 8, 20, 20, 9, 9, dtype=torch.float32)
+    g = torch.randn(4, 8, 6, 6)
+    grads = [torch.autograd.grad(f(x, w, b, 2), (x, w, b), g) for f in (dft_conv2d, F.conv2d)]
+    for a, ref in zip(*grads, strict=True):  # float32 rounding of sums of ~1,300 products
+        torch.testing.assert_close(a, ref, atol=1e-4 * ref.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_half_spectrum_is_rfft2_of_the_zero_padded_array(sign):
+    a = torch.randn(3, 5, 4, dtype=torch.float64)
+    ref = torch.fft.rfft2(a, s=(7, 6)).reshape(3, -1).t()  # (F, N)
+    ref = ref if sign == -1 else ref.conj()  # sign +1: e^{+iθ}, the conjugate
+    got = half_spectrum(a, 7, 6, sign)
+    torch.testing.assert_close(torch.complex(got[0], got[1]), ref)
+
+
+def test_half_spectrum_adjoint_is_the_transpose():
+    a, g = torch.randn(3, 5, 4, dtype=torch.float64), torch.randn(2, 7 * 4, 3, dtype=torch.float64)
+    lhs = (half_spectrum(a, 7, 6) * g).sum()  # <T a, g> = <a, Tᵀ g>
+    torch.testing.assert_close(lhs, (a * half_spectrum_adjoint(g, 5, 4, 7, 6)).sum())
+
+
+def test_mismatched_shapes_are_refused():
+    with pytest.raises(ValueError, match="do not match"):
+        dft_conv2d(torch.zeros(1, 3, 8, 8), torch.zeros(2, 4, 3, 3))
+    with pytest.raises(ValueError, match="larger than input"):
+        dft_conv2d(torch.zeros(1, 3, 8, 8), torch.zeros(2, 3, 9, 3))
+
+
+def test_layer_takes_the_dft_only_where_it_is_cheaper():
+    # 20×20 → 6×6, 64 → 64 channels: DFT 4·220·64·64 + 440·36·64 + 440·40·64 = 5.74M
+    # multiply-adds per image, direct 64·64·81·36 = 11.94M: just over twice as many.
+    primary, x = Conv2d(64, 64, 9, 2), torch.randn(2, 64, 20, 20)
+    assert primary.dft_pays(x)
+    assert not Conv2d(32, 64, 9, 2).dft_pays(x[:, :32])  # 3.38M vs 5.97M: under twice
+    assert not Conv2d(1, 256, 9).dft_pays(torch.randn(2, 1, 28, 28))  # conv1: the inverse costs
+    assert not Conv2d(64, 64, 9, 2, groups=64).dft_pays(x)  # depthwise: direct
+    assert not Conv2d(64, 64, 9, 2, dft=False).dft_pays(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not primary.dft_pays(x)
+
+
+def test_layer_agrees_with_nn_conv2d_and_keeps_its_state_dict():
+    layer, ref = Conv2d(64, 64, 9, 2), torch.nn.Conv2d(64, 64, 9, 2)
+    assert layer.state_dict().keys() == ref.state_dict().keys()
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 64, 20, 20)
+    assert layer.dft_pays(x)
+    torch.testing.assert_close(layer(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+def test_model_config_chooses_the_algorithm():
+    assert CapsNet(CapsNetConfig()).primary.conv.dft
+    assert not CapsNet(CapsNetConfig(conv_algorithm="direct")).primary.conv.dft
+    with pytest.raises(ConfigError, match="conv_algorithm"):
+        CapsNetConfig(conv_algorithm="fft").validate()
