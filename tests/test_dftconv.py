@@ -95,3 +95,17 @@ def test_model_config_chooses_the_algorithm():
     assert not CapsNet(CapsNetConfig(conv_algorithm="direct")).primary.conv.dft
     with pytest.raises(ConfigError, match="conv_algorithm"):
         CapsNetConfig(conv_algorithm="fft").validate()
+
+
+def test_layer_keeps_the_kernel_spectrum_without_gradients_until_the_weight_changes():
+    layer, ref = Conv2d(64, 64, 9, 2), torch.nn.Conv2d(64, 64, 9, 2)
+    x = torch.randn(2, 64, 20, 20)
+    with torch.no_grad():
+        layer(x)
+        kept = layer._spectrum[1]
+        layer(x)
+        assert layer._spectrum[1] is kept
+        layer.weight.mul_(-2.0)  # an optimizer step or load_state_dict changes it in place
+        ref.load_state_dict(layer.state_dict())
+        torch.testing.assert_close(layer(x), ref(x), atol=1e-5, rtol=1e-5)
+        assert layer._spectrum[1] is not kept

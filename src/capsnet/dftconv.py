@@ -95,11 +95,26 @@ def _output_map(
     return e.reshape(2 * n * (m // 2 + 1), mh * mw).t().contiguous().to(dtype=dtype, device=device)
 
 
-def dft_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 1) -> Tensor:
+def kernel_spectrum(weight: Tensor, n: int, m: int) -> Tensor:
+    """conj(W): weight (O, C, kh, kw) → the conjugate half spectrum on an n×m grid,
+    (2, n·(m//2+1), O, C), real part then imaginary part."""
+    o, c, kh, kw = weight.shape
+    return half_spectrum(weight.reshape(o * c, kh, kw), n, m, sign=1).view(2, -1, o, c)
+
+
+def dft_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int = 1,
+    spectrum: Tensor | None = None,
+) -> Tensor:
     """``conv2d(x, weight, bias, stride)`` (no padding, one group) through the DFT.
 
     x (B, C, H, W), weight (O, C, kh, kw), bias (O,) or None → (B, O, Mh, Mw) with
-    ``M = (size − k) // stride + 1``. Differentiable in all three.
+    ``M = (size − k) // stride + 1``. Differentiable in all three. ``spectrum``, if given,
+    must be ``kernel_spectrum(weight, H, W)``: a caller that convolves many batches with an
+    unchanged weight (inference) computes it once.
     """
     if x.dim() != 4 or weight.dim() != 4 or x.shape[1] != weight.shape[1]:
         raise ValueError(
@@ -109,7 +124,7 @@ def dft_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: in
         raise ValueError(
             f"dft_conv2d: kernel {tuple(weight.shape[2:])} larger than input {tuple(x.shape[2:])}"
         )
-    y = _DFTConv.apply(x, weight, stride)
+    y = _DFTConv.apply(x, weight, stride, spectrum)
     return y if bias is None else y + bias[:, None, None]
 
 
@@ -118,12 +133,12 @@ class _DFTConv(torch.autograd.Function):
     inverse at the strided positions. Backward: the same in transpose (its adjoints)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, stride: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, w: Tensor, stride: int, ws: Tensor | None) -> Tensor:  # type: ignore[override]
         b, c, n, m = x.shape
         o, _, kh, kw = w.shape
         mh, mw = (n - kh) // stride + 1, (m - kw) // stride + 1
         xs = half_spectrum(x.reshape(b * c, n, m), n, m).view(2, -1, b, c)  # (2, F, B, C)
-        ws = half_spectrum(w.reshape(o * c, kh, kw), n, m, sign=1).view(2, -1, o, c)  # conj(W)
+        ws = kernel_spectrum(w, n, m) if ws is None else ws  # conj(W) (2, F, O, C)
         (xr, xi), (wr, wi) = xs, ws
         ys = x.new_empty(2, xs.shape[1], b, o)  # Y = X·conj(W), per frequency (B, C) @ (C, O)
         torch.baddbmm(
@@ -136,7 +151,7 @@ class _DFTConv(torch.autograd.Function):
         return (e @ ys.view(-1, b * o)).t().reshape(b, o, mh, mw)  # (B, O, Mh, Mw)
 
     @staticmethod
-    def backward(ctx, gy: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+    def backward(ctx, gy: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
         xs, ws = ctx.saved_tensors
         b, c, n, m, o, kh, kw, stride = ctx.dims
         e = _output_map(n, m, stride, gy.shape[2], gy.shape[3], gy.dtype, gy.device)
@@ -157,4 +172,4 @@ class _DFTConv(torch.autograd.Function):
             gw = half_spectrum_adjoint(gws.view(2, -1, o * c), kh, kw, n, m, sign=1).view(
                 o, c, kh, kw
             )
-        return gx, gw, None
+        return gx, gw, None, None
