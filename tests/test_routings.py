@@ -157,3 +157,15 @@ def test_dynamic_routing_has_no_learned_tensors_besides_w():
 def test_unknown_routing_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown routing 'magic'"):
         get_routing("magic")
+
+
+@pytest.mark.parametrize("name", sorted(ROUTINGS))
+def test_inference_in_blocks_of_the_batch_gives_the_whole_batch_result(name, monkeypatch):
+    torch.manual_seed(0)
+    layer, u = RoutingCaps(12, 4, 3, 5, RoutingSpec(name)), torch.randn(7, 12, 4)
+    whole = layer(u)  # with gradients: one block
+    monkeypatch.setattr("capsnet.layers.BLOCK_BYTES", 2 * 12 * 3 * 5 * 4)  # 2 examples a block
+    with torch.no_grad():
+        blocks = layer(u)
+    for a, b in zip(blocks, whole, strict=True):
+        torch.testing.assert_close(a, b.detach())

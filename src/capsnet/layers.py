@@ -14,6 +14,7 @@ from capsnet.em_conv import conv_em_routing
 from capsnet.routing import ROUTINGS, Routed, RoutingSpec, capsule_lengths, get_routing, squash
 
 DYNAMIC, EM = RoutingSpec("dynamic"), RoutingSpec("em")  # the layers' default routings
+BLOCK_BYTES = 8 << 20  # votes per block of RoutingCaps' inference (2-18 MB measured slower)
 
 
 class Conv2d(nn.Conv2d):
@@ -119,6 +120,11 @@ class RoutingCaps(nn.Module):
     activations (B, J) and the assignment weights (B, I, J), by the :class:`Router` of
     ``spec`` (``dynamic``, as in the paper, has no learned tensors besides W). The
     children's activations are their lengths.
+
+    Without gradients on the CPU (inference) the batch is routed in blocks of about
+    :data:`BLOCK_BYTES` of votes, which stay in cache through the iterations: 2.6× as fast
+    for the paper's DigitCaps at batch 100 (10 examples a block; measured 2026-11-26).
+    Every routing treats examples independently, so the result is the same.
     """
 
     def __init__(
@@ -134,6 +140,14 @@ class RoutingCaps(nn.Module):
         self.router = Router(in_caps, out_caps, spec)
 
     def forward(self, u: Tensor) -> Routed:
+        whole = torch.is_grad_enabled() or u.device.type != "cpu" or torch.jit.is_tracing()
+        if whole or torch.onnx.is_in_onnx_export():
+            return self._route(u)
+        per_example = self.weight[..., 0].numel() * u.element_size()  # bytes of votes
+        blocks = [self._route(block) for block in u.split(max(1, BLOCK_BYTES // per_example))]
+        return Routed(*(torch.cat(parts) for parts in zip(*blocks, strict=True)))
+
+    def _route(self, u: Tensor) -> Routed:
         u_hat = torch.einsum("ijdk,bik->bjid", self.weight, u).contiguous()  # (B, J, I, D)
         # Routing takes (B, I, J, D); this view keeps the (B, J, I, D) memory layout that
         # dynamic routing runs fastest on (see dynamic_routing).
