@@ -77,8 +77,20 @@ def test_layer_takes_the_dft_only_where_it_is_cheaper():
     assert not Conv2d(1, 256, 9).dft_pays(torch.randn(2, 1, 28, 28))  # conv1: the inverse costs
     assert not Conv2d(64, 64, 9, 2, groups=64).dft_pays(x)  # depthwise: direct
     assert not Conv2d(64, 64, 9, 2, dft=False).dft_pays(x)
+    assert not primary.dft_pays(x.bfloat16())  # a bfloat16 model: direct
+
+
+def test_layer_under_autocast_convolves_in_float32():
+    layer, x = Conv2d(64, 64, 9, 2), torch.randn(2, 64, 20, 20)
+    ref = layer(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not primary.dft_pays(x)
+        assert layer.dft_pays(x.bfloat16())  # training: the DFT, in float32
+        low = layer(x.bfloat16())  # what autocast's conv1 hands on
+        with torch.no_grad():
+            assert not layer.dft_pays(x.bfloat16())  # inference: bfloat16's direct conv
+    assert low.dtype == torch.float32
+    # only the input's rounding to bfloat16 (relative 2^-9) differs from the float32 result
+    torch.testing.assert_close(low, ref, atol=0.01 * ref.abs().max().item(), rtol=0)
 
 
 def test_layer_agrees_with_nn_conv2d_and_keeps_its_state_dict():

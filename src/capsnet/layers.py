@@ -22,13 +22,19 @@ class Conv2d(nn.Conv2d):
     same function to float rounding) where that does less arithmetic.
 
     It does so with ``dft`` on, no padding, dilation or groups, equal strides, on the CPU in
-    float32/64 outside autocast, tracing and ONNX export, when the DFT's multiply-adds per
-    image are at most half the direct ones (``C·O·kh·kw·Mh·Mw``). They are estimated as
+    float32/64 or when training under autocast, outside tracing and ONNX export, when the
+    DFT's multiply-adds per image are at most half the direct ones (``C·O·kh·kw·Mh·Mw``),
+    estimated as
     ``4F·C·O`` (the products, F = H·(W//2+1) frequencies) + ``2F·Mh·Mw·O`` (the inverse at
     the outputs) + ``2F·(H+W)·C`` (the input's transform); the kernel's transform is shared
     by the batch and left out. Elsewhere it is ``nn.Conv2d``; parameters and state dict are
     the same either way. Without gradients (inference) the kernel's spectrum is kept between
-    calls until the weight changes (the paper's PrimaryCaps: 115 MB).
+    calls until the weight changes (the paper's PrimaryCaps: 115 MB). Under autocast the DFT
+    runs in the weight's dtype (float32): for the paper's PrimaryCaps that trains twice as
+    fast as bfloat16's direct convolution, exact to float32 rounding where bfloat16 errs by
+    0.17% (RMS, forward); a DFT in bfloat16 would be no faster and err by 0.55%. Inference
+    under autocast stays direct: bfloat16's forward alone is faster (paper network, batch
+    100: 505 against 364 images/s). Measured 2026-11-26 on one thread.
     """
 
     def __init__(self, *args: Any, dft: bool = True, **kwargs: Any):
@@ -39,9 +45,11 @@ class Conv2d(nn.Conv2d):
 
     def dft_pays(self, x: Tensor) -> bool:
         """Whether :meth:`forward` takes the DFT path for input ``x``."""
-        if not self.dft or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-            return False
-        if torch.is_autocast_enabled("cpu") or torch.jit.is_tracing():
+        if torch.is_autocast_enabled("cpu"):  # training only: bf16 inference is faster direct
+            wide = torch.is_grad_enabled()
+        else:
+            wide = x.dtype in (torch.float32, torch.float64)
+        if not (self.dft and wide and x.device.type == "cpu") or torch.jit.is_tracing():
             return False
         if torch.onnx.is_in_onnx_export():
             return False
@@ -53,6 +61,10 @@ class Conv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if not self.dft_pays(x):
             return super().forward(x)
+        with torch.autocast("cpu", enabled=False):
+            return self._dft(x.to(self.weight.dtype))
+
+    def _dft(self, x: Tensor) -> Tensor:
         spectrum = None
         if not torch.is_grad_enabled():  # the weight cannot change within a gradient step
             w, (n, m) = self.weight, x.shape[-2:]
