@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# The CPU measurements behind the README's speed figures. Run on an otherwise idle machine:
+# The CPU measurements behind the README's speed figures, every routing. Run on an otherwise
+# idle machine:
 #   bash benchmarks/run_cpu_suite.sh 2>&1 | tee benchmarks/cpu-suite.log
 # Every configuration appends a row to benchmarks/results.csv (with date, commit, device);
 # the conv forms go to benchmarks/conv-forms.jsonl, peak memory by batch size to
-# benchmarks/memory-capsnet-mnist.jsonl.
+# benchmarks/memory-capsnet-mnist.jsonl, the step's parts to benchmarks/step-parts.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 C=.venv/bin/capsnet
 PY=.venv/bin/python
 CSV=benchmarks/results.csv
+echo "# $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD), $(lscpu | grep 'Model name' | sed 's/  */ /g'), $(nproc) cores"
+# dynamic routing, self-attention routing, EM routing (batch 100; em-capsnet at 16: ~30 s a step)
 for model in capsnet-mnist capsnet-small efficient-capsnet em-capsnet-small; do
   $C bench --model "$model" --csv $CSV
 done
-$PY -m benchmarks.compare_plain --allocator default --rounds 1 --csv $CSV
-$PY -m benchmarks.compare_plain --allocator tuned --rounds 2 --csv $CSV
+$C bench --model em-capsnet --batch-size 16 --warmup 1 --steps 3 --csv $CSV
+# old vs new, side by side: PrimaryCaps direct vs through the DFT; the plain implementation
+$C bench --model capsnet-mnist --model-option conv_algorithm=direct --csv $CSV
+$PY -m benchmarks.compare_plain --rounds 2 --csv $CSV
+$PY -m benchmarks.compare_plain --rounds 2 --precision bf16 --csv $CSV
+PYTHONPATH=src:. $PY -m benchmarks.em_routing --model em-capsnet-small --old-batch 100 --new-batch 100 --rounds 1
 $C bench --model capsnet-mnist --compile --warmup 3 --steps 5 --csv $CSV
-$C bench --model capsnet-mnist --precision bf16 --warmup 1 --steps 2 --csv $CSV
+$C bench --model capsnet-mnist --precision bf16 --csv $CSV
 $PY -m benchmarks.conv_forms | tee benchmarks/conv-forms.jsonl
 for b in 16 50 100 200; do  # one process each: peak RSS is per process
   $C bench --model capsnet-mnist --batch-size $b --warmup 1 --steps 1 --json
