@@ -80,6 +80,15 @@ def test_layer_takes_the_dft_only_where_it_is_cheaper():
     assert not primary.dft_pays(x.bfloat16())  # a bfloat16 model: direct
 
 
+def test_layer_convolves_directly_under_compile_and_tracing(monkeypatch):
+    layer, x = Conv2d(64, 64, 9, 2), torch.randn(2, 64, 20, 20)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not layer.dft_pays(x)
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+    assert not layer.dft_pays(x)
+
+
 def test_layer_under_autocast_convolves_in_float32():
     layer, x = Conv2d(64, 64, 9, 2), torch.randn(2, 64, 20, 20)
     ref = layer(x)

@@ -21,20 +21,24 @@ class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` that convolves through the DFT (:func:`capsnet.dftconv.dft_conv2d`, the
     same function to float rounding) where that does less arithmetic.
 
-    It does so with ``dft`` on, no padding, dilation or groups, equal strides, on the CPU in
-    float32/64 or when training under autocast, outside tracing and ONNX export, when the
-    DFT's multiply-adds per image are at most half the direct ones (``C·O·kh·kw·Mh·Mw``),
-    estimated as
-    ``4F·C·O`` (the products, F = H·(W//2+1) frequencies) + ``2F·Mh·Mw·O`` (the inverse at
-    the outputs) + ``2F·(H+W)·C`` (the input's transform); the kernel's transform is shared
-    by the batch and left out. Elsewhere it is ``nn.Conv2d``; parameters and state dict are
-    the same either way. Without gradients (inference) the kernel's spectrum is kept between
-    calls until the weight changes (the paper's PrimaryCaps: 115 MB). Under autocast the DFT
-    runs in the weight's dtype (float32): for the paper's PrimaryCaps that trains twice as
-    fast as bfloat16's direct convolution, exact to float32 rounding where bfloat16 errs by
-    0.17% (RMS, forward); a DFT in bfloat16 would be no faster and err by 0.55%. Inference
-    under autocast stays direct: bfloat16's forward alone is faster (paper network, batch
-    100: 505 against 364 images/s). Measured 2026-11-26 on one thread.
+    When: ``dft`` on; no padding, dilation or groups; equal strides; on the CPU; in
+    float32/64, or training under autocast; not tracing, exporting to ONNX or under
+    ``torch.compile`` (which would trace through the cached transform matrices); and the
+    DFT's multiply-adds per image at most half the direct ones, ``C·O·kh·kw·Mh·Mw``. They
+    are estimated as ``4F·C·O`` (the products, F = H·(W//2+1) frequencies) + ``2F·Mh·Mw·O``
+    (the inverse at the outputs) + ``2F·(H+W)·C`` (the input's transform); the kernel's
+    transform is shared by the batch and left out. Elsewhere it is ``nn.Conv2d``; the
+    parameters and state dict are the same either way.
+
+    Without gradients (inference) the kernel's spectrum is kept between calls until the
+    weight changes (for the paper's PrimaryCaps, 115 MB).
+
+    Under autocast the DFT runs in the weight's dtype (float32). For the paper's PrimaryCaps
+    that trains twice as fast as bfloat16's direct convolution and is exact to float32
+    rounding, where bfloat16 errs by 0.17% (RMS, forward); a DFT in bfloat16 would be no
+    faster and err by 0.55%. Inference under autocast stays direct, as bfloat16's forward
+    alone is faster (paper network, batch 100: 505 against 364 images/s). Measured on
+    2026-11-26, one thread.
     """
 
     def __init__(self, *args: Any, dft: bool = True, **kwargs: Any):
@@ -51,7 +55,7 @@ class Conv2d(nn.Conv2d):
             wide = x.dtype in (torch.float32, torch.float64)
         if not (self.dft and wide and x.device.type == "cpu") or torch.jit.is_tracing():
             return False
-        if torch.onnx.is_in_onnx_export():
+        if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
             return False
         (h, w), (kh, kw), s = x.shape[-2:], self.kernel_size, self.stride[0]
         c, o, m = self.in_channels, self.out_channels, ((h - kh) // s + 1) * ((w - kw) // s + 1)
