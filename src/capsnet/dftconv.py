@@ -11,7 +11,9 @@ frequency: ``4·F`` multiply-adds per (image, in-channel, out-channel) instead o
 ``kh·kw·Mh·Mw``. For CapsNet's PrimaryCaps (20×20 input, 9×9 kernel, stride 2, 6×6 output)
 that is 880 against 2,916: about a third of the arithmetic. The transforms cost
 O(channels · H·W·(H + W)) and are done as two small matrix products each (rows, then
-columns), so every step is a matrix multiply on a layout that needs no transposing copy.
+columns) that leave the spectra frequency-major, (2, F, channels): every step is then a
+matrix product on memory as it lies, and only the two gradients are reordered once at the
+end (a transposing copy back to (channels, h, w)).
 
 The result matches the direct convolution to float rounding (about 1e-6 of the largest
 output in float32); the gradients are written out by hand (:class:`_DFTConv`): the adjoint
