@@ -28,6 +28,7 @@ from capsnet.em_routing import (
     mean_weights,
     tape_gradient,
 )
+from capsnet.runtime import tracing
 
 CHUNK_BYTES = 8 << 20  # V' and V'² per chunk of conv_em_routing (1-4 MB measured slower)
 KEEP_BYTES = 768 << 20  # graphs of chunks kept from the forward pass, per conv_em_routing
@@ -66,7 +67,7 @@ def conv_em_routing(
     chunk = chunk or max(1, CHUNK_BYTES // (i * weight.shape[1] * 32 * poses.element_size()))
     args = (_wide(poses), _wide(weight), _wide(activations), _wide(beta_u), _wide(beta_a))
     with torch.autocast(poses.device.type, enabled=False):
-        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():  # one chunk, traceable
+        if tracing():  # one chunk, traceable
             mu, a = _conv_forward(*args, lambdas)
         else:
             mu, a = _ConvEM.apply(*args, lambdas, detach_agreement, chunk)

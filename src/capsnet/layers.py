@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from capsnet.dftconv import dft_conv2d, kernel_spectrum
 from capsnet.em_conv import conv_em_routing
 from capsnet.routing import ROUTINGS, Routed, RoutingSpec, capsule_lengths, get_routing, squash
+from capsnet.runtime import tracing
 
 DYNAMIC, EM = RoutingSpec("dynamic"), RoutingSpec("em")  # the layers' default routings
 BLOCK_BYTES = 8 << 20  # votes per block of RoutingCaps' inference (2-18 MB measured slower)
@@ -53,9 +54,9 @@ class Conv2d(nn.Conv2d):
             wide = torch.is_grad_enabled()
         else:
             wide = x.dtype in (torch.float32, torch.float64)
-        if not (self.dft and wide and x.device.type == "cpu") or torch.jit.is_tracing():
+        if not (self.dft and wide and x.device.type == "cpu"):
             return False
-        if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        if tracing() or torch.compiler.is_compiling():
             return False
         (h, w), (kh, kw), s = x.shape[-2:], self.kernel_size, self.stride[0]
         c, o, m = self.in_channels, self.out_channels, ((h - kh) // s + 1) * ((w - kw) // s + 1)
@@ -156,8 +157,7 @@ class RoutingCaps(nn.Module):
         self.router = Router(in_caps, out_caps, spec)
 
     def forward(self, u: Tensor) -> Routed:
-        whole = torch.is_grad_enabled() or u.device.type != "cpu" or torch.jit.is_tracing()
-        if whole or torch.onnx.is_in_onnx_export():
+        if torch.is_grad_enabled() or u.device.type != "cpu" or tracing():
             return self._route(u)
         per_example = self.weight[..., 0].numel() * u.element_size()  # bytes of votes
         blocks = [self._route(block) for block in u.split(max(1, BLOCK_BYTES // per_example))]

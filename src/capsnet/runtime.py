@@ -17,6 +17,13 @@ AUTO = "auto"  # resolved by resolve_precision before any work
 PRECISION_CHOICES = (*PRECISIONS, AUTO)
 
 
+def tracing() -> bool:
+    """Whether ``torch.jit.trace`` or ``torch.onnx.export`` is recording this call: paths
+    with a Python-side shortcut (a cache, a loop over blocks) must then run the one plain,
+    traceable way."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16); without it
     bf16 autocast was measured 20× slower than fp32 on these machines."""
