@@ -15,7 +15,7 @@ from capsnet.routing import ROUTINGS, Routed, RoutingSpec, capsule_lengths, get_
 from capsnet.runtime import tracing
 
 DYNAMIC, EM = RoutingSpec("dynamic"), RoutingSpec("em")  # the layers' default routings
-BLOCK_BYTES = 8 << 20  # votes per block of RoutingCaps' inference (2-18 MB measured slower)
+BLOCK_BYTES = 8 << 20  # votes per block of RoutingCaps' inference (fits this CPU's caches)
 
 
 class Conv2d(nn.Conv2d):
@@ -35,11 +35,12 @@ class Conv2d(nn.Conv2d):
     weight changes (for the paper's PrimaryCaps, 115 MB).
 
     Under autocast the DFT runs in the weight's dtype (float32). For the paper's PrimaryCaps
-    that trains twice as fast as bfloat16's direct convolution and is exact to float32
-    rounding, where bfloat16 errs by 0.17% (RMS, forward); a DFT in bfloat16 would be no
-    faster and err by 0.55%. Inference under autocast stays direct, as bfloat16's forward
-    alone is faster (paper network, batch 100: 505 against 364 images/s). Measured on
-    2026-11-26, one thread.
+    (batch 100, one thread) its forward + backward take 490 ms against bfloat16's direct
+    670 ms, exact to float32 rounding where bfloat16 errs by 0.17% (RMS, forward). A DFT in
+    bfloat16 took 383 ms but erred by 0.55%, so it is not used. Inference under autocast
+    stays direct, as bfloat16's forward alone is faster (paper network: 193 against 324 ms
+    per batch). Measured 2026-11-26, benchmarks/dft-notes-2026-11-26.log and
+    benchmarks/step-parts.jsonl.
     """
 
     def __init__(self, *args: Any, dft: bool = True, **kwargs: Any):
@@ -140,7 +141,8 @@ class RoutingCaps(nn.Module):
 
     Without gradients on the CPU (inference) the batch is routed in blocks of about
     :data:`BLOCK_BYTES` of votes, which stay in cache through the iterations: 2.6× as fast
-    for the paper's DigitCaps at batch 100 (10 examples a block; measured 2026-11-26).
+    for the paper's DigitCaps at batch 100 (10 examples a block; 138 → 52 ms on one thread,
+    benchmarks/dft-notes-2026-11-26.log).
     Every routing treats examples independently, so the result is the same.
     """
 
