@@ -32,6 +32,15 @@ def test_train_evaluate_resume_end_to_end(run, mnist_dir, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 2
     assert len((out / "history.csv").read_text().splitlines()) == 3
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["epochs"] == 2 and config["resumes"][0]["after_epoch"] == 1
+
+
+def test_resume_without_epochs_keeps_the_runs_own(run):
+    out, argv = run
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 1
+    assert len((out / "history.csv").read_text().splitlines()) == 2
 
 
 def test_existing_run_is_an_error_not_an_overwrite(run, capsys):

@@ -172,8 +172,8 @@ def _training_parsers(sub, tasks, models, precisions, routings) -> None:
     t.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out with its saved config (only --epochs and --device "
-        "may change)",
+        help="continue the run in --out with its saved config, to its own --epochs unless "
+        "given (only --epochs and --device may change)",
     )
     t.add_argument(
         "--overwrite",

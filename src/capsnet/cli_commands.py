@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         model_overrides=_model_overrides(args),
     )
     if args.resume:
-        check_resume_options(args, cfg, RunDir(args.out))
+        cfg = check_resume_options(args, cfg, RunDir(args.out))
     m = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=_progress())
     if not distributed_from_env().is_main:
         return  # under torchrun, rank 0 reports

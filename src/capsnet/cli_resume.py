@@ -26,16 +26,19 @@ MODEL_OPTIONS = {  # option → the model config field it sets
 }
 
 
-def check_resume_options(args: argparse.Namespace, cfg: TrainConfig, run: RunDir) -> None:
-    """ConfigError naming the first option given (``args.given``) whose value differs
-    from the saved run's; ``cfg`` is the TrainConfig the options make, ``run`` the
-    RunDir to resume (its files are checked first, see ``RunDir.resume_config``)."""
+def check_resume_options(args: argparse.Namespace, cfg: TrainConfig, run: RunDir) -> TrainConfig:
+    """``cfg`` to resume with: its epochs the run's own unless ``--epochs`` was given.
+
+    ConfigError naming the first option given (``args.given``) whose value differs from
+    the saved run's; ``cfg`` is the TrainConfig the options make, ``run`` the RunDir to
+    resume (its files are checked first, see ``RunDir.resume_config``)."""
     if args.overwrite:
         raise ConfigError("--resume continues the run in --out, --overwrite replaces it: not both")
-    saved = run.resume_config(cfg.epochs)
+    saved = run.resume_config(cfg.epochs if "epochs" in args.given else None)
     for text, given, was, dest in _given_settings(args, cfg, saved, run):
         if not _same(dest, given, was):
             raise ConfigError(f"{text} differs from the run's {_shown(was)}; {RULE}")
+    return cfg if "epochs" in args.given else dataclasses.replace(cfg, epochs=saved.epochs)
 
 
 def _given_settings(

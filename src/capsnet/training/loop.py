@@ -214,6 +214,8 @@ class Session:
         self.history, self.best_val = meta["history"], meta["best_val"]
         self.best_epoch = meta["best_epoch"]
         self.global_step = len(self.history) * math.ceil(self.data.size / self.cfg.batch_size)
+        if self.info.is_main:
+            self.run.record_resume(meta["epoch"], self.cfg, environment())
         log.info("resuming %s at epoch %d", path, meta["epoch"] + 1)
         return meta["epoch"] + 1
 

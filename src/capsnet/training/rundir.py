@@ -315,13 +315,14 @@ class RunDir:
                 entry.unlink()
         self._config = self._train = None
 
-    def resume_config(self, epochs: int) -> TrainConfig:
-        """The saved config ``train --resume`` continues (to ``epochs`` epochs): an error,
-        before any work, unless the run's files can be resumed so."""
+    def resume_config(self, epochs: int | None) -> TrainConfig:
+        """The saved config ``train --resume`` continues (to ``epochs`` epochs, None: the
+        run's own): an error, before any work, unless the run's files can be resumed so."""
         if not self.config:
             raise CheckpointError(f"{self.path}: nothing to resume (no {CONFIG})")
         saved = saved_train_config(self.path / CONFIG, self.config["train"], strict=True)
         done = read_state_meta(self.path)["epoch"]
+        epochs = saved.epochs if epochs is None else epochs
         if epochs < done:
             raise ConfigError(
                 f"--epochs {epochs}: the run in {self.path} has done {done} epochs already; "
@@ -333,6 +334,14 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         write_json(self.path / CONFIG, config)
         self._config = self._train = None
+
+    def record_resume(self, done: int, cfg: TrainConfig, env: dict[str, Any]) -> None:
+        """Rewrite config.json for a resume after epoch ``done``: ``train`` takes the new
+        ``epochs`` and ``device`` and ``resumes`` gains an entry (when, where, with what)."""
+        config = dict(self.config)
+        config["train"] = {**config["train"], "epochs": cfg.epochs, "device": cfg.device}
+        config["resumes"] = [*config.get("resumes", []), {"after_epoch": done, **env}]
+        self.write_config(config)
 
     def write_history(self, history: list[dict[str, Any]]) -> None:
         def write(p: Path) -> None:
