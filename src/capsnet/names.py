@@ -29,6 +29,7 @@ TASKS = (  # capsnet.data.tasks.TASKS
 OFFICIAL = ("cifar10", "svhn", "smallnorb")  # capsnet.data.custom.OFFICIAL
 RESIZE = ("pad", "crop", "stretch")  # capsnet.data.images.RESIZE
 NORMALIZE = ("none", "per-image")  # capsnet.data.images.NORMALIZE
+FITS = ("mnist",)  # capsnet.data.images.FITS: `capsnet predict --fit`
 ROUTINGS = ("dynamic", "em", "self-attention")  # capsnet.routing.ROUTINGS
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # capsnet.runtime.PRECISIONS and AUTO
 LR_SCHEDULES = ("exponential", "cosine")  # capsnet.training.config.LR_SCHEDULES
@@ -53,6 +54,7 @@ TABLE1_SIZES = ("paper", "small")  # capsnet.experiments.SIZES
 
 __all__ = [
     "DATASETS",
+    "FITS",
     "LR_SCHEDULES",
     "MODELS",
     "NORMALIZE",
