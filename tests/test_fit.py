@@ -1,11 +1,19 @@
 """``predict --fit mnist``: users' pictures of any size and polarity brought to MNIST's
 preprocessing (capsnet.data.images.fit_digit)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from tests.conftest import TINY_CAPSNET
 
+from capsnet import create_model
+from capsnet.checkpoint import save_checkpoint
+from capsnet.cli import main
 from capsnet.data.images import fit_digit
+from capsnet.predict import read_inputs
 
 
 def _nine(v: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -80,3 +88,67 @@ def test_the_longer_side_of_the_ink_box_is_20_px(large, transpose):
     fitted = fit_digit(picture.T if transpose else picture)
     rows, cols = int((fitted > 0).any(1).sum()), int((fitted > 0).any(0).sum())
     assert ((cols, rows) if transpose else (rows, cols)) == (20, 12)
+
+
+def test_an_opaque_rgba_picture_is_read_by_its_colours(large, tmp_path):
+    grey = Image.fromarray((255 - large * 255).round().astype(np.uint8))  # black ink on white
+    grey.save(tmp_path / "grey.png")
+    grey.convert("RGBA").save(tmp_path / "rgba.png")  # alpha 255 everywhere: not the ink
+    x = read_inputs([tmp_path / "grey.png", tmp_path / "rgba.png"], 1, (28, 28), fit="mnist")
+    torch.testing.assert_close(x.images[1], x.images[0], atol=0, rtol=0)
+
+
+def test_a_phone_picture_is_turned_upright_by_its_exif_orientation(large, tmp_path):
+    grey = Image.fromarray((255 - large * 255).round().astype(np.uint8))
+    grey.save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn 90° clockwise to show it upright
+    grey.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.png", exif=exif)
+    x = read_inputs([tmp_path / "upright.png", tmp_path / "phone.png"], 1, (28, 28), fit="mnist")
+    torch.testing.assert_close(x.images[1], x.images[0], atol=0, rtol=0)
+
+
+def test_a_blank_picture_is_a_one_line_error_naming_it(tiny_run, tmp_path, capsys):
+    paper = np.full((200, 150), 240, np.uint8)
+    paper[50:60, 70:80] = 232  # a smudge 8 grey levels darker: not ink
+    Image.fromarray(paper).save(tmp_path / "blank.png")
+    assert main(["predict", str(tiny_run), str(tmp_path / "blank.png"), "--fit", "mnist"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("capsnet: error: "), err
+    assert f"{tmp_path / 'blank.png'}: blank picture: no ink" in err and captured.out == ""
+
+
+@pytest.mark.parametrize(
+    ("model", "overrides", "shape"),
+    [("capsnet-cifar10", {}, "3×24×24"), ("capsnet-small", {"input_size": (32, 32)}, "1×32×32")],
+)
+def test_fit_mnist_refuses_other_models_before_reading(tmp_path, capsys, model, overrides, shape):
+    save_checkpoint(
+        tmp_path / "best.safetensors", create_model(model, **TINY_CAPSNET, **overrides), model
+    )
+    assert main(["predict", str(tmp_path), str(tmp_path / "missing.png"), "--fit", "mnist"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"capsnet: error: --fit mnist is for 1-channel 28×28 models; this one takes {shape} "
+        "(channels×height×width)"
+    )
+
+
+def test_predict_fits_pictures_and_arrays_of_different_sizes(tiny_run, large, tmp_path, capsys):
+    rgb = np.stack([(255 - large * 255).round().astype(np.uint8)] * 3, -1)  # 200×150 RGB
+    Image.fromarray(rgb).save(tmp_path / "paper.png")
+    Image.fromarray((draw(90, 60, 3, 10, 5) * 255).round().astype(np.uint8)).save(
+        tmp_path / "w.jpg"
+    )
+    np.save(tmp_path / "two.npy", np.stack([large, large[::-1]]))  # float (2, 200, 150)
+    files = [tmp_path / "paper.png", tmp_path / "w.jpg", tmp_path / "two.npy"]
+    assert main(["predict", str(tiny_run), *map(str, files), "--fit", "mnist", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["file"], r["index"]) for r in rows] == [
+        (str(files[0]), 0),
+        (str(files[1]), 0),
+        (str(files[2]), 0),
+        (str(files[2]), 1),
+    ]
+    assert rows[0]["scores"] == pytest.approx(rows[2]["scores"], abs=1e-3)  # the same digit

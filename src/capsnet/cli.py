@@ -237,6 +237,13 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     p.add_argument("run_dir", metavar="RUN", help=RUN)
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help=".png, .jpg or .npy")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument(
+        "--fit",
+        choices=names.FITS,
+        help="mnist: bring pictures of any size, dark-on-light or light-on-dark, to MNIST's "
+        "preprocessing (ink white on black, longer side 20 px, centred by mass in 28×28); "
+        "for 1-channel 28×28 models (default: inputs must already be the model's size)",
+    )
     p.add_argument("--batch-size", type=_positive, default=500, help="images per step")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 

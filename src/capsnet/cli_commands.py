@@ -130,7 +130,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     model = run.load_model(device)
     config = model.config
     names = run.class_names(config.num_classes)
-    inputs = read_inputs(args.images, config.in_channels, config.input_size, run.image_policy)
+    size = config.input_size
+    inputs = read_inputs(args.images, config.in_channels, size, run.image_policy, fit=args.fit)
     scores = predict(model, inputs.images, args.batch_size, device)
     for n, (k, row) in enumerate(zip(scores.argmax(1).tolist(), scores.tolist(), strict=True)):
         if args.json:

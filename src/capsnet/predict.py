@@ -3,7 +3,8 @@
 Inputs are white-on-black like MNIST and must already have the model's input size: they are
 rejected, not resized, because a plain resize is not the preprocessing the dataset had (MNIST
 digits are fitted into a 20×20 box and centred by mass), so it would predict on images unlike
-any the model was trained on.
+any the model was trained on. ``fit="mnist"`` (``--fit mnist``) applies that preprocessing
+instead (:func:`capsnet.data.images.fit_digit`): pictures of any size and polarity are read.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from capsnet.data.images import ImagePolicy, fit_batch
+from capsnet.data.images import ImagePolicy, check_fit, fit_batch, fit_digit
 from capsnet.errors import DataError
 from capsnet.models.contract import Classifier, require
 
@@ -50,11 +51,13 @@ def _ink_from_alpha(im: Image.Image, channels: int) -> np.ndarray:
     return ink.round().astype(np.uint8)
 
 
-def _read_picture(path: Path, channels: int) -> np.ndarray:
+def _read_picture(path: Path, channels: int, photo: bool = False) -> np.ndarray:
     """A PNG/JPEG file as uint8 (1, C, H, W), converted to ``channels`` channels.
 
     The size is read from the header and checked before the image
     is decoded (at most MAX_PIXELS). Transparent pictures are composited as in _ink_from_alpha.
+    ``photo``: turned upright by its EXIF orientation (as phones save pictures), and an alpha
+    channel that is opaque everywhere is ignored (its colours are the picture).
     """
     if channels not in PIL_MODES:
         raise DataError(f"{path}: a {channels}-channel model takes .npy input, not PNG/JPEG")
@@ -62,11 +65,16 @@ def _read_picture(path: Path, channels: int) -> np.ndarray:
         with Image.open(path, formats=["PNG", "JPEG"]) as im:
             width, height = im.size  # from the header; nothing decoded yet
             if width * height > MAX_PIXELS:
+                to = "" if photo else " to the model's input size"
                 raise DataError(
                     f"{path}: image is {width}×{height}, larger than the {MAX_PIXELS:,} pixels "
-                    "capsnet decodes; resize it to the model's input size first"
+                    f"capsnet decodes; resize it{to} first"
                 )
-            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+            if photo:
+                im = ImageOps.exif_transpose(im)
+            if (im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info) and not (
+                photo and im.convert("RGBA").getextrema()[3] == (255, 255)
+            ):
                 a = _ink_from_alpha(im, channels)
                 log.info("%s: transparent picture; its opacity is read as the ink", path)
             else:
@@ -110,25 +118,50 @@ def _read_array(path: Path, channels: int) -> np.ndarray:
     return a
 
 
+def _fit_mnist(a: np.ndarray, path: Path) -> np.ndarray:
+    """Images (N, 1, H, W), uint8 or float in [0, 1], each fitted: float32 (N, 1, 28, 28)."""
+    if a.shape[1] != 1:
+        raise DataError(f"{path}: holds {a.shape[1]}-channel images; --fit mnist takes grey ones")
+    x = torch.from_numpy(a[:, 0].astype(np.float32))  # (N, H, W)
+    if a.dtype == np.uint8:
+        x = x.div_(255.0)
+    try:
+        return torch.stack([fit_digit(image) for image in x])[:, None].numpy()
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
+
+
 def read_inputs(
     paths: Sequence[str | Path],
     in_channels: int,
     input_size: tuple[int, int],
     policy: ImagePolicy | None = None,
+    *,
+    fit: str | None = None,
 ) -> Inputs:
     """Read PNG/JPEG images and .npy arrays into one float32 batch (N, C, H, W) in [0, 1].
 
     A run's ``policy`` (resize rule, normalisation) is applied as in training; without one
     every input must already have the model's size. uint8 values are divided by 255, as in
-    training; float arrays must lie in [0, 1]. Raises
+    training; float arrays must lie in [0, 1]. ``fit="mnist"`` first brings every image, of
+    any size, to MNIST's preprocessing (:func:`capsnet.data.images.fit_digit`: ink of either
+    polarity made white on black, fitted into a 20×20 box, centred by mass in 28×28); it is
+    for 1-channel 28×28 models only (ConfigError before any file is read), and a picture
+    without ink is a DataError. Raises
     DataError naming the file for anything unreadable, non-finite, out of range or not of
     the model's shape (C, H, W).
     """
+    if fit is not None:
+        check_fit(fit, in_channels, input_size)
     expected = (in_channels, *input_size)
     arrays, files, indices, names = [], [], [], []
     for p in map(Path, paths):
-        read = _read_array if p.suffix.lower() == ".npy" else _read_picture
-        a = read(p, in_channels)
+        if p.suffix.lower() == ".npy":
+            a = _read_array(p, in_channels)
+        else:
+            a = _read_picture(p, in_channels, photo=fit is not None)
+        if fit is not None:
+            a = _fit_mnist(a, p)
         if policy is not None:  # the run's resize rule and normalisation
             a = fit_batch(a, policy, str(p))
         if a.shape[1:] != expected:
@@ -140,7 +173,7 @@ def read_inputs(
         x = torch.tensor(a, dtype=torch.float32)
         if a.dtype == np.uint8:
             x = x.div_(255.0)
-        if x.mean() > 0.5 and policy is None:
+        if x.mean() > 0.5 and policy is None and fit is None:
             log.warning("%s: looks dark-on-light; the model expects white-on-black", p)
         blank = (x.flatten(1).amax(1) - x.flatten(1).amin(1)) < 1 / 255  # (N,) uniform images
         if blank.any():
