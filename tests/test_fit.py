@@ -13,6 +13,7 @@ from capsnet import create_model
 from capsnet.checkpoint import save_checkpoint
 from capsnet.cli import main
 from capsnet.data.images import fit_digit
+from capsnet.errors import DataError
 from capsnet.predict import read_inputs
 
 
@@ -106,6 +107,12 @@ def test_a_phone_picture_is_turned_upright_by_its_exif_orientation(large, tmp_pa
     grey.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.png", exif=exif)
     x = read_inputs([tmp_path / "upright.png", tmp_path / "phone.png"], 1, (28, 28), fit="mnist")
     torch.testing.assert_close(x.images[1], x.images[0], atol=0, rtol=0)
+
+
+def test_a_picture_of_another_size_without_fit_points_to_it(large, tmp_path):
+    Image.fromarray((large * 255).round().astype(np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(DataError, match=r"1×200×150 .* \(or pass --fit mnist for a picture"):
+        read_inputs([tmp_path / "big.png"], 1, (28, 28))
 
 
 def test_a_blank_picture_is_a_one_line_error_naming_it(tiny_run, tmp_path, capsys):

@@ -166,9 +166,11 @@ def read_inputs(
             a = fit_batch(a, policy, str(p))
         if a.shape[1:] != expected:
             c, h, w = a.shape[1:]
+            digit = expected == (1, 28, 28) and c == 1  # a picture of a digit, maybe
             raise DataError(
                 f"{p}: image is {c}×{h}×{w} (channels×height×width) but the model expects "
                 f"{'×'.join(map(str, expected))}; resize it first"
+                + (" (or pass --fit mnist for a picture of a digit)" if digit else "")
             )
         x = torch.tensor(a, dtype=torch.float32)
         if a.dtype == np.uint8:
