@@ -160,6 +160,12 @@ def test_black_ink_on_transparent_background_reads_as_white_on_black(digits, tmp
     torch.testing.assert_close(x[0, 0], torch.from_numpy(digits[0]).float() / 255)
 
 
+def test_an_opaque_rgba_picture_reads_by_its_colours(digits, tmp_path):
+    Image.fromarray(digits[0]).convert("RGBA").save(tmp_path / "opaque.png")  # alpha 255
+    x = read_inputs([tmp_path / "opaque.png"], 1, (28, 28)).images
+    torch.testing.assert_close(x[0, 0], torch.from_numpy(digits[0]).float() / 255)
+
+
 def test_a_huge_picture_is_refused_from_its_header(tmp_path, monkeypatch):
     Image.new("L", (300, 200)).save(tmp_path / "wide.png")
     from capsnet import predict as predict_module

@@ -51,13 +51,21 @@ def _ink_from_alpha(im: Image.Image, channels: int) -> np.ndarray:
     return ink.round().astype(np.uint8)
 
 
+def _transparent(im: Image.Image) -> bool:
+    """Whether a picture has an alpha channel (or transparent colour) that is not opaque
+    everywhere."""
+    if im.mode not in ("RGBA", "LA", "PA") and "transparency" not in im.info:
+        return False
+    return im.convert("RGBA").getextrema()[3] != (255, 255)
+
+
 def _read_picture(path: Path, channels: int, photo: bool = False) -> np.ndarray:
     """A PNG/JPEG file as uint8 (1, C, H, W), converted to ``channels`` channels.
 
     The size is read from the header and checked before the image
-    is decoded (at most MAX_PIXELS). Transparent pictures are composited as in _ink_from_alpha.
-    ``photo``: turned upright by its EXIF orientation (as phones save pictures), and an alpha
-    channel that is opaque everywhere is ignored (its colours are the picture).
+    is decoded (at most MAX_PIXELS). Transparent pictures are composited as in _ink_from_alpha;
+    an alpha channel opaque everywhere is ignored (the colours are the picture). ``photo``:
+    turned upright by its EXIF orientation (as phones save pictures).
     """
     if channels not in PIL_MODES:
         raise DataError(f"{path}: a {channels}-channel model takes .npy input, not PNG/JPEG")
@@ -72,9 +80,7 @@ def _read_picture(path: Path, channels: int, photo: bool = False) -> np.ndarray:
                 )
             if photo:
                 im = ImageOps.exif_transpose(im)
-            if (im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info) and not (
-                photo and im.convert("RGBA").getextrema()[3] == (255, 255)
-            ):
+            if _transparent(im):
                 a = _ink_from_alpha(im, channels)
                 log.info("%s: transparent picture; its opacity is read as the ink", path)
             else:
