@@ -271,6 +271,8 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     f = _command(sub, "figures", "draw a run's figures (paper Figs. 3-5, routing, curves)")
     f.add_argument("run_dir", metavar="RUN", help=RUN)
     f.add_argument("--out", type=Path, help="default: RUN_DIR (pretrained: ./NAME-figures)")
+    f.add_argument("--data-dir", help="where the run's dataset is (default: as in training)")
+    f.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
 
     _command(sub, "pretrained", "list the pretrained models shipped with capsnet")
 
@@ -288,8 +290,6 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     r.add_argument("--data-dir", help="where the first run's test images are")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     r.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
-    f.add_argument("--data-dir", help="where the run's dataset is (default: as in training)")
-    f.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
