@@ -256,6 +256,8 @@ def test_npz_layouts_and_float_images_read_as_uint8_nchw(tmp_path):
         ({"labels": None}, "no 'labels' array"),
         ({"labels": np.arange(16)}, "'labels' label 2 \\(item 2\\) out of range 0..1"),
         ({"labels": np.zeros(15, int)}, "holds 15 labels for 16 images"),
+        ({"labels": np.arange(16) - 1, "class_names": None}, "label -1 \\(item 0\\) must be ≥ 0"),
+        ({"class_names": np.array([], "U1")}, "'class_names' is empty"),
         ({"labels": np.zeros(16)}, "must be 1-D integers"),
         ({"images": np.zeros((16, 5, 5, 7, 7), np.uint8)}, "has shape"),
         ({"test_images": np.full((6, 20, 20, 3), 2.0)}, "must be finite and lie in"),

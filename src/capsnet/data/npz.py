@@ -53,9 +53,11 @@ def _labels(a: np.ndarray, n: int, k: int | None, path: Path, key: str) -> np.nd
         raise DataError(f"{path}: '{key}' must be 1-D integers, got {a.dtype} {a.shape}")
     if len(a) != n:
         raise DataError(f"{path}: '{key}' holds {len(a)} labels for {n} images")
-    if a.min() < 0 or (k is not None and a.max() >= k):
-        bad = int(np.flatnonzero((a < 0) | (a >= (k or np.inf)))[0])
-        raise DataError(f"{path}: '{key}' label {a[bad]} (item {bad}) out of range 0..{k - 1}")
+    out = (a < 0) | (a >= (np.inf if k is None else k))
+    if out.any():
+        bad = int(np.flatnonzero(out)[0])
+        allowed = "must be ≥ 0" if k is None else f"out of range 0..{k - 1}"
+        raise DataError(f"{path}: '{key}' label {a[bad]} (item {bad}) {allowed}")
     return a.astype(np.int64)
 
 
@@ -74,6 +76,8 @@ def load_npz(path: str | Path) -> dict[str, object]:
         if arrays["class_names"].ndim != 1 or arrays["class_names"].dtype.kind != "U":
             raise DataError(f"{path}: 'class_names' must be a 1-D array of strings")
         names = tuple(str(s) for s in arrays["class_names"])
+        if not names:
+            raise DataError(f"{path}: 'class_names' is empty")
     k = len(names) if names is not None else None
     splits: dict[str, object] = {"test": None}
     for split, prefix in (("train", ""), ("test", "test_")):
