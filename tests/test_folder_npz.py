@@ -279,6 +279,14 @@ def test_a_corrupt_npz_is_named(tmp_path):
         load_npz(path)
 
 
+def test_a_npy_file_given_as_npz_is_named(tmp_path):
+    path = tmp_path / "images.npz"
+    with path.open("wb") as f:
+        np.save(f, np.zeros((4, 8, 8), np.uint8))
+    with pytest.raises(DataError, match="images.npz: a single .npy array, not an .npz of named"):
+        load_npz(path)
+
+
 def test_a_tiny_npz_dataset_trains_and_the_loss_drops(tmp_path):
     path = write_npz(tmp_path / "d.npz")
     train(tiny_cfg(f"npz:{path}"), tmp_path / "run")

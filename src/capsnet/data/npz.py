@@ -18,8 +18,12 @@ from capsnet.errors import DataError
 
 def _open(path: Path) -> dict[str, np.ndarray]:
     try:
-        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+        with path.open("rb") as fh:
+            f = np.load(fh, allow_pickle=False)
+            if not isinstance(f, np.lib.npyio.NpzFile):  # a .npy: one array, no names
+                raise DataError(f"{path}: a single .npy array, not an .npz of named arrays")
+            with f:
+                return {k: f[k] for k in f.files}
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
