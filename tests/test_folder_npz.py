@@ -171,6 +171,16 @@ def test_a_folder_is_decoded_once_then_read_from_the_cache(tmp_path, monkeypatch
     assert isinstance(again, np.memmap) and (np.asarray(again) == np.asarray(x)).all()
 
 
+def test_a_damaged_cache_file_is_decoded_again(tmp_path, caplog):
+    root = write_folder(tmp_path / "d", 3, ("train",))
+    x = np.array(load_folder_split(root, "train", ImagePolicy())[0])
+    (cached,) = (tmp_path / "cache").iterdir()
+    cached.write_bytes(cached.read_bytes()[:200])  # cut off, as by a full disk
+    again, _ = load_folder_split(root, "train", ImagePolicy())
+    assert (np.asarray(again) == x).all()
+    assert "damaged cache file" in caplog.text
+
+
 # --- training, predict, explore on a folder run ----------------------------------------
 
 
