@@ -312,3 +312,21 @@ def test_data_checks_the_files_it_finds(tmp_path, mnist_dir, capsys):
     labels.write_bytes(labels.read_bytes()[:-20])  # a cut-off download
     err = one_line_error(capsys, ["data", "mnist", "--data-dir", str(data), "--no-download"])
     assert f"{labels}: corrupt gzip stream" in err
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("conv1_channels=0", "conv1_channels must be an integer ≥ 1, found 0"),
+        ("primary_types=-3", "primary_types must be an integer ≥ 1, found -3"),
+        ("conv1_channels=abc", "conv1_channels must be an integer, found 'abc'"),
+        ("decoder_hidden=[16, 0]", "decoder_hidden must be integers ≥ 1, found (16, 0)"),
+    ],
+)
+def test_a_model_option_of_the_wrong_type_or_size_is_one_line(
+    tmp_path, mnist_dir, capsys, option, message
+):
+    argv = ["train", "--out", str(tmp_path / "r"), "--data-dir", str(mnist_dir), *TINY_ARGS]
+    err = one_line_error(capsys, [*argv, "--model-option", option])
+    assert message in err
+    assert not (tmp_path / "r").exists()
