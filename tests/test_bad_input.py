@@ -330,3 +330,17 @@ def test_a_model_option_of_the_wrong_type_or_size_is_one_line(
     err = one_line_error(capsys, [*argv, "--model-option", option])
     assert message in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("dataset", "option", "message"),
+    [
+        ("multimnist", "seed=abc", "bad option for 'multimnist': seed must be an integer, found"),
+        ("expanded-mnist", "pad=1.5", "bad option for 'expanded-mnist': pad must be an integer"),
+    ],
+)
+def test_a_dataset_option_of_the_wrong_type_is_one_line(tmp_path, capsys, dataset, option, message):
+    argv = ["train", "--out", str(tmp_path / "r"), "--dataset", dataset, "--dataset-option"]
+    err = one_line_error(capsys, [*argv, option])
+    assert message in err
+    assert not (tmp_path / "r").exists()
