@@ -344,3 +344,17 @@ def test_a_dataset_option_of_the_wrong_type_is_one_line(tmp_path, capsys, datase
     err = one_line_error(capsys, [*argv, option])
     assert message in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--weight-decay", "nan"], "warmup_epochs and weight_decay must be finite and ≥ 0"),
+        (["--rotation", "nan"], "max_shift, rotation and elastic must be finite and ≥ 0"),
+        (["--elastic", "inf"], "max_shift, rotation and elastic must be finite and ≥ 0"),
+    ],
+)
+def test_non_finite_augmentation_and_weight_decay_are_refused(tmp_path, capsys, option, message):
+    err = one_line_error(capsys, ["train", "--out", str(tmp_path / "r"), *option])
+    assert message in err
+    assert not (tmp_path / "r").exists()
