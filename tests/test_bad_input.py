@@ -358,3 +358,10 @@ def test_non_finite_augmentation_and_weight_decay_are_refused(tmp_path, capsys, 
     err = one_line_error(capsys, ["train", "--out", str(tmp_path / "r"), *option])
     assert message in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("device", ["mps", "meta"])
+def test_a_device_capsnet_does_not_run_on_is_refused(tmp_path, capsys, device):
+    err = one_line_error(capsys, ["train", "--out", str(tmp_path / "r"), "--device", device])
+    assert f"unsupported device '{device}'; use auto, cpu, cuda or cuda:N" in err
+    assert not (tmp_path / "r").exists()
