@@ -365,3 +365,17 @@ def test_a_device_capsnet_does_not_run_on_is_refused(tmp_path, capsys, device):
     err = one_line_error(capsys, ["train", "--out", str(tmp_path / "r"), "--device", device])
     assert f"unsupported device '{device}'; use auto, cpu, cuda or cuda:N" in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("metrics", "message"),
+    [
+        ([1, 2], "not a run's metrics (an object expected, found a list)"),
+        ({"best_epoch": "1"}, "'best_epoch' must be a number, found '1'"),
+    ],
+)
+def test_metrics_json_of_the_wrong_shape(run, tmp_path, mnist_dir, capsys, metrics, message):
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    err = one_line_error(capsys, commands(run, tmp_path, mnist_dir)["figures"])
+    assert f"{run / 'metrics.json'}: {message}" in err
+    assert not (tmp_path / "figs").exists()

@@ -232,7 +232,7 @@ def save_training_curves(run_dir: str | Path, path: str | Path) -> Path:
     ax_err.plot(epochs, [100 * (1 - a) for a in column("train_accuracy")], "o-", label="train")
     ax_err.plot(epochs, [100 * (1 - a) for a in column("val_accuracy")], "s-", label="validation")
     m = run.metrics()
-    if m is not None:
+    if m is not None and "best_epoch" in m and "test_error" in m:
         ax_err.plot(
             [m["best_epoch"]], [100 * m["test_error"]], "r*", ms=12, label="test (selected epoch)"
         )
