@@ -114,6 +114,7 @@ def test_per_image_normalisation_stretches_each_image_to_0_255():
             "class 'cow' is not a folder",
         ),
         (lambda r: write_folder(r, 2, ("train",)), "no test split"),
+        (lambda r: write_folder(r, 2, names=("cat",)), "train: one class folder (cat); a classi"),
     ],
 )
 def test_folder_structure_errors_are_one_line(tmp_path, capsys, make, message):
@@ -268,6 +269,10 @@ def test_npz_layouts_and_float_images_read_as_uint8_nchw(tmp_path):
         ({"labels": np.zeros(15, int)}, "holds 15 labels for 16 images"),
         ({"labels": np.arange(16) - 1, "class_names": None}, "label -1 \\(item 0\\) must be ≥ 0"),
         ({"class_names": np.array([], "U1")}, "'class_names' is empty"),
+        (
+            {"labels": np.zeros(16, int), "test_labels": np.zeros(6, int), "class_names": None},
+            "one class \\(0\\); a classifier",
+        ),
         ({"labels": np.zeros(16)}, "must be 1-D integers"),
         ({"images": np.zeros((16, 5, 5, 7, 7), np.uint8)}, "has shape"),
         ({"test_images": np.full((6, 20, 20, 3), 2.0)}, "must be finite and lie in"),

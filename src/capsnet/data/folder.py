@@ -76,6 +76,10 @@ def list_split(root: str | Path, split: str) -> list[tuple[Path, int]] | None:
         items += [(f, names.index(folder.name)) for f in files]
     if not items:
         raise DataError(f"{directory}: no class folders with images")
+    if len(names) < 2:
+        raise DataError(
+            f"{directory}: one class folder ({names[0]}); a classifier needs two or more"
+        )
     return items
 
 

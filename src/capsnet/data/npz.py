@@ -97,6 +97,8 @@ def load_npz(path: str | Path) -> dict[str, object]:
     if names is None:
         k = 1 + int(max(train[1].max(), -1 if test is None else test[1].max()))
         names = tuple(str(i) for i in range(k))
+    if len(names) < 2:
+        raise DataError(f"{path}: one class ({names[0]}); a classifier needs two or more")
     return {"train": train, "test": test, "class_names": names}
 
 
