@@ -312,3 +312,70 @@ def test_data_checks_the_files_it_finds(tmp_path, mnist_dir, capsys):
     labels.write_bytes(labels.read_bytes()[:-20])  # a cut-off download
     err = one_line_error(capsys, ["data", "mnist", "--data-dir", str(data), "--no-download"])
     assert f"{labels}: corrupt gzip stream" in err
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("conv1_channels=0", "conv1_channels must be an integer ≥ 1, found 0"),
+        ("primary_types=-3", "primary_types must be an integer ≥ 1, found -3"),
+        ("conv1_channels=abc", "conv1_channels must be an integer, found 'abc'"),
+        ("decoder_hidden=[16, 0]", "decoder_hidden must be integers ≥ 1, found (16, 0)"),
+    ],
+)
+def test_a_model_option_of_the_wrong_type_or_size_is_one_line(
+    tmp_path, mnist_dir, capsys, option, message
+):
+    argv = ["train", "--out", str(tmp_path / "r"), "--data-dir", str(mnist_dir), *TINY_ARGS]
+    err = one_line_error(capsys, [*argv, "--model-option", option])
+    assert message in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("dataset", "option", "message"),
+    [
+        ("multimnist", "seed=abc", "bad option for 'multimnist': seed must be an integer, found"),
+        ("expanded-mnist", "pad=1.5", "bad option for 'expanded-mnist': pad must be an integer"),
+    ],
+)
+def test_a_dataset_option_of_the_wrong_type_is_one_line(tmp_path, capsys, dataset, option, message):
+    argv = ["train", "--out", str(tmp_path / "r"), "--dataset", dataset, "--dataset-option"]
+    err = one_line_error(capsys, [*argv, option])
+    assert message in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--weight-decay", "nan"], "warmup_epochs and weight_decay must be finite and ≥ 0"),
+        (["--rotation", "nan"], "max_shift, rotation and elastic must be finite and ≥ 0"),
+        (["--elastic", "inf"], "max_shift, rotation and elastic must be finite and ≥ 0"),
+    ],
+)
+def test_non_finite_augmentation_and_weight_decay_are_refused(tmp_path, capsys, option, message):
+    err = one_line_error(capsys, ["train", "--out", str(tmp_path / "r"), *option])
+    assert message in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("device", ["mps", "meta"])
+def test_a_device_capsnet_does_not_run_on_is_refused(tmp_path, capsys, device):
+    err = one_line_error(capsys, ["train", "--out", str(tmp_path / "r"), "--device", device])
+    assert f"unsupported device '{device}'; use auto, cpu, cuda or cuda:N" in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("metrics", "message"),
+    [
+        ([1, 2], "not a run's metrics (an object expected, found a list)"),
+        ({"best_epoch": "1"}, "'best_epoch' must be a number, found '1'"),
+    ],
+)
+def test_metrics_json_of_the_wrong_shape(run, tmp_path, mnist_dir, capsys, metrics, message):
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    err = one_line_error(capsys, commands(run, tmp_path, mnist_dir)["figures"])
+    assert f"{run / 'metrics.json'}: {message}" in err
+    assert not (tmp_path / "figs").exists()

@@ -114,6 +114,7 @@ def test_per_image_normalisation_stretches_each_image_to_0_255():
             "class 'cow' is not a folder",
         ),
         (lambda r: write_folder(r, 2, ("train",)), "no test split"),
+        (lambda r: write_folder(r, 2, names=("cat",)), "train: one class folder (cat); a classi"),
     ],
 )
 def test_folder_structure_errors_are_one_line(tmp_path, capsys, make, message):
@@ -169,6 +170,16 @@ def test_a_folder_is_decoded_once_then_read_from_the_cache(tmp_path, monkeypatch
     monkeypatch.setattr(folder, "read_picture", lambda *a: pytest.fail("decoded again"))
     again, _ = load_folder_split(root, "train", ImagePolicy())
     assert isinstance(again, np.memmap) and (np.asarray(again) == np.asarray(x)).all()
+
+
+def test_a_damaged_cache_file_is_decoded_again(tmp_path, caplog):
+    root = write_folder(tmp_path / "d", 3, ("train",))
+    x = np.array(load_folder_split(root, "train", ImagePolicy())[0])
+    (cached,) = (tmp_path / "cache").iterdir()
+    cached.write_bytes(cached.read_bytes()[:200])  # cut off, as by a full disk
+    again, _ = load_folder_split(root, "train", ImagePolicy())
+    assert (np.asarray(again) == x).all()
+    assert "damaged cache file" in caplog.text
 
 
 # --- training, predict, explore on a folder run ----------------------------------------
@@ -256,6 +267,12 @@ def test_npz_layouts_and_float_images_read_as_uint8_nchw(tmp_path):
         ({"labels": None}, "no 'labels' array"),
         ({"labels": np.arange(16)}, "'labels' label 2 \\(item 2\\) out of range 0..1"),
         ({"labels": np.zeros(15, int)}, "holds 15 labels for 16 images"),
+        ({"labels": np.arange(16) - 1, "class_names": None}, "label -1 \\(item 0\\) must be ≥ 0"),
+        ({"class_names": np.array([], "U1")}, "'class_names' is empty"),
+        (
+            {"labels": np.zeros(16, int), "test_labels": np.zeros(6, int), "class_names": None},
+            "one class \\(0\\); a classifier",
+        ),
         ({"labels": np.zeros(16)}, "must be 1-D integers"),
         ({"images": np.zeros((16, 5, 5, 7, 7), np.uint8)}, "has shape"),
         ({"test_images": np.full((6, 20, 20, 3), 2.0)}, "must be finite and lie in"),
@@ -274,6 +291,14 @@ def test_a_corrupt_npz_is_named(tmp_path):
     path = tmp_path / "bad.npz"
     path.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(DataError, match="bad.npz: not a readable .npz file"):
+        load_npz(path)
+
+
+def test_a_npy_file_given_as_npz_is_named(tmp_path):
+    path = tmp_path / "images.npz"
+    with path.open("wb") as f:
+        np.save(f, np.zeros((4, 8, 8), np.uint8))
+    with pytest.raises(DataError, match="images.npz: a single .npy array, not an .npz of named"):
         load_npz(path)
 
 

@@ -9,7 +9,13 @@ import torch
 from capsnet import create_model
 from capsnet.cli import main
 from capsnet.training import train
-from capsnet.viz import perturbed_reconstructions, save_figures
+from capsnet.viz import (
+    perturbed_reconstructions,
+    save_coupling,
+    save_figures,
+    save_perturbations,
+    save_reconstructions,
+)
 
 NO_DECODER = {"conv1_channels": 8, "primary_types": 2, "reconstruction": False}
 
@@ -58,3 +64,15 @@ def test_runs_without_decoder_baselines_and_multimnist(
     assert message is None or message in caplog.text
     if changes.get("dataset") == "multimnist":
         assert (tmp_path / "multimnist.png").is_file()
+
+
+def test_two_channel_images_are_drawn_side_by_side(tiny_cfg, tmp_path):
+    # smallNORB's stereo pairs: matplotlib draws 1, 3 or 4 channels, not 2
+    model = create_model("capsnet-small", **tiny_cfg.model_overrides, in_channels=2).eval()
+    x = torch.rand(3, 2, 28, 28)
+    paths = [
+        save_reconstructions(model, x, torch.tensor([0, 1, 2]), tmp_path / "r.png"),
+        save_perturbations(model, x, tmp_path / "p.png"),
+        save_coupling(model, x[0], tmp_path / "c.png"),
+    ]
+    assert all(p.stat().st_size > 1000 for p in paths)

@@ -53,6 +53,8 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown device '{name}'") from None
+    if device.type not in ("cpu", "cuda"):  # e.g. mps, xpu: capsnet runs on neither
+        raise ConfigError(f"unsupported device '{name}'; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} requested but CUDA is not available")
     return device

@@ -46,16 +46,29 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
+def _colour(c: int) -> bool:
+    """Whether C channels are shown as colour (RGB, RGBA); others as greyscale, side by side
+    (e.g. smallNORB's stereo pair)."""
+    return c in (3, 4)
+
+
+def _cmap(c: int) -> str | None:
+    return None if _colour(c) else "gray"
+
+
 def _image(x: Tensor) -> np.ndarray:
-    """(C, H, W) in [0, 1] → (H, W) or (H, W, C) array for imshow."""
-    return (x[0] if x.shape[0] == 1 else x.permute(1, 2, 0)).numpy()
+    """(C, H, W) in [0, 1] → (H, W, C) array for imshow if colour, else (H, C·W)."""
+    c, h, w = x.shape
+    return (x.permute(1, 2, 0) if _colour(c) else x.permute(1, 0, 2).reshape(h, c * w)).numpy()
 
 
 def _montage(images: Tensor) -> np.ndarray:
-    """Tile (R, S, C, H, W) into one (R·H, S·W) image (or (R·H, S·W, C) if C > 1)."""
+    """Tile (R, S, C, H, W) into one (R·H, S·W, C) image if colour, else (R·H, C·S·W)."""
     r, s, c, h, w = images.shape
     grid = images.permute(0, 3, 1, 4, 2).reshape(r * h, s * w, c)  # rows of tiles
-    return (grid[..., 0] if c == 1 else grid).float().cpu().numpy()
+    if not _colour(c):
+        grid = grid.permute(0, 2, 1).reshape(r * h, c * s * w)  # channels side by side
+    return grid.float().cpu().numpy()
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -88,7 +101,7 @@ def save_reconstructions(
     n = len(images)
     name = _names(class_names)
     fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3), squeeze=False)
-    cmap = "gray" if images.shape[1] == 1 else None
+    cmap = _cmap(images.shape[1])
     for i in range(n):
         ok = int(preds[i]) == int(labels[i])
         axes[0, i].imshow(_image(images[i].cpu()), cmap=cmap, vmin=0, vmax=1)
@@ -167,7 +180,7 @@ def save_coupling(
     tiles = torch.full((rows * cols, 1, gh, gw), float("nan"))
     tiles[:types, 0] = c
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), width_ratios=(1, 1, 2.2))
-    cmap = "gray" if image.shape[0] == 1 else None
+    cmap = _cmap(image.shape[0])
     axes[0].imshow(_image(image.cpu()), cmap=cmap, vmin=0, vmax=1)
     axes[0].set_title(f"input, predicted {_names(class_names)(pred)}", fontsize=8)
     vmax = float(c.max())
@@ -232,7 +245,7 @@ def save_training_curves(run_dir: str | Path, path: str | Path) -> Path:
     ax_err.plot(epochs, [100 * (1 - a) for a in column("train_accuracy")], "o-", label="train")
     ax_err.plot(epochs, [100 * (1 - a) for a in column("val_accuracy")], "s-", label="validation")
     m = run.metrics()
-    if m is not None:
+    if m is not None and "best_epoch" in m and "test_error" in m:
         ax_err.plot(
             [m["best_epoch"]], [100 * m["test_error"]], "r*", ms=12, label="test (selected epoch)"
         )

@@ -76,6 +76,10 @@ def list_split(root: str | Path, split: str) -> list[tuple[Path, int]] | None:
         items += [(f, names.index(folder.name)) for f in files]
     if not items:
         raise DataError(f"{directory}: no class folders with images")
+    if len(names) < 2:
+        raise DataError(
+            f"{directory}: one class folder ({names[0]}); a classifier needs two or more"
+        )
     return items
 
 
@@ -119,6 +123,28 @@ def _decode(items: list[tuple[Path, int]], shape: tuple[int, int, int], policy: 
     return images
 
 
+def _read_cache(cached: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cached array memory-mapped, or None if it is absent or damaged (e.g. cut off
+    by a full disk): a damaged one is decoded again, with a warning."""
+    if not cached.is_file():
+        return None
+    try:
+        images = np.load(cached, mmap_mode="c")
+    except (OSError, ValueError, EOFError) as e:
+        log.warning("%s: damaged cache file (%s); decoding again", cached, e)
+        return None
+    if images.shape != shape or images.dtype != np.uint8:
+        log.warning(
+            "%s: cache holds %s %s, not uint8 %s; decoding again",
+            cached,
+            images.dtype,
+            images.shape,
+            shape,
+        )
+        return None
+    return images
+
+
 def load_folder_split(
     root: str | Path, split: str, policy: ImagePolicy
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -130,7 +156,8 @@ def load_folder_split(
     shape = _probe(items, policy)
     cached = cache_dir() / f"folder-{_cache_key(items, policy, shape)}.npy"
     labels = np.array([y for _, y in items], np.int64)
-    if not cached.is_file():
+    images = _read_cache(cached, (len(items), *shape))
+    if images is None:
         log.info(
             "decoding %d images of %s/%s (once; cached in %s)", len(items), root, split, cached
         )
@@ -142,7 +169,8 @@ def load_folder_split(
                 np.save(f, images)
 
         atomic_write(cached, write)
-    return np.load(cached, mmap_mode="c"), labels
+        images = np.load(cached, mmap_mode="c")
+    return images, labels
 
 
 __all__ = ["EXTENSIONS", "cache_dir", "class_names", "list_split", "load_folder_split"]

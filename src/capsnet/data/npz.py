@@ -18,8 +18,12 @@ from capsnet.errors import DataError
 
 def _open(path: Path) -> dict[str, np.ndarray]:
     try:
-        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+        with path.open("rb") as fh:
+            f = np.load(fh, allow_pickle=False)
+            if not isinstance(f, np.lib.npyio.NpzFile):  # a .npy: one array, no names
+                raise DataError(f"{path}: a single .npy array, not an .npz of named arrays")
+            with f:
+                return {k: f[k] for k in f.files}
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -53,9 +57,11 @@ def _labels(a: np.ndarray, n: int, k: int | None, path: Path, key: str) -> np.nd
         raise DataError(f"{path}: '{key}' must be 1-D integers, got {a.dtype} {a.shape}")
     if len(a) != n:
         raise DataError(f"{path}: '{key}' holds {len(a)} labels for {n} images")
-    if a.min() < 0 or (k is not None and a.max() >= k):
-        bad = int(np.flatnonzero((a < 0) | (a >= (k or np.inf)))[0])
-        raise DataError(f"{path}: '{key}' label {a[bad]} (item {bad}) out of range 0..{k - 1}")
+    out = (a < 0) | (a >= (np.inf if k is None else k))
+    if out.any():
+        bad = int(np.flatnonzero(out)[0])
+        allowed = "must be ≥ 0" if k is None else f"out of range 0..{k - 1}"
+        raise DataError(f"{path}: '{key}' label {a[bad]} (item {bad}) {allowed}")
     return a.astype(np.int64)
 
 
@@ -74,6 +80,8 @@ def load_npz(path: str | Path) -> dict[str, object]:
         if arrays["class_names"].ndim != 1 or arrays["class_names"].dtype.kind != "U":
             raise DataError(f"{path}: 'class_names' must be a 1-D array of strings")
         names = tuple(str(s) for s in arrays["class_names"])
+        if not names:
+            raise DataError(f"{path}: 'class_names' is empty")
     k = len(names) if names is not None else None
     splits: dict[str, object] = {"test": None}
     for split, prefix in (("train", ""), ("test", "test_")):
@@ -89,6 +97,8 @@ def load_npz(path: str | Path) -> dict[str, object]:
     if names is None:
         k = 1 + int(max(train[1].max(), -1 if test is None else test[1].max()))
         names = tuple(str(i) for i in range(k))
+    if len(names) < 2:
+        raise DataError(f"{path}: one class ({names[0]}); a classifier needs two or more")
     return {"train": train, "test": test, "class_names": names}
 
 

@@ -32,6 +32,7 @@ from capsnet.data.sources import DatasetSpec, get_spec, load_split, search_path
 from capsnet.data.transforms import random_shift, train_val_split
 from capsnet.errors import ConfigError, DataError
 from capsnet.targets import OverlayTargets, Targets
+from capsnet.typecheck import check_field_types
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,10 @@ def dataset_options(name: str, options: Mapping[str, Any] | None = None) -> Any:
     if unknown:
         allowed = ", ".join(sorted(known)) or "none"
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} for '{name}' (known: {allowed})")
+    try:
+        check_field_types(cls, options or {})
+    except ConfigError as e:
+        raise ConfigError(f"bad option for '{name}': {e}") from None
     try:
         return cls(**(options or {}))
     except TypeError as e:  # e.g. a string where a number belongs

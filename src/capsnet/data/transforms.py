@@ -87,8 +87,8 @@ class Augmentation:
     elastic: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.max_shift < 0 or self.rotation < 0 or self.elastic < 0:
-            raise ConfigError("max_shift, rotation and elastic must be ≥ 0")
+        if not all(0 <= v < math.inf for v in (self.max_shift, self.rotation, self.elastic)):
+            raise ConfigError("max_shift, rotation and elastic must be finite and ≥ 0")
         if not 0 <= self.scale < 1:
             raise ConfigError(f"scale must be in [0, 1), got {self.scale}")
 

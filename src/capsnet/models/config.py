@@ -4,6 +4,8 @@ lists back into tuples, validates itself and round-trips through a dict."""
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -39,11 +41,27 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for inconsistent fields (subclasses extend it)."""
+        self._check_counts()
         if self.in_channels < 1 or self.num_classes < 2 or len(self.input_size) != 2:
             raise ConfigError(
                 f"need in_channels ≥ 1, num_classes ≥ 2 and input_size (H, W), got "
                 f"{self.in_channels}, {self.num_classes}, {self.input_size}"
             )
+
+    def _check_counts(self) -> None:
+        """ConfigError unless every integer field (a size, count, kernel or stride), and
+        every entry of a tuple of them, is an integer ≥ 1."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            hint, value = hints[f.name], getattr(self, f.name)
+            if hint is int:
+                values, what = (value,), "an integer"
+            elif typing.get_origin(hint) is tuple and int in typing.get_args(hint):
+                values, what = value, "integers"
+            else:
+                continue
+            if not all(isinstance(v, numbers.Integral) and v >= 1 for v in values):
+                raise ConfigError(f"{f.name} must be {what} ≥ 1, found {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from capsnet.errors import ConfigError
+from capsnet.typecheck import check_field_types
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -43,7 +44,9 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
 
 
 def build(model_cls: Callable[[Any], nn.Module], base: Any, overrides: dict[str, Any]) -> Any:
-    """``model_cls(base config with overrides)``; ConfigError for an unknown field."""
+    """``model_cls(base config with overrides)``; ConfigError for an unknown field or a
+    value of the wrong type."""
+    check_field_types(type(base), overrides)
     try:
         return model_cls(dataclasses.replace(base, **overrides))
     except TypeError as e:  # unknown field

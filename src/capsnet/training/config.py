@@ -65,8 +65,8 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown lr_schedule '{self.lr_schedule}'; choose from: {', '.join(LR_SCHEDULES)}"
             )
-        if self.warmup_epochs < 0 or self.weight_decay < 0:
-            raise ConfigError("warmup_epochs and weight_decay must be ≥ 0")
+        if not (0 <= self.warmup_epochs < math.inf and 0 <= self.weight_decay < math.inf):
+            raise ConfigError("warmup_epochs and weight_decay must be finite and ≥ 0")
         self.augmentation()  # checks rotation, scale, elastic
         check_precision(self.precision)
         check_dataset(self.dataset, self.dataset_options, train=True)  # before loading data

@@ -262,7 +262,21 @@ class RunDir:
         return rows
 
     def metrics(self) -> dict[str, Any] | None:
-        return read_json(self.path / METRICS) if (self.path / METRICS).is_file() else None
+        """``metrics.json`` (None if absent); CheckpointError unless it is an object whose
+        ``test_accuracy``, ``test_error`` and ``best_epoch`` (what the tools read) are
+        numbers where present."""
+        path = self.path / METRICS
+        if not path.is_file():
+            return None
+        metrics = read_json(path)
+        if not isinstance(metrics, dict):
+            kind = _json_type(metrics)
+            raise CheckpointError(f"{path}: not a run's metrics (an object expected, found {kind})")
+        for key in ("test_accuracy", "test_error", "best_epoch"):
+            value = metrics.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise CheckpointError(f"{path}: '{key}' must be a number, found {value!r}")
+        return metrics
 
     # --- writing (training) -----------------------------------------------------------
 
