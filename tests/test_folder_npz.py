@@ -270,6 +270,15 @@ def test_npz_layouts_and_float_images_read_as_uint8_nchw(tmp_path):
         ({"labels": np.arange(16) - 1, "class_names": None}, "label -1 \\(item 0\\) must be ≥ 0"),
         ({"class_names": np.array([], "U1")}, "'class_names' is empty"),
         (
+            {"labels": np.arange(16) % 2 + 1, "test_labels": np.ones(6, int), "class_names": None},
+            "labels run up to 2 but class 0 has no training images",
+        ),
+        (
+            {"labels": np.r_[np.arange(15) % 2, 10**9], "class_names": None},
+            "labels run up to 1000000000 but class 2 has no training images",
+        ),
+        ({"images": np.zeros((16, 0, 20, 3), np.uint8)}, "'images' images are 0×20 pixels"),
+        (
             {"labels": np.zeros(16, int), "test_labels": np.zeros(6, int), "class_names": None},
             "one class \\(0\\); a classifier",
         ),

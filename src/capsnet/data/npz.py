@@ -43,6 +43,8 @@ def _as_nchw(a: np.ndarray, path: Path, key: str) -> np.ndarray:
         )
     if len(a) == 0:
         raise DataError(f"{path}: '{key}' holds no images")
+    if 0 in a.shape[2:]:
+        raise DataError(f"{path}: '{key}' images are {a.shape[2]}×{a.shape[3]} pixels")
     if a.dtype == np.uint8:
         return np.ascontiguousarray(a)
     if a.dtype.kind != "f":
@@ -63,6 +65,22 @@ def _labels(a: np.ndarray, n: int, k: int | None, path: Path, key: str) -> np.nd
         allowed = "must be ≥ 0" if k is None else f"out of range 0..{k - 1}"
         raise DataError(f"{path}: '{key}' label {a[bad]} (item {bad}) {allowed}")
     return a.astype(np.int64)
+
+
+def _numbered_classes(
+    labels: np.ndarray, test_labels: np.ndarray | None, path: Path
+) -> tuple[str, ...]:
+    """Class names "0".."K-1" for labels without ``class_names``: K is the largest label + 1,
+    and every class must occur among the training labels (DataError otherwise, so that
+    labels counted from 1 or a stray huge label are not taken for empty classes)."""
+    k = 1 + int(max(labels.max(), -1 if test_labels is None else test_labels.max()))
+    missing = np.setdiff1d(np.arange(min(k, len(labels) + 1)), labels)  # K > N: a gap within 0..N
+    if len(missing):
+        raise DataError(
+            f"{path}: labels run up to {k - 1} but class {missing[0]} has no training images; "
+            "number the classes 0..K-1, or give 'class_names'"
+        )
+    return tuple(str(i) for i in range(k))
 
 
 def load_npz(path: str | Path) -> dict[str, object]:
@@ -95,8 +113,7 @@ def load_npz(path: str | Path) -> dict[str, object]:
             f"{path}: test images are {test[0].shape[1:]} but train images {train[0].shape[1:]}"
         )
     if names is None:
-        k = 1 + int(max(train[1].max(), -1 if test is None else test[1].max()))
-        names = tuple(str(i) for i in range(k))
+        names = _numbered_classes(train[1], None if test is None else test[1], path)
     if len(names) < 2:
         raise DataError(f"{path}: one class ({names[0]}); a classifier needs two or more")
     return {"train": train, "test": test, "class_names": names}
