@@ -40,23 +40,24 @@ class Inputs:
     names: list[str]
 
 
-def _ink_from_alpha(im: Image.Image, channels: int) -> np.ndarray:
-    """A picture with transparency as uint8 (H, W, C) on the black background the models
-    were trained on: a 1-channel model sees the opacity as the ink (so black ink on a
-    transparent background is a white digit on black); a colour model sees the colours
-    scaled by opacity (composited over black)."""
-    rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)  # (H, W, 4)
-    alpha = rgba[..., 3:] / 255.0
-    ink = alpha * 255.0 if channels == 1 else rgba[..., :3] * alpha
+def _ink_from_alpha(rgba: Image.Image, channels: int) -> np.ndarray:
+    """An RGBA picture as uint8 (H, W, C) on the black background the models were trained
+    on: a 1-channel model sees the opacity as the ink (so black ink on a transparent
+    background is a white digit on black); a colour model sees the colours scaled by
+    opacity (composited over black)."""
+    a = np.asarray(rgba, dtype=np.float32)  # (H, W, 4)
+    alpha = a[..., 3:] / 255.0
+    ink = alpha * 255.0 if channels == 1 else a[..., :3] * alpha
     return ink.round().astype(np.uint8)
 
 
-def _transparent(im: Image.Image) -> bool:
-    """Whether a picture has an alpha channel (or transparent colour) that is not opaque
-    everywhere."""
+def _transparent(im: Image.Image) -> Image.Image | None:
+    """The picture as RGBA if it has an alpha channel (or transparent colour) that is not
+    opaque everywhere, else None."""
     if im.mode not in ("RGBA", "LA", "PA") and "transparency" not in im.info:
-        return False
-    return im.convert("RGBA").getextrema()[3] != (255, 255)
+        return None
+    rgba = im.convert("RGBA")
+    return rgba if rgba.getextrema()[3] != (255, 255) else None
 
 
 def _read_picture(path: Path, channels: int, photo: bool = False) -> np.ndarray:
@@ -80,8 +81,8 @@ def _read_picture(path: Path, channels: int, photo: bool = False) -> np.ndarray:
                 )
             if photo:
                 im = ImageOps.exif_transpose(im)
-            if _transparent(im):
-                a = _ink_from_alpha(im, channels)
+            if (rgba := _transparent(im)) is not None:
+                a = _ink_from_alpha(rgba, channels)
                 log.info("%s: transparent picture; its opacity is read as the ink", path)
             else:
                 a = np.asarray(im.convert(PIL_MODES[channels]))  # (H, W) or (H, W, 3)
