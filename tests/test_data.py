@@ -99,11 +99,28 @@ GOOD = idx_bytes(np.zeros((3, 2, 2), np.uint8))
         (GOOD[:10], True, "truncated: expected a 16-byte header, found 10"),
         (GOOD[:-1], True, "truncated: expected 12 bytes of data, found 11"),
         (GOOD + b"\0\0", False, "2 trailing bytes"),
+        (
+            b"\x00\x00\x0c\x03" + GOOD[4:],
+            True,
+            "code 0x0C says 4 bytes per value, but the 12 "
+            "bytes of data hold 1 per value of dimensions 3 x 2 x 2",
+        ),
         (idx_bytes(np.zeros((0, 2, 2), np.uint8)), True, "holds no items"),
         (b"\x1f\x8b\x08\x00" + bytes(6) + b"garbage!", False, "corrupt gzip stream"),
         (gzip.compress(GOOD)[:-12], False, "corrupt gzip stream"),
     ],
-    ids=["magic", "dtype", "rank", "header", "truncated", "trailing", "empty", "gzip", "gzip-end"],
+    ids=[
+        "magic",
+        "dtype",
+        "rank",
+        "header",
+        "truncated",
+        "trailing",
+        "type-size",
+        "empty",
+        "gzip",
+        "gzip-end",
+    ],
 )
 def test_read_idx_rejects_corrupt_file(tmp_path: Path, data: bytes, gz: bool, message: str) -> None:
     path = write(tmp_path / "bad-idx3-ubyte.gz", data, gz=gz)

@@ -22,6 +22,7 @@ IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
+SIZES = {dtype.itemsize for dtype in IDX_DTYPES.values()}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -51,6 +52,12 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: holds no items (dimensions {' x '.join(map(str, shape))})")
     dtype = IDX_DTYPES[code]
     expected, found = prod(shape) * dtype.itemsize, len(data) - header
+    if found != expected and found % prod(shape) == 0 and found // prod(shape) in SIZES:
+        raise DataError(
+            f"{path}: the data type code 0x{code:02X} says {dtype.itemsize} bytes per value, "
+            f"but the {found} bytes of data hold {found // prod(shape)} per value "
+            f"of dimensions {' x '.join(map(str, shape))}"
+        )
     if found < expected:
         raise DataError(f"{path}: truncated: expected {expected} bytes of data, found {found}")
     if found > expected:
