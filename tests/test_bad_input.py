@@ -54,6 +54,7 @@ def commands(run: Path, tmp_path: Path, mnist_dir: Path) -> dict[str, list[str]]
         "predict": ["predict", str(run), str(tmp_path / "digit.npy")],
         "export": ["export", str(run), "--onnx", str(tmp_path / "m.onnx"), *data],
         "resume": ["train", "--out", str(run), "--resume", "--epochs", "2", *data],
+        "robustness": ["robustness", str(run), "--out", str(tmp_path / "figs"), *data],
     }
 
 
@@ -363,8 +364,11 @@ def test_a_device_capsnet_does_not_run_on_is_refused(tmp_path, capsys, device):
         ({"best_epoch": "1"}, "'best_epoch' must be a number, found '1'"),
     ],
 )
-def test_metrics_json_of_the_wrong_shape(run, tmp_path, mnist_dir, capsys, metrics, message):
+@pytest.mark.parametrize("command", ["figures", "robustness"])
+def test_metrics_json_of_the_wrong_shape(
+    run, tmp_path, mnist_dir, capsys, metrics, message, command
+):
     (run / "metrics.json").write_text(json.dumps(metrics))
-    err = one_line_error(capsys, commands(run, tmp_path, mnist_dir)["figures"])
+    err = one_line_error(capsys, commands(run, tmp_path, mnist_dir)[command])
     assert f"{run / 'metrics.json'}: {message}" in err
     assert not (tmp_path / "figs").exists()

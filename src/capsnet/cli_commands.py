@@ -9,7 +9,6 @@ import json
 import logging
 
 from capsnet.cli_progress import progress_factory as _progress
-from capsnet.errors import ConfigError
 
 log = logging.getLogger("capsnet")
 
@@ -174,19 +173,17 @@ def cmd_pretrained(args: argparse.Namespace) -> None:
 
 
 def cmd_robustness(args: argparse.Namespace) -> None:
-    from capsnet.checkpoint import check_new_file
+    from capsnet.checkpoint import check_new_file, check_writable_dir
     from capsnet.robustness import compare_runs
     from capsnet.runtime import resolve_device
 
     def step(label: str, name: str, strength: float, accuracy: float) -> None:
         log.info("%s: %s %g: %.2f%%", label, name, strength, 100 * accuracy)
 
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"{args.out}: cannot create ({e.strerror or e})") from None
+    check_writable_dir(args.out)  # made by the report once the runs have loaded
     for name in ("robustness.json", "robustness.png"):
-        check_new_file(args.out / name, args.overwrite)
+        if args.out.is_dir():
+            check_new_file(args.out / name, args.overwrite)
     runs = [args.run_dir, *args.against]
     report = compare_runs(
         runs, args.out, args.limit, args.perturbations, args.seed, args.data_dir,
