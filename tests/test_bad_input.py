@@ -336,6 +336,13 @@ def test_a_model_option_of_the_wrong_type_or_size_is_one_line(
     assert not (tmp_path / "r").exists()
 
 
+def test_a_model_too_large_to_allocate_is_one_line(tmp_path, mnist_dir, capsys):
+    argv = ["train", "--out", str(tmp_path / "r"), "--data-dir", str(mnist_dir), *TINY_ARGS]
+    err = one_line_error(capsys, [*argv, "--model-option", "decoder_hidden=[1000000000000]"])
+    assert "out of memory (" in err and "a smaller --batch-size or model" in err
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize(
     ("dataset", "option", "message"),
     [

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -310,4 +311,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("capsnet: interrupted", file=sys.stderr)
         return 130
+    except (RuntimeError, MemoryError) as e:
+        if not _out_of_memory(e):
+            raise
+        print(f"capsnet: error: {_out_of_memory(e)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _out_of_memory(e: BaseException) -> str | None:
+    """A one-line message if ``e`` is an allocation failure (CPU, CUDA or Python), else None."""
+    text = str(e)
+    cpu = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)
+    if cpu:
+        size = f"{int(cpu.group(1)) / 2**30:.1f} GiB"
+    elif type(e).__name__ == "OutOfMemoryError" or isinstance(e, MemoryError):
+        size = text.splitlines()[0] if text else "an allocation failed"
+    else:
+        return None
+    return f"out of memory ({size}); a smaller --batch-size or model, or fewer images, may fit"
