@@ -40,13 +40,13 @@ def pattern(label: int, rng: np.random.Generator, size=(20, 20), rgb=False) -> n
     return np.stack([a] * 3, -1) if rgb else a
 
 
-def write_folder(root, n=12, splits=("train", "test"), names=("cat", "dog"), **kw):
+def write_folder(root, n=12, splits=("train", "test"), names=("cat", "dog"), suffix=".png", **kw):
     rng = np.random.default_rng(0)
     for split in splits:
         for k, name in enumerate(names):
             (root / split / name).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(pattern(k, rng, **kw)).save(root / split / name / f"{i}.png")
+                Image.fromarray(pattern(k, rng, **kw)).save(root / split / name / f"{i}{suffix}")
     return root
 
 
@@ -108,7 +108,7 @@ def test_per_image_normalisation_stretches_each_image_to_0_255():
     [
         (lambda r: r.mkdir(), "train: not found"),
         (lambda r: (r / "train").mkdir(parents=True), "no class folders"),
-        (lambda r: (r / "train" / "cat").mkdir(parents=True), "no .png/.jpg images"),
+        (lambda r: (r / "train" / "cat").mkdir(parents=True), "no images (.png, .jpg, .jpeg, .bmp"),
         (
             lambda r: (write_folder(r, 2, ("train",)), (r / "test" / "cow").mkdir(parents=True)),
             "class 'cow' is not a folder",
@@ -125,6 +125,14 @@ def test_folder_structure_errors_are_one_line(tmp_path, capsys, make, message):
     )
     assert code == 2 and message in err and err.startswith("capsnet: error: ")
     assert "\n" not in err
+
+
+def test_a_folder_of_bmp_gif_and_tiff_pictures_reads_like_png(tmp_path):
+    png = load_folder_split(write_folder(tmp_path / "png", 3, ("train",)), "train", ImagePolicy())
+    for suffix in (".bmp", ".gif", ".tif"):
+        root = write_folder(tmp_path / suffix[1:], 3, ("train",), suffix=suffix)
+        x, y = load_folder_split(root, "train", ImagePolicy())
+        assert np.array_equal(x, png[0]) and np.array_equal(y, png[1])
 
 
 def test_mixed_channel_counts_are_an_error_unless_channels_is_given(tmp_path):
@@ -159,7 +167,7 @@ def test_corrupt_or_truncated_images_are_named(tmp_path, damage):
     bad = root / "train" / "cat" / "0.png"
     data = bad.read_bytes()
     bad.write_bytes(b"not a png at all" if damage == "garbage" else data[: len(data) // 2])
-    with pytest.raises(DataError, match="0.png: not a readable PNG/JPEG image"):
+    with pytest.raises(DataError, match="0.png: not a readable PNG, JPEG, BMP, GIF, TIFF or WebP"):
         load_folder_split(root, "train", ImagePolicy())
 
 

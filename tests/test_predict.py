@@ -80,6 +80,16 @@ def test_png_is_converted_to_the_models_channels(digits, tmp_path):
     assert read_inputs([tmp_path / "rgb.png"], 3, (28, 28)).images.shape == (1, 3, 28, 28)
 
 
+@pytest.mark.parametrize("suffix", [".bmp", ".gif", ".tif", ".webp"])
+def test_lossless_picture_formats_read_like_png(digits, tmp_path, suffix):
+    path = tmp_path / f"digit{suffix}"
+    frames = {"save_all": True, "append_images": [Image.fromarray(255 - digits[1])]}
+    more = {} if suffix == ".bmp" else frames  # of several frames, the first is read
+    Image.fromarray(digits[0]).save(path, lossless=True, **more)
+    x = read_inputs([path], 1, (28, 28)).images
+    torch.testing.assert_close(x, torch.from_numpy(digits[:1, None]).float() / 255)
+
+
 def test_predict_runs_in_batches_and_matches_one_big_batch(tiny_run):
     model, _ = load_run(tiny_run)
     calls = []
@@ -123,7 +133,7 @@ def _bad_inputs(d):
     ("name", "message"),
     [
         ("big.png", "30×30 (channels×height×width) but the model expects 1×28×28"),
-        ("text.png", "not a readable PNG/JPEG image"),
+        ("text.png", "not a readable PNG, JPEG, BMP, GIF, TIFF or WebP image"),
         ("junk.npy", "not a readable .npy array"),
         ("nan.npy", "non-finite"),
         ("range.npy", "must lie in [0, 1]"),

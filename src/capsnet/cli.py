@@ -234,9 +234,10 @@ def _experiment_parsers(sub, tasks, models, precisions) -> None:
 
 
 def _tool_parsers(sub, tasks, datasets) -> None:
-    p = _command(sub, "predict", "classify PNG/JPEG images or .npy arrays with a run")
+    p = _command(sub, "predict", "classify pictures or .npy arrays with a run")
     p.add_argument("run_dir", metavar="RUN", help=RUN)
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help=".png, .jpg or .npy")
+    pictures = ".png, .jpg, .bmp, .gif, .tif, .webp or .npy"
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help=pictures)
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument(
         "--fit",

@@ -1,4 +1,5 @@
-"""Use a trained run: read PNG/JPEG/NPY inputs the way training reads data, predict in batches.
+"""Use a trained run: read pictures (PNG, JPEG, …) and .npy arrays the way training reads
+data, predict in batches.
 
 Inputs are white-on-black like MNIST and must already have the model's input size: they are
 rejected, not resized, because a plain resize is not the preprocessing the dataset had (MNIST
@@ -19,13 +20,20 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from capsnet.data.images import ImagePolicy, check_fit, fit_batch, fit_digit
+from capsnet.data.images import (
+    PICTURE_FORMATS,
+    ImagePolicy,
+    check_fit,
+    fit_batch,
+    fit_digit,
+    unreadable_picture,
+)
 from capsnet.errors import DataError
 from capsnet.models.contract import Classifier, require
 
 log = logging.getLogger(__name__)
 
-PIL_MODES = {1: "L", 3: "RGB"}  # model channels -> Pillow mode PNG/JPEG files are converted to
+PIL_MODES = {1: "L", 3: "RGB"}  # model channels -> Pillow mode pictures are converted to
 MAX_PIXELS = 4096 * 4096  # larger pictures are refused from their header, before decoding
 
 
@@ -61,7 +69,8 @@ def _transparent(im: Image.Image) -> Image.Image | None:
 
 
 def _read_picture(path: Path, channels: int, photo: bool = False) -> np.ndarray:
-    """A PNG/JPEG file as uint8 (1, C, H, W), converted to ``channels`` channels.
+    """A picture file (PICTURE_FORMATS; of several frames, the first) as uint8 (1, C, H, W),
+    converted to ``channels`` channels.
 
     The size is read from the header and checked before the image
     is decoded (at most MAX_PIXELS). Transparent pictures are composited as in _ink_from_alpha;
@@ -69,9 +78,9 @@ def _read_picture(path: Path, channels: int, photo: bool = False) -> np.ndarray:
     turned upright by its EXIF orientation (as phones save pictures).
     """
     if channels not in PIL_MODES:
-        raise DataError(f"{path}: a {channels}-channel model takes .npy input, not PNG/JPEG")
+        raise DataError(f"{path}: a {channels}-channel model takes .npy input, not pictures")
     try:
-        with Image.open(path, formats=["PNG", "JPEG"]) as im:
+        with Image.open(path, formats=PICTURE_FORMATS) as im:
             width, height = im.size  # from the header; nothing decoded yet
             if width * height > MAX_PIXELS:
                 to = "" if photo else " to the model's input size"
@@ -89,7 +98,7 @@ def _read_picture(path: Path, channels: int, photo: bool = False) -> np.ndarray:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: not a readable PNG/JPEG image ({e})") from None
+        raise unreadable_picture(path, e) from None
     return a.reshape(*a.shape[:2], channels).transpose(2, 0, 1)[None]
 
 
@@ -146,7 +155,8 @@ def read_inputs(
     *,
     fit: str | None = None,
 ) -> Inputs:
-    """Read PNG/JPEG images and .npy arrays into one float32 batch (N, C, H, W) in [0, 1].
+    """Read pictures (PICTURE_FORMATS) and .npy arrays into one float32 batch (N, C, H, W) in
+    [0, 1].
 
     A run's ``policy`` (resize rule, normalisation) is applied as in training; without one
     every input must already have the model's size. uint8 values are divided by 255, as in

@@ -1,5 +1,5 @@
-"""Image-folder datasets: ``ROOT/train/<class>/*.png|jpg``, optional ``ROOT/test`` and
-``ROOT/val`` with the same class folders (each a subset of train's).
+"""Image-folder datasets: ``ROOT/train/<class>/*.png|jpg|…`` (EXTENSIONS), optional
+``ROOT/test`` and ``ROOT/val`` with the same class folders (each a subset of train's).
 
 Class names are the sorted folder names of ``train/``; their index is the label. Each split
 is decoded once, under its :class:`~capsnet.data.images.ImagePolicy`, into an uncompressed
@@ -24,12 +24,19 @@ import numpy as np
 from PIL import Image
 
 from capsnet.checkpoint import atomic_write
-from capsnet.data.images import ImagePolicy, fit_image, picture_channels, read_picture
+from capsnet.data.images import (
+    PICTURE_FORMATS,
+    ImagePolicy,
+    fit_image,
+    picture_channels,
+    read_picture,
+    unreadable_picture,
+)
 from capsnet.errors import DataError
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = (".png", ".jpg", ".jpeg")
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
 
 
@@ -50,10 +57,10 @@ def class_names(root: str | Path) -> tuple[str, ...]:
     """The sorted class folder names of ``root/train``; DataError if there are none."""
     train = Path(root) / "train"
     if not train.is_dir():
-        raise DataError(f"{train}: not found; expected ROOT/train/<class>/*.png|jpg")
+        raise DataError(f"{train}: not found; expected ROOT/train/<class>/*.png|jpg|…")
     names = tuple(sorted(p.name for p in train.iterdir() if p.is_dir()))
     if not names:
-        raise DataError(f"{train}: no class folders; expected {train}/<class>/*.png|jpg")
+        raise DataError(f"{train}: no class folders; expected {train}/<class>/*.png|jpg|…")
     return names
 
 
@@ -72,7 +79,7 @@ def list_split(root: str | Path, split: str) -> list[tuple[Path, int]] | None:
             raise DataError(f"{folder}: class '{folder.name}' is not a folder of {root}/train")
         files = _images_in(folder)
         if not files:
-            raise DataError(f"{folder}: no .png/.jpg images in this class folder")
+            raise DataError(f"{folder}: no images ({', '.join(EXTENSIONS)}) in this class folder")
         items += [(f, names.index(folder.name)) for f in files]
     if not items:
         raise DataError(f"{directory}: no class folders with images")
@@ -88,10 +95,10 @@ def _probe(items: list[tuple[Path, int]], policy: ImagePolicy) -> tuple[int, int
     first: dict[str, tuple[int, Path]] = {}
     for path, _ in items:
         try:
-            with Image.open(path, formats=["PNG", "JPEG"]) as im:
+            with Image.open(path, formats=PICTURE_FORMATS) as im:
                 c, (w, h) = picture_channels(im), im.size
         except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"{path}: not a readable PNG/JPEG image ({e})") from None
+            raise unreadable_picture(path, e) from None
         for key, value in (("channels", c), ("size", (h, w))):
             seen = first.setdefault(key, (value, path))
             if key == "channels" and policy.channels is None and seen[0] != value:

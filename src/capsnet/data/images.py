@@ -32,6 +32,8 @@ from capsnet.errors import ConfigError, DataError
 from capsnet.names import FITS, NORMALIZE, RESIZE
 
 CHANNELS = (1, 3)
+PICTURE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")  # Pillow's names, read by content
+PICTURE_NAMES = "PNG, JPEG, BMP, GIF, TIFF or WebP"
 MNIST_SIZE = 28  # MNIST's canvas, MNIST_SIZE × MNIST_SIZE
 MNIST_BOX = 20  # the longer side of a digit's ink box in MNIST
 MNIST_CENTRE = 14.0  # where MNIST's centres of mass lie (±0.5), in pixel-index coordinates
@@ -143,21 +145,33 @@ def convert_channels(x: Tensor, channels: int | None, where: str) -> Tensor:
 
 
 def read_picture(path: Path, channels: int | None) -> np.ndarray:
-    """A PNG/JPEG file as uint8 (C, H, W); converted to ``channels`` if given, else 1 for
-    greyscale files and 3 for colour ones. DataError naming the file if it is unreadable."""
+    """A picture file (PICTURE_FORMATS; of several frames, the first) as uint8 (C, H, W);
+    converted to ``channels`` if given, else 1 for greyscale files and 3 for colour ones.
+    DataError naming the file if it is unreadable."""
     try:
-        with Image.open(path, formats=["PNG", "JPEG"]) as im:
+        with Image.open(path, formats=PICTURE_FORMATS) as im:
             mode = "L" if (channels or picture_channels(im)) == 1 else "RGB"
             a = np.asarray(im.convert(mode))  # (H, W) or (H, W, 3)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: not a readable PNG/JPEG image ({e})") from None
+        raise unreadable_picture(path, e) from None
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
+def unreadable_picture(path: Path, error: Exception) -> DataError:
+    """The one-line error for a file Pillow cannot read as one of PICTURE_FORMATS."""
+    return DataError(f"{path}: not a readable {PICTURE_NAMES} image ({error})")
+
+
 def picture_channels(im: Image.Image) -> int:
-    """1 for a greyscale Pillow image (modes 1, L, LA, I, F, I;16…), 3 for colour."""
+    """1 for a greyscale Pillow image (modes 1, L, LA, I, F, I;16…, or a palette of greys, as
+    GIF stores greyscale pictures), 3 for colour."""
+    if im.mode in ("P", "PA"):
+        if im.palette is None or im.palette.mode != "RGB":
+            return 3
+        rgb = np.frombuffer(im.palette.tobytes(), np.uint8)[: 3 * 256].reshape(-1, 3)
+        return 1 if (rgb == rgb[:, :1]).all() else 3
     return 1 if im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;") else 3
 
 
