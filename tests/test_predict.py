@@ -124,6 +124,7 @@ def _bad_inputs(d):
     np.save(d / "ints.npy", np.zeros((28, 28), np.int64))
     np.save(d / "five.npy", np.zeros((1, 1, 1, 28, 28), np.uint8))
     np.save(d / "empty.npy", np.zeros((0, 28, 28), np.uint8))
+    np.save(d / "hwc.npy", np.zeros((28, 28, 3), np.uint8))
     np.save(d / "objects.npy", np.array([None, 1], dtype=object), allow_pickle=True)
     np.savez(d / "archive.npz", images=np.zeros((28, 28), np.uint8))
     (d / "archive.npz").rename(d / "archive.npy")
@@ -140,6 +141,7 @@ def _bad_inputs(d):
         ("ints.npy", "uint8 (0–255) or float (0–1)"),
         ("five.npy", "expected (H, W), (N, H, W) or (N, C, H, W)"),
         ("empty.npy", "holds no images"),
+        ("hwc.npy", "shape (28, 28, 3) looks like one (H, W, C) picture; give (C, H, W) or"),
         ("objects.npy", "not a readable .npy array"),
         ("missing.png", "file not found"),
         ("archive.npy", "is an .npz archive, not an .npy array"),

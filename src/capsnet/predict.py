@@ -115,6 +115,11 @@ def _read_array(path: Path, channels: int) -> np.ndarray:
         a.close()
         raise DataError(f"{path}: is an .npz archive, not an .npy array; save one array")
     a = a.astype(a.dtype.newbyteorder("="), copy=False)  # big-endian files: native order
+    if a.ndim == 3 and a.shape[-1] in (1, 3, 4) and min(a.shape[:2]) > 4:
+        raise DataError(
+            f"{path}: an array of shape {a.shape} looks like one (H, W, C) picture; give "
+            f"(C, H, W) or (N, C, H, W) with C = {channels} channels, or save it as a PNG"
+        )
     if a.ndim == 2:
         a = a[None, None]
     elif a.ndim == 3:
