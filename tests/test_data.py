@@ -286,7 +286,8 @@ def test_train_val_split_without_validation() -> None:
 
 @pytest.mark.parametrize("val_size", [10, 11, -1])
 def test_train_val_split_rejects_bad_size(val_size: int) -> None:
-    with pytest.raises(ConfigError, match=f"validation size {val_size} must be in 0..9"):
+    message = rf"validation size {val_size} must be in 0..9 .*\(--val-size; e.g. 1 holds out"
+    with pytest.raises(ConfigError, match=message):
         train_val_split(10, val_size)
 
 

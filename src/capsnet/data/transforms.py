@@ -19,7 +19,10 @@ def train_val_split(n: int, val_size: int, seed: int = 0) -> tuple[torch.Tensor,
     the training indices. ``val_size`` 0 gives an empty validation set.
     """
     if not 0 <= val_size < n:
-        raise ConfigError(f"validation size {val_size} must be in 0..{n - 1} for {n} examples")
+        raise ConfigError(
+            f"validation size {val_size} must be in 0..{n - 1} for {n} examples "
+            f"(--val-size; e.g. {max(1, n // 10)} holds out a tenth)"
+        )
     permutation = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return permutation[: n - val_size], permutation[n - val_size :]
 
