@@ -2,8 +2,8 @@
 // variance floor and mass) for convolutional matrix capsules, one routing problem at a time
 // with its votes in a buffer that stays in cache: V_ij = M_i W_ij, then per iteration an
 // M-step (two passes over the votes) and, except the last, an E-step and a softmax over the
-// parents. Plain loops, compiled with -O3 -march=native; no backward pass. See
-// em_native_probe.py.
+// parents. Plain loops, compiled with -O3 -march=native -ffast-math (sums reassociated, so
+// vectorised); no backward pass. See em_native_probe.py.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 

@@ -4,8 +4,8 @@
 
 Needs a C++ compiler and ninja: ``em_native_probe.cpp`` (EM routing's forward pass in
 plain loops, one routing problem at a time with its votes in cache; no backward pass) is
-built with ``torch.utils.cpp_extension.load_inline`` (-O3 -march=native). On em-capsnet's
-ConvCaps1 (36 positions × 288 children × 32 parents, 4×4 poses, 3 iterations, random
+built with ``torch.utils.cpp_extension.load_inline`` (-O3 -march=native -ffast-math
+-fno-finite-math-only). On em-capsnet's ConvCaps1 (36 positions × 288 children × 32 parents, 4×4 poses, 3 iterations, random
 inputs) it is checked against :func:`capsnet.em_conv.conv_em_routing`, then both infer in
 alternating rounds; prints one JSON line per implementation (median images/s and rounds).
 The library has no native code; this measures what a hand-written kernel would gain.
@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     source = (Path(__file__).parent / "em_native_probe.cpp").read_text()
-    flags = ["-O3", "-march=native"]
+    flags = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only"]
     native = load_inline("em_native_probe", source, functions=["em_forward"], extra_cflags=flags)
     torch.manual_seed(0)
     n, i, j = args.batch_size * POSITIONS, CHILDREN, PARENTS
