@@ -5,9 +5,10 @@
 Needs a C++ compiler and ninja: ``em_native_probe.cpp`` (EM routing's forward pass in
 plain loops, one routing problem at a time with its votes in cache; no backward pass) is
 built with ``torch.utils.cpp_extension.load_inline`` (-O3 -march=native -ffast-math
--fno-finite-math-only). On em-capsnet's ConvCaps1 (36 positions × 288 children × 32 parents, 4×4 poses, 3 iterations, random
-inputs) it is checked against :func:`capsnet.em_conv.conv_em_routing`, then both infer in
-alternating rounds; prints one JSON line per implementation (median images/s and rounds).
+-fno-finite-math-only). On em-capsnet's ConvCaps1 (36 positions × 288 children × 32
+parents, 4×4 poses, 3 iterations, random inputs) it is checked against
+:func:`capsnet.em_conv.conv_em_routing`, then both infer in alternating rounds; prints one
+JSON line per implementation (median images/s and rounds).
 The library has no native code; this measures what a hand-written kernel would gain.
 """
 
