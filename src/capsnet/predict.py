@@ -20,14 +20,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from capsnet.data.images import (
-    PICTURE_FORMATS,
-    ImagePolicy,
-    check_fit,
-    fit_batch,
-    fit_digit,
-    unreadable_picture,
-)
+from capsnet.data.images import ImagePolicy, check_fit, fit_batch, fit_digit, open_picture
 from capsnet.errors import DataError
 from capsnet.models.contract import Classifier, require
 
@@ -79,26 +72,21 @@ def _read_picture(path: Path, channels: int, photo: bool = False) -> np.ndarray:
     """
     if channels not in PIL_MODES:
         raise DataError(f"{path}: a {channels}-channel model takes .npy input, not pictures")
-    try:
-        with Image.open(path, formats=PICTURE_FORMATS) as im:
-            width, height = im.size  # from the header; nothing decoded yet
-            if width * height > MAX_PIXELS:
-                to = "" if photo else " to the model's input size"
-                raise DataError(
-                    f"{path}: image is {width}×{height}, larger than the {MAX_PIXELS:,} pixels "
-                    f"capsnet decodes; resize it{to} first"
-                )
-            if photo:
-                im = ImageOps.exif_transpose(im)
-            if (rgba := _transparent(im)) is not None:
-                a = _ink_from_alpha(rgba, channels)
-                log.info("%s: transparent picture; its opacity is read as the ink", path)
-            else:
-                a = np.asarray(im.convert(PIL_MODES[channels]))  # (H, W) or (H, W, 3)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise unreadable_picture(path, e) from None
+    with open_picture(path) as im:
+        width, height = im.size  # from the header; nothing decoded yet
+        if width * height > MAX_PIXELS:
+            to = "" if photo else " to the model's input size"
+            raise DataError(
+                f"{path}: image is {width}×{height}, larger than the {MAX_PIXELS:,} pixels "
+                f"capsnet decodes; resize it{to} first"
+            )
+        if photo:
+            im = ImageOps.exif_transpose(im)
+        if (rgba := _transparent(im)) is not None:
+            a = _ink_from_alpha(rgba, channels)
+            log.info("%s: transparent picture; its opacity is read as the ink", path)
+        else:
+            a = np.asarray(im.convert(PIL_MODES[channels]))  # (H, W) or (H, W, 3)
     return a.reshape(*a.shape[:2], channels).transpose(2, 0, 1)[None]
 
 

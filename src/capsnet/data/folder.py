@@ -21,16 +21,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from capsnet.checkpoint import atomic_write
 from capsnet.data.images import (
-    PICTURE_FORMATS,
     ImagePolicy,
     fit_image,
+    open_picture,
     picture_channels,
     read_picture,
-    unreadable_picture,
 )
 from capsnet.errors import DataError
 
@@ -94,11 +92,8 @@ def _probe(items: list[tuple[Path, int]], policy: ImagePolicy) -> tuple[int, int
     """The (C, H, W) every image will have; DataError for mixed channels or sizes."""
     first: dict[str, tuple[int, Path]] = {}
     for path, _ in items:
-        try:
-            with Image.open(path, formats=PICTURE_FORMATS) as im:
-                c, (w, h) = picture_channels(im), im.size
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise unreadable_picture(path, e) from None
+        with open_picture(path) as im:
+            c, (w, h) = picture_channels(im), im.size
         for key, value in (("channels", c), ("size", (h, w))):
             seen = first.setdefault(key, (value, path))
             if key == "channels" and policy.channels is None and seen[0] != value:

@@ -19,6 +19,8 @@ size and either polarity, to MNIST's own preprocessing.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,20 +150,24 @@ def read_picture(path: Path, channels: int | None) -> np.ndarray:
     """A picture file (PICTURE_FORMATS; of several frames, the first) as uint8 (C, H, W);
     converted to ``channels`` if given, else 1 for greyscale files and 3 for colour ones.
     DataError naming the file if it is unreadable."""
-    try:
-        with Image.open(path, formats=PICTURE_FORMATS) as im:
-            mode = "L" if (channels or picture_channels(im)) == 1 else "RGB"
-            a = np.asarray(im.convert(mode))  # (H, W) or (H, W, 3)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise unreadable_picture(path, e) from None
+    with open_picture(path) as im:
+        mode = "L" if (channels or picture_channels(im)) == 1 else "RGB"
+        a = np.asarray(im.convert(mode))  # (H, W) or (H, W, 3)
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
-def unreadable_picture(path: Path, error: Exception) -> DataError:
-    """The one-line error for a file Pillow cannot read as one of PICTURE_FORMATS."""
-    return DataError(f"{path}: not a readable {PICTURE_NAMES} image ({error})")
+@contextmanager
+def open_picture(path: Path) -> Iterator[Image.Image]:
+    """``with open_picture(path) as im``: the file opened by Pillow as one of PICTURE_FORMATS
+    (recognised by content; nothing decoded yet). A missing file, or one Pillow cannot open or
+    decode within the block, is a one-line DataError naming it."""
+    try:
+        with Image.open(path, formats=PICTURE_FORMATS) as im:
+            yield im
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: not a readable {PICTURE_NAMES} image ({e})") from None
 
 
 def picture_channels(im: Image.Image) -> int:
@@ -268,6 +274,7 @@ __all__ = [
     "ImagePolicy",
     "fit_image",
     "normalize_images",
+    "open_picture",
     "picture_channels",
     "read_picture",
 ]
