@@ -313,9 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("capsnet: interrupted", file=sys.stderr)
         return 130
     except (RuntimeError, MemoryError) as e:
-        if not _out_of_memory(e):
+        if (message := _out_of_memory(e)) is None:
             raise
-        print(f"capsnet: error: {_out_of_memory(e)}", file=sys.stderr)
+        print(f"capsnet: error: {message}", file=sys.stderr)
         return 2
     return 0
 

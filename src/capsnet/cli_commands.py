@@ -181,8 +181,8 @@ def cmd_robustness(args: argparse.Namespace) -> None:
         log.info("%s: %s %g: %.2f%%", label, name, strength, 100 * accuracy)
 
     check_writable_dir(args.out)  # made by the report once the runs have loaded
-    for name in ("robustness.json", "robustness.png"):
-        if args.out.is_dir():
+    if args.out.is_dir():
+        for name in ("robustness.json", "robustness.png"):
             check_new_file(args.out / name, args.overwrite)
     runs = [args.run_dir, *args.against]
     report = compare_runs(

@@ -51,11 +51,12 @@ def read_idx(path: str | Path) -> np.ndarray:
     if 0 in shape:
         raise DataError(f"{path}: holds no items (dimensions {' x '.join(map(str, shape))})")
     dtype = IDX_DTYPES[code]
-    expected, found = prod(shape) * dtype.itemsize, len(data) - header
-    if found != expected and found % prod(shape) == 0 and found // prod(shape) in SIZES:
+    count = prod(shape)
+    expected, found = count * dtype.itemsize, len(data) - header
+    if found != expected and found % count == 0 and found // count in SIZES:
         raise DataError(
             f"{path}: the data type code 0x{code:02X} says {dtype.itemsize} bytes per value, "
-            f"but the {found} bytes of data hold {found // prod(shape)} per value "
+            f"but the {found} bytes of data hold {found // count} per value "
             f"of dimensions {' x '.join(map(str, shape))}"
         )
     if found < expected:
