@@ -1,7 +1,12 @@
 """Today's EM routing against the old one (benchmarks/em_old.py), side by side in one process.
 
     python -m benchmarks.em_routing [--model em-capsnet [em-capsnet-small]] [--old-batch 16]
-                                    [--new-batch 16 100] [--rounds 3] [--threads N]
+                                    [--new-batch 16 100] [--eager-batch 16] [--rounds 3]
+                                    [--threads N]
+
+Implementations: ``new``, today's (the native kernel of capsnet.native for the
+convolutional capsule layers, where it builds); ``eager``, today's PyTorch path
+(``CAPSNET_NATIVE=0``); ``old``, the implementation of 2026-11-25 (benchmarks/em_old.py).
 
 For each model and batch: ``capsnet.bench.benchmark`` (training step: forward, spread loss,
 backward, Adam; and inference, on uniform-noise inputs, fp32, tuned allocator) of the new
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -45,6 +51,11 @@ def reset_peak() -> None:
     CLEAR_REFS.write_text("5")  # Linux: reset the peak RSS to the current RSS
 
 
+def use(impl: str) -> None:
+    """The native kernel on for ``new``, off for the PyTorch paths (``eager``, ``old``)."""
+    os.environ["CAPSNET_NATIVE"] = "1" if impl == "new" else "0"
+
+
 def make(impl: str, model_name: str) -> nn.Module:
     torch.manual_seed(0)
     model = create_model(model_name)
@@ -52,6 +63,7 @@ def make(impl: str, model_name: str) -> nn.Module:
 
 
 def first_run(model: nn.Module, impl: str, model_name: str, batch: int) -> dict:
+    use(impl)
     reset_peak()
     cfg = BenchConfig(model=model_name, batch_size=batch, device="cpu", warmup=1, steps=1)
     r = benchmark(cfg, model)
@@ -68,6 +80,7 @@ def compare(model_name: str, batch: int, impls: list[str], rounds: int) -> list[
     cfg = BenchConfig(model=model_name, batch_size=batch, device="cpu", warmup=0, steps=1)
     for _ in range(rounds - 1):
         for impl in impls:
+            use(impl)
             r = benchmark(cfg, models[impl])
             for k, key in enumerate(SPEEDS):
                 speeds[impl][k].append(r[key])
@@ -84,15 +97,16 @@ def main() -> None:
     p.add_argument("--model", nargs="+", default=["em-capsnet"])
     p.add_argument("--old-batch", type=int, nargs="*", default=[16])
     p.add_argument("--new-batch", type=int, nargs="*", default=[16, 100])
+    p.add_argument("--eager-batch", type=int, nargs="*", default=[16])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_args()
     keep_freed_memory()
     torch.set_num_threads(args.threads)
-    batches = sorted(set(args.new_batch) | set(args.old_batch))
+    batches = sorted(set(args.new_batch) | set(args.old_batch) | set(args.eager_batch))
     for model in args.model:
         for batch in batches:
-            sets = (("new", args.new_batch), ("old", args.old_batch))
+            sets = (("new", args.new_batch), ("eager", args.eager_batch), ("old", args.old_batch))
             impls = [impl for impl, bs in sets if batch in bs]
             for r in compare(model, batch, impls, args.rounds):
                 print(json.dumps(r), flush=True)

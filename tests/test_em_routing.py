@@ -128,7 +128,9 @@ def test_detach_agreement_changes_the_gradient_only():
 def test_chunked_conv_routing_matches_em_routing_on_stored_votes(
     detach, iterations, keep, monkeypatch
 ):
-    # 5 problems in chunks of 2 (the last one short); values and gradients, float64
+    # the PyTorch path: 5 problems in chunks of 2 (the last one short); values and
+    # gradients, float64
+    monkeypatch.setenv("CAPSNET_NATIVE", "0")
     monkeypatch.setattr(sys.modules["capsnet.em_conv"], "KEEP_BYTES", keep)
     poses, weight, acts, bu, ba = _inputs(n=5, i=6, j=3)
     votes = _votes(poses, weight)

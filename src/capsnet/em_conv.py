@@ -28,6 +28,7 @@ from capsnet.em_routing import (
     mean_weights,
     tape_gradient,
 )
+from capsnet.native import em_kernels, em_native_applies
 from capsnet.runtime import tracing
 
 CHUNK_BYTES = 8 << 20  # V' and V'² per chunk of conv_em_routing (1-4 MB measured slower)
@@ -58,16 +59,23 @@ def conv_em_routing(
         ``(μ, a)``: parent poses (N, J, 16), activations (N, J), equal to
         ``em_routing(V, a_in, …)[:2]`` with V (N, I, J, 16).
 
-    The forward pass keeps only the inputs; the backward pass recomputes each chunk's U and
-    its iterations on the small tensors only (U a constant, its gradient taped, see
-    :class:`Votes`), so one chunk's U is in memory at a time (not twice differentiable).
+    On the CPU this runs the native kernel of :mod:`capsnet.native` where it can be built
+    (the same maths, one routing problem at a time, with a hand-written backward pass).
+    Otherwise the forward pass keeps only the inputs; the backward pass recomputes each
+    chunk's U and its iterations on the small tensors only (U a constant, its gradient
+    taped, see :class:`Votes`), so one chunk's U is in memory at a time. Neither is twice
+    differentiable.
     """
     lambdas = inverse_temperatures(iterations, final_beta)
     i = activations.shape[1]
     chunk = chunk or max(1, CHUNK_BYTES // (i * weight.shape[1] * 32 * poses.element_size()))
     args = (_wide(poses), _wide(weight), _wide(activations), _wide(beta_u), _wide(beta_a))
     with torch.autocast(poses.device.type, enabled=False):
-        if tracing():  # one chunk, traceable
+        if em_native_applies(poses):
+            j = weight.shape[1]
+            bu, ba = (b.expand(j).contiguous() for b in args[3:])  # (J,) each
+            mu, a = _NativeEM.apply(*args[:3], bu, ba, lambdas, detach_agreement)
+        elif tracing():  # one chunk, traceable
             mu, a = _conv_forward(*args, lambdas)
         else:
             mu, a = _ConvEM.apply(*args, lambdas, detach_agreement, chunk)
@@ -183,3 +191,29 @@ class _ConvEM(torch.autograd.Function):
                 if g is not None:
                     (grads[k][part] if k in (0, 2) else grads[k]).add_(g)
         return (*grads, None, None, None)
+
+
+class _NativeEM(torch.autograd.Function):
+    """:func:`conv_em_routing` by the native kernel: the forward pass keeps only the inputs,
+    the backward pass recomputes each routing problem and runs the adjoint of its iterations."""
+
+    @staticmethod
+    def forward(ctx, poses, weight, acts, beta_u, beta_a, lambdas, detach):  # type: ignore[override]
+        n, i = acts.shape
+        flat = (
+            poses.reshape(n, i, 16).contiguous(),
+            weight.reshape(i, -1, 16).contiguous(),  # (I, J, 16)
+            acts.contiguous(),
+            beta_u,
+            beta_a,
+        )
+        ctx.save_for_backward(*flat)
+        ctx.lambdas, ctx.detach, ctx.shapes = lambdas, detach, (poses.shape, weight.shape)
+        mu, a = em_kernels().em_forward(*flat, lambdas)
+        return mu, a
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_mu: Tensor, g_a: Tensor):  # type: ignore[override]
+        g = em_kernels().em_backward(*ctx.saved_tensors, ctx.lambdas, g_mu, g_a, ctx.detach)
+        return g[0].view(ctx.shapes[0]), g[1].view(ctx.shapes[1]), *g[2:], None, None

@@ -1,0 +1,78 @@
+"""The native EM routing kernel (capsnet/csrc/em_routing.cpp through capsnet.native): built
+here, equal to the written-out reference and to the PyTorch path, values and gradients."""
+
+import logging
+
+import pytest
+import torch
+from tests.test_em_routing import _inputs, _votes, reference_em
+
+from capsnet import native
+from capsnet.em_conv import conv_em_routing
+
+
+@pytest.fixture(autouse=True)
+def _native_on(monkeypatch):
+    monkeypatch.delenv("CAPSNET_NATIVE", raising=False)
+
+
+def test_the_kernel_builds_and_takes_cpu_tensors():
+    # CI has a compiler: a failed build must fail here, not silently test the fallback
+    assert native.em_kernels() is not None
+    assert native.em_native_applies(torch.zeros(1))
+
+
+def test_capsnet_native_0_turns_it_off(monkeypatch):
+    monkeypatch.setenv("CAPSNET_NATIVE", "0")
+    assert not native.em_native_applies(torch.zeros(1))
+
+
+@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+def test_native_matches_the_written_out_reference(detach, iterations):
+    # float64: values and every input's gradient, against Procedure 1 written out
+    poses, weight, acts, bu, ba = ins = _inputs(n=4, i=7, j=3)
+    got = conv_em_routing(poses, weight, acts, bu, ba, iterations, 1.0, detach)
+    want = reference_em(_votes(poses, weight), acts, bu, ba, iterations, detach)
+    torch.testing.assert_close(got, want)
+    g = (torch.randn_like(want[0]), torch.randn_like(want[1]))
+    torch.testing.assert_close(torch.autograd.grad(got, ins, g), torch.autograd.grad(want, ins, g))
+
+
+def test_native_backward_passes_gradcheck():
+    ins = _inputs(n=2, i=5, j=3, seed=1)
+    assert torch.autograd.gradcheck(lambda *x: conv_em_routing(*x, 3), ins)
+
+
+def test_native_float32_matches_the_pytorch_path(monkeypatch):
+    torch.manual_seed(0)
+    n, i, j = 6, 72, 8
+    poses = torch.randn(n, i, 4, 4, requires_grad=True)
+    weight = (0.5 * torch.randn(i, j, 4, 4)).requires_grad_()
+    acts = torch.rand(n, i, requires_grad=True)
+    bu, ba = (0.1 * torch.randn(j)).requires_grad_(), (0.1 * torch.randn(j)).requires_grad_()
+    ins = (poses, weight, acts, bu, ba)
+    g = (torch.randn(n, j, 16), torch.randn(n, j))
+
+    def run():
+        out = conv_em_routing(*ins, 3)
+        return out, torch.autograd.grad(out, ins, g)
+
+    (out, grads) = run()
+    monkeypatch.setenv("CAPSNET_NATIVE", "0")
+    (want, want_grads) = run()
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
+    for got, ref in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item())
+
+
+def test_a_failed_build_warns_once_and_falls_back(tmp_path, monkeypatch, caplog):
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(native, "SOURCE", broken)
+    build = native.em_kernels.__wrapped__  # not the cached kernel
+    with caplog.at_level(logging.WARNING, logger="capsnet.native"):
+        assert build() is None
+    [record] = caplog.records
+    assert "native EM routing unavailable" in record.getMessage()
+    assert "broken.cpp:1:1: error:" in record.getMessage()
