@@ -194,8 +194,9 @@ class _ConvEM(torch.autograd.Function):
 
 
 class _NativeEM(torch.autograd.Function):
-    """:func:`conv_em_routing` by the native kernel: the forward pass keeps only the inputs,
-    the backward pass recomputes each routing problem and runs the adjoint of its iterations."""
+    """:func:`conv_em_routing` by the native kernel: under autograd the forward pass keeps the
+    inputs and each problem's iterations (R, μ, σ², costs, logits: about 1/8 of the votes
+    for 3 iterations), the backward pass makes the votes again and runs the adjoint."""
 
     @staticmethod
     def forward(ctx, poses, weight, acts, beta_u, beta_a, lambdas, detach):  # type: ignore[override]
@@ -207,13 +208,15 @@ class _NativeEM(torch.autograd.Function):
             beta_u,
             beta_a,
         )
-        ctx.save_for_backward(*flat)
+        keep = any(ctx.needs_input_grad[:5])
+        mu, a, state = em_kernels().em_forward(*flat, lambdas, keep)
+        ctx.save_for_backward(*flat, state)
         ctx.lambdas, ctx.detach, ctx.shapes = lambdas, detach, (poses.shape, weight.shape)
-        mu, a = em_kernels().em_forward(*flat, lambdas)
         return mu, a
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_mu: Tensor, g_a: Tensor):  # type: ignore[override]
-        g = em_kernels().em_backward(*ctx.saved_tensors, ctx.lambdas, g_mu, g_a, ctx.detach)
+        *flat, state = ctx.saved_tensors
+        g = em_kernels().em_backward(*flat, ctx.lambdas, state, g_mu, g_a, ctx.detach)
         return g[0].view(ctx.shapes[0]), g[1].view(ctx.shapes[1]), *g[2:], None, None

@@ -3,9 +3,9 @@
 // Procedure 1 of Hinton, Sabour & Frosst (2018) with capsule_em's schedule, variance floor
 // and mass, and the cost standardised over the parents: the maths of capsnet/em_routing.py,
 // computed one routing problem at a time so that its votes V_ij = M_i W_ij stay in cache.
-// Nothing but the inputs is kept between the passes: the backward pass recomputes a problem's
-// votes and iterations (keeping each iteration's R, mu, sigma^2, cost and logits), then walks
-// the iterations in reverse with the adjoint of each E- and M-step written out below.
+// Between the passes, each problem keeps each iteration's R, mu, sigma^2, cost and logits
+// (about 1/8 of its votes' size for 3 iterations) but not the votes: the backward pass makes
+// them again, then walks the iterations in reverse with the adjoint of each E- and M-step.
 // Built on first use by capsnet/native.py; capsnet/em_conv.py is the reference it is tested
 // against, and the path taken where this cannot be built.
 //
@@ -267,9 +267,38 @@ struct Problem {
     }
   }
 
-  void backward(const T* m, const T* wp, const T* a, const T* g_mu, const T* g_act, T* g_m,
-                T* g_wp, T* g_a, T* g_bu, T* g_ba, bool detach) {
-    forward(m, wp, a);
+  // What the backward pass needs of the iterations, beside the votes: R(t) for t >= 1 and
+  // each iteration's mu, sigma^2, mass, cost, logits, mean and std of the cost.
+  std::vector<std::vector<T>*> kept() {
+    return {&R, &mu, &var, &mass, &cost, &logit, &stats};
+  }
+
+  int64_t state_size() {
+    int64_t size = -J * I;  // R(0) = 1/J is not kept
+    for (auto* x : kept()) size += static_cast<int64_t>(x->size());
+    return size;
+  }
+
+  void save(T* out) {
+    for (auto* x : kept()) {
+      const auto from = x->begin() + (x == &R ? J * I : 0);
+      out = std::copy(from, x->end(), out);
+    }
+  }
+
+  void restore(const T* in) {
+    std::fill(R.begin(), R.begin() + J * I, T(1) / J);
+    for (auto* x : kept()) {
+      const auto to = x->begin() + (x == &R ? J * I : 0);
+      std::copy(in, in + (x->end() - to), to);
+      in += x->end() - to;
+    }
+  }
+
+  void backward(const T* m, const T* wp, const T* a, const T* state, const T* g_mu,
+                const T* g_act, T* g_m, T* g_wp, T* g_a, T* g_bu, T* g_ba, bool detach) {
+    votes(m, wp);
+    restore(state);
     const int64_t last = iters - 1;
     std::fill(gv.begin(), gv.end(), T(0));
     std::fill(gvar.begin(), gvar.end(), T(0));
@@ -307,13 +336,16 @@ torch::Tensor by_rows(const torch::Tensor& weight) {
 
 }  // namespace
 
-// -> mu (N, J, 16), activations (N, J)
+// -> mu (N, J, 16), activations (N, J) and, if keep, the state em_backward needs (N, S)
+// (S = 2 J I + 3 J (2 D + 3) + 6 for 3 iterations), else an empty tensor.
 std::vector<torch::Tensor> em_forward(torch::Tensor poses, torch::Tensor weight, torch::Tensor acts,
                                       torch::Tensor beta_u, torch::Tensor beta_a,
-                                      std::vector<double> lambdas) {
+                                      std::vector<double> lambdas, bool keep) {
   check(poses, weight, acts, beta_u, beta_a);
   const int64_t N = acts.size(0), I = acts.size(1), J = weight.size(1);
   auto mu_out = poses.new_empty({N, J, D}), a_out = poses.new_empty({N, J});
+  const int64_t S = keep ? Problem<float>(I, J, lambdas, nullptr, nullptr).state_size() : 0;
+  auto state = poses.new_empty({keep ? N : 0, S});
   const auto wp = by_rows(weight);
   AT_DISPATCH_FLOATING_TYPES(poses.scalar_type(), "em_forward", [&] {
     const scalar_t *m = poses.data_ptr<scalar_t>(), *w = wp.data_ptr<scalar_t>();
@@ -326,19 +358,25 @@ std::vector<torch::Tensor> em_forward(torch::Tensor poses, torch::Tensor weight,
         pr.forward(m + n * I * D, w, a + n * I);
         std::copy(&pr.mu[last * J * D], &pr.mu[(last + 1) * J * D], mo + n * J * D);
         for (int64_t j = 0; j < J; ++j) ao[n * J + j] = sigmoid(pr.logit[last * J + j]);
+        if (keep) pr.save(state.data_ptr<scalar_t>() + n * S);
       }
     });
   });
-  return {mu_out, a_out};
+  return {mu_out, a_out, state};
 }
 
-// -> dL/d poses, weight, acts, beta_u, beta_a for dL/dmu (N, J, 16) and dL/da (N, J).
+// -> dL/d poses, weight, acts, beta_u, beta_a for dL/dmu (N, J, 16) and dL/da (N, J), with
+// the state em_forward kept; the votes are made again.
 std::vector<torch::Tensor> em_backward(torch::Tensor poses, torch::Tensor weight, torch::Tensor acts,
                                        torch::Tensor beta_u, torch::Tensor beta_a,
-                                       std::vector<double> lambdas, torch::Tensor g_mu,
-                                       torch::Tensor g_act, bool detach) {
+                                       std::vector<double> lambdas, torch::Tensor state,
+                                       torch::Tensor g_mu, torch::Tensor g_act, bool detach) {
   check(poses, weight, acts, beta_u, beta_a);
   const int64_t N = acts.size(0), I = acts.size(1), J = weight.size(1);
+  const int64_t S = Problem<float>(I, J, lambdas, nullptr, nullptr).state_size();
+  TORCH_CHECK(state.dim() == 2 && state.size(0) == N && state.size(1) == S && state.is_contiguous() &&
+                  state.scalar_type() == poses.scalar_type(),
+              "state must be em_forward's, (N, S)");
   g_mu = g_mu.contiguous().to(poses.scalar_type());
   g_act = g_act.contiguous().to(poses.scalar_type());
   auto g_m = torch::zeros_like(poses), g_a = torch::zeros_like(acts);
@@ -358,8 +396,8 @@ std::vector<torch::Tensor> em_backward(torch::Tensor poses, torch::Tensor weight
       scalar_t* gw = g_w.data_ptr<scalar_t>() + k * I * J * D;
       scalar_t *gbu = g_bu.data_ptr<scalar_t>() + k * J, *gba = g_ba.data_ptr<scalar_t>() + k * J;
       for (int64_t n = begin; n < end; ++n)
-        pr.backward(m + n * I * D, w, a + n * I, gmo + n * J * D, gao + n * J, gm + n * I * D, gw,
-                    ga + n * I, gbu, gba, detach);
+        pr.backward(m + n * I * D, w, a + n * I, state.data_ptr<scalar_t>() + n * S, gmo + n * J * D,
+                    gao + n * J, gm + n * I * D, gw, ga + n * I, gbu, gba, detach);
     });
   });
   auto g_weight = g_w.sum(0).permute({0, 2, 1, 3}).reshape({I, J, D});
