@@ -192,7 +192,8 @@ struct Problem {
       const Vec<T> mu_j = load(&mu[(t * J + j) * D]), var_j = load(&var[(t * J + j) * D]);
       const T *rj = &R[(t * J + j) * I], *vj = &v[j * I * D];
       g_bu[j] += D * m * gcost;
-      const T gm = gcost * (D * bu[j] + T(0.5) * log_sum<T>(var_j));  // dL/dm_j, via the cost
+      // dL/dm_j through the cost: cost_j / m_j = D beta_u_j + 1/2 sum_d log sigma^2_jd
+      const T gm = gcost * cost[t * J + j] / m;
       const Vec<T> gs = load(&gvar[j * D]) + T(0.5) * m * gcost / var_j;
       // s_d = sum_i w_i (V_id - mu_d)^2 depends on mu: ds/dmu = -2 mu (1 - sum_i w_i)
       const Vec<T> gm1 = load(&gmu[j * D]) - T(2) * gs * mu_j * (T(kMassEps) / m);
