@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -33,41 +34,120 @@ T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
 
-// The D = 16 pose components of one vote as one vector (GCC/Clang vector extensions).
 template <typename T, int N>
 struct Lanes {
   typedef T type __attribute__((vector_size(N * sizeof(T))));
 };
 
+// exp(x) for x <= 0 (the softmax's logits less their maximum), in a form the compiler
+// vectorises (std::exp stays a scalar call): Cody-Waite reduction x = n ln 2 + r, Cephes'
+// degree-6 polynomial for exp(r) (relative error about 1e-7), 2^n from the exponent bits;
+// 0 below -87, where exp(x) leaves float's normal range. Doubles keep std::exp.
 template <typename T>
-using Vec = typename Lanes<T, D>::type;
+T exp_nonpositive(T x) {
+  if constexpr (!std::is_same_v<T, float>) {
+    return std::exp(x);
+  } else {
+    const float c = std::max(x, -87.0f), n = std::floor(c * 1.44269504088896341f + 0.5f);
+    const float r = c - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    for (const float k : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f,
+                          5.0000001201e-1f})
+      p = p * r + k;
+    const float scale = __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
+    return x < -87.0f ? 0.0f : (p * r * r + r + 1.0f) * scale;
+  }
+}
 
+// The D = 16 pose components of one vote as K registers of the CPU's vector width (AVX-512:
+// one, AVX: two floats or four doubles; GCC/Clang vector extensions). A single 64-byte
+// vector type would be split by the compiler through the stack on CPUs without AVX-512.
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+
+template <typename T>
+struct Vec {
+  static constexpr int L = kVecBytes / sizeof(T) < D ? kVecBytes / sizeof(T) : D, K = D / L;
+  typedef T Lane __attribute__((vector_size(L * sizeof(T))));
+  Lane x[K];
+  T operator[](int d) const { return x[d / L][d % L]; }
+};
+
+template <typename T, typename F>
+Vec<T> map2(const Vec<T>& a, const Vec<T>& b, F f) {
+  Vec<T> r;
+  for (int k = 0; k < Vec<T>::K; ++k) r.x[k] = f(a.x[k], b.x[k]);
+  return r;
+}
+
+template <typename T>
+Vec<T> broadcast(T s) {
+  Vec<T> r;
+  for (int k = 0; k < Vec<T>::K; ++k) r.x[k] = s - typename Vec<T>::Lane{};
+  return r;
+}
+
+template <typename T>
+Vec<T> operator+(const Vec<T>& a, const Vec<T>& b) { return map2(a, b, [](auto u, auto v) { return u + v; }); }
+template <typename T>
+Vec<T> operator-(const Vec<T>& a, const Vec<T>& b) { return map2(a, b, [](auto u, auto v) { return u - v; }); }
+template <typename T>
+Vec<T> operator*(const Vec<T>& a, const Vec<T>& b) { return map2(a, b, [](auto u, auto v) { return u * v; }); }
+template <typename T>
+Vec<T> operator/(const Vec<T>& a, const Vec<T>& b) { return map2(a, b, [](auto u, auto v) { return u / v; }); }
+template <typename T>
+Vec<T> operator*(T s, const Vec<T>& a) { return broadcast(s) * a; }
+template <typename T>
+Vec<T> operator*(const Vec<T>& a, T s) { return a * broadcast(s); }
+template <typename T>
+Vec<T> operator/(T s, const Vec<T>& a) { return broadcast(s) / a; }
+template <typename T>
+Vec<T> operator+(const Vec<T>& a, T s) { return a + broadcast(s); }
+template <typename T>
+Vec<T> operator-(const Vec<T>& a, T s) { return a - broadcast(s); }
+template <typename T>
+Vec<T>& operator+=(Vec<T>& a, const Vec<T>& b) { return a = a + b; }
+
+// One register at a time: a copy of the whole Vec would go through the stack in pieces of
+// another width, which stalls the loads that follow (store forwarding fails).
 template <typename T>
 Vec<T> load(const T* p) {
   Vec<T> x;
-  std::memcpy(&x, p, sizeof x);
+  for (int k = 0; k < Vec<T>::K; ++k) std::memcpy(&x.x[k], p + k * Vec<T>::L, sizeof x.x[k]);
   return x;
 }
 
 template <typename T>
-void store(T* p, Vec<T> x) {
-  std::memcpy(p, &x, sizeof x);
+void store(T* p, const Vec<T>& x) {
+  for (int k = 0; k < Vec<T>::K; ++k) std::memcpy(p + k * Vec<T>::L, &x.x[k], sizeof x.x[k]);
 }
 
-template <typename T, int N = D>
-T sum(typename Lanes<T, N>::type x) {  // pairwise: halves added, not 15 adds in a chain
+template <typename T, int N>
+T lane_sum(typename Lanes<T, N>::type x) {  // pairwise: halves added, not N - 1 adds in a chain
   if constexpr (N == 2) {
     return x[0] + x[1];
   } else {
     typename Lanes<T, N / 2>::type lo, hi;
     std::memcpy(&lo, &x, sizeof lo);
     std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof lo, sizeof hi);
-    return sum<T, N / 2>(lo + hi);
+    return lane_sum<T, N / 2>(lo + hi);
   }
 }
 
 template <typename T>
-T log_sum(Vec<T> x) {  // sum_d log x_d
+T sum(const Vec<T>& v) {  // sum_d v_d
+  auto s = v.x[0];
+  for (int k = 1; k < Vec<T>::K; ++k) s += v.x[k];
+  return lane_sum<T, Vec<T>::L>(s);
+}
+
+template <typename T>
+T log_sum(const Vec<T>& x) {  // sum_d log x_d
   T s = 0;
   for (int d = 0; d < D; ++d) s += std::log(x[d]);
   return s;
@@ -87,26 +167,25 @@ struct Problem {
   std::vector<T> mass, cost, logit, stats;   // (iters, J); stats (iters, 2): mean, std
   std::vector<T> gv, gr, gmu, gvar, glogit;  // adjoints: (J, I, D), (J, I), (J, D) x2, (J)
   std::vector<T> row;                        // (4, 4J): one child's votes or their adjoint
+  std::vector<T> top, z;                     // (I): the softmax's max and 1 / sum per child
 
   Problem(int64_t i, int64_t j, std::vector<double> lam, const T* beta_u, const T* beta_a)
       : I(i), J(j), iters(static_cast<int64_t>(lam.size())), bu(beta_u), ba(beta_a),
         lambdas(std::move(lam)), v(j * i * D), R(iters * j * i), mu(iters * j * D),
         var(iters * j * D), mass(iters * j), cost(iters * j), logit(iters * j),
         stats(iters * 2), gv(j * i * D), gr(j * i), gmu(j * D), gvar(j * D), glogit(j),
-        row(4 * 4 * j) {}
+        row(4 * 4 * j), top(i), z(i) {}
 
   void votes(const T* m, const T* wp) {  // v[j][i] = M_i (4x4) @ W_ij (4x4)
     const int64_t X = 4 * J;
     for (int64_t i = 0; i < I; ++i) {
       const T *mi = m + i * D, *wi = wp + i * 4 * X;
-      std::fill(row.begin(), row.end(), T(0));
-      for (int r = 0; r < 4; ++r)
-        for (int q = 0; q < 4; ++q) {
-          const T s = mi[r * 4 + q];
-          T* out = &row[r * X];
-          const T* w = wi + q * X;
-          for (int64_t x = 0; x < X; ++x) out[x] += s * w[x];
-        }
+      for (int r = 0; r < 4; ++r) {  // row r = sum_q M_i[r][q] Wp_i[q]: one store per element
+        const T m0 = mi[r * 4], m1 = mi[r * 4 + 1], m2 = mi[r * 4 + 2], m3 = mi[r * 4 + 3];
+        T* out = &row[r * X];
+        for (int64_t x = 0; x < X; ++x)
+          out[x] = m0 * wi[x] + m1 * wi[X + x] + m2 * wi[2 * X + x] + m3 * wi[3 * X + x];
+      }
       for (int64_t j = 0; j < J; ++j)
         for (int r = 0; r < 4; ++r) std::memcpy(&v[(j * I + i) * D + r * 4], &row[r * X + j * 4], 4 * sizeof(T));
     }
@@ -157,12 +236,16 @@ struct Problem {
         out[j * I + i] = base - T(0.5) * sum<T>(e * e * inv);
       }
     }
-    for (int64_t i = 0; i < I; ++i) {
-      T top = -INFINITY, z = 0;
-      for (int64_t j = 0; j < J; ++j) top = std::max(top, out[j * I + i]);
-      for (int64_t j = 0; j < J; ++j) z += (out[j * I + i] = std::exp(out[j * I + i] - top));
-      for (int64_t j = 0; j < J; ++j) out[j * I + i] /= z;
-    }
+    // softmax over j, row by row so that the inner loops run along i (contiguous)
+    std::copy(out, out + I, top.begin());
+    for (int64_t j = 1; j < J; ++j)
+      for (int64_t i = 0; i < I; ++i) top[i] = std::max(top[i], out[j * I + i]);
+    std::fill(z.begin(), z.end(), T(0));
+    for (int64_t j = 0; j < J; ++j)
+      for (int64_t i = 0; i < I; ++i) z[i] += (out[j * I + i] = exp_nonpositive(out[j * I + i] - top[i]));
+    for (int64_t i = 0; i < I; ++i) z[i] = T(1) / z[i];
+    for (int64_t j = 0; j < J; ++j)
+      for (int64_t i = 0; i < I; ++i) out[j * I + i] *= z[i];
   }
 
   void forward(const T* m, const T* wp, const T* a) {
@@ -221,11 +304,12 @@ struct Problem {
   // adds to gv if with_votes.
   void e_step_backward(int64_t t, bool with_votes) {
     const T* out = &R[(t + 1) * J * I];
-    for (int64_t i = 0; i < I; ++i) {  // softmax over j: gL = R (gR - sum_k R_k gR_k)
-      T s = 0;
-      for (int64_t j = 0; j < J; ++j) s += out[j * I + i] * gr[j * I + i];
-      for (int64_t j = 0; j < J; ++j) gr[j * I + i] = out[j * I + i] * (gr[j * I + i] - s);
-    }
+    // softmax over j: gL = R (gR - sum_k R_k gR_k), row by row (z holds the sums)
+    std::fill(z.begin(), z.end(), T(0));
+    for (int64_t j = 0; j < J; ++j)
+      for (int64_t i = 0; i < I; ++i) z[i] += out[j * I + i] * gr[j * I + i];
+    for (int64_t j = 0; j < J; ++j)
+      for (int64_t i = 0; i < I; ++i) gr[j * I + i] = out[j * I + i] * (gr[j * I + i] - z[i]);
     for (int64_t j = 0; j < J; ++j) {
       const T* vj = &v[j * I * D];
       const Vec<T> mu_j = load(&mu[(t * J + j) * D]), inv = T(1) / load(&var[(t * J + j) * D]);
@@ -254,15 +338,17 @@ struct Problem {
         for (int r = 0; r < 4; ++r) std::memcpy(&row[r * X + j * 4], &gv[(j * I + i) * D + r * 4], 4 * sizeof(T));
       const T *mi = m + i * D, *wi = wp + i * 4 * X;
       T *gmi = g_m + i * D, *gwi = g_wp + i * 4 * X;
-      for (int r = 0; r < 4; ++r)
+      const T *g0 = &row[0], *g1 = &row[X], *g2 = &row[2 * X], *g3 = &row[3 * X];
+      for (int q = 0; q < 4; ++q) {  // dWp_i[q] += sum_r M_i[r][q] G[r]: one update per element
+        const T s0 = mi[q], s1 = mi[4 + q], s2 = mi[8 + q], s3 = mi[12 + q];
+        T* gw = gwi + q * X;
+        for (int64_t x = 0; x < X; ++x) gw[x] += s0 * g0[x] + s1 * g1[x] + s2 * g2[x] + s3 * g3[x];
+      }
+      for (int r = 0; r < 4; ++r)  // dM_i[r][q] = G[r] . Wp_i[q]
         for (int q = 0; q < 4; ++q) {
           const T *g = &row[r * X], *w = wi + q * X;
-          const T s = mi[r * 4 + q];
           T dot = 0;
-          for (int64_t x = 0; x < X; ++x) {
-            dot += g[x] * w[x];
-            gwi[q * X + x] += s * g[x];
-          }
+          for (int64_t x = 0; x < X; ++x) dot += g[x] * w[x];
           gmi[r * 4 + q] += dot;
         }
     }
