@@ -11,6 +11,10 @@
 //
 // Shapes: N routing problems, I children, J parents, D = 16 pose components; poses M
 // (N, I, 16) (4x4 row-major), weight W (I, J, 16), acts a (N, I), beta_u and beta_a (J).
+// Inside, every array runs along the children: poses as Mt (N, D, I), the weight as Wt
+// (J, D, I), the votes as (J, D, I). Each inner loop is then one contiguous pass over i that
+// the compiler vectorises at the CPU's own width, and no sum over the 16 pose components is
+// taken within a vector (the sums over i are one per parent and component).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -34,11 +38,6 @@ T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
 
-template <typename T, int N>
-struct Lanes {
-  typedef T type __attribute__((vector_size(N * sizeof(T))));
-};
-
 // exp(x) for x <= 0 (the softmax's logits less their maximum), in a form the compiler
 // vectorises (std::exp stays a scalar call): Cody-Waite reduction x = n ln 2 + r, Cephes'
 // degree-6 polynomial for exp(r) (relative error about 1e-7), 2^n from the exponent bits;
@@ -59,158 +58,67 @@ T exp_nonpositive(T x) {
   }
 }
 
-// The D = 16 pose components of one vote as K registers of the CPU's vector width (AVX-512:
-// one, AVX: two floats or four doubles; GCC/Clang vector extensions). A single 64-byte
-// vector type would be split by the compiler through the stack on CPUs without AVX-512.
-#if defined(__AVX512F__)
-constexpr int kVecBytes = 64;
-#elif defined(__AVX__)
-constexpr int kVecBytes = 32;
-#else
-constexpr int kVecBytes = 16;
-#endif
-
-template <typename T>
-struct Vec {
-  static constexpr int L = kVecBytes / sizeof(T) < D ? kVecBytes / sizeof(T) : D, K = D / L;
-  typedef T Lane __attribute__((vector_size(L * sizeof(T))));
-  Lane x[K];
-  T operator[](int d) const { return x[d / L][d % L]; }
-};
-
-template <typename T, typename F>
-Vec<T> map2(const Vec<T>& a, const Vec<T>& b, F f) {
-  Vec<T> r;
-  for (int k = 0; k < Vec<T>::K; ++k) r.x[k] = f(a.x[k], b.x[k]);
-  return r;
-}
-
-template <typename T>
-Vec<T> broadcast(T s) {
-  Vec<T> r;
-  for (int k = 0; k < Vec<T>::K; ++k) r.x[k] = s - typename Vec<T>::Lane{};
-  return r;
-}
-
-template <typename T>
-Vec<T> operator+(const Vec<T>& a, const Vec<T>& b) { return map2(a, b, [](auto u, auto v) { return u + v; }); }
-template <typename T>
-Vec<T> operator-(const Vec<T>& a, const Vec<T>& b) { return map2(a, b, [](auto u, auto v) { return u - v; }); }
-template <typename T>
-Vec<T> operator*(const Vec<T>& a, const Vec<T>& b) { return map2(a, b, [](auto u, auto v) { return u * v; }); }
-template <typename T>
-Vec<T> operator/(const Vec<T>& a, const Vec<T>& b) { return map2(a, b, [](auto u, auto v) { return u / v; }); }
-template <typename T>
-Vec<T> operator*(T s, const Vec<T>& a) { return broadcast(s) * a; }
-template <typename T>
-Vec<T> operator*(const Vec<T>& a, T s) { return a * broadcast(s); }
-template <typename T>
-Vec<T> operator/(T s, const Vec<T>& a) { return broadcast(s) / a; }
-template <typename T>
-Vec<T> operator+(const Vec<T>& a, T s) { return a + broadcast(s); }
-template <typename T>
-Vec<T> operator-(const Vec<T>& a, T s) { return a - broadcast(s); }
-template <typename T>
-Vec<T>& operator+=(Vec<T>& a, const Vec<T>& b) { return a = a + b; }
-
-// One register at a time: a copy of the whole Vec would go through the stack in pieces of
-// another width, which stalls the loads that follow (store forwarding fails).
-template <typename T>
-Vec<T> load(const T* p) {
-  Vec<T> x;
-  for (int k = 0; k < Vec<T>::K; ++k) std::memcpy(&x.x[k], p + k * Vec<T>::L, sizeof x.x[k]);
-  return x;
-}
-
-template <typename T>
-void store(T* p, const Vec<T>& x) {
-  for (int k = 0; k < Vec<T>::K; ++k) std::memcpy(p + k * Vec<T>::L, &x.x[k], sizeof x.x[k]);
-}
-
-template <typename T, int N>
-T lane_sum(typename Lanes<T, N>::type x) {  // pairwise: halves added, not N - 1 adds in a chain
-  if constexpr (N == 2) {
-    return x[0] + x[1];
-  } else {
-    typename Lanes<T, N / 2>::type lo, hi;
-    std::memcpy(&lo, &x, sizeof lo);
-    std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof lo, sizeof hi);
-    return lane_sum<T, N / 2>(lo + hi);
-  }
-}
-
-template <typename T>
-T sum(const Vec<T>& v) {  // sum_d v_d
-  auto s = v.x[0];
-  for (int k = 1; k < Vec<T>::K; ++k) s += v.x[k];
-  return lane_sum<T, Vec<T>::L>(s);
-}
-
-template <typename T>
-T log_sum(const Vec<T>& x) {  // sum_d log x_d
-  T s = 0;
-  for (int d = 0; d < D; ++d) s += std::log(x[d]);
-  return s;
-}
-
-// One routing problem's buffers, reused for every problem a thread routes. The weight comes
-// as Wp (I, 4, J, 4): W_ij[q][c] at Wp[i][q][j][c], so that V_i = M_i Wp_i is a (4x4) @
-// (4 x 4J) product with contiguous rows.
+// One routing problem's buffers, reused for every problem a thread routes.
 template <typename T>
 struct Problem {
   int64_t I, J, iters;
   const T *bu, *ba;
   std::vector<double> lambdas;
-  std::vector<T> v;                          // (J, I, D) votes
+  std::vector<T> v;                          // (J, D, I) votes
   std::vector<T> R;                          // (iters, J, I): the R each M-step used
   std::vector<T> mu, var;                    // (iters, J, D)
   std::vector<T> mass, cost, logit, stats;   // (iters, J); stats (iters, 2): mean, std
-  std::vector<T> gv, gr, gmu, gvar, glogit;  // adjoints: (J, I, D), (J, I), (J, D) x2, (J)
-  std::vector<T> row;                        // (4, 4J): one child's votes or their adjoint
-  std::vector<T> top, z;                     // (I): the softmax's max and 1 / sum per child
+  std::vector<T> gv, gr, gmu, gvar, glogit;  // adjoints: (J, D, I), (J, I), (J, D) x2, (J)
+  std::vector<T> w, top, z;                  // (I): M-step weights; the softmax's max, sums
 
   Problem(int64_t i, int64_t j, std::vector<double> lam, const T* beta_u, const T* beta_a)
       : I(i), J(j), iters(static_cast<int64_t>(lam.size())), bu(beta_u), ba(beta_a),
-        lambdas(std::move(lam)), v(j * i * D), R(iters * j * i), mu(iters * j * D),
+        lambdas(std::move(lam)), v(j * D * i), R(iters * j * i), mu(iters * j * D),
         var(iters * j * D), mass(iters * j), cost(iters * j), logit(iters * j),
-        stats(iters * 2), gv(j * i * D), gr(j * i), gmu(j * D), gvar(j * D), glogit(j),
-        row(4 * 4 * j), top(i), z(i) {}
+        stats(iters * 2), gv(j * D * i), gr(j * i), gmu(j * D), gvar(j * D), glogit(j),
+        w(i), top(i), z(i) {}
 
-  void votes(const T* m, const T* wp) {  // v[j][i] = M_i (4x4) @ W_ij (4x4)
-    const int64_t X = 4 * J;
-    for (int64_t i = 0; i < I; ++i) {
-      const T *mi = m + i * D, *wi = wp + i * 4 * X;
-      for (int r = 0; r < 4; ++r) {  // row r = sum_q M_i[r][q] Wp_i[q]: one store per element
-        const T m0 = mi[r * 4], m1 = mi[r * 4 + 1], m2 = mi[r * 4 + 2], m3 = mi[r * 4 + 3];
-        T* out = &row[r * X];
-        for (int64_t x = 0; x < X; ++x)
-          out[x] = m0 * wi[x] + m1 * wi[X + x] + m2 * wi[2 * X + x] + m3 * wi[3 * X + x];
-      }
-      for (int64_t j = 0; j < J; ++j)
-        for (int r = 0; r < 4; ++r) std::memcpy(&v[(j * I + i) * D + r * 4], &row[r * X + j * 4], 4 * sizeof(T));
-    }
+  // v[j][r*4+c][i] = sum_q M_i[r][q] W_ij[q][c]
+  void votes(const T* mt, const T* wt) {
+    for (int64_t j = 0; j < J; ++j)
+      for (int r = 0; r < 4; ++r)
+        for (int c = 0; c < 4; ++c) {
+          const T *m0 = mt + (r * 4) * I, *wj = wt + (j * D + c) * I;
+          T* out = &v[(j * D + r * 4 + c) * I];
+          for (int64_t i = 0; i < I; ++i)
+            out[i] = m0[i] * wj[i] + m0[I + i] * wj[4 * I + i] + m0[2 * I + i] * wj[8 * I + i] +
+                     m0[3 * I + i] * wj[12 * I + i];
+        }
   }
 
-  // M-step t: mu_j = sum_i w_ij V_ij, sigma^2_j = sum_i w_ij (V_ij - mu_j)^2 + kMinVar with
-  // w_ij = R_ij a_i / m_j, m_j = sum_i R_ij a_i + kMassEps; cost_j = (D beta_u + 1/2 sum_d
-  // log sigma^2_jd) m_j; logit_j = lambda_t (beta_a + (mean_k cost_k - cost_j) / std_k cost_k).
+  // w_i = R_ij a_i / m_j for parent j of iteration t; returns m_j = sum_i R_ij a_i + kMassEps
+  T weights(int64_t t, int64_t j, const T* a) {
+    const T* rj = &R[(t * J + j) * I];
+    T m = kMassEps;
+    for (int64_t i = 0; i < I; ++i) m += rj[i] * a[i];
+    const T inv_m = T(1) / m;
+    for (int64_t i = 0; i < I; ++i) w[i] = rj[i] * a[i] * inv_m;
+    return m;
+  }
+
+  // M-step t: mu_j = sum_i w_ij V_ij, sigma^2_j = sum_i w_ij (V_ij - mu_j)^2 + kMinVar;
+  // cost_j = (D beta_u + 1/2 sum_d log sigma^2_jd) m_j; logit_j = lambda_t (beta_a +
+  // (mean_k cost_k - cost_j) / std_k cost_k).
   void m_step(int64_t t, const T* a) {
     for (int64_t j = 0; j < J; ++j) {
-      const T *rj = &R[(t * J + j) * I], *vj = &v[j * I * D];
-      T m = kMassEps;
-      for (int64_t i = 0; i < I; ++i) m += rj[i] * a[i];
-      const T inv_m = T(1) / m;
-      Vec<T> s1 = {}, s2 = {};
-      for (int64_t i = 0; i < I; ++i) s1 += (rj[i] * a[i] * inv_m) * load(vj + i * D);
-      for (int64_t i = 0; i < I; ++i) {
-        const Vec<T> e = load(vj + i * D) - s1;
-        s2 += (rj[i] * a[i] * inv_m) * e * e;
+      const T m = weights(t, j, a);
+      T log_var = 0;
+      for (int d = 0; d < D; ++d) {
+        const T* vd = &v[(j * D + d) * I];
+        T s1 = 0, s2 = 0;
+        for (int64_t i = 0; i < I; ++i) s1 += w[i] * vd[i];
+        for (int64_t i = 0; i < I; ++i) s2 += w[i] * (vd[i] - s1) * (vd[i] - s1);
+        mu[(t * J + j) * D + d] = s1;
+        var[(t * J + j) * D + d] = s2 + T(kMinVar);
+        log_var += std::log(s2 + T(kMinVar));
       }
-      const Vec<T> var_j = s2 + T(kMinVar);
-      store(&mu[(t * J + j) * D], s1);
-      store(&var[(t * J + j) * D], var_j);
       mass[t * J + j] = m;
-      cost[t * J + j] = (D * bu[j] + T(0.5) * log_sum<T>(var_j)) * m;
+      cost[t * J + j] = (D * bu[j] + T(0.5) * log_var) * m;
     }
     const T* c = &cost[t * J];
     T mean = 0, sq = 0;
@@ -227,17 +135,17 @@ struct Problem {
   void e_step(int64_t t) {
     T* out = &R[(t + 1) * J * I];
     for (int64_t j = 0; j < J; ++j) {
-      const T* vj = &v[j * I * D];
-      const Vec<T> mu_j = load(&mu[(t * J + j) * D]), var_j = load(&var[(t * J + j) * D]);
-      const Vec<T> inv = T(1) / var_j;
-      const T base = log_sigmoid(logit[t * J + j]) - T(0.5) * log_sum<T>(T(2 * M_PI) * var_j);
-      for (int64_t i = 0; i < I; ++i) {
-        const Vec<T> e = load(vj + i * D) - mu_j;
-        out[j * I + i] = base - T(0.5) * sum<T>(e * e * inv);
+      const T *mu_j = &mu[(t * J + j) * D], *var_j = &var[(t * J + j) * D];
+      T base = log_sigmoid(logit[t * J + j]);
+      for (int d = 0; d < D; ++d) base -= T(0.5) * std::log(T(2 * M_PI) * var_j[d]);
+      T* oj = out + j * I;
+      std::fill(oj, oj + I, base);
+      for (int d = 0; d < D; ++d) {
+        const T *vd = &v[(j * D + d) * I], m = mu_j[d], h = T(0.5) / var_j[d];
+        for (int64_t i = 0; i < I; ++i) oj[i] -= h * (vd[i] - m) * (vd[i] - m);
       }
     }
-    // softmax over j, row by row so that the inner loops run along i (contiguous)
-    std::copy(out, out + I, top.begin());
+    std::copy(out, out + I, top.begin());  // softmax over j
     for (int64_t j = 1; j < J; ++j)
       for (int64_t i = 0; i < I; ++i) top[i] = std::max(top[i], out[j * I + i]);
     std::fill(z.begin(), z.end(), T(0));
@@ -248,8 +156,8 @@ struct Problem {
       for (int64_t i = 0; i < I; ++i) out[j * I + i] *= z[i];
   }
 
-  void forward(const T* m, const T* wp, const T* a) {
-    votes(m, wp);
+  void forward(const T* mt, const T* wt, const T* a) {
+    votes(mt, wt);
     std::fill(R.begin(), R.begin() + J * I, T(1) / J);
     for (int64_t t = 0; t < iters; ++t) {
       m_step(t, a);
@@ -270,28 +178,28 @@ struct Problem {
       mean_gyy += gy * y / J;
     }
     for (int64_t j = 0; j < J; ++j) {
-      const T y = (cost[t * J + j] - mean) / sd, m = mass[t * J + j];
+      const T y = (cost[t * J + j] - mean) / sd, m = weights(t, j, a);
       const T gcost = (-lam * glogit[j] - mean_gy - y * mean_gyy) / sd;
-      const Vec<T> mu_j = load(&mu[(t * J + j) * D]), var_j = load(&var[(t * J + j) * D]);
-      const T *rj = &R[(t * J + j) * I], *vj = &v[j * I * D];
       g_bu[j] += D * m * gcost;
       // dL/dm_j through the cost: cost_j / m_j = D beta_u_j + 1/2 sum_d log sigma^2_jd
       const T gm = gcost * cost[t * J + j] / m;
-      const Vec<T> gs = load(&gvar[j * D]) + T(0.5) * m * gcost / var_j;
-      // s_d = sum_i w_i (V_id - mu_d)^2 depends on mu: ds/dmu = -2 mu (1 - sum_i w_i)
-      const Vec<T> gm1 = load(&gmu[j * D]) - T(2) * gs * mu_j * (T(kMassEps) / m);
       T* grj = &gr[j * I];
-      T* gvj = &gv[j * I * D];
-      T wg = 0;  // sum_i w_i dL/dw_i
-      for (int64_t i = 0; i < I; ++i) {
-        const T w = rj[i] * a[i] / m;
-        const Vec<T> vi = load(vj + i * D), e = vi - mu_j;
-        const T gw = sum<T>(gm1 * vi + gs * e * e);
-        if (with_votes) store(gvj + i * D, load(gvj + i * D) + w * (gm1 + T(2) * gs * e));
-        grj[i] = gw;
-        wg += w * gw;
+      std::fill(grj, grj + I, T(0));  // dL/dw_i = sum_d gm1_d V_id + gs_d (V_id - mu_d)^2
+      for (int d = 0; d < D; ++d) {
+        const T mu_d = mu[(t * J + j) * D + d], var_d = var[(t * J + j) * D + d];
+        const T gs = gvar[j * D + d] + T(0.5) * m * gcost / var_d;
+        // s_d = sum_i w_i (V_id - mu_d)^2 depends on mu: ds/dmu = -2 mu (1 - sum_i w_i)
+        const T gm1 = gmu[j * D + d] - T(2) * gs * mu_d * (T(kMassEps) / m);
+        const T* vd = &v[(j * D + d) * I];
+        for (int64_t i = 0; i < I; ++i) grj[i] += gm1 * vd[i] + gs * (vd[i] - mu_d) * (vd[i] - mu_d);
+        if (!with_votes) continue;
+        T* gvd = &gv[(j * D + d) * I];
+        for (int64_t i = 0; i < I; ++i) gvd[i] += w[i] * (gm1 + T(2) * gs * (vd[i] - mu_d));
       }
+      T wg = 0;  // sum_i w_i dL/dw_i
+      for (int64_t i = 0; i < I; ++i) wg += w[i] * grj[i];
       // w_i = r_i / m, m = sum_i r_i + eps, r_i = R_i a_i
+      const T* rj = &R[(t * J + j) * I];
       for (int64_t i = 0; i < I; ++i) {
         const T g_r = (grj[i] - wg) / m + gm;
         g_a[i] += g_r * rj[i];
@@ -311,49 +219,43 @@ struct Problem {
     for (int64_t j = 0; j < J; ++j)
       for (int64_t i = 0; i < I; ++i) gr[j * I + i] = out[j * I + i] * (gr[j * I + i] - z[i]);
     for (int64_t j = 0; j < J; ++j) {
-      const T* vj = &v[j * I * D];
-      const Vec<T> mu_j = load(&mu[(t * J + j) * D]), inv = T(1) / load(&var[(t * J + j) * D]);
       const T* gl = &gr[j * I];
-      Vec<T> gm = {}, ge2 = {};
       T total = 0;
-      T* gvj = &gv[j * I * D];
-      for (int64_t i = 0; i < I; ++i) {
-        const Vec<T> e = load(vj + i * D) - mu_j;
-        total += gl[i];
-        gm += gl[i] * e;
-        ge2 += gl[i] * e * e;
-        if (with_votes) store(gvj + i * D, load(gvj + i * D) - gl[i] * e * inv);
+      for (int64_t i = 0; i < I; ++i) total += gl[i];
+      for (int d = 0; d < D; ++d) {
+        const T mu_d = mu[(t * J + j) * D + d], inv = T(1) / var[(t * J + j) * D + d];
+        const T* vd = &v[(j * D + d) * I];
+        T ge = 0, ge2 = 0;
+        for (int64_t i = 0; i < I; ++i) {
+          ge += gl[i] * (vd[i] - mu_d);
+          ge2 += gl[i] * (vd[i] - mu_d) * (vd[i] - mu_d);
+        }
+        gmu[j * D + d] = ge * inv;
+        gvar[j * D + d] = T(0.5) * (ge2 * inv - total) * inv;
+        if (!with_votes) continue;
+        T* gvd = &gv[(j * D + d) * I];
+        for (int64_t i = 0; i < I; ++i) gvd[i] -= gl[i] * (vd[i] - mu_d) * inv;
       }
       glogit[j] = sigmoid(-logit[t * J + j]) * total;
-      store(&gmu[j * D], gm * inv);
-      store(&gvar[j * D], T(0.5) * (ge2 * inv - total) * inv);
     }
   }
 
-  // dL/dM_i and dL/dWp_i (added) from gv: V_i = M_i Wp_i, (4x4) @ (4 x 4J).
-  void vote_backward(const T* m, const T* wp, T* g_m, T* g_wp) {
-    const int64_t X = 4 * J;
-    for (int64_t i = 0; i < I; ++i) {
-      for (int64_t j = 0; j < J; ++j)
-        for (int r = 0; r < 4; ++r) std::memcpy(&row[r * X + j * 4], &gv[(j * I + i) * D + r * 4], 4 * sizeof(T));
-      const T *mi = m + i * D, *wi = wp + i * 4 * X;
-      T *gmi = g_m + i * D, *gwi = g_wp + i * 4 * X;
-      const T *g0 = &row[0], *g1 = &row[X], *g2 = &row[2 * X], *g3 = &row[3 * X];
-      for (int q = 0; q < 4; ++q) {  // dWp_i[q] += sum_r M_i[r][q] G[r]: one update per element
-        const T s0 = mi[q], s1 = mi[4 + q], s2 = mi[8 + q], s3 = mi[12 + q];
-        T* gw = gwi + q * X;
-        for (int64_t x = 0; x < X; ++x) gw[x] += s0 * g0[x] + s1 * g1[x] + s2 * g2[x] + s3 * g3[x];
-      }
-      for (int r = 0; r < 4; ++r)  // dM_i[r][q] = G[r] . Wp_i[q]
-        for (int q = 0; q < 4; ++q) {
-          const T *g = &row[r * X], *w = wi + q * X;
-          T dot = 0;
-          for (int64_t x = 0; x < X; ++x) dot += g[x] * w[x];
-          gmi[r * 4 + q] += dot;
+  // dL/dMt and dL/dWt (added) from gv: V[j][r*4+c] = sum_q Mt[r*4+q] Wt[j][q*4+c].
+  void vote_backward(const T* mt, const T* wt, T* g_mt, T* g_wt) {
+    for (int64_t j = 0; j < J; ++j)
+      for (int r = 0; r < 4; ++r)
+        for (int c = 0; c < 4; ++c) {
+          const T* g = &gv[(j * D + r * 4 + c) * I];
+          for (int q = 0; q < 4; ++q) {
+            const T *m = mt + (r * 4 + q) * I, *wq = wt + (j * D + q * 4 + c) * I;
+            T *gm = g_mt + (r * 4 + q) * I, *gw = g_wt + (j * D + q * 4 + c) * I;
+            for (int64_t i = 0; i < I; ++i) {
+              gm[i] += g[i] * wq[i];
+              gw[i] += m[i] * g[i];
+            }
+          }
         }
-    }
   }
-
   // What the backward pass needs of the iterations, beside the votes: R(t) for t >= 1 and
   // each iteration's mu, sigma^2, mass, cost, logits, mean and std of the cost.
   std::vector<std::vector<T>*> kept() {
@@ -382,9 +284,9 @@ struct Problem {
     }
   }
 
-  void backward(const T* m, const T* wp, const T* a, const T* state, const T* g_mu,
-                const T* g_act, T* g_m, T* g_wp, T* g_a, T* g_bu, T* g_ba, bool detach) {
-    votes(m, wp);
+  void backward(const T* mt, const T* wt, const T* a, const T* state, const T* g_mu,
+                const T* g_act, T* g_mt, T* g_wt, T* g_a, T* g_bu, T* g_ba, bool detach) {
+    votes(mt, wt);
     restore(state);
     const int64_t last = iters - 1;
     std::fill(gv.begin(), gv.end(), T(0));
@@ -398,7 +300,7 @@ struct Problem {
       m_step_backward(t, a, g_a, g_bu, g_ba, !detach || t == last);
       if (t > 0) e_step_backward(t - 1, !detach);
     }
-    vote_backward(m, wp, g_m, g_wp);
+    vote_backward(mt, wt, g_mt, g_wt);
   }
 };
 
@@ -416,10 +318,9 @@ void check(const torch::Tensor& poses, const torch::Tensor& weight, const torch:
                 "inputs must be contiguous CPU tensors of one dtype");
 }
 
-// W (I, J, 16) as Wp (I, 4, J, 4): W_ij[q][c] at Wp[i][q][j][c].
-torch::Tensor by_rows(const torch::Tensor& weight) {
-  return weight.view({weight.size(0), weight.size(1), 4, 4}).permute({0, 2, 1, 3}).contiguous();
-}
+// Poses (N, I, 16) as Mt (N, 16, I); the weight (I, J, 16) as Wt (J, 16, I).
+torch::Tensor along_children(const torch::Tensor& poses) { return poses.transpose(1, 2).contiguous(); }
+torch::Tensor weight_along_children(const torch::Tensor& w) { return w.permute({1, 2, 0}).contiguous(); }
 
 }  // namespace
 
@@ -433,9 +334,9 @@ std::vector<torch::Tensor> em_forward(torch::Tensor poses, torch::Tensor weight,
   auto mu_out = poses.new_empty({N, J, D}), a_out = poses.new_empty({N, J});
   const int64_t S = keep ? Problem<float>(I, J, lambdas, nullptr, nullptr).state_size() : 0;
   auto state = poses.new_empty({keep ? N : 0, S});
-  const auto wp = by_rows(weight);
+  const auto mt = along_children(poses), wt = weight_along_children(weight);
   AT_DISPATCH_FLOATING_TYPES(poses.scalar_type(), "em_forward", [&] {
-    const scalar_t *m = poses.data_ptr<scalar_t>(), *w = wp.data_ptr<scalar_t>();
+    const scalar_t *m = mt.data_ptr<scalar_t>(), *w = wt.data_ptr<scalar_t>();
     const scalar_t* a = acts.data_ptr<scalar_t>();
     scalar_t *mo = mu_out.data_ptr<scalar_t>(), *ao = a_out.data_ptr<scalar_t>();
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
@@ -466,14 +367,14 @@ std::vector<torch::Tensor> em_backward(torch::Tensor poses, torch::Tensor weight
               "state must be em_forward's, (N, S)");
   g_mu = g_mu.contiguous().to(poses.scalar_type());
   g_act = g_act.contiguous().to(poses.scalar_type());
-  auto g_m = torch::zeros_like(poses), g_a = torch::zeros_like(acts);
+  auto g_m = poses.new_zeros({N, D, I}), g_a = torch::zeros_like(acts);  // dL/dMt
   // one accumulator per thread for the gradients shared by all problems, summed in order
   const int64_t threads = at::get_num_threads();
-  auto g_w = weight.new_zeros({threads, I, 4, J, 4});  // dL/dWp per thread
-  const auto wp = by_rows(weight);
+  auto g_w = weight.new_zeros({threads, J, D, I});  // dL/dWt per thread
+  const auto mt = along_children(poses), wt = weight_along_children(weight);
   auto g_bu = beta_u.new_zeros({threads, J}), g_ba = beta_a.new_zeros({threads, J});
   AT_DISPATCH_FLOATING_TYPES(poses.scalar_type(), "em_backward", [&] {
-    const scalar_t *m = poses.data_ptr<scalar_t>(), *w = wp.data_ptr<scalar_t>();
+    const scalar_t *m = mt.data_ptr<scalar_t>(), *w = wt.data_ptr<scalar_t>();
     const scalar_t *a = acts.data_ptr<scalar_t>(), *gmo = g_mu.data_ptr<scalar_t>();
     const scalar_t* gao = g_act.data_ptr<scalar_t>();
     scalar_t *gm = g_m.data_ptr<scalar_t>(), *ga = g_a.data_ptr<scalar_t>();
@@ -487,8 +388,8 @@ std::vector<torch::Tensor> em_backward(torch::Tensor poses, torch::Tensor weight
                     gao + n * J, gm + n * I * D, gw, ga + n * I, gbu, gba, detach);
     });
   });
-  auto g_weight = g_w.sum(0).permute({0, 2, 1, 3}).reshape({I, J, D});
-  return {g_m, g_weight, g_a, g_bu.sum(0), g_ba.sum(0)};
+  auto g_weight = g_w.sum(0).permute({2, 0, 1}).contiguous();  // (I, J, 16)
+  return {g_m.transpose(1, 2).contiguous(), g_weight, g_a, g_bu.sum(0), g_ba.sum(0)};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
