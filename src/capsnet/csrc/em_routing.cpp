@@ -34,6 +34,11 @@ T log_sigmoid(T x) {
 }
 
 template <typename T>
+T sq(T x) {
+  return x * x;
+}
+
+template <typename T>
 T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
@@ -107,15 +112,19 @@ struct Problem {
   void m_step(int64_t t, const T* a) {
     for (int64_t j = 0; j < J; ++j) {
       const T m = weights(t, j, a);
-      T log_var = 0;
-      for (int d = 0; d < D; ++d) {
-        const T* vd = &v[(j * D + d) * I];
-        T s1 = 0, s2 = 0;
-        for (int64_t i = 0; i < I; ++i) s1 += w[i] * vd[i];
-        for (int64_t i = 0; i < I; ++i) s2 += w[i] * (vd[i] - s1) * (vd[i] - s1);
-        mu[(t * J + j) * D + d] = s1;
-        var[(t * J + j) * D + d] = s2 + T(kMinVar);
-        log_var += std::log(s2 + T(kMinVar));
+      const T* vj = &v[j * D * I];
+      T *mu_j = &mu[(t * J + j) * D], *var_j = &var[(t * J + j) * D], log_var = 0;
+      for (int d0 = 0; d0 < D; d0 += 8) {  // 8 components at once: 8 independent sums
+        T s1[8] = {}, s2[8] = {};
+        for (int64_t i = 0; i < I; ++i)
+          for (int k = 0; k < 8; ++k) s1[k] += w[i] * vj[(d0 + k) * I + i];
+        for (int64_t i = 0; i < I; ++i)
+          for (int k = 0; k < 8; ++k) s2[k] += w[i] * sq(vj[(d0 + k) * I + i] - s1[k]);
+        for (int k = 0; k < 8; ++k) {
+          mu_j[d0 + k] = s1[k];
+          var_j[d0 + k] = s2[k] + T(kMinVar);
+          log_var += std::log(var_j[d0 + k]);
+        }
       }
       mass[t * J + j] = m;
       cost[t * J + j] = (D * bu[j] + T(0.5) * log_var) * m;
@@ -140,9 +149,15 @@ struct Problem {
       for (int d = 0; d < D; ++d) base -= T(0.5) * std::log(T(2 * M_PI) * var_j[d]);
       T* oj = out + j * I;
       std::fill(oj, oj + I, base);
-      for (int d = 0; d < D; ++d) {
-        const T *vd = &v[(j * D + d) * I], m = mu_j[d], h = T(0.5) / var_j[d];
-        for (int64_t i = 0; i < I; ++i) oj[i] -= h * (vd[i] - m) * (vd[i] - m);
+      const T* vj = &v[j * D * I];
+      for (int d0 = 0; d0 < D; d0 += 8) {  // 8 components a pass over the row
+        T m[8], h[8];
+        for (int k = 0; k < 8; ++k) m[k] = mu_j[d0 + k], h[k] = T(0.5) / var_j[d0 + k];
+        for (int64_t i = 0; i < I; ++i) {
+          T q = 0;
+          for (int k = 0; k < 8; ++k) q += h[k] * sq(vj[(d0 + k) * I + i] - m[k]);
+          oj[i] -= q;
+        }
       }
     }
     std::copy(out, out + I, top.begin());  // softmax over j
@@ -191,7 +206,7 @@ struct Problem {
         // s_d = sum_i w_i (V_id - mu_d)^2 depends on mu: ds/dmu = -2 mu (1 - sum_i w_i)
         const T gm1 = gmu[j * D + d] - T(2) * gs * mu_d * (T(kMassEps) / m);
         const T* vd = &v[(j * D + d) * I];
-        for (int64_t i = 0; i < I; ++i) grj[i] += gm1 * vd[i] + gs * (vd[i] - mu_d) * (vd[i] - mu_d);
+        for (int64_t i = 0; i < I; ++i) grj[i] += gm1 * vd[i] + gs * sq(vd[i] - mu_d);
         if (!with_votes) continue;
         T* gvd = &gv[(j * D + d) * I];
         for (int64_t i = 0; i < I; ++i) gvd[i] += w[i] * (gm1 + T(2) * gs * (vd[i] - mu_d));
@@ -222,17 +237,23 @@ struct Problem {
       const T* gl = &gr[j * I];
       T total = 0;
       for (int64_t i = 0; i < I; ++i) total += gl[i];
-      for (int d = 0; d < D; ++d) {
-        const T mu_d = mu[(t * J + j) * D + d], inv = T(1) / var[(t * J + j) * D + d];
-        const T* vd = &v[(j * D + d) * I];
-        T ge = 0, ge2 = 0;
-        for (int64_t i = 0; i < I; ++i) {
-          ge += gl[i] * (vd[i] - mu_d);
-          ge2 += gl[i] * (vd[i] - mu_d) * (vd[i] - mu_d);
+      const T *vj = &v[j * D * I], *mu_j = &mu[(t * J + j) * D], *var_j = &var[(t * J + j) * D];
+      for (int d0 = 0; d0 < D; d0 += 8) {  // 8 components at once: 8 independent sums each
+        T ge[8] = {}, ge2[8] = {};
+        for (int64_t i = 0; i < I; ++i)
+          for (int k = 0; k < 8; ++k) {
+            const T e = vj[(d0 + k) * I + i] - mu_j[d0 + k];
+            ge[k] += gl[i] * e;
+            ge2[k] += gl[i] * e * e;
+          }
+        for (int k = 0; k < 8; ++k) {
+          const T inv = T(1) / var_j[d0 + k];
+          gmu[j * D + d0 + k] = ge[k] * inv;
+          gvar[j * D + d0 + k] = T(0.5) * (ge2[k] * inv - total) * inv;
         }
-        gmu[j * D + d] = ge * inv;
-        gvar[j * D + d] = T(0.5) * (ge2 * inv - total) * inv;
-        if (!with_votes) continue;
+      }
+      for (int d = 0; d < D && with_votes; ++d) {
+        const T *vd = vj + d * I, mu_d = mu_j[d], inv = T(1) / var_j[d];
         T* gvd = &gv[(j * D + d) * I];
         for (int64_t i = 0; i < I; ++i) gvd[i] -= gl[i] * (vd[i] - mu_d) * inv;
       }
@@ -244,18 +265,24 @@ struct Problem {
   void vote_backward(const T* mt, const T* wt, T* g_mt, T* g_wt) {
     for (int64_t j = 0; j < J; ++j)
       for (int r = 0; r < 4; ++r)
-        for (int c = 0; c < 4; ++c) {
-          const T* g = &gv[(j * D + r * 4 + c) * I];
-          for (int q = 0; q < 4; ++q) {
-            const T *m = mt + (r * 4 + q) * I, *wq = wt + (j * D + q * 4 + c) * I;
-            T *gm = g_mt + (r * 4 + q) * I, *gw = g_wt + (j * D + q * 4 + c) * I;
-            for (int64_t i = 0; i < I; ++i) {
-              gm[i] += g[i] * wq[i];
-              gw[i] += m[i] * g[i];
-            }
-          }
+        for (int q = 0; q < 4; ++q) {  // dMt[r*4+q] += sum_c G[j][r*4+c] Wt[j][q*4+c]
+          const T *g = &gv[(j * D + r * 4) * I], *wq = wt + (j * D + q * 4) * I;
+          T* gm = g_mt + (r * 4 + q) * I;
+          for (int64_t i = 0; i < I; ++i)
+            gm[i] += g[i] * wq[i] + g[I + i] * wq[I + i] + g[2 * I + i] * wq[2 * I + i] +
+                     g[3 * I + i] * wq[3 * I + i];
+        }
+    for (int64_t j = 0; j < J; ++j)
+      for (int q = 0; q < 4; ++q)
+        for (int c = 0; c < 4; ++c) {  // dWt[j][q*4+c] += sum_r Mt[r*4+q] G[j][r*4+c]
+          const T *g = &gv[(j * D + c) * I], *m = mt + q * I;
+          T* gw = g_wt + (j * D + q * 4 + c) * I;
+          for (int64_t i = 0; i < I; ++i)
+            gw[i] += m[i] * g[i] + m[4 * I + i] * g[4 * I + i] + m[8 * I + i] * g[8 * I + i] +
+                     m[12 * I + i] * g[12 * I + i];
         }
   }
+
   // What the backward pass needs of the iterations, beside the votes: R(t) for t >= 1 and
   // each iteration's mu, sigma^2, mass, cost, logits, mean and std of the cost.
   std::vector<std::vector<T>*> kept() {
