@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -181,8 +182,11 @@ struct Problem {
   }
 
   // Adjoint of M-step t, given gmu, gvar, glogit of its outputs: adds to g_bu, g_ba, g_a,
-  // to gv if with_votes, and leaves dL/dR(t)_ij in gr.
-  void m_step_backward(int64_t t, const T* a, T* g_a, T* g_bu, T* g_ba, bool with_votes) {
+  // to gv if with_votes, and leaves dL/dR(t)_ij in gr. With e_pending, gr holds on entry
+  // the logits' adjoint of E-step t, whose term in gv (see e_step_backward) is added here, in
+  // the same pass over the votes as the M-step's own.
+  void m_step_backward(int64_t t, const T* a, T* g_a, T* g_bu, T* g_ba, bool with_votes,
+                       bool e_pending) {
     const T lam = T(lambdas[t]), mean = stats[t * 2], sd = stats[t * 2 + 1];
     // logit_j = lam (beta_a_j - y_j), y_j = (cost_j - mean) / sd: a standardisation's adjoint
     T mean_gy = 0, mean_gyy = 0;
@@ -198,18 +202,28 @@ struct Problem {
       g_bu[j] += D * m * gcost;
       // dL/dm_j through the cost: cost_j / m_j = D beta_u_j + 1/2 sum_d log sigma^2_jd
       const T gm = gcost * cost[t * J + j] / m;
+      const T *mu_j = &mu[(t * J + j) * D], *var_j = &var[(t * J + j) * D], *vj = &v[j * D * I];
+      const auto adjoints = [&](int d) {  // dL/d(sum before the floor), dL/dmu_jd in all
+        const T gs = gvar[j * D + d] + T(0.5) * m * gcost / var_j[d];
+        // s_d = sum_i w_i (V_id - mu_d)^2 depends on mu: ds/dmu = -2 mu (1 - sum_i w_i)
+        return std::make_pair(gs, gmu[j * D + d] - T(2) * gs * mu_j[d] * (T(kMassEps) / m));
+      };
       T* grj = &gr[j * I];
+      for (int d = 0; d < D && with_votes; ++d) {
+        const auto [gs, gm1] = adjoints(d);
+        const T *vd = vj + d * I, mu_d = mu_j[d], inv = T(1) / var_j[d];
+        T* gvd = &gv[(j * D + d) * I];
+        if (e_pending)
+          for (int64_t i = 0; i < I; ++i)
+            gvd[i] += w[i] * (gm1 + T(2) * gs * (vd[i] - mu_d)) - grj[i] * (vd[i] - mu_d) * inv;
+        else
+          for (int64_t i = 0; i < I; ++i) gvd[i] += w[i] * (gm1 + T(2) * gs * (vd[i] - mu_d));
+      }
       std::fill(grj, grj + I, T(0));  // dL/dw_i = sum_d gm1_d V_id + gs_d (V_id - mu_d)^2
       for (int d = 0; d < D; ++d) {
-        const T mu_d = mu[(t * J + j) * D + d], var_d = var[(t * J + j) * D + d];
-        const T gs = gvar[j * D + d] + T(0.5) * m * gcost / var_d;
-        // s_d = sum_i w_i (V_id - mu_d)^2 depends on mu: ds/dmu = -2 mu (1 - sum_i w_i)
-        const T gm1 = gmu[j * D + d] - T(2) * gs * mu_d * (T(kMassEps) / m);
-        const T* vd = &v[(j * D + d) * I];
+        const auto [gs, gm1] = adjoints(d);
+        const T *vd = vj + d * I, mu_d = mu_j[d];
         for (int64_t i = 0; i < I; ++i) grj[i] += gm1 * vd[i] + gs * sq(vd[i] - mu_d);
-        if (!with_votes) continue;
-        T* gvd = &gv[(j * D + d) * I];
-        for (int64_t i = 0; i < I; ++i) gvd[i] += w[i] * (gm1 + T(2) * gs * (vd[i] - mu_d));
       }
       T wg = 0;  // sum_i w_i dL/dw_i
       for (int64_t i = 0; i < I; ++i) wg += w[i] * grj[i];
@@ -224,8 +238,9 @@ struct Problem {
   }
 
   // Adjoint of E-step t, given dL/dR(t+1) in gr: sets gmu, gvar, glogit of iteration t and
-  // adds to gv if with_votes.
-  void e_step_backward(int64_t t, bool with_votes) {
+  // leaves dL/dlogits in gr; their term in gv, -gl_i (V_id - mu_d) / sigma^2_d, is added by
+  // m_step_backward(t) (same mu, sigma^2).
+  void e_step_backward(int64_t t) {
     const T* out = &R[(t + 1) * J * I];
     // softmax over j: gL = R (gR - sum_k R_k gR_k), row by row (z holds the sums)
     std::fill(z.begin(), z.end(), T(0));
@@ -251,11 +266,6 @@ struct Problem {
           gmu[j * D + d0 + k] = ge[k] * inv;
           gvar[j * D + d0 + k] = T(0.5) * (ge2[k] * inv - total) * inv;
         }
-      }
-      for (int d = 0; d < D && with_votes; ++d) {
-        const T *vd = vj + d * I, mu_d = mu_j[d], inv = T(1) / var_j[d];
-        T* gvd = &gv[(j * D + d) * I];
-        for (int64_t i = 0; i < I; ++i) gvd[i] -= gl[i] * (vd[i] - mu_d) * inv;
       }
       glogit[j] = sigmoid(-logit[t * J + j]) * total;
     }
@@ -324,8 +334,8 @@ struct Problem {
       glogit[j] = g_act[j] * s * (1 - s);
     }
     for (int64_t t = last; t >= 0; --t) {
-      m_step_backward(t, a, g_a, g_bu, g_ba, !detach || t == last);
-      if (t > 0) e_step_backward(t - 1, !detach);
+      m_step_backward(t, a, g_a, g_bu, g_ba, !detach || t == last, t < last && !detach);
+      if (t > 0) e_step_backward(t - 1);
     }
     vote_backward(mt, wt, g_mt, g_wt);
   }
