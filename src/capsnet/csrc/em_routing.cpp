@@ -2,7 +2,8 @@
 //
 // Procedure 1 of Hinton, Sabour & Frosst (2018) with capsule_em's schedule, variance floor
 // and mass, and the cost standardised over the parents: the maths of capsnet/em_routing.py,
-// computed one routing problem at a time so that its votes V_ij = M_i W_ij stay in cache.
+// computed one routing problem at a time, so that its votes V_ij = M_i W_ij need a buffer of
+// one problem's size, not the batch's.
 // Between the passes, each problem keeps each iteration's R, mu, sigma^2, cost and logits
 // (about 1/8 of its votes' size for 3 iterations) but not the votes: the backward pass makes
 // them again, then walks the iterations in reverse with the adjoint of each E- and M-step.
@@ -19,7 +20,6 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
-#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -97,14 +97,10 @@ struct Problem {
         }
   }
 
-  // w_i = R_ij a_i / m_j for parent j of iteration t; returns m_j = sum_i R_ij a_i + kMassEps
-  T weights(int64_t t, int64_t j, const T* a) {
-    const T* rj = &R[(t * J + j) * I];
-    T m = kMassEps;
-    for (int64_t i = 0; i < I; ++i) m += rj[i] * a[i];
-    const T inv_m = T(1) / m;
+  // w_i = R_ij a_i / m_j for parent j of iteration t, its mass m_j given
+  void weights(int64_t t, int64_t j, const T* a, T m) {
+    const T *rj = &R[(t * J + j) * I], inv_m = T(1) / m;
     for (int64_t i = 0; i < I; ++i) w[i] = rj[i] * a[i] * inv_m;
-    return m;
   }
 
   // M-step t: mu_j = sum_i w_ij V_ij, sigma^2_j = sum_i w_ij (V_ij - mu_j)^2 + kMinVar;
@@ -112,7 +108,10 @@ struct Problem {
   // (mean_k cost_k - cost_j) / std_k cost_k).
   void m_step(int64_t t, const T* a) {
     for (int64_t j = 0; j < J; ++j) {
-      const T m = weights(t, j, a);
+      const T* rj = &R[(t * J + j) * I];
+      T m = kMassEps;  // m_j = sum_i R_ij a_i + kMassEps
+      for (int64_t i = 0; i < I; ++i) m += rj[i] * a[i];
+      weights(t, j, a, m);
       const T* vj = &v[j * D * I];
       T *mu_j = &mu[(t * J + j) * D], *var_j = &var[(t * J + j) * D], log_var = 0;
       for (int d0 = 0; d0 < D; d0 += 8) {  // 8 components at once: 8 independent sums
@@ -197,7 +196,8 @@ struct Problem {
       mean_gyy += gy * y / J;
     }
     for (int64_t j = 0; j < J; ++j) {
-      const T y = (cost[t * J + j] - mean) / sd, m = weights(t, j, a);
+      const T y = (cost[t * J + j] - mean) / sd, m = mass[t * J + j];
+      weights(t, j, a, m);
       const T gcost = (-lam * glogit[j] - mean_gy - y * mean_gyy) / sd;
       g_bu[j] += D * m * gcost;
       // dL/dm_j through the cost: cost_j / m_j = D beta_u_j + 1/2 sum_d log sigma^2_jd
