@@ -379,3 +379,18 @@ def test_metrics_json_of_the_wrong_shape(
     err = one_line_error(capsys, commands(run, tmp_path, mnist_dir)[command])
     assert f"{run / 'metrics.json'}: {message}" in err
     assert not (tmp_path / "figs").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("not_a_field=1", "CapsNetConfig has no field 'not_a_field'; its fields: "),
+        ("conv1_channels=abc", "conv1_channels must be an integer, found 'abc'"),
+        ("num_classes=3", "num_classes: set by the data, not a model option"),
+    ],
+)
+def test_a_bad_model_option_is_reported_before_the_data_is_read(tmp_path, capsys, option, message):
+    missing = tmp_path / "no-data-here"
+    argv = ["train", "--out", str(tmp_path / "r"), "--data-dir", str(missing)]
+    err = one_line_error(capsys, [*argv, "--model-option", option])
+    assert message in err and str(missing) not in err

@@ -27,7 +27,7 @@ from capsnet.models import (
     provides,
     require,
 )
-from capsnet.models.registry import _REGISTRY, build
+from capsnet.models.registry import _REGISTRY
 from capsnet.training import RunDir
 from capsnet.viz import save_coupling
 
@@ -83,8 +83,8 @@ class _NoLoss(nn.Module):
 
 @pytest.fixture
 def linear_family(monkeypatch):
-    monkeypatch.setitem(_REGISTRY, "linear-test", lambda **o: build(_Linear, ModelConfig(), o))
-    monkeypatch.setitem(_REGISTRY, "noloss-test", lambda **o: build(_NoLoss, ModelConfig(), o))
+    monkeypatch.setitem(_REGISTRY, "linear-test", (_Linear, ModelConfig()))
+    monkeypatch.setitem(_REGISTRY, "noloss-test", (_NoLoss, ModelConfig()))
 
 
 def test_a_tool_refuses_a_missing_part_in_one_line_naming_model_and_part(linear_family):

@@ -27,8 +27,8 @@ from capsnet.models.contract import (
 from capsnet.models.efficient import EfficientCapsNet, EfficientCapsNetConfig
 from capsnet.models.em_capsnet import EMCapsNet, EMCapsNetConfig
 from capsnet.models.registry import (
-    build,
     check_model_name,
+    check_model_options,
     create_model,
     list_models,
     register_model,
@@ -56,8 +56,8 @@ __all__ = [
     "Scored",
     "SoftmaxOutput",
     "VectorCapsuleConfig",
-    "build",
     "check_model_name",
+    "check_model_options",
     "create_model",
     "list_models",
     "provides",

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from capsnet.errors import ConfigError
 from capsnet.models.config import ModelConfig
-from capsnet.models.registry import build, register_model
+from capsnet.models.registry import register_model
 from capsnet.targets import OverlayTargets
 
 
@@ -91,16 +91,12 @@ PAPER_BASELINE = BaselineConfig()
 SMALL_BASELINE = BaselineConfig(conv_channels=(64, 64, 32), hidden=(128, 64))
 
 
-@register_model("baseline-cnn")
-def baseline_cnn(**overrides: Any) -> BaselineCNN:
-    """The paper's baseline: 35,445,522 parameters on 28×28 inputs with 10 classes."""
-    return build(BaselineCNN, PAPER_BASELINE, overrides)
+# The paper's baseline: 35,445,522 parameters on 28×28 inputs with 10 classes.
+register_model("baseline-cnn", BaselineCNN, PAPER_BASELINE)
 
 
-@register_model("baseline-cnn-small")
-def baseline_cnn_small(**overrides: Any) -> BaselineCNN:
-    """A CPU-sized baseline: convolutions of 64, 64, 32 channels, FC 128, 64."""
-    return build(BaselineCNN, SMALL_BASELINE, overrides)
+# A CPU-sized baseline: convolutions of 64, 64, 32 channels, FC 128, 64.
+register_model("baseline-cnn-small", BaselineCNN, SMALL_BASELINE)
 
 
 __all__ = ["BaselineCNN", "BaselineConfig", "SoftmaxOutput"]

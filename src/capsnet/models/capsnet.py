@@ -12,7 +12,7 @@ from capsnet.errors import ConfigError
 from capsnet.layers import Decoder, PrimaryCaps, RoutingCaps
 from capsnet.losses import capsnet_loss
 from capsnet.models.config import VectorCapsuleConfig, conv_out
-from capsnet.models.registry import build, register_model
+from capsnet.models.registry import register_model
 from capsnet.targets import OverlayTargets
 
 
@@ -192,16 +192,12 @@ PAPER = CapsNetConfig()
 SMALL = CapsNetConfig(conv1_channels=64, primary_types=16, decoder_hidden=(256, 512))
 
 
-@register_model("capsnet-mnist")
-def capsnet_mnist(**overrides: Any) -> CapsNet:
-    """The paper's network: 8,215,568 parameters on 28×28 inputs with 10 classes."""
-    return build(CapsNet, PAPER, overrides)
+# The paper's network: 8,215,568 parameters on 28×28 inputs with 10 classes.
+register_model("capsnet-mnist", CapsNet, PAPER)
 
 
-@register_model("capsnet-small")
-def capsnet_small(**overrides: Any) -> CapsNet:
-    """A CPU-sized CapsNet: 64 conv1 channels, 16 primary capsule types, smaller decoder."""
-    return build(CapsNet, SMALL, overrides)
+# A CPU-sized CapsNet: 64 conv1 channels, 16 primary capsule types, smaller decoder.
+register_model("capsnet-small", CapsNet, SMALL)
 
 
 __all__ = ["CapsNet", "CapsNetConfig", "CapsNetOutput", "CapsuleModel"]

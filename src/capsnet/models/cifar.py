@@ -13,13 +13,12 @@ none-of-the-above).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor
 
 from capsnet.layers import RoutingCaps
 from capsnet.models.capsnet import CapsNet, CapsNetConfig
-from capsnet.models.registry import build, register_model
+from capsnet.models.registry import register_model
 from capsnet.routing import Routed, RoutingSpec
 
 
@@ -60,10 +59,8 @@ class CifarCapsNet(CapsNet):
             )
 
 
-@register_model("capsnet-cifar10")
-def capsnet_cifar10(**overrides: Any) -> CifarCapsNet:
-    """The paper's CIFAR-10 network (one model of its 7-model ensemble)."""
-    return build(CifarCapsNet, CifarCapsNetConfig(), overrides)
+# The paper's CIFAR-10 network (one model of its 7-model ensemble).
+register_model("capsnet-cifar10", CifarCapsNet, CifarCapsNetConfig())
 
 
 __all__ = ["CifarCapsNet", "CifarCapsNetConfig", "NoneOfTheAboveCaps"]

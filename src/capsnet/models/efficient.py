@@ -18,7 +18,6 @@ the summed squared error on 28×28 images (``reconstruction_weight=0.0005``; the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor, nn
 
@@ -26,7 +25,7 @@ from capsnet.errors import ConfigError
 from capsnet.layers import PrimaryCaps
 from capsnet.models.capsnet import CapsNet
 from capsnet.models.config import VectorCapsuleConfig, conv_out
-from capsnet.models.registry import build, register_model
+from capsnet.models.registry import register_model
 from capsnet.routing import efficient_squash
 
 
@@ -102,10 +101,8 @@ class EfficientCapsNet(CapsNet):
         return self.primary(self.stem(x))  # (B, I, primary_dim)
 
 
-@register_model("efficient-capsnet")
-def efficient_capsnet(**overrides: Any) -> EfficientCapsNet:
-    """The paper's MNIST network: 161,824 parameters + 1,411,344 in the decoder."""
-    return build(EfficientCapsNet, EfficientCapsNetConfig(), overrides)
+# The paper's MNIST network: 161,824 parameters + 1,411,344 in the decoder.
+register_model("efficient-capsnet", EfficientCapsNet, EfficientCapsNetConfig())
 
 
 __all__ = ["EfficientCapsNet", "EfficientCapsNetConfig"]

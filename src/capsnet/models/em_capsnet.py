@@ -25,7 +25,7 @@ from capsnet.losses import spread_loss
 from capsnet.models.capsnet import CapsNetOutput, CapsuleModel
 from capsnet.models.config import CapsuleConfig
 from capsnet.models.config import conv_out as _conv_out
-from capsnet.models.registry import build, register_model
+from capsnet.models.registry import register_model
 from capsnet.targets import OverlayTargets
 
 
@@ -146,16 +146,12 @@ PAPER_EM = EMCapsNetConfig(
 SMALL_EM = EMCapsNetConfig()
 
 
-@register_model("em-capsnet")
-def em_capsnet(**overrides: Any) -> EMCapsNet:
-    """The paper's smallNORB network, A = B = C = D = 32 (316,394 parameters)."""
-    return build(EMCapsNet, PAPER_EM, overrides)
+# The paper's smallNORB network, A = B = C = D = 32 (316,394 parameters).
+register_model("em-capsnet", EMCapsNet, PAPER_EM)
 
 
-@register_model("em-capsnet-small")
-def em_capsnet_small(**overrides: Any) -> EMCapsNet:
-    """A CPU-sized matrix capsule network: A = 32, B = C = D = 8."""
-    return build(EMCapsNet, SMALL_EM, overrides)
+# A CPU-sized matrix capsule network: A = 32, B = C = D = 8.
+register_model("em-capsnet-small", EMCapsNet, SMALL_EM)
 
 
 __all__ = ["EMCapsNet", "EMCapsNetConfig"]

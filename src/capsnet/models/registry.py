@@ -1,4 +1,4 @@
-"""The model registry: a name → a function building the model from config overrides."""
+"""The model registry: a name → a model class and the config whose fields overrides replace."""
 
 from __future__ import annotations
 
@@ -11,18 +11,14 @@ from torch import nn
 from capsnet.errors import ConfigError
 from capsnet.typecheck import check_field_types
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_REGISTRY: dict[str, tuple[Callable[[Any], nn.Module], Any]] = {}  # name -> (class, config)
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register ``fn(**overrides) -> model`` as ``name``. A registered model
-    meets :class:`capsnet.models.contract.Classifier`, and the tools need nothing else."""
-
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+def register_model(name: str, model_cls: Callable[[Any], nn.Module], base: Any) -> None:
+    """Register ``name``: ``model_cls(config)`` with ``base``, a frozen config dataclass, as
+    the defaults the overrides replace. A registered model meets
+    :class:`capsnet.models.contract.Classifier`, and the tools need nothing else."""
+    _REGISTRY[name] = (model_cls, base)
 
 
 def list_models() -> list[str]:
@@ -35,22 +31,42 @@ def check_model_name(name: str) -> None:
         raise ConfigError(f"unknown model '{name}'; choose from: {', '.join(list_models())}")
 
 
+def check_model_options(name: str, overrides: dict[str, Any]) -> None:
+    """ConfigError unless ``name`` is registered and every override names a field of its
+    config with a value of that field's type (cheap: nothing is built, no data needed)."""
+    check_model_name(name)
+    _check_overrides(type(_REGISTRY[name][1]), overrides)
+
+
+def _check_overrides(cls: type, overrides: dict[str, Any]) -> None:
+    fields = [f.name for f in dataclasses.fields(cls)]
+    if unknown := sorted(set(overrides) - set(fields)):
+        raise ConfigError(
+            f"bad model override: {cls.__name__} has no field {', '.join(map(repr, unknown))}; "
+            f"its fields: {', '.join(fields)}"
+        )
+    check_field_types(cls, overrides)
+
+
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build a registered model; ``overrides`` replace fields of its default config."""
     check_model_name(name)
-    model = _REGISTRY[name](**overrides)
+    model = _build(*_REGISTRY[name], overrides)
     model.name = name  # what the tools call it in messages
     return model
 
 
-def build(model_cls: Callable[[Any], nn.Module], base: Any, overrides: dict[str, Any]) -> Any:
+def _build(model_cls: Callable[[Any], nn.Module], base: Any, overrides: dict[str, Any]) -> Any:
     """``model_cls(base config with overrides)``; ConfigError for an unknown field or a
     value of the wrong type."""
-    check_field_types(type(base), overrides)
-    try:
-        return model_cls(dataclasses.replace(base, **overrides))
-    except TypeError as e:  # unknown field
-        raise ConfigError(f"bad model override: {e}") from None
+    _check_overrides(type(base), overrides)
+    return model_cls(dataclasses.replace(base, **overrides))
 
 
-__all__ = ["build", "check_model_name", "create_model", "list_models", "register_model"]
+__all__ = [
+    "check_model_name",
+    "check_model_options",
+    "create_model",
+    "list_models",
+    "register_model",
+]

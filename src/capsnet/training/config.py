@@ -11,11 +11,14 @@ from typing import Any
 from capsnet.data.tasks import check_dataset
 from capsnet.data.transforms import Augmentation
 from capsnet.errors import ConfigError
-from capsnet.models import check_model_name
+from capsnet.models import check_model_options
 from capsnet.names import LR_SCHEDULES
 from capsnet.runtime import check_precision
 
 log = logging.getLogger(__name__)
+
+
+DATA_FIELDS = ("in_channels", "input_size", "num_classes")  # model fields the data sets
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,9 @@ class TrainConfig:
         self.augmentation()  # checks rotation, scale, elastic
         check_precision(self.precision)
         check_dataset(self.dataset, self.dataset_options, train=True)  # before loading data
-        check_model_name(self.model)
+        check_model_options(self.model, self.model_overrides)  # before loading data
+        if clash := sorted(set(DATA_FIELDS) & set(self.model_overrides)):
+            raise ConfigError(f"{', '.join(clash)}: set by the data, not a model option")
         if self.tensorboard:
             from capsnet.tensorboard import check_available
 

@@ -53,11 +53,10 @@ LOSS_DECODES = "true_class"  # history.csv: what val_loss reconstructs (older ru
 
 
 def build_model(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The registered model with its input shape and class count taken from the data."""
+    """The registered model with its input shape and class count taken from the data (the
+    config has checked that its overrides set none of these)."""
     c, h, w = image_shape
     overrides = {"in_channels": c, "input_size": (h, w), "num_classes": num_classes}
-    if clash := sorted(set(overrides) & set(cfg.model_overrides)):
-        raise ConfigError(f"{', '.join(clash)}: set by the data, not a model option")
     return create_model(cfg.model, **overrides, **cfg.model_overrides)
 
 
