@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 C=.venv/bin/capsnet
 PY=.venv/bin/python
 CSV=benchmarks/results.csv
-echo "# $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD), $(lscpu | grep 'Model name' | sed 's/  */ /g'), $(nproc) cores"
+# bf16 rows only where the CPU computes bf16 natively (elsewhere it is ~20x slower than fp32)
+BF16=$($PY -c "from capsnet.runtime import cpu_has_native_bf16 as n; print(int(n()))")
+echo "# $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD), $(lscpu | grep 'Model name' | sed 's/  */ /g'), $(nproc) cores, native bf16: $BF16"
 # dynamic routing, self-attention routing, EM routing (batch 100; em-capsnet at 16: ~30 s a step)
 for model in capsnet-mnist capsnet-small efficient-capsnet em-capsnet-small; do
   $C bench --model "$model" --csv $CSV
@@ -19,10 +21,10 @@ $C bench --model em-capsnet --batch-size 16 --warmup 1 --steps 3 --csv $CSV
 # old vs new, side by side: PrimaryCaps direct vs through the DFT; the plain implementation
 $C bench --model capsnet-mnist --model-option conv_algorithm=direct --csv $CSV
 $PY -m benchmarks.compare_plain --rounds 2 --csv $CSV
-$PY -m benchmarks.compare_plain --rounds 2 --precision bf16 --csv $CSV
+[ "$BF16" = 1 ] && $PY -m benchmarks.compare_plain --rounds 2 --precision bf16 --csv $CSV
 PYTHONPATH=src:. $PY -m benchmarks.em_routing --model em-capsnet-small --old-batch 100 --new-batch 100 --rounds 1
 $C bench --model capsnet-mnist --compile --warmup 3 --steps 5 --csv $CSV
-$C bench --model capsnet-mnist --precision bf16 --csv $CSV
+[ "$BF16" = 1 ] && $C bench --model capsnet-mnist --precision bf16 --csv $CSV
 $PY -m benchmarks.conv_forms | tee benchmarks/conv-forms.jsonl
 for b in 16 50 100 200; do  # one process each: peak RSS is per process
   $C bench --model capsnet-mnist --batch-size $b --warmup 1 --steps 1 --json
