@@ -1,10 +1,11 @@
 """Native (C++) kernels, compiled on first use.
 
-``csrc/em_routing.cpp`` (EM routing of convolutional matrix capsules, forward and backward)
-is built with :func:`torch.utils.cpp_extension.load` the first time it is needed, into
-PyTorch's extension cache (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``),
-under a name that changes with the source and with this CPU's instruction sets (it is built
-with ``-march=native``). It needs a C++ compiler and ninja; where the build fails, a warning
+``csrc/em_routing.cpp`` (EM routing of convolutional matrix capsules, forward and backward;
+the maths of one routing problem in ``csrc/em_problem.h``) is built with
+:func:`torch.utils.cpp_extension.load` the first time it is needed, into PyTorch's extension
+cache (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), under a name that
+changes with the sources and with this CPU's instruction sets (it is built with
+``-march=native``). It needs a C++ compiler and ninja; where the build fails, a warning
 says why once and the callers take their pure PyTorch path, which gives the same numbers.
 ``CAPSNET_NATIVE=0`` in the environment turns the native path off.
 """
@@ -25,6 +26,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "em_routing.cpp"
+HEADERS = sorted((Path(__file__).parent / "csrc").glob("*.h"))  # in the build's key too
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only"]
 
 
@@ -61,7 +63,7 @@ def em_kernels() -> ModuleType | None:
     failed (logged once)."""
     from torch.utils.cpp_extension import load
 
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in (SOURCE, *HEADERS))
     key = hashlib.sha256(source + " ".join(FLAGS).encode() + _cpu_key().encode())
     name = f"capsnet_em_{key.hexdigest()[:16]}"
     _find_ninja()
