@@ -26,7 +26,6 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "em_routing.cpp"
-HEADERS = sorted((Path(__file__).parent / "csrc").glob("*.h"))  # in the build's key too
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only"]
 
 
@@ -63,7 +62,8 @@ def em_kernels() -> ModuleType | None:
     failed (logged once)."""
     from torch.utils.cpp_extension import load
 
-    source = b"".join(path.read_bytes() for path in (SOURCE, *HEADERS))
+    headers = sorted(SOURCE.parent.glob("*.h"))  # what SOURCE includes: in the key too
+    source = b"".join(path.read_bytes() for path in (SOURCE, *headers))
     key = hashlib.sha256(source + " ".join(FLAGS).encode() + _cpu_key().encode())
     name = f"capsnet_em_{key.hexdigest()[:16]}"
     _find_ninja()

@@ -49,18 +49,13 @@ def _check_overrides(cls: type, overrides: dict[str, Any]) -> None:
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build a registered model; ``overrides`` replace fields of its default config."""
-    check_model_name(name)
-    model = _build(*_REGISTRY[name], overrides)
+    """Build a registered model; ``overrides`` replace fields of its default config
+    (ConfigError for an unknown model or field, or a value of the wrong type)."""
+    check_model_options(name, overrides)
+    model_cls, base = _REGISTRY[name]
+    model = model_cls(dataclasses.replace(base, **overrides))
     model.name = name  # what the tools call it in messages
     return model
-
-
-def _build(model_cls: Callable[[Any], nn.Module], base: Any, overrides: dict[str, Any]) -> Any:
-    """``model_cls(base config with overrides)``; ConfigError for an unknown field or a
-    value of the wrong type."""
-    _check_overrides(type(base), overrides)
-    return model_cls(dataclasses.replace(base, **overrides))
 
 
 __all__ = [

@@ -40,7 +40,7 @@ from capsnet.runtime import (
 )
 from capsnet.targets import Targets, num_correct
 from capsnet.tensorboard import TensorBoardLog
-from capsnet.training.config import TrainConfig
+from capsnet.training.config import DATA_FIELDS, TrainConfig
 from capsnet.training.environment import environment
 from capsnet.training.evaluation import evaluate, to_input
 from capsnet.training.progress import NoProgress, ProgressFactory
@@ -56,7 +56,7 @@ def build_model(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int
     """The registered model with its input shape and class count taken from the data (the
     config has checked that its overrides set none of these)."""
     c, h, w = image_shape
-    overrides = {"in_channels": c, "input_size": (h, w), "num_classes": num_classes}
+    overrides = dict(zip(DATA_FIELDS, (c, (h, w), num_classes), strict=True))
     return create_model(cfg.model, **overrides, **cfg.model_overrides)
 
 
