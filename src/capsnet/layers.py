@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from capsnet.dftconv import dft_conv2d, kernel_spectrum
 from capsnet.em_conv import conv_em_routing
+from capsnet.patchconv import patch_grad_conv2d
 from capsnet.routing import ROUTINGS, Routed, RoutingSpec, capsule_lengths, get_routing, squash
 from capsnet.runtime import tracing
 
@@ -19,10 +20,12 @@ BLOCK_BYTES = 8 << 20  # votes per block of RoutingCaps' inference (fits this CP
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` that convolves through the DFT (:func:`capsnet.dftconv.dft_conv2d`, the
-    same function to float rounding) where that does less arithmetic.
+    """``nn.Conv2d`` with two CPU paths, the same function to float rounding: through the DFT
+    (:func:`capsnet.dftconv.dft_conv2d`) where that does less arithmetic, and, for one input
+    channel in training, with the weight gradient as a batched matrix product over patches
+    (:func:`capsnet.patchconv.patch_grad_conv2d`, see :meth:`patch_grad_pays`).
 
-    When: ``dft`` on; no padding, dilation or groups; equal strides; on the CPU; in
+    The DFT, when: ``dft`` on; no padding, dilation or groups; equal strides; on the CPU; in
     float32/64, or training under autocast; not tracing, exporting to ONNX or under
     ``torch.compile`` (which would trace through the cached transform matrices); and the
     DFT's multiply-adds per image at most half the direct ones, ``C·O·kh·kw·Mh·Mw``. They
@@ -64,11 +67,25 @@ class Conv2d(nn.Conv2d):
         f = h * (w // 2 + 1)
         return 2 * (4 * f * c * o + 2 * f * m * o + 2 * f * (h + w) * c) <= c * o * kh * kw * m
 
+    def patch_grad_pays(self, x: Tensor) -> bool:
+        """Whether :meth:`forward` takes the patch-product weight gradient: one input channel
+        and one group, no dilation, zero padding given as numbers; the weight trains; float32/64
+        on the CPU without autocast; not tracing or under ``torch.compile``."""
+        plain = self.groups == 1 and self.dilation == (1, 1) and self.padding_mode == "zeros"
+        shape = self.in_channels == 1 and plain and not isinstance(self.padding, str)
+        training = torch.is_grad_enabled() and self.weight.requires_grad
+        wide = x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu")
+        if not (shape and training and wide and x.device.type == "cpu"):
+            return False
+        return not (tracing() or torch.compiler.is_compiling())
+
     def forward(self, x: Tensor) -> Tensor:
-        if not self.dft_pays(x):
-            return super().forward(x)
-        with torch.autocast("cpu", enabled=False):
-            return self._dft(x.to(self.weight.dtype))
+        if self.dft_pays(x):
+            with torch.autocast("cpu", enabled=False):
+                return self._dft(x.to(self.weight.dtype))
+        if self.patch_grad_pays(x):
+            return patch_grad_conv2d(x, self.weight, self.bias, self.stride, self.padding)  # type: ignore[arg-type]
+        return super().forward(x)
 
     def _dft(self, x: Tensor) -> Tensor:
         spectrum = None

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from capsnet.errors import ConfigError
+from capsnet.layers import Conv2d
 from capsnet.models.config import ModelConfig
 from capsnet.models.registry import register_model
 from capsnet.targets import OverlayTargets
@@ -61,7 +62,7 @@ class BaselineCNN(nn.Module):
         for c_in, c_out in zip(
             (cfg.in_channels, *cfg.conv_channels[:-1]), cfg.conv_channels, strict=True
         ):
-            convs += [nn.Conv2d(c_in, c_out, cfg.kernel_size, padding=cfg.kernel_size // 2)]
+            convs += [Conv2d(c_in, c_out, cfg.kernel_size, padding=cfg.kernel_size // 2)]
             convs += [nn.ReLU(inplace=True)]
         sizes = (cfg.conv_channels[-1] * math.prod(cfg.input_size), *cfg.hidden)
         fcs: list[nn.Module] = []

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from capsnet.errors import ConfigError
-from capsnet.layers import Decoder, PrimaryCaps, RoutingCaps
+from capsnet.layers import Conv2d, Decoder, PrimaryCaps, RoutingCaps
 from capsnet.losses import capsnet_loss
 from capsnet.models.config import VectorCapsuleConfig, conv_out
 from capsnet.models.registry import register_model
@@ -120,7 +120,7 @@ class CapsNet(CapsuleModel):
         )
 
     def _build_encoder(self, cfg: CapsNetConfig) -> None:
-        self.conv1 = nn.Conv2d(cfg.in_channels, cfg.conv1_channels, cfg.conv1_kernel)
+        self.conv1 = Conv2d(cfg.in_channels, cfg.conv1_channels, cfg.conv1_kernel)
         self.primary = PrimaryCaps(
             cfg.conv1_channels,
             cfg.primary_types,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from capsnet.errors import ConfigError
-from capsnet.layers import PrimaryCaps
+from capsnet.layers import Conv2d, PrimaryCaps
 from capsnet.models.capsnet import CapsNet
 from capsnet.models.config import VectorCapsuleConfig, conv_out
 from capsnet.models.registry import register_model
@@ -90,7 +90,7 @@ class EfficientCapsNet(CapsNet):
         for c_in, c_out, k, s in zip(
             widths[:-1], widths[1:], cfg.stem_kernels, cfg.stem_strides, strict=True
         ):
-            layers += [nn.Conv2d(c_in, c_out, k, s), nn.ReLU(inplace=True), nn.BatchNorm2d(c_out)]
+            layers += [Conv2d(c_in, c_out, k, s), nn.ReLU(inplace=True), nn.BatchNorm2d(c_out)]
         self.stem = nn.Sequential(*layers)
         f = cfg.stem_channels[-1]
         self.primary = PrimaryCaps(

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from capsnet.errors import ConfigError
-from capsnet.layers import ClassMatrixCaps, ConvMatrixCaps, PrimaryMatrixCaps
+from capsnet.layers import ClassMatrixCaps, Conv2d, ConvMatrixCaps, PrimaryMatrixCaps
 from capsnet.losses import spread_loss
 from capsnet.models.capsnet import CapsNetOutput, CapsuleModel
 from capsnet.models.config import CapsuleConfig
@@ -95,9 +95,7 @@ class EMCapsNet(CapsuleModel):
         super().__init__()
         self.config = cfg = config or EMCapsNetConfig()
         route = cfg.routing_spec
-        self.conv1 = nn.Conv2d(
-            cfg.in_channels, cfg.conv1_channels, cfg.conv1_kernel, cfg.conv1_stride
-        )
+        self.conv1 = Conv2d(cfg.in_channels, cfg.conv1_channels, cfg.conv1_kernel, cfg.conv1_stride)
         self.primary = PrimaryMatrixCaps(cfg.conv1_channels, cfg.primary_types)
         self.caps1 = ConvMatrixCaps(
             cfg.primary_types, cfg.caps1_types, cfg.caps1_kernel, cfg.caps1_stride, route
