@@ -6,10 +6,11 @@
 output size. On an H×W grid the circular cross-correlation has the spectrum ``X · conj(W)``
 (W: the kernel zero-padded to H×W), and it equals the valid one at every output position,
 since ``s·i + p ≤ H − 1`` never wraps. Through the half spectrum of the real transform
-(F = H·(W//2+1) frequencies) the channel contraction costs four real products per
-frequency: ``4·F`` multiply-adds per (image, in-channel, out-channel) instead of
-``kh·kw·Mh·Mw``. For CapsNet's PrimaryCaps (20×20 input, 9×9 kernel, stride 2, 6×6 output)
-that is 880 against 2,916: about a third of the arithmetic. The transforms cost
+(F = H·(W//2+1) frequencies) the channel contraction is a complex product per frequency,
+done as three real products (Gauss's trick, :func:`_complex_bmm`): ``3·F`` multiply-adds
+per (image, in-channel, out-channel) instead of ``kh·kw·Mh·Mw``. For CapsNet's PrimaryCaps
+(20×20 input, 9×9 kernel, stride 2, 6×6 output) that is 660 against 2,916: under a quarter
+of the arithmetic. The transforms cost
 O(channels · H·W·(H + W)) and are done as two small matrix products each (rows, then
 columns) that leave the spectra frequency-major, (2, F, channels): every step is then a
 matrix product on memory as it lies, and only the two gradients are reordered once at the
@@ -17,7 +18,7 @@ end (a transposing copy back to (channels, h, w)).
 
 The result matches the direct convolution to float rounding (about 1e-6 of the largest
 output in float32); the gradients are written out by hand (:class:`_DFTConv`): the adjoint
-transforms and eight batched products, twice the forward's four, as for a direct
+transforms and six batched products, twice the forward's three, as for a direct
 convolution.
 """
 
@@ -98,10 +99,33 @@ def _output_map(
 
 
 def kernel_spectrum(weight: Tensor, n: int, m: int) -> Tensor:
-    """conj(W): weight (O, C, kh, kw) → the conjugate half spectrum on an n×m grid,
-    (2, n·(m//2+1), O, C), real part then imaginary part."""
+    """conj(W) = (a, b): weight (O, C, kh, kw) → its conjugate half spectrum on an n×m grid,
+    as the three factors the three-product multiplication uses (:func:`_complex_bmm`):
+    (3, n·(m//2+1), O, C) holding a, a + b and b − a."""
     o, c, kh, kw = weight.shape
-    return half_spectrum(weight.reshape(o * c, kh, kw), n, m, sign=1).view(2, -1, o, c)
+    wr, wi = half_spectrum(weight.reshape(o * c, kh, kw), n, m, sign=1).view(2, -1, o, c)
+    return torch.stack([wr, wr + wi, wi - wr])
+
+
+def _complex_bmm(
+    a_sum: Tensor,
+    ar: Tensor,
+    ai: Tensor,
+    br: Tensor,
+    bp: Tensor,
+    bm: Tensor,
+    out: Tensor,
+    sign: int = 1,
+) -> Tensor:
+    """(ar + i·ai) @ (br + i·bi) per frequency in three real batched products, not four
+    (Gauss's trick): k = (ar + ai) @ br, real = k − ai @ (br + bi), imaginary =
+    k + ar @ (bi − br). Takes ``a_sum`` = ar + ai, and ``bp``, ``bm`` = br + bi, bi − br
+    (``sign`` = 1) or their negatives (``sign`` = −1). Writes real, imaginary to out[0], out[1].
+    """
+    k = torch.bmm(a_sum, br)
+    torch.baddbmm(k, ai, bp, alpha=-sign, out=out[0])
+    torch.baddbmm(k, ar, bm, alpha=sign, out=out[1])
+    return out
 
 
 def dft_conv2d(
@@ -131,7 +155,7 @@ def dft_conv2d(
 
 
 class _DFTConv(torch.autograd.Function):
-    """Forward: spectra of x and of conj(w), four batched real products per frequency, the
+    """Forward: spectra of x and of conj(w), three batched real products per frequency, the
     inverse at the strided positions. Backward: the same in transpose (its adjoints)."""
 
     @staticmethod
@@ -140,37 +164,32 @@ class _DFTConv(torch.autograd.Function):
         o, _, kh, kw = w.shape
         mh, mw = (n - kh) // stride + 1, (m - kw) // stride + 1
         xs = half_spectrum(x.reshape(b * c, n, m), n, m).view(2, -1, b, c)  # (2, F, B, C)
-        ws = kernel_spectrum(w, n, m) if ws is None else ws  # conj(W) (2, F, O, C)
-        (xr, xi), (wr, wi) = xs, ws
+        ws = kernel_spectrum(w, n, m) if ws is None else ws  # conj(W)'s factors (3, F, O, C)
+        x_sum = xs[0] + xs[1]
         ys = x.new_empty(2, xs.shape[1], b, o)  # Y = X·conj(W), per frequency (B, C) @ (C, O)
-        torch.baddbmm(
-            torch.bmm(xr, wr.transpose(1, 2)), xi, wi.transpose(1, 2), alpha=-1, out=ys[0]
-        )
-        torch.baddbmm(torch.bmm(xr, wi.transpose(1, 2)), xi, wr.transpose(1, 2), out=ys[1])
+        wt = ws.transpose(2, 3)  # (3, F, C, O)
+        _complex_bmm(x_sum, xs[0], xs[1], wt[0], wt[1], wt[2], ys)
         e = _output_map(n, m, stride, mh, mw, x.dtype, x.device)
-        ctx.save_for_backward(xs, ws)
+        ctx.save_for_backward(xs, x_sum, ws)
         ctx.dims = (b, c, n, m, o, kh, kw, stride)
         return (e @ ys.view(-1, b * o)).t().reshape(b, o, mh, mw)  # (B, O, Mh, Mw)
 
     @staticmethod
     def backward(ctx, gy: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
-        xs, ws = ctx.saved_tensors
+        xs, x_sum, ws = ctx.saved_tensors
         b, c, n, m, o, kh, kw, stride = ctx.dims
         e = _output_map(n, m, stride, gy.shape[2], gy.shape[3], gy.dtype, gy.device)
         gys = (e.t() @ gy.reshape(b * o, -1).t()).view(2, -1, b, o)  # (2, F, B, O)
-        (xr, xi), (wr, wi), (gr, gi) = xs, ws, gys
+        (xr, xi), (gr, gi), g_sum = xs, gys, gys[0] + gys[1]
         gx = gw = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0]:  # G @ conj(conj(W)) per frequency, (B, O) @ (O, C)
             gxs = gy.new_empty(2, xs.shape[1], b, c)  # (2, F, B, C)
-            torch.baddbmm(torch.bmm(gr, wr), gi, wi, out=gxs[0])
-            torch.baddbmm(torch.bmm(gi, wr), gr, wi, alpha=-1, out=gxs[1])
+            _complex_bmm(g_sum, gr, gi, ws[0], ws[2], ws[1], gxs, sign=-1)
             gx = half_spectrum_adjoint(gxs.view(2, -1, b * c), n, m, n, m).view(b, c, n, m)
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1]:  # Gᵀ @ conj(X) per frequency, (O, B) @ (B, C)
             gws = gy.new_empty(2, xs.shape[1], o, c)  # (2, F, O, C)
-            torch.baddbmm(torch.bmm(gr.transpose(1, 2), xr), gi.transpose(1, 2), xi, out=gws[0])
-            torch.baddbmm(
-                torch.bmm(gi.transpose(1, 2), xr), gr.transpose(1, 2), xi, alpha=-1, out=gws[1]
-            )
+            gt = gys.transpose(2, 3)  # (2, F, O, B)
+            _complex_bmm(g_sum.transpose(1, 2), gt[0], gt[1], xr, xi - xr, x_sum, gws, sign=-1)
             gw = half_spectrum_adjoint(gws.view(2, -1, o * c), kh, kw, n, m, sign=1).view(
                 o, c, kh, kw
             )

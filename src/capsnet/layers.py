@@ -29,21 +29,21 @@ class Conv2d(nn.Conv2d):
     float32/64, or training under autocast; not tracing, exporting to ONNX or under
     ``torch.compile`` (which would trace through the cached transform matrices); and the
     DFT's multiply-adds per image at most half the direct ones, ``C·O·kh·kw·Mh·Mw``. They
-    are estimated as ``4F·C·O`` (the products, F = H·(W//2+1) frequencies) + ``2F·Mh·Mw·O``
+    are estimated as ``3F·C·O`` (the products, F = H·(W//2+1) frequencies) + ``2F·Mh·Mw·O``
     (the inverse at the outputs) + ``2F·(H+W)·C`` (the input's transform); the kernel's
     transform is shared by the batch and left out. Elsewhere it is ``nn.Conv2d``; the
     parameters and state dict are the same either way.
 
     Without gradients (inference) the kernel's spectrum is kept between calls until the
-    weight changes (for the paper's PrimaryCaps, 115 MB).
+    weight changes (for the paper's PrimaryCaps, 173 MB).
 
     Under autocast the DFT runs in the weight's dtype (float32). For the paper's PrimaryCaps
-    (batch 100, one thread) its forward + backward take 490 ms against bfloat16's direct
-    670 ms, exact to float32 rounding where bfloat16 errs by 0.17% (RMS, forward). A DFT in
-    bfloat16 took 383 ms but erred by 0.55%, so it is not used. Inference under autocast
-    stays direct, as bfloat16's forward alone is faster (paper network: 193 against 324 ms
-    per batch). Measured 2026-11-26, benchmarks/dft-notes-2026-11-26.log and
-    benchmarks/step-parts.jsonl.
+    (batch 100, one thread) its forward + backward, in the four-product form of then, took
+    490 ms against bfloat16's direct 670 ms, exact to float32 rounding where bfloat16 errs
+    by 0.17% (RMS, forward). A DFT in bfloat16 took 383 ms but erred by 0.55%, so it is not
+    used. Inference under autocast stays direct, as bfloat16's forward alone is faster (paper
+    network: 193 against 324 ms per batch). Measured 2026-11-26,
+    benchmarks/dft-notes-2026-11-26.log and benchmarks/step-parts.jsonl.
     """
 
     def __init__(self, *args: Any, dft: bool = True, **kwargs: Any):
@@ -65,7 +65,7 @@ class Conv2d(nn.Conv2d):
         (h, w), (kh, kw), s = x.shape[-2:], self.kernel_size, self.stride[0]
         c, o, m = self.in_channels, self.out_channels, ((h - kh) // s + 1) * ((w - kw) // s + 1)
         f = h * (w // 2 + 1)
-        return 2 * (4 * f * c * o + 2 * f * m * o + 2 * f * (h + w) * c) <= c * o * kh * kw * m
+        return 2 * (3 * f * c * o + 2 * f * m * o + 2 * f * (h + w) * c) <= c * o * kh * kw * m
 
     def patch_grad_pays(self, x: Tensor) -> bool:
         """Whether :meth:`forward` takes the patch-product weight gradient: one input channel
