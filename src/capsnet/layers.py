@@ -26,24 +26,27 @@ class Conv2d(nn.Conv2d):
     (:func:`capsnet.patchconv.patch_grad_conv2d`, see :meth:`patch_grad_pays`).
 
     The DFT, when: ``dft`` on; no padding, dilation or groups; equal strides; on the CPU; in
-    float32/64, or training under autocast; not tracing, exporting to ONNX or under
-    ``torch.compile`` (which would trace through the cached transform matrices); and the
-    DFT's multiply-adds per image at most half the direct ones, ``C·O·kh·kw·Mh·Mw``. They
-    are estimated as ``3F·C·O`` (the products, F = H·(W//2+1) frequencies) + ``2F·Mh·Mw·O``
+    float32/64, under bfloat16 autocast, or training under float16 autocast; not tracing,
+    exporting to ONNX or under ``torch.compile`` (which would trace through the cached
+    transform matrices); and the DFT's multiply-adds per image at most half the direct
+    ones, ``C·O·kh·kw·Mh·Mw``. They are estimated as ``3F·C·O`` (the products, F =
+    H·(W//2+1) frequencies; ``4F·C·O`` in bfloat16) + ``2F·Mh·Mw·O``
     (the inverse at the outputs) + ``2F·(H+W)·C`` (the input's transform); the kernel's
     transform is shared by the batch and left out. Elsewhere it is ``nn.Conv2d``; the
     parameters and state dict are the same either way.
 
     Without gradients (inference) the kernel's spectrum is kept between calls until the
-    weight changes (for the paper's PrimaryCaps, 173 MB).
+    weight changes (for the paper's PrimaryCaps, 173 MB; 58 MB in bfloat16).
 
-    Under autocast the DFT runs in the weight's dtype (float32). For the paper's PrimaryCaps
-    (batch 100, one thread) its forward + backward, in the four-product form of then, took
-    490 ms against bfloat16's direct 670 ms, exact to float32 rounding where bfloat16 errs
-    by 0.17% (RMS, forward). A DFT in bfloat16 took 383 ms but erred by 0.55%, so it is not
-    used. Inference under autocast stays direct, as bfloat16's forward alone is faster (paper
-    network: 193 against 324 ms per batch). Measured 2026-11-26,
-    benchmarks/dft-notes-2026-11-26.log and benchmarks/step-parts.jsonl.
+    Under bfloat16 autocast the DFT's transforms run in the weight's dtype (float32) and its
+    channel products in bfloat16, four real products per frequency (Gauss's three err more
+    there; :func:`capsnet.dftconv._complex_bmm4`): 0.31% RMS error in the paper's
+    PrimaryCaps forward, where bfloat16's direct convolution errs by 0.28%. On 2026-12-04's
+    AMD EPYC (AVX-512 with native bf16, one thread) that made the paper network's bf16
+    training step 1.3× as fast as with float32 products, and the layer's inference forward
+    took 138–146 ms against the direct bfloat16 convolution's 181–185
+    (benchmarks/dft-bf16-2026-12-04.log). Under float16 autocast the DFT runs in float32 when
+    training and inference convolves directly.
     """
 
     def __init__(self, *args: Any, dft: bool = True, **kwargs: Any):
@@ -54,8 +57,8 @@ class Conv2d(nn.Conv2d):
 
     def dft_pays(self, x: Tensor) -> bool:
         """Whether :meth:`forward` takes the DFT path for input ``x``."""
-        if torch.is_autocast_enabled("cpu"):  # training only: bf16 inference is faster direct
-            wide = torch.is_grad_enabled()
+        if torch.is_autocast_enabled("cpu"):  # float16: training only (inference is faster direct)
+            wide = _product_dtype() is not None or torch.is_grad_enabled()
         else:
             wide = x.dtype in (torch.float32, torch.float64)
         if not (self.dft and wide and x.device.type == "cpu"):
@@ -64,8 +67,9 @@ class Conv2d(nn.Conv2d):
             return False
         (h, w), (kh, kw), s = x.shape[-2:], self.kernel_size, self.stride[0]
         c, o, m = self.in_channels, self.out_channels, ((h - kh) // s + 1) * ((w - kw) // s + 1)
-        f = h * (w // 2 + 1)
-        return 2 * (3 * f * c * o + 2 * f * m * o + 2 * f * (h + w) * c) <= c * o * kh * kw * m
+        f, products = h * (w // 2 + 1), 3 if _product_dtype() is None else 4
+        cost = products * f * c * o + 2 * f * m * o + 2 * f * (h + w) * c
+        return 2 * cost <= c * o * kh * kw * m
 
     def patch_grad_pays(self, x: Tensor) -> bool:
         """Whether :meth:`forward` takes the patch-product weight gradient: one input channel
@@ -81,21 +85,29 @@ class Conv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.dft_pays(x):
+            lowp = _product_dtype()
             with torch.autocast("cpu", enabled=False):
-                return self._dft(x.to(self.weight.dtype))
+                return self._dft(x.to(self.weight.dtype), lowp)
         if self.patch_grad_pays(x):
             return patch_grad_conv2d(x, self.weight, self.bias, self.stride, self.padding)  # type: ignore[arg-type]
         return super().forward(x)
 
-    def _dft(self, x: Tensor) -> Tensor:
+    def _dft(self, x: Tensor, lowp: torch.dtype | None) -> Tensor:
         spectrum = None
         if not torch.is_grad_enabled():  # the weight cannot change within a gradient step
             w, (n, m) = self.weight, x.shape[-2:]
-            key = (w.data_ptr(), w._version, n, m, x.dtype)
+            key = (w.data_ptr(), w._version, n, m, x.dtype, lowp)
             if self._spectrum is None or self._spectrum[0] != key:
-                self._spectrum = (key, kernel_spectrum(w, n, m))
+                self._spectrum = (key, kernel_spectrum(w, n, m, lowp))
             spectrum = self._spectrum[1]
-        return dft_conv2d(x, self.weight, self.bias, self.stride[0], spectrum)
+        return dft_conv2d(x, self.weight, self.bias, self.stride[0], spectrum, lowp)
+
+
+def _product_dtype() -> torch.dtype | None:
+    """bfloat16 under CPU autocast to bfloat16 (the DFT's channel products take it), else None
+    (the weight's dtype; float16 autocast too, as its range would not hold the spectra)."""
+    on = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return torch.bfloat16 if on else None
 
 
 class PrimaryCaps(nn.Module):
