@@ -19,7 +19,9 @@ end (a transposing copy back to (channels, h, w)).
 The result matches the direct convolution to float rounding (about 1e-6 of the largest
 output in float32); the gradients are written out by hand (:class:`_DFTConv`): the adjoint
 transforms and six batched products, twice the forward's three, as for a direct
-convolution.
+convolution. With ``product_dtype`` bfloat16 (what :class:`capsnet.layers.Conv2d` takes
+under bfloat16 autocast) the kernel's transform, the products (four per frequency, eight in
+the backward) and the kernel gradient's adjoint run in bfloat16, at bfloat16's accuracy.
 """
 
 from __future__ import annotations
@@ -98,6 +100,16 @@ def _output_map(
     return e.reshape(2 * n * (m // 2 + 1), mh * mw).t().contiguous().to(dtype=dtype, device=device)
 
 
+@functools.cache
+def _kernel_map(
+    kh: int, kw: int, n: int, m: int, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """T (2F, kh·kw): :func:`half_spectrum` with ``sign`` +1 of a (kh, kw) kernel as one
+    matrix, ``T @ k.flatten()``; one product with K = kh·kw instead of two with K = kh, kw."""
+    eye = torch.eye(kh * kw, dtype=torch.float64).view(kh * kw, kh, kw)
+    return half_spectrum(eye, n, m, sign=1).reshape(-1, kh * kw).to(dtype=dtype, device=device)
+
+
 def kernel_spectrum(
     weight: Tensor, n: int, m: int, product_dtype: torch.dtype | None = None
 ) -> Tensor:
@@ -105,13 +117,16 @@ def kernel_spectrum(
     in the form the channel products take (:func:`dft_conv2d`'s ``product_dtype``). Full
     precision (``product_dtype`` None): the three factors of the three-product
     multiplication (:func:`_complex_bmm`), (3, n·(m//2+1), O, C) holding a, a + b and
-    b − a, in the weight's dtype. Otherwise (a, b) in ``product_dtype``, (2, n·(m//2+1), O, C),
-    for the four-product one (:func:`_complex_bmm4`)."""
+    b − a, in the weight's dtype. Otherwise (a, b), (2, n·(m//2+1), O, C), computed in
+    ``product_dtype`` as one product with :func:`_kernel_map` (the weight rounded to it, as
+    autocast's direct convolution rounds it), for the four-product form
+    (:func:`_complex_bmm4`)."""
     o, c, kh, kw = weight.shape
-    ws = half_spectrum(weight.reshape(o * c, kh, kw), n, m, sign=1).view(2, -1, o, c)
     if product_dtype is not None:
-        return ws.to(product_dtype)
-    wr, wi = ws
+        t = _kernel_map(kh, kw, n, m, product_dtype, weight.device)
+        flat = weight.reshape(o * c, kh * kw).t().to(product_dtype)  # (kh·kw, O·C), a view's copy
+        return (t @ flat).view(2, -1, o, c)
+    wr, wi = half_spectrum(weight.reshape(o * c, kh, kw), n, m, sign=1).view(2, -1, o, c)
     return torch.stack([wr, wr + wi, wi - wr])
 
 
@@ -136,18 +151,18 @@ def _complex_bmm(
     return out
 
 
-def _complex_bmm4(
-    ar: Tensor, ai: Tensor, br: Tensor, bi: Tensor, out: Tensor, conj: bool
-) -> Tensor:
+def _complex_bmm4(ar: Tensor, ai: Tensor, br: Tensor, bi: Tensor, conj: bool) -> Tensor:
     """(ar + i·ai) @ (br ± i·bi) per frequency (− with ``conj``) in four real batched products,
     for a low-precision dtype: there Gauss's trick (:func:`_complex_bmm`) errs more, as k is
-    rounded before the difference that cancels most of it (0.36% RMS against 0.30% for the
-    paper's PrimaryCaps in bfloat16, whose direct convolution errs by 0.28%). Writes real,
-    imaginary to out[0], out[1], casting to out's dtype.
+    rounded before the difference that cancels most of it (with float32 spectra, 0.36% RMS
+    against 0.30% for the paper's PrimaryCaps in bfloat16, whose direct convolution errs by
+    0.28%). Returns
+    (2, ..., rows, columns): real, imaginary, in the inputs' dtype.
     """
     s = -1 if conj else 1
-    out[0].copy_(torch.baddbmm(torch.bmm(ar, br), ai, bi, alpha=-s))
-    out[1].copy_(torch.baddbmm(torch.bmm(ai, br), ar, bi, alpha=s))
+    out = ar.new_empty(2, ar.shape[0], ar.shape[1], br.shape[2])
+    torch.baddbmm(torch.bmm(ar, br), ai, bi, alpha=-s, out=out[0])
+    torch.baddbmm(torch.bmm(ai, br), ar, bi, alpha=s, out=out[1])
     return out
 
 
@@ -194,15 +209,14 @@ class _DFTConv(torch.autograd.Function):
         mh, mw = (n - kh) // stride + 1, (m - kw) // stride + 1
         xs = half_spectrum(x.reshape(b * c, n, m), n, m).view(2, -1, b, c)  # (2, F, B, C)
         ws = kernel_spectrum(w, n, m, lowp) if ws is None else ws  # conj(W): (3 or 2, F, O, C)
-        ys = x.new_empty(2, xs.shape[1], b, o)  # Y = X·conj(W), per frequency (B, C) @ (C, O)
-        wt = ws.transpose(2, 3)  # (3 or 2, F, C, O)
+        wt = ws.transpose(2, 3)  # (3 or 2, F, C, O); Y = X·conj(W), per frequency (B, C) @ (C, O)
         if lowp is None:
-            x_sum = xs[0] + xs[1]
+            x_sum, ys = xs[0] + xs[1], x.new_empty(2, xs.shape[1], b, o)
             _complex_bmm(x_sum, xs[0], xs[1], wt[0], wt[1], wt[2], ys)
             ctx.save_for_backward(xs, x_sum, ws)
         else:
             xs = xs.to(lowp)
-            _complex_bmm4(xs[0], xs[1], wt[0], wt[1], ys, conj=False)
+            ys = _complex_bmm4(xs[0], xs[1], wt[0], wt[1], conj=False).to(x.dtype)  # (2, F, B, O)
             ctx.save_for_backward(xs, None, ws)
         e = _output_map(n, m, stride, mh, mw, x.dtype, x.device)
         ctx.dims, ctx.lowp = (b, c, n, m, o, kh, kw, stride), lowp
@@ -219,21 +233,22 @@ class _DFTConv(torch.autograd.Function):
         g_sum = None if x_sum is None else gys[0] + gys[1]  # for the three-product form
         gx = gw = None
         if ctx.needs_input_grad[0]:  # G @ conj(conj(W)) per frequency, (B, O) @ (O, C)
-            gxs = gy.new_empty(2, xs.shape[1], b, c)  # (2, F, B, C)
             if g_sum is None:
-                _complex_bmm4(gys[0], gys[1], ws[0], ws[1], gxs, conj=True)
+                gxs = _complex_bmm4(gys[0], gys[1], ws[0], ws[1], conj=True).to(gy.dtype)
             else:
+                gxs = gy.new_empty(2, xs.shape[1], b, c)  # (2, F, B, C)
                 _complex_bmm(g_sum, gys[0], gys[1], ws[0], ws[2], ws[1], gxs, sign=-1)
             gx = half_spectrum_adjoint(gxs.view(2, -1, b * c), n, m, n, m).view(b, c, n, m)
         if ctx.needs_input_grad[1]:  # Gᵀ @ conj(X) per frequency, (O, B) @ (B, C)
-            gws = gy.new_empty(2, xs.shape[1], o, c)  # (2, F, O, C)
             gt = gys.transpose(2, 3)  # (2, F, O, B)
-            if g_sum is None:
-                _complex_bmm4(gt[0], gt[1], xs[0], xs[1], gws, conj=True)
+            if g_sum is None:  # then the adjoint of kernel_spectrum's product, in lowp too
+                gws = _complex_bmm4(gt[0], gt[1], xs[0], xs[1], conj=True)  # (2, F, O, C)
+                t = _kernel_map(kh, kw, n, m, gws.dtype, gws.device)  # (2F, kh·kw)
+                gw = (gws.view(t.shape[0], o * c).t() @ t).to(gy.dtype).view(o, c, kh, kw)
             else:
+                gws = gy.new_empty(2, xs.shape[1], o, c)  # (2, F, O, C)
                 gt_sum, (xr, xi) = g_sum.transpose(1, 2), xs
                 _complex_bmm(gt_sum, gt[0], gt[1], xr, xi - xr, x_sum, gws, sign=-1)
-            gw = half_spectrum_adjoint(gws.view(2, -1, o * c), kh, kw, n, m, sign=1).view(
-                o, c, kh, kw
-            )
+                gw = half_spectrum_adjoint(gws.view(2, -1, o * c), kh, kw, n, m, sign=1)
+                gw = gw.view(o, c, kh, kw)
         return gx, gw, None, None, None

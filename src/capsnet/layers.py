@@ -38,15 +38,14 @@ class Conv2d(nn.Conv2d):
     Without gradients (inference) the kernel's spectrum is kept between calls until the
     weight changes (for the paper's PrimaryCaps, 173 MB; 58 MB in bfloat16).
 
-    Under bfloat16 autocast the DFT's transforms run in the weight's dtype (float32) and its
-    channel products in bfloat16, four real products per frequency (Gauss's three err more
-    there; :func:`capsnet.dftconv._complex_bmm4`): 0.31% RMS error in the paper's
-    PrimaryCaps forward, where bfloat16's direct convolution errs by 0.28%. On 2026-12-04's
-    AMD EPYC (AVX-512 with native bf16, one thread) that made the paper network's bf16
-    training step 1.3× as fast as with float32 products, and the layer's inference forward
-    took 138–146 ms against the direct bfloat16 convolution's 181–185
-    (benchmarks/dft-bf16-2026-12-04.log). Under float16 autocast the DFT runs in float32 when
-    training and inference convolves directly.
+    Under bfloat16 autocast the input's transform and the output's inverse run in the
+    weight's dtype (float32); the kernel's transform, the channel products (four real
+    products per frequency; :func:`capsnet.dftconv._complex_bmm4`) and the kernel
+    gradient's adjoint run in bfloat16. For the paper's PrimaryCaps the forward then errs
+    by 0.37% RMS where bfloat16's direct convolution errs by 0.28% (both gradients alike,
+    1.26-1.35x the direct one's; tests/test_dftconv.py); speed in
+    benchmarks/dft-bf16-2026-12-04.log. Under float16 autocast the DFT runs in float32 when
+    training, and inference convolves directly.
     """
 
     def __init__(self, *args: Any, dft: bool = True, **kwargs: Any):
