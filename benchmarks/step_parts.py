@@ -1,12 +1,13 @@
 """Where a training step of the paper network spends its time, part by part.
 
-    python -m benchmarks.step_parts [--batch-size 100] [--repeats 5]
+    python -m benchmarks.step_parts [--batch-size 100] [--repeats 5] [--precision fp32|bf16]
 
 Times forward + backward of each part of ``capsnet-mnist`` on its real input shapes (best
 of ``--repeats``, tuned allocator), then one whole training step (forward, loss, backward,
 Adam). The PrimaryCaps convolution and the whole step are timed twice: as the model runs it
 (through the DFT where that is cheaper, ``capsnet.layers.Conv2d``) and as a direct
-convolution (``*_direct_ms``). Prints one JSON line.
+convolution (``*_direct_ms``). With ``--precision bf16`` every part and the step run under
+bf16 autocast, as ``capsnet train --precision bf16`` runs them. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -34,9 +35,21 @@ def forward_backward(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> 
     return run
 
 
+def under(precision: str, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``fn`` run under CPU autocast to bf16 (``precision`` "bf16"), or ``fn`` itself."""
+    if precision == "fp32":
+        return fn
+
+    def run(*inputs: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fn(*inputs)
+
+    return run
+
+
 def main() -> None:
     args = parse_and_prepare(__doc__.splitlines()[0])
-    b, r = args.batch_size, args.repeats
+    b, r, p = args.batch_size, args.repeats, args.precision
     net = create_model("capsnet-mnist")
     x, y = torch.rand(b, 1, 28, 28), torch.randint(0, 10, (b,))
     with torch.no_grad():
@@ -54,20 +67,20 @@ def main() -> None:
 
     def step() -> None:
         optim.zero_grad(set_to_none=True)
-        loss, _ = net.loss(net(x, y), x, y)
+        loss = under(p, lambda: net.loss(net(x, y), x, y)[0])()
         loss.backward()
         optim.step()
 
     conv = net.primary.conv
     parts = {
-        "conv1_ms": forward_backward(lambda t: F.relu(net.conv1(t)), x),
-        "primary_conv_ms": forward_backward(conv, h),
+        "conv1_ms": forward_backward(under(p, lambda t: F.relu(net.conv1(t))), x),
+        "primary_conv_ms": forward_backward(under(p, conv), h),
         "primary_conv_direct_ms": forward_backward(
-            lambda t: F.conv2d(t, conv.weight, conv.bias, conv.stride), h
+            under(p, lambda t: F.conv2d(t, conv.weight, conv.bias, conv.stride)), h
         ),
-        "primary_squash_ms": forward_backward(squash, primary),
-        "routing_layer_ms": forward_backward(lambda t: net.classes(t).poses, u),
-        "decoder_ms": forward_backward(lambda t: net.decoder(t * mask), v),
+        "primary_squash_ms": forward_backward(under(p, squash), primary),
+        "routing_layer_ms": forward_backward(under(p, lambda t: net.classes(t).poses), u),
+        "decoder_ms": forward_backward(under(p, lambda t: net.decoder(t * mask)), v),
         "train_step_ms": step,
     }
     row = {name: best_ms(fn, r) for name, fn in parts.items()}
@@ -79,6 +92,7 @@ def main() -> None:
             {
                 "model": "capsnet-mnist",
                 "batch_size": b,
+                "precision": p,
                 **row,
                 **{k: env.get(k) for k in ENV_FIELDS},
             }

@@ -12,10 +12,12 @@ from capsnet.allocator import keep_freed_memory
 
 
 def parse_and_prepare(description: str) -> argparse.Namespace:
-    """``--batch-size`` (default 100) and ``--repeats``; then the tuned allocator and seed 0."""
+    """``--batch-size`` (default 100), ``--repeats`` and ``--precision`` (fp32 or bf16
+    autocast, for the scripts that take it); then the tuned allocator and seed 0."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = p.parse_args()
     keep_freed_memory()
     torch.manual_seed(0)
