@@ -28,7 +28,7 @@ from capsnet import create_model
 from capsnet.allocator import keep_freed_memory
 from capsnet.bench import ENV_FIELDS
 from capsnet.training import environment
-from capsnet.training.loop import train_step
+from capsnet.training.loop import adam, train_step
 
 VARIANTS = ("new", "old", "plain")
 
@@ -55,7 +55,7 @@ def main() -> None:
     x, y = torch.rand(100, 1, 28, 28), torch.randint(0, 10, (100,))
     nets = {v: create_model("capsnet-mnist") for v in VARIANTS}
     nets["plain"] = PlainCapsNet(nets["plain"])
-    optims = {v: torch.optim.Adam(n.parameters(), lr=1e-3) for v, n in nets.items()}
+    optims = {v: adam(n, 1e-3) for v, n in nets.items()}
     env = environment()
     for mode in ("train", "infer"):
         times: dict[str, list[float]] = {v: [] for v in VARIANTS}

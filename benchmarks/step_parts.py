@@ -23,6 +23,7 @@ from capsnet import create_model
 from capsnet.bench import ENV_FIELDS
 from capsnet.routing import squash
 from capsnet.training import environment
+from capsnet.training.loop import adam
 
 
 def forward_backward(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> Callable[[], None]:
@@ -63,7 +64,7 @@ def main() -> None:
     primary = conv_out.view(b, 32, 8, 6, 6).permute(0, 1, 3, 4, 2).reshape(b, 1152, 8)
     primary.requires_grad_()
     mask = F.one_hot(y, 10).float().unsqueeze(-1)
-    optim = torch.optim.Adam(net.parameters())
+    optim = adam(net, 1e-3)
 
     def step() -> None:
         optim.zero_grad(set_to_none=True)

@@ -27,7 +27,7 @@ from capsnet.runtime import (
     resolve_precision,
 )
 from capsnet.training.environment import environment
-from capsnet.training.loop import train_step
+from capsnet.training.loop import adam, train_step
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def benchmark(cfg: BenchConfig, model: nn.Module | None = None) -> dict[str, Any
     x = torch.rand(cfg.batch_size, c.in_channels, *c.input_size, device=device)
     y = torch.randint(0, c.num_classes, (cfg.batch_size,), device=device)
     forward = torch.compile(model) if cfg.compile else model
-    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optim = adam(model, lr=1e-3)
     scaler = grad_scaler(device, precision)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
