@@ -156,8 +156,7 @@ def _complex_bmm4(ar: Tensor, ai: Tensor, br: Tensor, bi: Tensor, conj: bool) ->
     for a low-precision dtype: there Gauss's trick (:func:`_complex_bmm`) errs more, as k is
     rounded before the difference that cancels most of it (with float32 spectra, 0.36% RMS
     against 0.30% for the paper's PrimaryCaps in bfloat16, whose direct convolution errs by
-    0.28%). Returns
-    (2, ..., rows, columns): real, imaginary, in the inputs' dtype.
+    0.28%). Returns (2, ..., rows, columns): real, imaginary, in the inputs' dtype.
     """
     s = -1 if conj else 1
     out = ar.new_empty(2, ar.shape[0], ar.shape[1], br.shape[2])
