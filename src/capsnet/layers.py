@@ -42,7 +42,7 @@ class Conv2d(nn.Conv2d):
     weight's dtype (float32); the kernel's transform, the channel products (four real
     products per frequency; :func:`capsnet.dftconv._complex_bmm4`) and the kernel
     gradient's adjoint run in bfloat16. For the paper's PrimaryCaps the forward then errs
-    by 0.37% RMS where bfloat16's direct convolution errs by 0.28% (both gradients alike,
+    by 0.372% RMS where bfloat16's direct convolution errs by 0.285% (both gradients alike,
     1.26-1.35x the direct one's; tests/test_dftconv.py); speed in
     benchmarks/dft-bf16-2026-12-04.log. Under float16 autocast the DFT runs in float32 when
     training, and inference convolves directly.

@@ -55,7 +55,8 @@ LOSS_DECODES = "true_class"  # history.csv: what val_loss reconstructs (older ru
 def adam(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """The paper's Adam, or AdamW (decoupled weight decay) when ``weight_decay`` > 0; fused
     into one kernel where PyTorch has it (CPU and CUDA parameters): the same update, and for
-    the paper network's 8.2M parameters on 2026-12-04's AMD EPYC 5 ms a step instead of 14-16.
+    the paper network's 8.2M parameters on 2026-12-04's AMD EPYC 4-5 ms a step instead of
+    12-18 (benchmarks/adam-fused-2026-12-04.log).
     """
     params = list(model.parameters())
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
