@@ -27,6 +27,7 @@ from benchmarks.plain import PlainCapsNet
 from capsnet import create_model
 from capsnet.allocator import keep_freed_memory
 from capsnet.bench import ENV_FIELDS
+from capsnet.runtime import autocast
 from capsnet.training import environment
 from capsnet.training.loop import adam, train_step
 
@@ -42,7 +43,7 @@ def _run(variant: str, net: torch.nn.Module, optim: torch.optim.Optimizer, x, y,
             train_step(net, net, optim, x, y, precision)
         else:
             net.eval()
-            with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, precision == "bf16"):
+            with torch.no_grad(), autocast(x.device, precision):
                 net(x)
 
 

@@ -22,6 +22,7 @@ from benchmarks.timing import best_ms, parse_and_prepare
 from capsnet import create_model
 from capsnet.bench import ENV_FIELDS
 from capsnet.routing import squash
+from capsnet.runtime import autocast
 from capsnet.training import environment
 from capsnet.training.loop import adam
 
@@ -37,12 +38,10 @@ def forward_backward(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> 
 
 
 def under(precision: str, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """``fn`` run under CPU autocast to bf16 (``precision`` "bf16"), or ``fn`` itself."""
-    if precision == "fp32":
-        return fn
+    """``fn`` run under the CPU autocast that training uses for ``precision``."""
 
     def run(*inputs: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(torch.device("cpu"), precision):
             return fn(*inputs)
 
     return run

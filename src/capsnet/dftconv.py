@@ -227,12 +227,14 @@ class _DFTConv(torch.autograd.Function):
         b, c, n, m, o, kh, kw, stride = ctx.dims
         e = _output_map(n, m, stride, gy.shape[2], gy.shape[3], gy.dtype, gy.device)
         gys = (e.t() @ gy.reshape(b * o, -1).t()).view(2, -1, b, o)  # (2, F, B, O)
-        if ctx.lowp is not None:
-            gys = gys.to(ctx.lowp)
-        g_sum = None if x_sum is None else gys[0] + gys[1]  # for the three-product form
+        lowp = ctx.lowp
+        if lowp is None:
+            g_sum = gys[0] + gys[1]  # for the three-product form
+        else:
+            gys = gys.to(lowp)
         gx = gw = None
         if ctx.needs_input_grad[0]:  # G @ conj(conj(W)) per frequency, (B, O) @ (O, C)
-            if g_sum is None:
+            if lowp is not None:
                 gxs = _complex_bmm4(gys[0], gys[1], ws[0], ws[1], conj=True).to(gy.dtype)
             else:
                 gxs = gy.new_empty(2, xs.shape[1], b, c)  # (2, F, B, C)
@@ -240,7 +242,7 @@ class _DFTConv(torch.autograd.Function):
             gx = half_spectrum_adjoint(gxs.view(2, -1, b * c), n, m, n, m).view(b, c, n, m)
         if ctx.needs_input_grad[1]:  # Gᵀ @ conj(X) per frequency, (O, B) @ (B, C)
             gt = gys.transpose(2, 3)  # (2, F, O, B)
-            if g_sum is None:  # then the adjoint of kernel_spectrum's product, in lowp too
+            if lowp is not None:  # then the adjoint of kernel_spectrum's product, in lowp too
                 gws = _complex_bmm4(gt[0], gt[1], xs[0], xs[1], conj=True)  # (2, F, O, C)
                 t = _kernel_map(kh, kw, n, m, gws.dtype, gws.device)  # (2F, kh·kw)
                 gw = (gws.view(t.shape[0], o * c).t() @ t).to(gy.dtype).view(o, c, kh, kw)

@@ -56,8 +56,9 @@ class Conv2d(nn.Conv2d):
 
     def dft_pays(self, x: Tensor) -> bool:
         """Whether :meth:`forward` takes the DFT path for input ``x``."""
+        lowp = _product_dtype()
         if torch.is_autocast_enabled("cpu"):  # float16: training only (inference is faster direct)
-            wide = _product_dtype() is not None or torch.is_grad_enabled()
+            wide = lowp is not None or torch.is_grad_enabled()
         else:
             wide = x.dtype in (torch.float32, torch.float64)
         if not (self.dft and wide and x.device.type == "cpu"):
@@ -66,7 +67,7 @@ class Conv2d(nn.Conv2d):
             return False
         (h, w), (kh, kw), s = x.shape[-2:], self.kernel_size, self.stride[0]
         c, o, m = self.in_channels, self.out_channels, ((h - kh) // s + 1) * ((w - kw) // s + 1)
-        f, products = h * (w // 2 + 1), 3 if _product_dtype() is None else 4
+        f, products = h * (w // 2 + 1), 3 if lowp is None else 4
         cost = products * f * c * o + 2 * f * m * o + 2 * f * (h + w) * c
         return 2 * cost <= c * o * kh * kw * m
 
