@@ -5,7 +5,13 @@ import torch
 from torch.nn import functional as F
 
 from capsnet import CapsNet, CapsNetConfig
-from capsnet.dftconv import dft_conv2d, half_spectrum, half_spectrum_adjoint
+from capsnet.dftconv import (
+    dft_conv2d,
+    dft_grid,
+    half_spectrum,
+    half_spectrum_adjoint,
+    kernel_spectrum,
+)
 from capsnet.errors import ConfigError
 from capsnet.layers import Conv2d
 
@@ -59,6 +65,19 @@ def test_half_spectrum_adjoint_is_the_transpose():
     a, g = torch.randn(3, 5, 4, dtype=torch.float64), torch.randn(2, 7 * 4, 3, dtype=torch.float64)
     lhs = (half_spectrum(a, 7, 6) * g).sum()  # <T a, g> = <a, Tᵀ g>
     torch.testing.assert_close(lhs, (a * half_spectrum_adjoint(g, 5, 4, 7, 6)).sum())
+
+
+def test_grid_is_the_part_of_the_input_the_strided_windows_read():
+    assert dft_grid(20, 20, 9, 9, 2) == (19, 19)  # PrimaryCaps: row and column 19 unread
+    assert dft_grid(11, 9, 3, 4, 2) == (11, 8)
+    assert dft_grid(8, 8, 8, 8, 1) == (8, 8)
+
+
+def test_a_spectrum_for_another_grid_is_refused():
+    x, w = torch.zeros(1, 3, 20, 20), torch.zeros(2, 3, 9, 9)
+    with pytest.raises(ValueError, match="19×19 grid"):
+        dft_conv2d(x, w, stride=2, spectrum=kernel_spectrum(w, 20, 20))
+    dft_conv2d(x, w, stride=2, spectrum=kernel_spectrum(w, 19, 19))
 
 
 def test_mismatched_shapes_are_refused():

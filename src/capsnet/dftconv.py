@@ -8,9 +8,10 @@ output size. On an H×W grid the circular cross-correlation has the spectrum ``X
 since ``s·i + p ≤ H − 1`` never wraps. Through the half spectrum of the real transform
 (F = H·(W//2+1) frequencies) the channel contraction is a complex product per frequency,
 done as three real products (Gauss's trick, :func:`_complex_bmm`): ``3·F`` multiply-adds
-per (image, in-channel, out-channel) instead of ``kh·kw·Mh·Mw``. For CapsNet's PrimaryCaps
-(20×20 input, 9×9 kernel, stride 2, 6×6 output) that is 660 against 2,916: under a quarter
-of the arithmetic. The transforms cost
+per (image, in-channel, out-channel) instead of ``kh·kw·Mh·Mw``. The grid is the part of
+the input the strided windows read (:func:`dft_grid`): for CapsNet's PrimaryCaps (20×20
+input, 9×9 kernel, stride 2, 6×6 output) 19×19, F = 190, so 570 against 2,916: under a
+fifth of the arithmetic. The transforms cost
 O(channels · H·W·(H + W)) and are done as two small matrix products each (rows, then
 columns) that leave the spectra frequency-major, (2, F, channels): every step is then a
 matrix product on memory as it lies, and only the two gradients are reordered once at the
@@ -69,13 +70,21 @@ def half_spectrum(a: Tensor, n: int, m: int, sign: int = -1) -> Tensor:
     return x.view(2, -1, k)  # (2, F, N)
 
 
-def half_spectrum_adjoint(g: Tensor, h: int, w: int, n: int, m: int, sign: int = -1) -> Tensor:
-    """The adjoint (transpose) of :func:`half_spectrum`: (2, F, N) → (N, h, w)."""
+def half_spectrum_adjoint(
+    g: Tensor, h: int, w: int, n: int, m: int, sign: int = -1, pad_to: tuple[int, int] = (0, 0)
+) -> Tensor:
+    """The adjoint (transpose) of :func:`half_spectrum`: (2, F, N) → (N, h, w), or, with
+    ``pad_to`` (H, W) larger, (N, H, W) with zeros beyond (h, w)."""
     k = g.shape[-1]
     r, q = _factors(h, w, n, m, sign, g.dtype, g.device)
     z = q.t() @ g.reshape(2 * n, -1)  # (2h, V·N)
-    a = torch.matmul(r.t(), z.view(h, -1, k))  # (h, w, N)
-    return a.permute(2, 0, 1).contiguous()  # (N, h, w)
+    a = torch.matmul(r.t(), z.view(h, -1, k)).permute(2, 0, 1)  # (N, h, w), a transposed view
+    big_h, big_w = max(h, pad_to[0]), max(w, pad_to[1])
+    out = a.new_empty(k, big_h, big_w)
+    out[:, :h, :w] = a
+    out[:, h:].zero_()
+    out[:, :h, w:].zero_()
+    return out
 
 
 @functools.cache
@@ -108,6 +117,14 @@ def _kernel_map(
     matrix, ``T @ k.flatten()``; one product with K = kh·kw instead of two with K = kh, kw."""
     eye = torch.eye(kh * kw, dtype=torch.float64).view(kh * kw, kh, kw)
     return half_spectrum(eye, n, m, sign=1).reshape(-1, kh * kw).to(dtype=dtype, device=device)
+
+
+def dft_grid(h: int, w: int, kh: int, kw: int, stride: int) -> tuple[int, int]:
+    """The (n, m) grid :func:`dft_conv2d` transforms for an (h, w) input: the rows and
+    columns the valid strided output reads, ``((h − kh) // stride) · stride + kh`` (and so
+    for w). For CapsNet's PrimaryCaps, 19×19 of the 20×20 input (the last row and column
+    meet no window at stride 2): 190 frequencies instead of 220."""
+    return ((h - kh) // stride) * stride + kh, ((w - kw) // stride) * stride + kw
 
 
 def kernel_spectrum(
@@ -180,8 +197,9 @@ def dft_conv2d(
     ``product_dtype`` (e.g. ``torch.bfloat16``) is the dtype of the per-frequency channel
     products, forward and backward, done in four real products (:func:`_complex_bmm4`); the
     transforms stay in x's dtype. None: x's dtype, three products (:func:`_complex_bmm`).
-    ``spectrum``, if given, must be ``kernel_spectrum(weight, H, W, product_dtype)``: a
-    caller that convolves many batches with an unchanged weight (inference) computes it once.
+    The transforms run on the :func:`dft_grid` of the input. ``spectrum``, if given, must be
+    ``kernel_spectrum(weight, *dft_grid(H, W, kh, kw, stride), product_dtype)``: a caller
+    that convolves many batches with an unchanged weight (inference) computes it once.
     """
     if x.dim() != 4 or weight.dim() != 4 or x.shape[1] != weight.shape[1]:
         raise ValueError(
@@ -191,21 +209,31 @@ def dft_conv2d(
         raise ValueError(
             f"dft_conv2d: kernel {tuple(weight.shape[2:])} larger than input {tuple(x.shape[2:])}"
         )
+    if spectrum is not None:
+        n, m = dft_grid(*x.shape[2:], *weight.shape[2:], stride)
+        if spectrum.shape[1:] != (n * (m // 2 + 1), *weight.shape[:2]):
+            raise ValueError(
+                f"dft_conv2d: spectrum {tuple(spectrum.shape)} is not the kernel's on the "
+                f"{n}×{m} grid"
+            )
     y = _DFTConv.apply(x, weight, stride, spectrum, product_dtype)
     return y if bias is None else y + bias[:, None, None]
 
 
 class _DFTConv(torch.autograd.Function):
-    """Forward: spectra of x and of conj(w), the batched real products per frequency, the
-    inverse at the strided positions. Backward: the same in transpose (its adjoints)."""
+    """Forward: spectra of x (on its :func:`dft_grid`) and of conj(w), the batched real
+    products per frequency, the inverse at the strided positions. Backward: the same in
+    transpose (its adjoints); x's gradient is zero outside the grid."""
 
     @staticmethod
     def forward(
         ctx, x: Tensor, w: Tensor, stride: int, ws: Tensor | None, lowp: torch.dtype | None
     ) -> Tensor:  # type: ignore[override]
-        b, c, n, m = x.shape
+        b, c, h, wd = x.shape
         o, _, kh, kw = w.shape
-        mh, mw = (n - kh) // stride + 1, (m - kw) // stride + 1
+        mh, mw = (h - kh) // stride + 1, (wd - kw) // stride + 1
+        n, m = dft_grid(h, wd, kh, kw, stride)
+        x = x[:, :, :n, :m]  # a view; (B, C) still merge into one dimension below
         xs = half_spectrum(x.reshape(b * c, n, m), n, m).view(2, -1, b, c)  # (2, F, B, C)
         ws = kernel_spectrum(w, n, m, lowp) if ws is None else ws  # conj(W): (3 or 2, F, O, C)
         wt = ws.transpose(2, 3)  # (3 or 2, F, C, O); Y = X·conj(W), per frequency (B, C) @ (C, O)
@@ -218,13 +246,13 @@ class _DFTConv(torch.autograd.Function):
             ys = _complex_bmm4(xs[0], xs[1], wt[0], wt[1], conj=False).to(x.dtype)  # (2, F, B, O)
             ctx.save_for_backward(xs, None, ws)
         e = _output_map(n, m, stride, mh, mw, x.dtype, x.device)
-        ctx.dims, ctx.lowp = (b, c, n, m, o, kh, kw, stride), lowp
+        ctx.dims, ctx.lowp = (b, c, h, wd, n, m, o, kh, kw, stride), lowp
         return (e @ ys.view(-1, b * o)).t().reshape(b, o, mh, mw)  # (B, O, Mh, Mw)
 
     @staticmethod
     def backward(ctx, gy: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:  # type: ignore[override]
         xs, x_sum, ws = ctx.saved_tensors
-        b, c, n, m, o, kh, kw, stride = ctx.dims
+        b, c, h, wd, n, m, o, kh, kw, stride = ctx.dims
         e = _output_map(n, m, stride, gy.shape[2], gy.shape[3], gy.dtype, gy.device)
         gys = (e.t() @ gy.reshape(b * o, -1).t()).view(2, -1, b, o)  # (2, F, B, O)
         lowp = ctx.lowp
@@ -239,7 +267,8 @@ class _DFTConv(torch.autograd.Function):
             else:
                 gxs = gy.new_empty(2, xs.shape[1], b, c)  # (2, F, B, C)
                 _complex_bmm(g_sum, gys[0], gys[1], ws[0], ws[2], ws[1], gxs, sign=-1)
-            gx = half_spectrum_adjoint(gxs.view(2, -1, b * c), n, m, n, m).view(b, c, n, m)
+            gx = half_spectrum_adjoint(gxs.view(2, -1, b * c), n, m, n, m, pad_to=(h, wd))
+            gx = gx.view(b, c, h, wd)
         if ctx.needs_input_grad[1]:  # Gᵀ @ conj(X) per frequency, (O, B) @ (B, C)
             gt = gys.transpose(2, 3)  # (2, F, O, B)
             if lowp is not None:  # then the adjoint of kernel_spectrum's product, in lowp too

@@ -132,8 +132,9 @@ class CapsNet(CapsuleModel):
 
     def encode(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) → primary capsules (B, I, primary_dim), ordered (type, row,
-        column) on the ``primary_grid``."""
-        return self.primary(F.relu(self.conv1(x)))
+        column) on the ``primary_grid``. The ReLU runs in place on conv1's output (no
+        convolution's backward reads its output)."""
+        return self.primary(F.relu(self.conv1(x), inplace=True))
 
     def forward(self, x: Tensor, y: Tensor | OverlayTargets | None = None) -> CapsNetOutput:
         """x: images (B, C, H, W) in [0, 1]; y: labels (B,), multi-hot (B, K), OverlayTargets
