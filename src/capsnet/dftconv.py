@@ -247,7 +247,7 @@ class _DFTConv(torch.autograd.Function):
             ctx.save_for_backward(xs, None, ws)
         e = _output_map(n, m, stride, mh, mw, x.dtype, x.device)
         ctx.dims, ctx.lowp = (b, c, h, wd, n, m, o, kh, kw, stride), lowp
-        return (e @ ys.view(-1, b * o)).t().reshape(b, o, mh, mw)  # (B, O, Mh, Mw)
+        return torch.mm(ys.view(-1, b * o).t(), e.t()).view(b, o, mh, mw)  # (B, O, Mh, Mw)
 
     @staticmethod
     def backward(ctx, gy: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:  # type: ignore[override]
