@@ -11,8 +11,17 @@ from torch import Tensor, nn
 
 from capsnet.dftconv import dft_conv2d, dft_grid, kernel_spectrum
 from capsnet.em_conv import conv_em_routing
+from capsnet.native import dynamic_kernels, dynamic_native_applies
 from capsnet.patchconv import patch_grad_conv2d
-from capsnet.routing import ROUTINGS, Routed, RoutingSpec, capsule_lengths, get_routing, squash
+from capsnet.routing import (
+    EPS,
+    ROUTINGS,
+    Routed,
+    RoutingSpec,
+    capsule_lengths,
+    get_routing,
+    squash,
+)
 from capsnet.runtime import tracing
 
 DYNAMIC, EM = RoutingSpec("dynamic"), RoutingSpec("em")  # the layers' default routings
@@ -152,7 +161,7 @@ class Router(nn.Module):
 
     def __init__(self, in_caps: int, out_caps: int, spec: RoutingSpec = DYNAMIC) -> None:
         super().__init__()
-        self.routing = get_routing(spec.name)
+        self.name, self.routing = spec.name, get_routing(spec.name)
         self.iterations, self.detach_agreement = spec.iterations, spec.detach_agreement
         self.params = nn.ParameterDict(self.routing.parameters(in_caps, out_caps))
 
@@ -171,11 +180,14 @@ class RoutingCaps(nn.Module):
     ``spec`` (``dynamic``, as in the paper, has no learned tensors besides W). The
     children's activations are their lengths.
 
-    Without gradients on the CPU (inference) the batch is routed in blocks of about
-    :data:`BLOCK_BYTES` of votes, which stay in cache through the iterations: 2.6× as fast
-    for the paper's DigitCaps at batch 100 (10 examples a block; 138 → 52 ms on one thread,
-    benchmarks/dft-notes-2026-11-26.log).
-    Every routing treats examples independently, so the result is the same.
+    Without gradients on the CPU (inference), dynamic routing in float32/64 runs the native
+    kernel of :mod:`capsnet.native` (``csrc/dynamic_routing.cpp``) where it builds: it makes
+    the votes again in each iteration, a few children at a time, instead of writing them
+    to memory, and computes them in float32 even under autocast. Otherwise the batch is
+    routed in blocks of about :data:`BLOCK_BYTES` of votes, which stay in cache through the
+    iterations: 2.6× as fast for the paper's DigitCaps at batch 100 (10 examples a block;
+    138 → 52 ms on one thread, benchmarks/dft-notes-2026-11-26.log). Every routing treats
+    examples independently, so the result is the same to float rounding.
     """
 
     def __init__(
@@ -193,6 +205,9 @@ class RoutingCaps(nn.Module):
     def forward(self, u: Tensor) -> Routed:
         if torch.is_grad_enabled() or u.device.type != "cpu" or tracing():
             return self._route(u)
+        if self.router.name == "dynamic" and dynamic_native_applies(u, self.weight):
+            v, c = dynamic_kernels().dynamic_forward(u, self.weight, self.router.iterations, EPS)
+            return Routed(v, capsule_lengths(v), c)
         per_example = self.weight[..., 0].numel() * u.element_size()  # bytes of votes
         blocks = [self._route(block) for block in u.split(max(1, BLOCK_BYTES // per_example))]
         return Routed(*(torch.cat(parts) for parts in zip(*blocks, strict=True)))

@@ -1,8 +1,9 @@
 """Native (C++) kernels, compiled on first use.
 
 ``csrc/em_routing.cpp`` (EM routing of convolutional matrix capsules, forward and backward;
-the maths of one routing problem in ``csrc/em_problem.h``) is built with
-:func:`torch.utils.cpp_extension.load` the first time it is needed, into PyTorch's extension
+the maths of one routing problem in ``csrc/em_problem.h``) and ``csrc/dynamic_routing.cpp``
+(votes and dynamic routing of fully connected capsules, inference) are each built with
+:func:`torch.utils.cpp_extension.load` the first time they are needed, into PyTorch's extension
 cache (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), under a name that
 changes with the sources and with this CPU's instruction sets (it is built with
 ``-march=native``). It needs a C++ compiler and ninja; where the build fails, a warning
@@ -18,6 +19,7 @@ import logging
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -26,7 +28,10 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "em_routing.cpp"
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only"]
+DYNAMIC_SOURCE = SOURCE.parent / "dynamic_routing.cpp"
+# -fopenmp: at::parallel_for is OpenMP in PyTorch's CPU builds, and runs serially in code
+# compiled without it (the extension then shares PyTorch's libgomp and its thread count)
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp"]
 
 
 def enabled() -> bool:
@@ -56,35 +61,63 @@ def _find_ninja() -> None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
-@functools.cache
-def em_kernels() -> ModuleType | None:
-    """The built EM routing kernels (``em_forward``, ``em_backward``), or None if the build
-    failed (logged once)."""
+def _build(source: Path, stem: str, what: str) -> ModuleType | None:
+    """Build (or load from the cache) the extension of ``source``; None if that fails,
+    with one warning naming ``what`` and the compiler's error."""
     from torch.utils.cpp_extension import load
 
-    headers = sorted(SOURCE.parent.glob("*.h"))  # what SOURCE includes: in the key too
-    source = b"".join(path.read_bytes() for path in (SOURCE, *headers))
-    key = hashlib.sha256(source + " ".join(FLAGS).encode() + _cpu_key().encode())
-    name = f"capsnet_em_{key.hexdigest()[:16]}"
+    headers = sorted(source.parent.glob("*.h"))  # what a source may include: in the key too
+    text = b"".join(path.read_bytes() for path in (source, *headers))
+    key = hashlib.sha256(text + " ".join(FLAGS).encode() + _cpu_key().encode())
+    name = f"{stem}_{key.hexdigest()[:16]}"
     _find_ninja()
-    log.info("loading the native EM routing kernel %s (built on first use: about a minute)", name)
+    log.info("loading the native %s kernel %s (built on first use: about a minute)", what, name)
     try:
-        return load(name, [str(SOURCE)], extra_cflags=FLAGS, verbose=False)
+        return load(
+            name, [str(source)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"], verbose=False
+        )
     except Exception as e:  # no compiler, no ninja, a failed build: the PyTorch path instead
         lines = str(e).splitlines() or [type(e).__name__]
         why = next((x for x in lines if "error:" in x), lines[0]).strip()  # the compiler's
-        log.warning("native EM routing unavailable, using PyTorch's (slower): %s", why[:300])
+        log.warning("native %s unavailable, using PyTorch's (slower): %s", what, why[:300])
         log.debug("the build's output:\n%s", e)
         return None
 
 
-def em_native_applies(*tensors: torch.Tensor) -> bool:
-    """Whether the native EM kernel can take these tensors: on the CPU, not being traced or
-    compiled, and native kernels enabled (it is built here if need be)."""
+@functools.cache
+def em_kernels() -> ModuleType | None:
+    """The built EM routing kernels (``em_forward``, ``em_backward``), or None if the build
+    failed (logged once)."""
+    return _build(SOURCE, "capsnet_em", "EM routing")
+
+
+@functools.cache
+def dynamic_kernels() -> ModuleType | None:
+    """The built dynamic routing kernel (``dynamic_forward``, inference only), or None if
+    the build failed (logged once)."""
+    return _build(DYNAMIC_SOURCE, "capsnet_dynamic", "dynamic routing")
+
+
+def _applies(kernels: Callable[[], ModuleType | None], tensors: tuple[torch.Tensor, ...]) -> bool:
     from capsnet.runtime import tracing
 
     if not enabled() or tracing() or torch.compiler.is_compiling():
         return False
     if any(t.device.type != "cpu" for t in tensors):
         return False
-    return em_kernels() is not None
+    return kernels() is not None
+
+
+def em_native_applies(*tensors: torch.Tensor) -> bool:
+    """Whether the native EM kernel can take these tensors: on the CPU, not being traced or
+    compiled, and native kernels enabled (it is built here if need be)."""
+    return _applies(em_kernels, tensors)
+
+
+def dynamic_native_applies(*tensors: torch.Tensor) -> bool:
+    """Whether the native dynamic routing kernel can take these tensors: as
+    :func:`em_native_applies`, and all of them float32 or all float64."""
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) != 1 or dtypes.pop() not in (torch.float32, torch.float64):
+        return False
+    return _applies(dynamic_kernels, tensors)
