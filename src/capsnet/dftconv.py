@@ -78,10 +78,10 @@ def half_spectrum_adjoint(
     k = g.shape[-1]
     r, q = _factors(h, w, n, m, sign, g.dtype, g.device)
     z = q.t() @ g.reshape(2 * n, -1)  # (2h, V·N)
-    a = torch.matmul(r.t(), z.view(h, -1, k)).permute(2, 0, 1)  # (N, h, w), a transposed view
+    a = torch.matmul(z.view(h, -1, k).transpose(1, 2), r)  # (h, N, w)
     big_h, big_w = max(h, pad_to[0]), max(w, pad_to[1])
     out = a.new_empty(k, big_h, big_w)
-    out[:, :h, :w] = a
+    out[:, :h, :w] = a.transpose(0, 1)  # copied in rows of w
     out[:, h:].zero_()
     out[:, :h, w:].zero_()
     return out
