@@ -1,5 +1,6 @@
 """torchrun with 2 gloo processes on CPU trains like one process at the same global batch."""
 
+import csv
 import os
 import subprocess
 import sys
@@ -12,6 +13,11 @@ def _train(args: list[str], launcher: list[str], env: dict[str, str]) -> None:
     cmd = [sys.executable, *launcher, "-m", "capsnet", "-q", "train", *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _history(run) -> list[dict[str, str]]:
+    with open(run / "history.csv") as f:
+        return list(csv.DictReader(f))
 
 
 def test_two_gloo_processes_match_one_process(mnist_dir, tmp_path):
@@ -28,3 +34,7 @@ def test_two_gloo_processes_match_one_process(mnist_dir, tmp_path):
     # differs (gradients all-reduced from two halves), so parameters agree to ~1e-6.
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4)
+    # each process validated half of the split; the all-reduced figures are the whole's
+    (h1,), (h2,) = (_history(tmp_path / r) for r in ("one", "two"))
+    assert h2["val_accuracy"] == h1["val_accuracy"]
+    assert abs(float(h2["val_loss"]) - float(h1["val_loss"])) < 1e-5

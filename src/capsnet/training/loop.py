@@ -300,14 +300,10 @@ class Session:
         """Validate, select, and write the epoch's checkpoints, history and state."""
         data, epoch = self.data, row["epoch"]
         is_best = True  # no validation split: the last epoch is the selected one
-        if len(data.val_y):  # every rank evaluates (identically), so all agree on the best
-            val = evaluate(
-                self.model, data.val_x, data.val_y, 500, self.device, self.progress,
-                "validation", self.cfg.precision,
-            )  # fmt: skip
-            row |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+        if len(data.val_y):
+            row |= self._validate()
             row["loss_decodes"] = LOSS_DECODES
-            is_best = val["accuracy"] > self.best_val
+            is_best = row["val_accuracy"] > self.best_val
         self.history.append(row)
         if is_best:
             self.best_val, self.best_epoch = row.get("val_accuracy", -1.0), epoch
@@ -324,6 +320,23 @@ class Session:
             epoch, row["train_loss"], 100 * row["train_accuracy"], val_acc,
             row["train_images_per_second"],
         )  # fmt: skip
+
+    def _validate(self) -> dict[str, float]:
+        """Validation loss and accuracy. Data-parallel, each rank evaluates its share of the
+        split and the sums are all-reduced, so every rank has the same figures (and the same
+        selected epoch) as one process would, to float rounding of the loss."""
+        x, y, info = self.data.val_x, self.data.val_y, self.info
+        share = torch.arange(len(y)).tensor_split(info.world_size)[info.rank]
+        val = evaluate(
+            self.model, x[share], y[share], 500, self.device, self.progress, "validation",
+            self.cfg.precision,
+        )  # fmt: skip
+        if not info.enabled:
+            return {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+        n = len(share)
+        sums = torch.tensor([val["accuracy"] * n, val["loss"] * n], dtype=torch.float64)
+        dist.all_reduce(sums)
+        return {"val_loss": sums[1].item() / len(y), "val_accuracy": round(sums[0].item()) / len(y)}
 
     def _write_epoch(self, epoch: int, is_best: bool) -> None:
         path, name = self.run.path, self.cfg.model
