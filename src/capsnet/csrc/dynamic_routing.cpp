@@ -124,7 +124,8 @@ void route(const T* u, const T* wt, int64_t G, int64_t I, int64_t K, int64_t J, 
           vote(&votes[(g * kChunk + i - i0) * JD], u + (g * I + i) * K, wt + i * K * JD, K, JD);
       for (int64_t g = 0; g < G; ++g)
         pass_chunk(&votes[g * kChunk * JD], n, J, D, t ? v + g * JD : nullptr,
-                   logits.data() + (g * I + i0) * J, c + (g * I + i0) * J, s.data() + g * JD);
+                   t ? logits.data() + (g * I + i0) * J : nullptr, c + (g * I + i0) * J,
+                   s.data() + g * JD);
     }
     for (int64_t g = 0; g < G; ++g) {
       if (t == 0)
