@@ -1,6 +1,7 @@
 import contextlib
 import dataclasses
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -69,6 +70,23 @@ def tiny_run(tiny_cfg, tmp_path_factory) -> Path:
     )
     train(cfg, run_dir)
     return run_dir
+
+
+@pytest.fixture
+def native_kernels(monkeypatch) -> None:
+    """Native kernels on (whatever CAPSNET_NATIVE says outside); the test is skipped where
+    no C++ compiler is found (there the callers take their PyTorch paths)."""
+    monkeypatch.delenv("CAPSNET_NATIVE", raising=False)
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler")
+
+
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads for one test (the native kernels split examples among them)."""
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

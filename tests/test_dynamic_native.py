@@ -1,9 +1,6 @@
 """The native dynamic routing kernel (capsnet/csrc/dynamic_routing.cpp through capsnet.native):
 votes and routing without gradients, equal to the PyTorch path."""
 
-import os
-import shutil
-
 import pytest
 import torch
 
@@ -11,15 +8,10 @@ from capsnet import native
 from capsnet.layers import RoutingCaps
 from capsnet.routing import EPS, RoutingSpec, dynamic_routing
 
-
-@pytest.fixture(autouse=True)
-def _native_on(monkeypatch):
-    monkeypatch.delenv("CAPSNET_NATIVE", raising=False)
+pytestmark = pytest.mark.usefixtures("native_kernels")
 
 
 def _kernels():
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        pytest.skip("no C++ compiler")
     kernels = native.dynamic_kernels()
     assert kernels is not None  # with a compiler (CI has one) the build must succeed
     return kernels
@@ -45,6 +37,15 @@ def test_native_matches_the_pytorch_routing_in_float64(shape, iterations):
     torch.testing.assert_close(c, want_c, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.usefixtures("two_threads")
+def test_two_threads_route_as_one():
+    u, weight = torch.randn(7, 40, 8), 0.3 * torch.randn(40, 10, 16, 8)
+    got = _kernels().dynamic_forward(u, weight, 3, EPS)
+    torch.set_num_threads(1)
+    for a, b in zip(got, _kernels().dynamic_forward(u, weight, 3, EPS), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)  # each example on one thread
+
+
 def test_the_layer_routes_natively_without_gradients_and_agrees_with_training_mode():
     _kernels()
     torch.manual_seed(0)
@@ -56,7 +57,7 @@ def test_the_layer_routes_natively_without_gradients_and_agrees_with_training_mo
         torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_other_routings_and_capsnet_native_0_take_the_pytorch_path(monkeypatch):
+def test_other_dtypes_routings_and_capsnet_native_0_take_the_pytorch_path(monkeypatch):
     u, w = torch.zeros(2, 3, 4), torch.zeros(3, 2, 4, 4)
     assert not native.dynamic_native_applies(u.double(), w)  # mixed dtypes
     assert not native.dynamic_native_applies(u.half(), w.half())

@@ -2,8 +2,6 @@
 here, equal to the written-out reference and to the PyTorch path, values and gradients."""
 
 import logging
-import os
-import shutil
 
 import pytest
 import torch
@@ -14,15 +12,14 @@ from capsnet.em_conv import conv_em_routing
 
 
 @pytest.fixture(autouse=True)
-def _native_on(monkeypatch):
+def _native_on(monkeypatch):  # the tests below check the PyTorch path where none builds
     monkeypatch.delenv("CAPSNET_NATIVE", raising=False)
 
 
+@pytest.mark.usefixtures("native_kernels")
 def test_the_kernel_builds_and_takes_cpu_tensors():
     # with a C++ compiler (CI has one) a failed build fails here, not silently testing the
     # PyTorch path twice in the tests below
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        pytest.skip("no C++ compiler: the tests below check the PyTorch path")
     assert native.em_kernels() is not None
     assert native.em_native_applies(torch.zeros(1))
 
@@ -42,6 +39,19 @@ def test_native_matches_the_written_out_reference(detach, iterations):
     torch.testing.assert_close(got, want)
     g = (torch.randn_like(want[0]), torch.randn_like(want[1]))
     torch.testing.assert_close(torch.autograd.grad(got, ins, g), torch.autograd.grad(want, ins, g))
+
+
+@pytest.mark.usefixtures("native_kernels", "two_threads")
+def test_two_threads_sum_the_shared_gradients_like_one():
+    # float64: the weight's and the betas' gradients are summed over per-thread accumulators
+    ins = _inputs(n=5, i=7, j=3, seed=2)
+    out = conv_em_routing(*ins, 3)
+    g = (torch.randn_like(out[0]), torch.randn_like(out[1]))
+    got = torch.autograd.grad(out, ins, g)
+    torch.set_num_threads(1)
+    want = torch.autograd.grad(conv_em_routing(*ins, 3), ins, g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
 def test_native_backward_passes_gradcheck():
