@@ -91,3 +91,19 @@ def test_a_failed_build_warns_once_and_falls_back(tmp_path, monkeypatch, caplog)
     [record] = caplog.records
     assert "native EM routing unavailable" in record.getMessage()
     assert "broken.cpp:1:1: error:" in record.getMessage()
+
+
+def test_a_compiler_without_openmp_builds_the_kernel_serially(monkeypatch):
+    import torch.utils.cpp_extension as cpp
+
+    flags_tried = []
+
+    def load(name, sources, extra_cflags, extra_ldflags, verbose):
+        flags_tried.append("-fopenmp" in extra_cflags)
+        if "-fopenmp" in extra_cflags:
+            raise RuntimeError("clang: error: unsupported option '-fopenmp'")
+        return "built"
+
+    monkeypatch.setattr(cpp, "load", load)
+    assert native._build(native.SOURCE, "capsnet_em", "EM routing") == "built"
+    assert flags_tried == [True, False]

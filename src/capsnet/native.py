@@ -29,9 +29,10 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "em_routing.cpp"
 DYNAMIC_SOURCE = SOURCE.parent / "dynamic_routing.cpp"
-# -fopenmp: at::parallel_for is OpenMP in PyTorch's CPU builds, and runs serially in code
-# compiled without it (the extension then shares PyTorch's libgomp and its thread count)
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp"]
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only"]
+# at::parallel_for is OpenMP in PyTorch's CPU builds and runs serially in code compiled
+# without it; with it, an extension shares PyTorch's libgomp and its thread count
+OPENMP = ["-fopenmp"]
 
 
 def enabled() -> bool:
@@ -62,26 +63,31 @@ def _find_ninja() -> None:
 
 
 def _build(source: Path, stem: str, what: str) -> ModuleType | None:
-    """Build (or load from the cache) the extension of ``source``; None if that fails,
-    with one warning naming ``what`` and the compiler's error."""
+    """Build (or load from the cache) the extension of ``source``, with OpenMP, or serial
+    where the compiler has none (Apple's clang); None if neither builds, with one warning
+    naming ``what`` and the compiler's first error."""
     from torch.utils.cpp_extension import load
 
     headers = sorted(source.parent.glob("*.h"))  # what a source may include: in the key too
     text = b"".join(path.read_bytes() for path in (source, *headers))
-    key = hashlib.sha256(text + " ".join(FLAGS).encode() + _cpu_key().encode())
-    name = f"{stem}_{key.hexdigest()[:16]}"
     _find_ninja()
-    log.info("loading the native %s kernel %s (built on first use: about a minute)", what, name)
-    try:
-        return load(
-            name, [str(source)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"], verbose=False
-        )
-    except Exception as e:  # no compiler, no ninja, a failed build: the PyTorch path instead
-        lines = str(e).splitlines() or [type(e).__name__]
-        why = next((x for x in lines if "error:" in x), lines[0]).strip()  # the compiler's
-        log.warning("native %s unavailable, using PyTorch's (slower): %s", what, why[:300])
-        log.debug("the build's output:\n%s", e)
-        return None
+    failure: Exception | None = None
+    for openmp in (OPENMP, []):
+        flags = FLAGS + openmp
+        key = hashlib.sha256(text + " ".join(flags).encode() + _cpu_key().encode())
+        name = f"{stem}_{key.hexdigest()[:16]}"
+        log.info("loading the native %s kernel %s (built on first use: about a minute)", what, name)
+        try:
+            return load(
+                name, [str(source)], extra_cflags=flags, extra_ldflags=openmp, verbose=False
+            )
+        except Exception as e:  # no compiler, no ninja, no OpenMP, a failed build
+            failure = failure or e
+    lines = str(failure).splitlines() or [type(failure).__name__]
+    why = next((x for x in lines if "error:" in x), lines[0]).strip()  # the compiler's
+    log.warning("native %s unavailable, using PyTorch's (slower): %s", what, why[:300])
+    log.debug("the build's output:\n%s", failure)
+    return None
 
 
 @functools.cache
