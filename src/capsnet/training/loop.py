@@ -323,18 +323,28 @@ class Session:
 
     def _validate(self) -> dict[str, float]:
         """Validation loss and accuracy. Data-parallel, each rank evaluates its share of the
-        split and the sums are all-reduced, so every rank has the same figures (and the same
-        selected epoch) as one process would, to float rounding of the loss."""
+        split and the sums are all-reduced (on the training device, as the backend needs),
+        so every rank has the same figures (and the same selected epoch) as one process
+        would, to float rounding of the loss."""
         x, y, info = self.data.val_x, self.data.val_y, self.info
-        share = torch.arange(len(y)).tensor_split(info.world_size)[info.rank]
-        val = evaluate(
-            self.model, x[share], y[share], 500, self.device, self.progress, "validation",
-            self.cfg.precision,
-        )  # fmt: skip
+
+        def run(part: slice) -> dict[str, float]:
+            return evaluate(
+                self.model, x[part], y[part], 500, self.device, self.progress, "validation",
+                self.cfg.precision,
+            )  # fmt: skip
+
         if not info.enabled:
+            val = run(slice(None))
             return {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
-        n = len(share)
-        sums = torch.tensor([val["accuracy"] * n, val["loss"] * n], dtype=torch.float64)
+        sizes = [len(part) for part in torch.arange(len(y)).tensor_split(info.world_size)]
+        n, start = sizes[info.rank], sum(sizes[: info.rank])
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # correct, loss
+        if n:  # a rank may have none of a split smaller than the world
+            val = run(slice(start, start + n))  # a view of the split, not a copy
+            sums += torch.tensor(
+                [val["accuracy"] * n, val["loss"] * n], dtype=torch.float64, device=self.device
+            )
         dist.all_reduce(sums)
         return {"val_loss": sums[1].item() / len(y), "val_accuracy": round(sums[0].item()) / len(y)}
 
