@@ -14,6 +14,7 @@ from capsnet.dftconv import (
 )
 from capsnet.errors import ConfigError
 from capsnet.layers import Conv2d
+from capsnet.training.loop import adam
 
 SHAPES = [  # (B, C, O, H, W, kh, kw, stride): odd and even sizes, kernel = input, stride 3
     (3, 4, 5, 11, 9, 3, 4, 2),
@@ -180,3 +181,30 @@ def test_layer_keeps_the_kernel_spectrum_without_gradients_until_the_weight_chan
         ref.load_state_dict(layer.state_dict())
         torch.testing.assert_close(layer(x), ref(x), atol=1e-5, rtol=1e-5)
         assert layer._spectrum[1] is not kept
+
+
+def _step_then_check_inference(layer, optim, between=lambda: None):
+    """Inference (spectrum kept), a training step, ``between``, inference against
+    nn.Conv2d with the stepped weight."""
+    ref, x = torch.nn.Conv2d(64, 64, 9, 2), torch.randn(2, 64, 20, 20)
+    layer.eval()
+    with torch.no_grad():
+        layer(x)
+    assert layer._spectrum is not None
+    layer(x).square().sum().backward()
+    optim.step()
+    between()
+    ref.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+def test_inference_after_a_step_of_the_trainers_fused_adam_uses_the_new_weight():
+    layer = Conv2d(64, 64, 9, 2)
+    _step_then_check_inference(layer, adam(layer, 1e-2))
+
+
+def test_a_mode_switch_drops_the_kept_spectrum():
+    layer = Conv2d(64, 64, 9, 2)
+    optim = torch.optim.Adam(layer.parameters(), lr=1e-2, fused=True)  # no version counting
+    _step_then_check_inference(layer, optim, lambda: layer.train().eval())

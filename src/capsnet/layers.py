@@ -46,7 +46,11 @@ class Conv2d(nn.Conv2d):
 
     Without gradients (inference) the kernel's spectrum is kept between calls until the
     weight changes (for the paper's PrimaryCaps, 149 MB; 50 MB in bfloat16), laid out
-    (frequency, in-channel, out-channel) as the forward's products read it.
+    (frequency, in-channel, out-channel) as the forward's products read it. A change is
+    seen by the weight's version counter, which PyTorch's fused optimizers do not advance
+    (:func:`capsnet.training.loop.adam` does it for them), and :meth:`train` and ``eval``
+    drop the spectrum: a loop that switches modes between a step and inference is safe
+    with any optimizer.
 
     Under bfloat16 autocast the input's transform and the output's inverse run in the
     weight's dtype (float32); the kernel's transform, the channel products (four real
@@ -63,6 +67,10 @@ class Conv2d(nn.Conv2d):
         plain = self.padding == (0, 0) and self.dilation == (1, 1) and self.groups == 1
         self.dft = dft and plain and self.stride[0] == self.stride[1]
         self._spectrum: tuple[tuple, Tensor] | None = None  # (key, kernel_spectrum)
+
+    def train(self, mode: bool = True) -> Conv2d:
+        self._spectrum = None
+        return super().train(mode)
 
     def dft_pays(self, x: Tensor) -> bool:
         """Whether :meth:`forward` takes the DFT path for input ``x``."""

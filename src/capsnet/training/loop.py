@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.autograd.graph import increment_version
 from torch.nn.parallel import DistributedDataParallel
 
 from capsnet.checkpoint import BEST, LAST, save_checkpoint, weights_for
@@ -56,13 +57,20 @@ def adam(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.
     """The paper's Adam, or AdamW (decoupled weight decay) when ``weight_decay`` > 0; fused
     into one kernel where PyTorch has it (CPU and CUDA parameters): the same update, and for
     the paper network's 8.2M parameters on 2026-12-04's AMD EPYC 4-5 ms a step instead of
-    12-18 (benchmarks/adam-fused-2026-12-04.log).
+    12-18 (benchmarks/adam-fused-2026-12-04.log). The fused kernel does not count its
+    in-place update in the parameters' version counters (PyTorch 2.13), which caches keyed
+    on them rely on (:class:`capsnet.layers.Conv2d`'s kernel spectrum); a hook after each
+    step counts it.
     """
     params = list(model.parameters())
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
     if weight_decay:
-        return torch.optim.AdamW(params, lr, weight_decay=weight_decay, fused=fused)
-    return torch.optim.Adam(params, lr=lr, fused=fused)
+        optim = torch.optim.AdamW(params, lr, weight_decay=weight_decay, fused=fused)
+    else:
+        optim = torch.optim.Adam(params, lr=lr, fused=fused)
+    if fused:
+        optim.register_step_post_hook(lambda *_: increment_version(params))
+    return optim
 
 
 def build_model(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int) -> nn.Module:
