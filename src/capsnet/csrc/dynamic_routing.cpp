@@ -3,17 +3,22 @@
 // and capsnet/routing.py's _route, without writing the votes to memory.
 //
 // In PyTorch the votes u_hat (B, J, I, D) are written by one product and read by five more
-// (for the paper's DigitCaps, 737 KB an example). Here they are made again in each of the
-// r passes, a chunk of children at a time, into a buffer that stays in L1, and used there:
-// the first pass sums them (the first coupling is uniform, the softmax of zero logits); each
-// later pass adds their agreement with the last parents to the logits, takes the softmax
-// over the parents (the exponentials of the whole chunk at once, so that they vectorise)
-// and sums the weighted votes. A thread routes its examples together, chunk by chunk, so
-// that a chunk of the weight is read from memory once a pass for all of them.
+// (for the paper's DigitCaps, 737 KB an example). Here each of the r passes makes them
+// again, a block of L children at a time (L = 16 floats or 8 doubles, one 64-byte vector),
+// and uses them at once. The children of a block are the lanes of every vector: a vote
+// component u_hat_j|i[d] is one vector (L children), made by K multiply-adds of vectors; the
+// agreement of the L children with parent j is D multiply-adds of vectors; the softmax over
+// the parents runs lane-wise; and the weighted sum over the children gathers in vector
+// accumulators (J*D per example), added across lanes once a pass. So no step needs a sum
+// across lanes inside the loops. The first pass adds the votes unweighted (the first
+// coupling is uniform, the softmax of zero logits). A thread routes its examples together,
+// block by block, so that a block's weight (80 KB for the paper's DigitCaps) is read from
+// memory once a pass for all of them and from cache for each.
 // Built on first use by capsnet/native.py; tested against the PyTorch path.
 //
 // Shapes: N examples, I children with K components, J parents with D components; children
-// u (N, I, K), weight W (I, J, D, K) (the layer's), used as Wt (I, K, J*D).
+// u (N, I, K) and weight W (I, J, D, K) (the layer's), padded with zero children to nb*L
+// and taken as u (N, nb, K, L) and W (nb, J, D, K, L).
 
 #include <torch/extension.h>
 
@@ -28,7 +33,20 @@
 
 namespace {
 
-constexpr int64_t kChunk = 8;  // children a chunk: their votes for a thread's examples in L2
+constexpr int64_t kGroup = 8;  // examples whose votes of a block are made together
+
+template <typename T>
+struct Lanes {
+  typedef T Vec __attribute__((vector_size(64)));
+  static constexpr int64_t L = 64 / sizeof(T);
+};
+
+template <typename T>
+inline typename Lanes<T>::Vec load(const T* p) {
+  typename Lanes<T>::Vec x;
+  std::memcpy(&x, p, sizeof(x));
+  return x;
+}
 
 // v = |s|^2 / (1 + |s|^2) * s / sqrt(|s|^2 + eps) for each of J rows of D (routing.squash).
 template <typename T>
@@ -41,99 +59,113 @@ void squash_rows(const T* s, T* v, int64_t J, int64_t D, double eps) {
   }
 }
 
-// o (JD) = sum_k u[k] w[k] for one child: u (K), w (K, JD); one 64-byte vector of o at a
-// time, summed in a register (GCC's vector extension: left to itself, the compiler would
-// vectorise the short sum over k instead).
-template <typename T>
-inline void vote(T* __restrict__ o, const T* __restrict__ u, const T* __restrict__ w, int64_t K,
-                 int64_t JD) {
-  typedef T Vec __attribute__((vector_size(64)));
-  constexpr int64_t lanes = 64 / sizeof(T);
+// The votes of a block's L children: o[x] = sum_k w[x, k] * u[k], w (rows, K, L), u (K, L).
+// Four rows at a time, so that four independent sums overlap their multiply-adds' latency;
+// with K a constant (Fixed > 0) the compiler unrolls the sum over k.
+template <int64_t Fixed, typename T>
+inline void block_votes(typename Lanes<T>::Vec* __restrict__ o, const T* __restrict__ w,
+                        const T* __restrict__ u, int64_t rows, int64_t K) {
+  using Vec = typename Lanes<T>::Vec;
+  constexpr int64_t L = Lanes<T>::L, R = 4;
+  if constexpr (Fixed > 0) K = Fixed;
   int64_t x = 0;
-  for (; x + lanes <= JD; x += lanes) {
-    Vec acc = {}, wk;
+  for (; x + R <= rows; x += R) {
+    Vec acc[R] = {};
     for (int64_t k = 0; k < K; ++k) {
-      std::memcpy(&wk, w + k * JD + x, sizeof(Vec));
-      acc += u[k] * wk;
+      const Vec uk = load(u + k * L);
+      for (int64_t r = 0; r < R; ++r) acc[r] += load(w + ((x + r) * K + k) * L) * uk;
     }
-    std::memcpy(o + x, &acc, sizeof(Vec));
+    for (int64_t r = 0; r < R; ++r) o[x + r] = acc[r];
   }
-  for (; x < JD; ++x) {
-    T acc = 0;
-    for (int64_t k = 0; k < K; ++k) acc += u[k] * w[k * JD + x];
+  for (; x < rows; ++x) {
+    Vec acc = {};
+    for (int64_t k = 0; k < K; ++k) acc += load(w + (x * K + k) * L) * load(u + k * L);
     o[x] = acc;
   }
 }
 
 template <typename T>
-inline void axpy(T* __restrict__ o, T a, const T* __restrict__ w, int64_t n) {
-  for (int64_t x = 0; x < n; ++x) o[x] += a * w[x];
+inline void votes_of_block(typename Lanes<T>::Vec* o, const T* w, const T* u, int64_t rows,
+                           int64_t K) {
+  if (K == 8)  // the paper's primary capsules
+    block_votes<8>(o, w, u, rows, K);
+  else
+    block_votes<0>(o, w, u, rows, K);
 }
 
+// One later pass of one example over a block of children with votes (J*D vectors): adds
+// their agreement with the parents v (J*D) to the logits b (J vectors), takes the softmax
+// over j lane by lane (eq. 3) and adds the weighted votes to acc (J*D vectors; eq. 2). With
+// c, writes the coupling of the block's first `live` children there, (live, J).
 template <typename T>
-inline T dot(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
-  T sum = 0;
-  for (int64_t x = 0; x < n; ++x) sum += a[x] * b[x];
-  return sum;
+void block_pass(const typename Lanes<T>::Vec* votes, const T* v, int64_t J, int64_t D,
+                typename Lanes<T>::Vec* b, typename Lanes<T>::Vec* acc, T* c, int64_t live) {
+  using Vec = typename Lanes<T>::Vec;
+  constexpr int64_t L = Lanes<T>::L;
+  for (int64_t j = 0; j < J; ++j)
+    for (int64_t d = 0; d < D; ++d) b[j] += votes[j * D + d] * v[j * D + d];  // agreement
+  Vec top = b[0];
+  for (int64_t j = 1; j < J; ++j) top = b[j] > top ? b[j] : top;
+  alignas(64) T e[64 * L];  // exponentials, (J, L) with J <= 64
+  for (int64_t j = 0; j < J; ++j) {
+    const Vec shifted = b[j] - top;
+    std::memcpy(e + j * L, &shifted, sizeof(Vec));
+  }
+  for (int64_t x = 0; x < J * L; ++x) e[x] = exp_nonpositive(e[x]);
+  Vec total = {};
+  for (int64_t j = 0; j < J; ++j) total += load(e + j * L);
+  const Vec inverse = T(1) / total;
+  for (int64_t j = 0; j < J; ++j) {
+    const Vec cj = load(e + j * L) * inverse;  // c_ij for the block's children
+    for (int64_t d = 0; d < D; ++d) acc[j * D + d] += cj * votes[j * D + d];
+    if (c != nullptr)
+      for (int64_t l = 0; l < live; ++l) c[l * J + j] = cj[l];
+  }
 }
 
-// One routing pass of one example over n children with votes (n, J, D): adds to s (J*D)
-// the votes weighted by the coupling; with v (the last parents, J*D) the coupling is the
-// softmax of the children's logits b (n, J) plus the agreement, and c (n, J) receives it;
-// without v it is uniform and neither is touched.
+// Procedure 1 for examples u (G, nb, K, L) -> parents v (G, J, D) and the last coupling
+// c (G, I, J). Each pass walks the blocks of children; each block serves all G examples.
 template <typename T>
-void pass_chunk(const T* votes, int64_t n, int64_t J, int64_t D, const T* v, T* b, T* c, T* s) {
+void route(const T* u, const T* w, int64_t G, int64_t nb, int64_t I, int64_t K, int64_t J,
+           int64_t D, int64_t iterations, double eps, T* v, T* c) {
+  using Vec = typename Lanes<T>::Vec;
+  constexpr int64_t L = Lanes<T>::L;
   const int64_t JD = J * D;
-  if (v == nullptr) {
-    for (int64_t i = 0; i < n; ++i) axpy(s, T(1), votes + i * JD, JD);
-    return;
-  }
-  T e[kChunk * 64];  // exponentials of the chunk (J <= 64)
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < J; ++j) b[i * J + j] += dot(votes + (i * J + j) * D, v + j * D, D);
-    const T top = *std::max_element(b + i * J, b + (i + 1) * J);
-    for (int64_t j = 0; j < J; ++j) e[i * J + j] = b[i * J + j] - top;
-  }
-  for (int64_t ij = 0; ij < n * J; ++ij) e[ij] = exp_nonpositive(e[ij]);
-  for (int64_t i = 0; i < n; ++i) {
-    T total = 0;
-    for (int64_t j = 0; j < J; ++j) total += e[i * J + j];
-    for (int64_t j = 0; j < J; ++j) {
-      const T cij = e[i * J + j] / total;  // c_i = softmax(b_i), eq. 3
-      axpy(s + j * D, cij, votes + (i * J + j) * D, D);  // s_j += c_ij u_hat_j|i, eq. 2
-      c[i * J + j] = cij;
-    }
-  }
-}
-
-// Procedure 1 for examples u (G, I, K) -> parents v (G, J, D) and coupling c (G, I, J).
-// Each pass walks the children in chunks: the chunk's votes for all G examples (a child's
-// K rows of wt stay in L1 while they are made for every example), then each example's pass
-// over them.
-template <typename T>
-void route(const T* u, const T* wt, int64_t G, int64_t I, int64_t K, int64_t J, int64_t D,
-           int64_t iterations, double eps, T* v, T* c) {
-  const int64_t JD = J * D;
-  std::vector<T> s(G * JD), logits(iterations > 1 ? G * I * J : 0), votes(G * kChunk * JD);
+  std::vector<Vec> acc(G * JD), logits(iterations > 1 ? G * nb * J : 0), votes(kGroup * JD);
+  std::vector<T> s(JD);
   for (int64_t t = 0; t < iterations; ++t) {
-    std::fill(s.begin(), s.end(), T(0));
-    for (int64_t i0 = 0; i0 < I; i0 += kChunk) {
-      const int64_t n = std::min(kChunk, I - i0);
-      for (int64_t i = i0; i < i0 + n; ++i)
-        for (int64_t g = 0; g < G; ++g)
-          vote(&votes[(g * kChunk + i - i0) * JD], u + (g * I + i) * K, wt + i * K * JD, K, JD);
-      for (int64_t g = 0; g < G; ++g)
-        pass_chunk(&votes[g * kChunk * JD], n, J, D, t ? v + g * JD : nullptr,
-                   t ? logits.data() + (g * I + i0) * J : nullptr, c + (g * I + i0) * J,
-                   s.data() + g * JD);
+    std::fill(acc.begin(), acc.end(), Vec{});
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      const T* wb = w + blk * JD * K * L;
+      const int64_t live = std::min(L, I - blk * L);
+      for (int64_t g0 = 0; g0 < G; g0 += kGroup) {
+        const int64_t gn = std::min(kGroup, G - g0);
+        for (int64_t j = 0; j < J; ++j)  // parent j's weight (D*K vectors) in L1 for the group
+          for (int64_t g = 0; g < gn; ++g)
+            votes_of_block(&votes[g * JD + j * D], wb + j * D * K * L,
+                           u + ((g0 + g) * nb + blk) * K * L, D, K);
+        for (int64_t g = g0; g < g0 + gn; ++g) {
+          const Vec* vg = &votes[(g - g0) * JD];
+          Vec* a = &acc[g * JD];
+          if (t == 0) {  // uniform coupling: the sum of the votes, divided by J below
+            for (int64_t x = 0; x < JD; ++x) a[x] += vg[x];
+            continue;
+          }
+          T* cb = t + 1 == iterations ? c + (g * I + blk * L) * J : nullptr;
+          block_pass(vg, v + g * JD, J, D, &logits[(g * nb + blk) * J], a, cb, live);
+        }
+      }
     }
     for (int64_t g = 0; g < G; ++g) {
-      if (t == 0)
-        for (int64_t x = 0; x < JD; ++x) s[g * JD + x] /= T(J);
-      squash_rows(s.data() + g * JD, v + g * JD, J, D, eps);  // eq. 1
+      for (int64_t x = 0; x < JD; ++x) {
+        T sum = 0;
+        for (int64_t l = 0; l < L; ++l) sum += acc[g * JD + x][l];
+        s[x] = t == 0 ? sum / T(J) : sum;
+      }
+      squash_rows(s.data(), v + g * JD, J, D, eps);  // eq. 1
     }
   }
-  if (iterations == 1) std::fill_n(c, G * I * J, T(1) / T(J));  // logits stay 0
+  if (iterations == 1) std::fill_n(c, G * I * J, T(1) / T(J));  // the logits stay 0
 }
 
 }  // namespace
@@ -149,15 +181,18 @@ std::vector<torch::Tensor> dynamic_forward(torch::Tensor u, torch::Tensor weight
   TORCH_CHECK(u.device().is_cpu() && weight.device().is_cpu() && u.scalar_type() == weight.scalar_type(),
               "u and weight must be CPU tensors of one dtype");
   const int64_t N = u.size(0), I = u.size(1), K = u.size(2), J = weight.size(1), D = weight.size(2);
-  const auto uc = u.contiguous();
-  const auto wt = weight.permute({0, 3, 1, 2}).contiguous();  // (I, K, J, D)
+  const int64_t L = 64 / u.element_size(), nb = (I + L - 1) / L, pad = nb * L - I;
+  const auto up = pad ? at::constant_pad_nd(u, {0, 0, 0, pad}) : u;  // (N, nb*L, K): zero children
+  const auto wp = pad ? at::constant_pad_nd(weight, {0, 0, 0, 0, 0, 0, 0, pad}) : weight;
+  const auto ul = up.reshape({N, nb, L, K}).permute({0, 1, 3, 2}).contiguous();  // (N, nb, K, L)
+  const auto wl = wp.reshape({nb, L, J, D, K}).permute({0, 2, 3, 4, 1}).contiguous();  // (nb, J, D, K, L)
   auto v = u.new_empty({N, J, D}), c = u.new_empty({N, I, J});
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "dynamic_forward", [&] {
-    const scalar_t *pu = uc.data_ptr<scalar_t>(), *pw = wt.data_ptr<scalar_t>();
+    const scalar_t *pu = ul.data_ptr<scalar_t>(), *pw = wl.data_ptr<scalar_t>();
     scalar_t *pv = v.data_ptr<scalar_t>(), *pc = c.data_ptr<scalar_t>();
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      route(pu + begin * I * K, pw, end - begin, I, K, J, D, iterations, eps, pv + begin * J * D,
-            pc + begin * I * J);
+      route(pu + begin * nb * K * L, pw, end - begin, nb, I, K, J, D, iterations, eps,
+            pv + begin * J * D, pc + begin * I * J);
     });
   });
   return {v, c};
