@@ -13,7 +13,8 @@
 // across lanes inside the loops. The first pass adds the votes unweighted (the first
 // coupling is uniform, the softmax of zero logits). A thread routes its examples together,
 // block by block, so that a block's weight (80 KB for the paper's DigitCaps) is read from
-// memory once a pass for all of them and from cache for each.
+// memory once a pass for all of them, and makes a block's votes parent by parent for
+// kGroup examples at a time, so that a parent's share of it (8 KB) is read from L1.
 // Built on first use by capsnet/native.py; tested against the PyTorch path.
 //
 // Shapes: N examples, I children with K components, J parents with D components; children
