@@ -204,7 +204,10 @@ def test_inference_after_a_step_of_the_trainers_fused_adam_uses_the_new_weight()
     _step_then_check_inference(layer, adam(layer, 1e-2))
 
 
-def test_a_mode_switch_drops_the_kept_spectrum():
+def test_entering_training_mode_drops_the_kept_spectrum_and_eval_keeps_it():
     layer = Conv2d(64, 64, 9, 2)
     optim = torch.optim.Adam(layer.parameters(), lr=1e-2, fused=True)  # no version counting
     _step_then_check_inference(layer, optim, lambda: layer.train().eval())
+    kept = layer._spectrum
+    layer.eval()  # e.g. another predict() call
+    assert layer._spectrum is kept

@@ -48,9 +48,10 @@ class Conv2d(nn.Conv2d):
     weight changes (for the paper's PrimaryCaps, 149 MB; 50 MB in bfloat16), laid out
     (frequency, in-channel, out-channel) as the forward's products read it. A change is
     seen by the weight's version counter, which PyTorch's fused optimizers do not advance
-    (:func:`capsnet.training.loop.adam` does it for them), and :meth:`train` and ``eval``
-    drop the spectrum: a loop that switches modes between a step and inference is safe
-    with any optimizer.
+    (:func:`capsnet.training.loop.adam` does it for them), and entering training mode
+    (:meth:`train`) drops the spectrum: a loop that switches to training for its steps and
+    back for inference is safe with any optimizer, while repeated ``eval()`` calls (one per
+    :func:`capsnet.predict.predict` call) keep it.
 
     Under bfloat16 autocast the input's transform and the output's inverse run in the
     weight's dtype (float32); the kernel's transform, the channel products (four real
@@ -69,7 +70,8 @@ class Conv2d(nn.Conv2d):
         self._spectrum: tuple[tuple, Tensor] | None = None  # (key, kernel_spectrum)
 
     def train(self, mode: bool = True) -> Conv2d:
-        self._spectrum = None
+        if mode:
+            self._spectrum = None
         return super().train(mode)
 
     def dft_pays(self, x: Tensor) -> bool:
