@@ -12,24 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.timing import best_ms
 from capsnet import native
 from capsnet.allocator import keep_freed_memory
 from capsnet.routing import EPS
-
-
-def _best_ms(fn, repeats: int = 9) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return round(best * 1e3, 2)
 
 
 def main() -> None:
@@ -51,7 +41,7 @@ def main() -> None:
     print(json.dumps({"max_abs_difference": diff, "threads": torch.get_num_threads()}))
     for _ in range(3):
         for name, k in kernels.items():
-            ms = [_best_ms(lambda r=r, k=k: k.dynamic_forward(u, w, r, EPS)) for r in (1, 2, 3)]
+            ms = [best_ms(lambda r=r, k=k: k.dynamic_forward(u, w, r, EPS), 9) for r in (1, 2, 3)]
             print(json.dumps({"kernel": name, "ms_for_1_2_3_iterations": ms}))
 
 

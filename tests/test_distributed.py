@@ -22,16 +22,8 @@ def _history(run) -> list[dict[str, str]]:
 
 def test_two_gloo_processes_match_one_process(mnist_dir, tmp_path):
     args = ["--dataset", "mnist", "--data-dir", str(mnist_dir), "--model", "capsnet-small"]
-    args += [
-        "--epochs",
-        "1",
-        "--batch-size",
-        "40",
-        "--train-limit",
-        "160",
-        "--val-size",
-        "41",
-    ]  # uneven shares
+    args += ["--epochs", "1", "--batch-size", "40", "--train-limit", "160"]
+    args += ["--val-size", "41"]  # uneven shares of 2 ranks
     args += ["--test-limit", "40", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     _train([*args, "--out", str(tmp_path / "one")], [], env)
