@@ -2,6 +2,7 @@
 here, equal to the written-out reference and to the PyTorch path, values and gradients."""
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +108,14 @@ def test_a_compiler_without_openmp_builds_the_kernel_serially(monkeypatch):
     monkeypatch.setattr(cpp, "load", load)
     assert native._build(native.SOURCE, "capsnet_em", "EM routing") == "built"
     assert flags_tried == [True, False]
+
+
+def test_the_build_name_changes_with_what_the_build_depends_on():
+    here = native.SOURCE
+    name = native._build_name("capsnet_em", here, b"source", ["-O3"])
+    assert name == native._build_name("capsnet_em", here, b"source", ["-O3"])
+    assert name.startswith("capsnet_em_")
+    other_checkout = Path("/elsewhere/src/capsnet/csrc") / here.name
+    assert name != native._build_name("capsnet_em", other_checkout, b"source", ["-O3"])
+    assert name != native._build_name("capsnet_em", here, b"edited", ["-O3"])
+    assert name != native._build_name("capsnet_em", here, b"source", ["-O2"])

@@ -5,9 +5,10 @@ the maths of one routing problem in ``csrc/em_problem.h``) and ``csrc/dynamic_ro
 (votes and dynamic routing of fully connected capsules, inference) are each built with
 :func:`torch.utils.cpp_extension.load` the first time they are needed, into PyTorch's extension
 cache (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), under a name that
-changes with the sources and with this CPU's instruction sets (it is built with
-``-march=native``). It needs a C++ compiler and ninja; where the build fails, a warning
-says why once and the callers take their pure PyTorch path, which gives the same numbers.
+changes with the sources, this CPU's instruction sets (it is built with ``-march=native``),
+the PyTorch and Python versions and the sources' directory. It needs a C++ compiler and
+ninja; where the build fails, a warning says why once and the callers take their pure
+PyTorch path, which gives the same numbers.
 ``CAPSNET_NATIVE=0`` in the environment turns the native path off.
 """
 
@@ -19,6 +20,7 @@ import logging
 import os
 import platform
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -62,6 +64,17 @@ def _find_ninja() -> None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
+def _build_name(stem: str, source: Path, text: bytes, flags: list[str]) -> str:
+    """``stem`` and a hash of what the build depends on: the sources' ``text``, the compiler
+    ``flags``, this CPU's instruction sets, the versions of PyTorch and Python the module is
+    built against, and the sources' path. With the path in it, two checkouts (or a checkout
+    and an installed copy) build in directories of their own instead of taking turns to
+    rebuild one: PyTorch's build files name the source by its path."""
+    parts = (text, " ".join(flags), _cpu_key(), torch.__version__, sys.version, str(source))
+    key = hashlib.sha256(b"\0".join(p if isinstance(p, bytes) else p.encode() for p in parts))
+    return f"{stem}_{key.hexdigest()[:16]}"
+
+
 def _build(source: Path, stem: str, what: str) -> ModuleType | None:
     """Build (or load from the cache) the extension of ``source``, with OpenMP, or serial
     where the compiler has none (Apple's clang); None if neither builds, with one warning
@@ -74,8 +87,7 @@ def _build(source: Path, stem: str, what: str) -> ModuleType | None:
     failure: Exception | None = None
     for openmp in (OPENMP, []):
         flags = FLAGS + openmp
-        key = hashlib.sha256(text + " ".join(flags).encode() + _cpu_key().encode())
-        name = f"{stem}_{key.hexdigest()[:16]}"
+        name = _build_name(stem, source, text, flags)
         log.info("loading the native %s kernel %s (built on first use: about a minute)", what, name)
         try:
             return load(
