@@ -98,8 +98,8 @@ def test_train_state_json_of_the_wrong_shape(run, capsys, state):
         (["--lr", "inf"], "lr must be finite and > 0"),
         (["--seed", "100000000000000000000000"], "seed must be from 0 to 2**64 - 1"),
         (["--weight-decay", "nan"], "warmup_epochs and weight_decay must be finite and ≥ 0"),
-        (["--rotation", "nan"], "max_shift, rotation and elastic must be finite and ≥ 0"),
-        (["--elastic", "inf"], "max_shift, rotation and elastic must be finite and ≥ 0"),
+        (["--rotation", "nan"], "max_shift, rotation, elastic and erase must be finite and ≥ 0"),
+        (["--elastic", "inf"], "max_shift, rotation, elastic and erase must be finite and ≥ 0"),
     ],
 )
 def test_non_finite_options_and_huge_seed_are_refused(tmp_path, capsys, option, message):

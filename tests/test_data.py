@@ -22,7 +22,7 @@ from capsnet.data import (
     shift_images,
     train_val_split,
 )
-from capsnet.data.transforms import Augmentation
+from capsnet.data.transforms import Augmentation, random_erase
 from capsnet.errors import ConfigError, DataError
 
 MNIST_DIR = Path(__file__).resolve().parent / "data" / "mnist-subset"
@@ -356,7 +356,35 @@ def test_rotation_scale_elastic_are_seeded_and_keep_shape_dtype_and_ink():
     assert ((ink > 0.7) & (ink < 1.4)).all(), ink
 
 
-@pytest.mark.parametrize("bad", [{"scale": 1.0}, {"rotation": -1.0}, {"max_shift": -1}])
+def test_erase_zeroes_one_square_of_the_given_side_per_image():
+    x = torch.full((6, 2, 9, 7), 5.0)
+    a = random_erase(x, 3, torch.Generator().manual_seed(0))
+    assert torch.equal(a, random_erase(x, 3, torch.Generator().manual_seed(0)))
+    zero = a == 0  # (6, 2, 9, 7)
+    assert (zero.sum((1, 2, 3)) == 2 * 9).all() and torch.equal(zero[:, 0], zero[:, 1])
+    rows, cols = zero[:, 0].any(2), zero[:, 0].any(1)  # (6, 9), (6, 7): 3 adjacent each
+    assert (rows.sum(1) == 3).all() and (cols.sum(1) == 3).all()
+    assert random_erase(x, 0) is x and torch.equal(x, torch.full_like(x, 5.0))
+
+
+def test_erase_larger_than_the_image_is_a_config_error():
+    with pytest.raises(ConfigError, match="erase size 10 must be in 0..7 for 9×7 images"):
+        random_erase(torch.zeros(1, 1, 9, 7), 10)
+
+
+def test_full_squeeze_of_a_column_moves_ink_towards_the_centre_only_horizontally():
+    x = torch.zeros(4, 1, 28, 28)
+    x[:, :, 4:24, 2:4] = 1.0  # a bar near the left edge
+    a = Augmentation(max_shift=0, squeeze=0.5)(x, torch.Generator().manual_seed(3))
+    cols = torch.arange(28.0)
+    centre_of_ink = (a.sum((1, 2)) * cols).sum(1) / a.sum((1, 2, 3))  # (4,)
+    assert (centre_of_ink > 3.0).all()  # 2.5 unsqueezed; squeezing pulls it towards 14
+    assert torch.equal(a.sum((1, 3)) > 0, x.sum((1, 3)) > 0)  # rows untouched
+
+
+@pytest.mark.parametrize(
+    "bad", [{"scale": 1.0}, {"squeeze": 1.0}, {"rotation": -1.0}, {"max_shift": -1}, {"erase": -1}]
+)
 def test_bad_augmentation_settings_are_config_errors(bad):
     with pytest.raises(ConfigError):
         Augmentation(**bad)

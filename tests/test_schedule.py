@@ -53,7 +53,7 @@ def test_bad_schedule_or_augmentation_settings_are_config_errors(bad):
 def test_a_run_with_every_option_trains_and_records_its_learning_rates(tiny_cfg, tmp_path):
     cfg = dataclasses.replace(
         tiny_cfg, epochs=2, lr_schedule="cosine", warmup_epochs=0.5, weight_decay=0.01,
-        rotation=10, scale=0.1, elastic=8,
+        rotation=10, scale=0.1, elastic=8, squeeze=0.2, erase=4,
     )  # fmt: skip
     metrics = train(cfg, tmp_path / "run")
     assert 0 <= metrics["test_accuracy"] <= 1

@@ -94,6 +94,8 @@ def _train_fields(tasks, models, precisions) -> dict[str, tuple]:
         "rotation": (float, "beyond the paper: random rotation, ± degrees"),
         "scale": (float, "beyond the paper: random scaling by 1 ± this"),
         "elastic": (float, "beyond the paper: elastic distortion α, pixels (σ = 4)"),
+        "squeeze": (float, "beyond the paper: random horizontal squeeze by 1 − [0, this]"),
+        "erase": (_non_negative, "beyond the paper: zero a random square of this side, pixels"),
         "train_limit": (_positive, "train on the first N training images"),
         "val_size": (_non_negative, "validation images held out of the training split"),
         "seed": (int, "random seed"),

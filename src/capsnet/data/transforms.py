@@ -1,5 +1,5 @@
 """Index splits and batched, reproducible training augmentation (the paper's random shifts,
-and rotations, scalings and elastic distortions beyond it)."""
+and rotations, scalings, squeezes, elastic distortions and erased patches beyond it)."""
 
 from __future__ import annotations
 
@@ -73,33 +73,68 @@ def random_shift(
     return shift_images(x, shifts[0], shifts[1])
 
 
+def random_erase(
+    x: torch.Tensor, size: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Set a ``size`` × ``size`` square of each image of ``x`` (B, C, H, W) to zero.
+
+    The square's top-left corner is uniform over the places that keep it inside the image,
+    drawn on the CPU from ``generator`` (like :func:`random_shift`). A new tensor, same
+    shape and dtype; ``size`` 0 returns ``x`` itself.
+    """
+    height, width = x.shape[-2:]
+    if not 0 <= size <= min(height, width):
+        raise ConfigError(
+            f"erase size {size} must be in 0..{min(height, width)} for {height}×{width} images"
+        )
+    if size == 0:
+        return x
+    batch = len(x)
+    top = torch.randint(0, height - size + 1, (batch,), generator=generator, device="cpu")
+    left = torch.randint(0, width - size + 1, (batch,), generator=generator, device="cpu")
+    rows = torch.arange(height).view(1, height) - top.view(batch, 1)  # (B, H)
+    cols = torch.arange(width).view(1, width) - left.view(batch, 1)  # (B, W)
+    inside = ((rows >= 0) & (rows < size)).view(batch, 1, height, 1) & (
+        (cols >= 0) & (cols < size)
+    ).view(batch, 1, 1, width)  # (B, 1, H, W)
+    return x.masked_fill(inside.to(x.device), 0)
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """Random changes to each training image, drawn per image from a generator.
 
     ``max_shift`` is the paper's (whole-pixel shifts in ±max_shift, zero fill). The others,
-    beyond the paper and off (0) by default: a rotation uniform in ±``rotation`` degrees and
-    a scaling by a factor uniform in [1 − ``scale``, 1 + ``scale``] (one warp about the
-    centre, bilinear), then an elastic distortion of ``elastic`` pixels (Simard et al. 2003,
-    σ = 4), then the shift.
+    beyond the paper and off (0) by default: a rotation uniform in ±``rotation`` degrees, a
+    scaling by a factor uniform in [1 − ``scale``, 1 + ``scale``] and a horizontal squeeze
+    by a factor uniform in [1 − ``squeeze``, 1] (one warp about the centre, bilinear), then
+    an elastic distortion of ``elastic`` pixels (Simard et al. 2003, σ = 4), then the shift,
+    then an ``erase`` × ``erase`` square set to zero at a uniform place inside the image
+    (Efficient-CapsNet's authors erase a 4 × 4 patch and squeeze by 1–7 of 28 columns).
     """
 
     max_shift: int = 2
     rotation: float = 0.0
     scale: float = 0.0
     elastic: float = 0.0
+    squeeze: float = 0.0
+    erase: int = 0
 
     def __post_init__(self) -> None:
-        if not all(0 <= v < math.inf for v in (self.max_shift, self.rotation, self.elastic)):
-            raise ConfigError("max_shift, rotation and elastic must be finite and ≥ 0")
-        if not 0 <= self.scale < 1:
-            raise ConfigError(f"scale must be in [0, 1), got {self.scale}")
+        values = (self.max_shift, self.rotation, self.elastic, self.erase)
+        if not all(0 <= v < math.inf for v in values):
+            raise ConfigError("max_shift, rotation, elastic and erase must be finite and ≥ 0")
+        if not (0 <= self.scale < 1 and 0 <= self.squeeze < 1):
+            raise ConfigError(
+                f"scale and squeeze must be in [0, 1), got {self.scale}, {self.squeeze}"
+            )
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment uint8 or float images (B, C, H, W); same shape and dtype."""
-        if self.rotation or self.scale or self.elastic:
+        if self.rotation or self.scale or self.squeeze or self.elastic:
             x = self._warped(x, generator)
-        return random_shift(x, self.max_shift, generator)
+        x = random_shift(x, self.max_shift, generator)
+        return random_erase(x, self.erase, generator) if self.erase else x
 
     def _warped(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         from capsnet.data.affnist import affine_matrices, warp
@@ -107,12 +142,13 @@ class Augmentation:
 
         n = len(x)
         y = x.float()
-        if self.rotation or self.scale:
-            u = torch.rand(2, n, generator=generator, dtype=torch.float64) * 2 - 1  # (2, B)
+        if self.rotation or self.scale or self.squeeze:
+            u = torch.rand(3, n, generator=generator, dtype=torch.float64) * 2 - 1  # (3, B)
             angle = u[0] * math.radians(self.rotation)
             factor = 1 + u[1] * self.scale
+            squeeze = 1 - (u[2] + 1) / 2 * self.squeeze  # uniform in [1 - squeeze, 1]
             shear = torch.zeros(n, dtype=torch.float64)
-            y = warp(y, affine_matrices(angle, shear, factor, factor).float())
+            y = warp(y, affine_matrices(angle, shear, factor, factor * squeeze).float())
         if self.elastic:
             y = elastic(y, self.elastic, generator or torch.default_generator)
         if x.dtype == torch.uint8:

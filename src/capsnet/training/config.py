@@ -41,6 +41,8 @@ class TrainConfig:
     rotation: float = 0.0  # beyond the paper: random rotation in ± degrees
     scale: float = 0.0  # beyond the paper: random scaling by 1 ± scale
     elastic: float = 0.0  # beyond the paper: elastic distortion α, pixels (σ = 4)
+    squeeze: float = 0.0  # beyond the paper: random horizontal squeeze by 1 − [0, squeeze]
+    erase: int = 0  # beyond the paper: a random erase × erase square set to zero, pixels
     train_limit: int | None = None
     val_size: int = 5000
     test_limit: int | None = None
@@ -70,7 +72,7 @@ class TrainConfig:
             )
         if not (0 <= self.warmup_epochs < math.inf and 0 <= self.weight_decay < math.inf):
             raise ConfigError("warmup_epochs and weight_decay must be finite and ≥ 0")
-        self.augmentation()  # checks rotation, scale, elastic
+        self.augmentation()  # checks rotation, scale, elastic, squeeze, erase
         check_precision(self.precision)
         check_dataset(self.dataset, self.dataset_options, train=True)  # before loading data
         check_model_options(self.model, self.model_overrides)  # before loading data
@@ -83,9 +85,10 @@ class TrainConfig:
 
     def augmentation(self) -> Augmentation | None:
         """The augmentation beyond the paper's shifts (applied after them), or None."""
-        if not (self.rotation or self.scale or self.elastic):
+        extra = (self.rotation, self.scale, self.elastic, self.squeeze, self.erase)
+        if not any(extra):
             return None
-        return Augmentation(0, self.rotation, self.scale, self.elastic)
+        return Augmentation(0, *extra)
 
     def learning_rate(self, epoch: int, step: int = 0, steps: int = 1) -> float:
         """The learning rate of step ``step`` (from 0) of ``steps`` in ``epoch`` (from 1).
