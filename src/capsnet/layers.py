@@ -11,15 +11,15 @@ from torch import Tensor, nn
 
 from capsnet.dftconv import dft_conv2d, dft_grid, kernel_spectrum
 from capsnet.em_conv import conv_em_routing
-from capsnet.native import dynamic_kernels, dynamic_native_applies
+from capsnet.native import dynamic_native_applies
 from capsnet.patchconv import patch_grad_conv2d
 from capsnet.routing import (
-    EPS,
     ROUTINGS,
     Routed,
     RoutingSpec,
     capsule_lengths,
     get_routing,
+    native_dynamic_routing,
     squash,
 )
 from capsnet.runtime import tracing
@@ -190,14 +190,15 @@ class RoutingCaps(nn.Module):
     ``spec`` (``dynamic``, as in the paper, has no learned tensors besides W). The
     children's activations are their lengths.
 
-    Without gradients on the CPU (inference), dynamic routing in float32/64 runs the native
-    kernel of :mod:`capsnet.native` (``csrc/dynamic_routing.cpp``) where it builds: it makes
-    the votes again in each iteration, a few children at a time, instead of writing them
-    to memory, and computes them in float32 even under autocast. Otherwise the batch is
-    routed in blocks of about :data:`BLOCK_BYTES` of votes, which stay in cache through the
-    iterations: 2.6× as fast for the paper's DigitCaps at batch 100 (10 examples a block;
-    138 → 52 ms on one thread, benchmarks/dft-notes-2026-11-26.log). Every routing treats
-    examples independently, so the result is the same to float rounding.
+    On the CPU, dynamic routing (without ``detach_agreement``) with a float32/64 weight runs
+    the native kernel of :mod:`capsnet.native` (``csrc/dynamic_routing.cpp``) where it
+    builds, with or without gradients (:func:`~capsnet.routing.native_dynamic_routing`): it
+    makes the votes again in each pass, a few children at a time, instead of writing them to
+    memory, and computes them in the weight's dtype even under autocast. Otherwise, without
+    gradients, the batch is routed in blocks of about :data:`BLOCK_BYTES` of votes, which
+    stay in cache through the iterations: 2.6× as fast for the paper's DigitCaps at batch
+    100 (10 examples a block; 138 → 52 ms on one thread, benchmarks/dft-notes-2026-11-26.log).
+    Every routing treats examples independently, so the result is the same to float rounding.
     """
 
     def __init__(
@@ -213,11 +214,16 @@ class RoutingCaps(nn.Module):
         self.router = Router(in_caps, out_caps, spec)
 
     def forward(self, u: Tensor) -> Routed:
+        r = self.router
+        if (
+            r.name == "dynamic"
+            and not r.detach_agreement
+            and dynamic_native_applies(u, self.weight)
+        ):
+            v, c = native_dynamic_routing(u, self.weight, r.iterations)
+            return Routed(v, capsule_lengths(v), c)
         if torch.is_grad_enabled() or u.device.type != "cpu" or tracing():
             return self._route(u)
-        if self.router.name == "dynamic" and dynamic_native_applies(u, self.weight):
-            v, c = dynamic_kernels().dynamic_forward(u, self.weight, self.router.iterations, EPS)
-            return Routed(v, capsule_lengths(v), c)
         per_example = self.weight[..., 0].numel() * u.element_size()  # bytes of votes
         blocks = [self._route(block) for block in u.split(max(1, BLOCK_BYTES // per_example))]
         return Routed(*(torch.cat(parts) for parts in zip(*blocks, strict=True)))

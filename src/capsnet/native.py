@@ -2,7 +2,7 @@
 
 ``csrc/em_routing.cpp`` (EM routing of convolutional matrix capsules, forward and backward;
 the maths of one routing problem in ``csrc/em_problem.h``) and ``csrc/dynamic_routing.cpp``
-(votes and dynamic routing of fully connected capsules, inference) are each built with
+(votes and dynamic routing of fully connected capsules, forward and backward) are each built with
 :func:`torch.utils.cpp_extension.load` the first time they are needed, into PyTorch's extension
 cache (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), under a name that
 changes with the sources, this CPU's instruction sets (it is built with ``-march=native``),
@@ -111,8 +111,9 @@ def em_kernels() -> ModuleType | None:
 
 @functools.cache
 def dynamic_kernels() -> ModuleType | None:
-    """The built dynamic routing kernel (``dynamic_forward``, inference only), or None if
-    the build failed (logged once)."""
+    """The built dynamic routing kernels (``dynamic_forward`` for inference;
+    ``dynamic_forward_train`` and ``dynamic_backward`` for training), or None if the build
+    failed (logged once)."""
     return _build(DYNAMIC_SOURCE, "capsnet_dynamic", "dynamic routing")
 
 
@@ -132,10 +133,10 @@ def em_native_applies(*tensors: torch.Tensor) -> bool:
     return _applies(em_kernels, tensors)
 
 
-def dynamic_native_applies(*tensors: torch.Tensor) -> bool:
-    """Whether the native dynamic routing kernel can take these tensors: as
-    :func:`em_native_applies`, and all of them float32 or all float64."""
-    dtypes = {t.dtype for t in tensors}
-    if len(dtypes) != 1 or dtypes.pop() not in (torch.float32, torch.float64):
+def dynamic_native_applies(u: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the native dynamic routing kernel can take children ``u`` and ``weight``: as
+    :func:`em_native_applies`, with ``weight`` float32 or float64 and ``u`` of a floating
+    dtype (converted to the weight's)."""
+    if weight.dtype not in (torch.float32, torch.float64) or not u.is_floating_point():
         return False
-    return _applies(dynamic_kernels, tensors)
+    return _applies(dynamic_kernels, (u, weight))

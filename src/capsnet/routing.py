@@ -24,6 +24,7 @@ from torch.autograd.function import once_differentiable
 from capsnet.em_routing import _wide
 from capsnet.em_routing import em_routing as em_routing  # EM maths live there
 from capsnet.errors import ConfigError
+from capsnet.native import dynamic_kernels
 
 EPS = 1e-8
 
@@ -180,6 +181,47 @@ class _DynamicRouting(torch.autograd.Function):
         a = torch.stack(coefs, dim=-1)  # (B, J, I, T)
         g = torch.stack(grads, dim=-2)  # (B, J, T, D)
         return torch.matmul(a, g), None, None  # (B, J, I, D)
+
+
+def native_dynamic_routing(u: Tensor, weight: Tensor, iterations: int) -> tuple[Tensor, Tensor]:
+    """Votes ``û_{j|i} = W_ij u_i`` and Procedure 1 by the native kernel of
+    :mod:`capsnet.native` (``csrc/dynamic_routing.cpp``), with gradients.
+
+    u (B, I, K) and weight (I, J, D, K) → ``(v, c)``, (B, J, D) and (B, I, J), in weight's
+    dtype (float32 or float64; u is converted to it, so under autocast the routing runs in
+    float32). The same as :func:`dynamic_routing` of ``einsum("ijdk,bik->bijd", weight, u)``
+    to float rounding (the softmax's exponentials are a polynomial, relative error 1e-7).
+    Every pass makes the votes again instead of storing them; the backward pass makes them
+    again too, keeping only each pass's s (B, J, D) and coupling (B, I, J). Not twice
+    differentiable. Callers check :func:`capsnet.native.dynamic_native_applies` first.
+    """
+    u = u.to(weight.dtype)
+    if torch.is_grad_enabled() and (u.requires_grad or weight.requires_grad):
+        with torch.autocast(u.device.type, enabled=False):
+            return _NativeDynamic.apply(u, weight, iterations)
+    v, c = dynamic_kernels().dynamic_forward(u.contiguous(), weight.contiguous(), iterations, EPS)
+    return v, c
+
+
+class _NativeDynamic(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u: Tensor, weight: Tensor, iterations: int):  # type: ignore[override]
+        v, c, s_keep, c_keep = dynamic_kernels().dynamic_forward_train(
+            u.contiguous(), weight.contiguous(), iterations, EPS
+        )
+        ctx.save_for_backward(u, weight, s_keep, c_keep)
+        ctx.iterations = iterations
+        return v, c
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_v: Tensor | None, grad_c: Tensor | None):  # type: ignore[override]
+        u, weight, s_keep, c_keep = ctx.saved_tensors
+        g_v = torch.zeros(len(u), *weight.shape[1:3], dtype=u.dtype) if grad_v is None else grad_v
+        grad_u, grad_w = dynamic_kernels().dynamic_backward(
+            u, weight, ctx.iterations, EPS, s_keep, c_keep, g_v, grad_c
+        )
+        return grad_u, grad_w, None
 
 
 def efficient_squash(s: Tensor, dim: int = -1, eps: float = EPS) -> Tensor:
