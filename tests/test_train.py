@@ -5,8 +5,10 @@ import torch
 from safetensors.torch import load_file
 
 from capsnet import load_run
+from capsnet.checkpoint import exclusive_lock
 from capsnet.errors import CheckpointError, ConfigError
 from capsnet.training import TrainConfig, train
+from capsnet.training.rundir import LOCK
 
 TINY = {"conv1_channels": 16, "primary_types": 4, "decoder_hidden": (32,)}
 
@@ -66,6 +68,23 @@ def test_an_existing_run_is_never_overwritten_unasked(cfg, tmp_path):
     with pytest.raises(CheckpointError, match="already holds a run"):
         train(cfg, tmp_path)
     assert (tmp_path / "metrics.json").read_bytes() == before
+
+
+def test_a_second_training_into_a_run_being_trained_stops_before_any_work(cfg, tmp_path):
+    train(dataclasses.replace(cfg, epochs=1), tmp_path)
+    before = (tmp_path / "last.safetensors").read_bytes()
+    held = exclusive_lock(tmp_path, LOCK, "a test holds it")  # as a training process would
+    with held, pytest.raises(CheckpointError, match="another process is training into this run"):
+        train(cfg, tmp_path, resume=True)
+    assert (tmp_path / "last.safetensors").read_bytes() == before
+    train(cfg, tmp_path, resume=True)  # the lock ended with its holder
+    train(cfg, tmp_path, overwrite=True)  # the lock's empty file is not another file
+
+
+def test_the_lock_leaves_nothing_where_nothing_was_written(tmp_path):
+    with exclusive_lock(tmp_path / "new", LOCK, "unused"):
+        assert (tmp_path / "new" / LOCK).is_file()
+    assert not (tmp_path / "new").exists()
 
 
 def test_resume_needs_a_run(cfg, tmp_path):

@@ -4,9 +4,11 @@ Checkpoints written by older versions are migrated on read (see ``RENAMED``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,36 @@ def check_writable_dir(directory: Path) -> None:
         for p in made:
             if p.is_dir() and not any(p.iterdir()):
                 p.rmdir()
+
+
+@contextlib.contextmanager
+def exclusive_lock(directory: Path, name: str, holder: str) -> Iterator[None]:
+    """Hold an exclusive, non-blocking ``flock`` on ``directory/name`` (made with the
+    directory if need be): CheckpointError "``directory``: ``holder`` …" at once if another
+    process holds it. The lock ends with the process at the latest; on leaving, the file is
+    removed if it is all the directory holds, and the directory too if this made it. Where
+    ``fcntl`` is missing (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    made = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / name, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise CheckpointError(
+                f"{directory}: {holder} (it holds {name}); wait for it to end or stop it"
+            ) from None
+        try:
+            yield
+        finally:
+            if [p.name for p in directory.iterdir()] == [name]:
+                (directory / name).unlink()
+                if made:
+                    directory.rmdir()
 
 
 def check_new_file(path: Path, overwrite: bool = False) -> None:

@@ -9,6 +9,7 @@ compares with ``train_loss``; ``history.csv`` says so in its ``loss_decodes`` co
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -125,8 +126,16 @@ def train(
     """
     run = RunDir(run_dir)
     info = distributed_from_env()
-    if info.is_main:  # other ranks' write probes would race with rank 0's (mkdir, rmdir)
-        run.check_for_training(resume, overwrite)
+    with contextlib.ExitStack() as stack:
+        if info.is_main:  # other ranks' write probes would race with rank 0's (mkdir, rmdir)
+            run.check_for_training(resume, overwrite)
+            stack.enter_context(run.writing())  # one training at a time in a run directory
+        return _train(cfg, run, info, resume, progress)
+
+
+def _train(
+    cfg: TrainConfig, run: RunDir, info: Distributed, resume: bool, progress: ProgressFactory
+) -> dict[str, Any]:
     if resume:
         saved = run.resume_config(cfg.epochs)
         cfg = dataclasses.replace(saved, epochs=cfg.epochs, device=cfg.device)

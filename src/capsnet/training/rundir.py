@@ -9,6 +9,7 @@ it through :class:`RunDir`; runs written by older versions are migrated on read.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import fnmatch
@@ -26,6 +27,7 @@ from capsnet.checkpoint import (
     LAST,
     atomic_write,
     check_writable_dir,
+    exclusive_lock,
     load_checkpoint,
     read_json,
     write_json,
@@ -54,6 +56,7 @@ OUTPUTS = (
     *("perturbation.png", "robustness.json", "robustness.png", ".*.tmp"),
 )
 TENSORBOARD, EVENTS = "tensorboard", "events.out.tfevents.*"  # --tensorboard (a directory)
+LOCK = ".lock"  # held by the process training into the run (RunDir.writing)
 
 
 def class_names(dataset: str | None, num_classes: int) -> tuple[str, ...]:
@@ -287,6 +290,8 @@ class RunDir:
             return [], []
         ours, others = [], []
         for entry in sorted(self.path.iterdir()):
+            if entry.name == LOCK:
+                continue  # neither: it stays, so that the process holding it keeps it
             if entry.is_dir() and not entry.is_symlink():
                 events = entry.name == TENSORBOARD and all(
                     p.is_file() and fnmatch.fnmatchcase(p.name, EVENTS) for p in entry.iterdir()
@@ -319,6 +324,12 @@ class RunDir:
                 f"({names}); move them away or use a new --out"
             )
         check_writable_dir(run)
+
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        """While training writes the run: an exclusive lock on ``LOCK`` in it
+        (:func:`~capsnet.checkpoint.exclusive_lock`), so that a second training into the same
+        directory stops at once instead of overwriting the first one's checkpoints."""
+        return exclusive_lock(self.path, LOCK, "another process is training into this run")
 
     def clear(self) -> None:
         """Remove every file capsnet wrote here (see :meth:`contents`), nothing else."""
