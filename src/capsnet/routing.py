@@ -204,6 +204,9 @@ def native_dynamic_routing(u: Tensor, weight: Tensor, iterations: int) -> tuple[
 
 
 class _NativeDynamic(torch.autograd.Function):
+    """:func:`native_dynamic_routing` under autograd: the forward pass keeps u, W and each
+    pass's s and coupling; the backward pass is the kernel's ``dynamic_backward``."""
+
     @staticmethod
     def forward(ctx, u: Tensor, weight: Tensor, iterations: int):  # type: ignore[override]
         v, c, s_keep, c_keep = dynamic_kernels().dynamic_forward_train(
