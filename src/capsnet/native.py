@@ -134,9 +134,12 @@ def em_native_applies(*tensors: torch.Tensor) -> bool:
 
 
 def dynamic_native_applies(u: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the native dynamic routing kernel can take children ``u`` and ``weight``: as
-    :func:`em_native_applies`, with ``weight`` float32 or float64 and ``u`` of a floating
-    dtype (converted to the weight's)."""
+    """Whether the native dynamic routing kernel can take children ``u`` and ``weight``
+    (I, J, D, K): as :func:`em_native_applies`, with ``weight`` float32 or float64, ``u`` of
+    a floating dtype (converted to the weight's), and at most 64 parents J and child
+    components K (the kernel's fixed buffers)."""
     if weight.dtype not in (torch.float32, torch.float64) or not u.is_floating_point():
+        return False
+    if weight.dim() != 4 or weight.shape[1] > 64 or weight.shape[3] > 64:
         return False
     return _applies(dynamic_kernels, (u, weight))
