@@ -138,6 +138,15 @@ def test_a_shift_of_half_the_image_is_refused_before_training(tmp_path, mnist_di
     assert not (tmp_path / "r").exists()
 
 
+def test_an_erased_square_larger_than_the_image_is_refused_before_training(
+    tmp_path, mnist_dir, capsys
+):
+    argv = ["train", "--out", str(tmp_path / "r"), "--data-dir", str(mnist_dir), *TINY_ARGS]
+    err = one_line_error(capsys, [*argv, "--erase", "29"])
+    assert err.endswith("erase size 29 must be in 0..28 for 28×28 images")
+    assert not (tmp_path / "r").exists()  # no config.json blocks the corrected rerun
+
+
 @pytest.fixture(scope="module")
 def other_run(tiny_cfg, tmp_path_factory) -> Path:
     """A run of a smaller model than the tiny run's (8 conv1 channels, not 16)."""

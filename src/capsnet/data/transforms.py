@@ -42,9 +42,7 @@ def shift_images(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.T
     # Output pixel (i, j) of image b comes from input pixel (i - dy[b], j - dx[b]).
     rows = torch.arange(height, device=device) - dy.to(device, torch.long).view(batch, 1)
     cols = torch.arange(width, device=device) - dx.to(device, torch.long).view(batch, 1)
-    inside = ((rows >= 0) & (rows < height)).view(batch, 1, height, 1) & (
-        (cols >= 0) & (cols < width)
-    ).view(batch, 1, 1, width)
+    inside = _box(rows, cols, height, width)  # (B, 1, H, W)
     out = x[
         torch.arange(batch, device=device).view(batch, 1, 1, 1),
         torch.arange(channels, device=device).view(1, channels, 1, 1),
@@ -52,6 +50,14 @@ def shift_images(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.T
         cols.clamp(0, width - 1).view(batch, 1, 1, width),
     ]
     return out.masked_fill_(~inside, 0)
+
+
+def _box(rows: torch.Tensor, cols: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The mask (B, 1, H, W) of pixels whose row offsets ``rows`` (B, H) are in
+    [0, height) and whose column offsets ``cols`` (B, W) are in [0, width)."""
+    batch = len(rows)
+    in_rows = ((rows >= 0) & (rows < height)).view(batch, 1, -1, 1)
+    return in_rows & ((cols >= 0) & (cols < width)).view(batch, 1, 1, -1)
 
 
 def random_shift(
@@ -82,22 +88,24 @@ def random_erase(
     drawn on the CPU from ``generator`` (like :func:`random_shift`). A new tensor, same
     shape and dtype; ``size`` 0 returns ``x`` itself.
     """
-    height, width = x.shape[-2:]
-    if not 0 <= size <= min(height, width):
-        raise ConfigError(
-            f"erase size {size} must be in 0..{min(height, width)} for {height}×{width} images"
-        )
+    check_erase(size, tuple(x.shape))
     if size == 0:
         return x
-    batch = len(x)
+    batch, height, width = len(x), *x.shape[-2:]
     top = torch.randint(0, height - size + 1, (batch,), generator=generator, device="cpu")
     left = torch.randint(0, width - size + 1, (batch,), generator=generator, device="cpu")
     rows = torch.arange(height).view(1, height) - top.view(batch, 1)  # (B, H)
     cols = torch.arange(width).view(1, width) - left.view(batch, 1)  # (B, W)
-    inside = ((rows >= 0) & (rows < size)).view(batch, 1, height, 1) & (
-        (cols >= 0) & (cols < size)
-    ).view(batch, 1, 1, width)  # (B, 1, H, W)
-    return x.masked_fill(inside.to(x.device), 0)
+    return x.masked_fill(_box(rows, cols, size, size).to(x.device), 0)
+
+
+def check_erase(size: int, shape: tuple[int, ...]) -> None:
+    """ConfigError unless a ``size`` × ``size`` square fits in images of ``shape`` (…, H, W)."""
+    height, width = shape[-2:]
+    if not 0 <= size <= min(height, width):
+        raise ConfigError(
+            f"erase size {size} must be in 0..{min(height, width)} for {height}×{width} images"
+        )
 
 
 @dataclass(frozen=True)

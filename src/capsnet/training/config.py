@@ -85,10 +85,14 @@ class TrainConfig:
 
     def augmentation(self) -> Augmentation | None:
         """The augmentation beyond the paper's shifts (applied after them), or None."""
-        extra = (self.rotation, self.scale, self.elastic, self.squeeze, self.erase)
-        if not any(extra):
-            return None
-        return Augmentation(0, *extra)
+        extra = {
+            "rotation": self.rotation,
+            "scale": self.scale,
+            "elastic": self.elastic,
+            "squeeze": self.squeeze,
+            "erase": self.erase,
+        }
+        return Augmentation(max_shift=0, **extra) if any(extra.values()) else None
 
     def learning_rate(self, epoch: int, step: int = 0, steps: int = 1) -> float:
         """The learning rate of step ``step`` (from 0) of ``steps`` in ``epoch`` (from 1).

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from capsnet.checkpoint import BEST, LAST, save_checkpoint, weights_for
 from capsnet.data.custom import run_record
 from capsnet.data.tasks import TrainData, dataset_spec, load_test, load_train
+from capsnet.data.transforms import check_erase
 from capsnet.errors import ConfigError, TrainingDiverged
 from capsnet.models import create_model
 from capsnet.runtime import (
@@ -199,6 +200,7 @@ class Session:
             max_shift=cfg.max_shift,
             options=cfg.dataset_options,
         )
+        check_erase(cfg.erase, data.image_shape)  # before anything is written
         num_classes = dataset_spec(cfg.dataset).num_classes
         model = build_model(cfg, data.image_shape, num_classes).to(device)
         forward: Callable[..., Any] = model
