@@ -27,7 +27,7 @@ from capsnet.runtime import (
     resolve_precision,
 )
 from capsnet.training.environment import environment
-from capsnet.training.loop import adam, train_step
+from capsnet.training.step import adam, train_step
 
 
 @dataclass(frozen=True)

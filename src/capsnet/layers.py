@@ -48,7 +48,7 @@ class Conv2d(nn.Conv2d):
     weight changes (for the paper's PrimaryCaps, 149 MB; 50 MB in bfloat16), laid out
     (frequency, in-channel, out-channel) as the forward's products read it. A change is
     seen by the weight's version counter, which PyTorch's fused optimizers do not advance
-    (:func:`capsnet.training.loop.adam` does it for them), and entering training mode
+    (:func:`capsnet.training.step.adam` does it for them), and entering training mode
     (:meth:`train`) drops the spectrum: a loop that switches to training for its steps and
     back for inference is safe with any optimizer, while repeated ``eval()`` calls (one per
     :func:`capsnet.predict.predict` call) keep it.

@@ -1,15 +1,17 @@
-"""Training: the loop (``loop``), its resumable state (``state``), the run directory
-(``rundir``), the training config (``config``), environment facts (``environment``) and
-what the loop needs of a progress display (``progress``)."""
+"""Training: the loop (``loop``), one optimisation step (``step``), the loop's resumable
+state (``state``), the run directory (``rundir``), the training config (``config``),
+environment facts (``environment``) and what the loop needs of a progress display
+(``progress``)."""
 
 from capsnet.targets import num_correct
 from capsnet.training.config import TrainConfig
 from capsnet.training.environment import environment
 from capsnet.training.evaluation import evaluate, to_input
-from capsnet.training.loop import Session, build_model, train, train_step
+from capsnet.training.loop import Session, train
 from capsnet.training.progress import NoProgress, Progress, ProgressFactory
 from capsnet.training.rundir import RUN_FILES, RunDir, load_run
 from capsnet.training.state import STATE_JSON, STATE_TENSORS
+from capsnet.training.step import adam, build_model, train_step
 
 __all__ = [
     "RUN_FILES",
@@ -21,6 +23,7 @@ __all__ = [
     "RunDir",
     "Session",
     "TrainConfig",
+    "adam",
     "build_model",
     "environment",
     "evaluate",

@@ -22,7 +22,6 @@ from typing import Any, NoReturn
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.autograd.graph import increment_version
 from torch.nn.parallel import DistributedDataParallel
 
 from capsnet.checkpoint import BEST, LAST, save_checkpoint, weights_for
@@ -30,84 +29,27 @@ from capsnet.data.custom import run_record
 from capsnet.data.tasks import TrainData, dataset_spec, load_test, load_train
 from capsnet.data.transforms import check_erase
 from capsnet.errors import ConfigError, TrainingDiverged
-from capsnet.models import create_model
 from capsnet.runtime import (
     AUTO,
     Distributed,
-    autocast,
     distributed_from_env,
     grad_scaler,
     process_group,
     resolve_device,
     resolve_precision,
 )
-from capsnet.targets import Targets, num_correct
 from capsnet.tensorboard import TensorBoardLog
-from capsnet.training.config import DATA_FIELDS, TrainConfig
+from capsnet.training.config import TrainConfig
 from capsnet.training.environment import environment
 from capsnet.training.evaluation import evaluate, to_input
 from capsnet.training.progress import NoProgress, ProgressFactory
 from capsnet.training.rundir import RunDir
 from capsnet.training.state import load_train_state, save_train_state
+from capsnet.training.step import adam, build_model, train_step
 
 log = logging.getLogger(__name__)
 
 LOSS_DECODES = "true_class"  # history.csv: what val_loss reconstructs (older runs: predicted)
-
-
-def adam(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """The paper's Adam, or AdamW (decoupled weight decay) when ``weight_decay`` > 0; fused
-    into one kernel where PyTorch has it (CPU and CUDA parameters): the same update, and for
-    the paper network's 8.2M parameters on 2026-12-04's AMD EPYC 4-5 ms a step instead of
-    12-18 (benchmarks/adam-fused-2026-12-04.log). The fused kernel does not count its
-    in-place update in the parameters' version counters (PyTorch 2.13), which caches keyed
-    on them rely on (:class:`capsnet.layers.Conv2d`'s kernel spectrum); a hook after each
-    step counts it.
-    """
-    params = list(model.parameters())
-    fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    if weight_decay:
-        optim = torch.optim.AdamW(params, lr, weight_decay=weight_decay, fused=fused)
-    else:
-        optim = torch.optim.Adam(params, lr=lr, fused=fused)
-    if fused:
-        optim.register_step_post_hook(lambda *_: increment_version(params))
-    return optim
-
-
-def build_model(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The registered model with its input shape and class count taken from the data (the
-    config has checked that its overrides set none of these)."""
-    c, h, w = image_shape
-    overrides = dict(zip(DATA_FIELDS, (c, (h, w), num_classes), strict=True))
-    return create_model(cfg.model, **overrides, **cfg.model_overrides)
-
-
-def train_step(
-    model: nn.Module,
-    forward: Callable[..., Any],
-    optim: torch.optim.Optimizer,
-    x: Tensor,
-    y: Targets,
-    precision: str = "fp32",
-    scaler: torch.amp.GradScaler | None = None,
-) -> tuple[Tensor, Tensor]:
-    """One optimisation step. ``forward`` is ``model`` or a wrapper of it (DDP, compiled).
-
-    Returns the detached loss and the number of correct predictions (no device sync).
-    """
-    with autocast(x.device, precision):
-        out = forward(x, y)
-        loss, _ = model.loss(out, x, y)
-    optim.zero_grad(set_to_none=True)
-    if scaler is not None and scaler.is_enabled():
-        scaler.scale(loss).backward()
-        scaler.step(optim)
-        scaler.update()
-    else:
-        loss.backward()
-        optim.step()
-    return loss.detach(), num_correct(out.scores.detach(), y)
 
 
 def train(
@@ -414,4 +356,4 @@ class Session:
         return metrics
 
 
-__all__ = ["Session", "build_model", "evaluate", "to_input", "train", "train_step"]
+__all__ = ["Session", "train"]
