@@ -29,7 +29,7 @@ from capsnet.allocator import keep_freed_memory
 from capsnet.bench import ENV_FIELDS
 from capsnet.runtime import autocast
 from capsnet.training import environment
-from capsnet.training.loop import adam, train_step
+from capsnet.training.step import adam, train_step
 
 VARIANTS = ("new", "old", "plain")
 

@@ -24,7 +24,7 @@ from capsnet.bench import ENV_FIELDS
 from capsnet.routing import squash
 from capsnet.runtime import autocast
 from capsnet.training import environment
-from capsnet.training.loop import adam
+from capsnet.training.step import adam
 
 
 def forward_backward(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> Callable[[], None]:

@@ -14,7 +14,7 @@ from capsnet.dftconv import (
 )
 from capsnet.errors import ConfigError
 from capsnet.layers import Conv2d
-from capsnet.training.loop import adam
+from capsnet.training.step import adam
 
 SHAPES = [  # (B, C, O, H, W, kh, kw, stride): odd and even sizes, kernel = input, stride 3
     (3, 4, 5, 11, 9, 3, 4, 2),
