@@ -9,6 +9,7 @@ from PIL import Image
 from capsnet import load_run
 from capsnet.cli import main
 from capsnet.data import load_split
+from capsnet.errors import DataError
 from capsnet.predict import predict, read_inputs
 from capsnet.training.rundir import class_names
 
@@ -113,6 +114,23 @@ def test_class_names_come_from_the_dataset_or_are_indices():
     assert class_names(None, 3) == ("0", "1", "2")
     assert class_names("mnist", 4) == ("0", "1", "2", "3")  # a model of other classes
     assert class_names("expanded-mnist", 10)[3] == "3"  # a task, not a raw source
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale", "suffix"),
+    [(np.uint16, 257, ".png"), (np.int32, 257, ".tif"), (np.float32, 1 / 255, ".tif")],
+)
+def test_16_bit_and_float_pictures_read_like_8_bit(digits, tmp_path, dtype, scale, suffix):
+    path = tmp_path / f"deep{suffix}"
+    Image.fromarray((digits[0].astype(np.float64) * scale).astype(dtype)).save(path)  # I;16, I, F
+    x = read_inputs([path], 1, (28, 28)).images
+    torch.testing.assert_close(x, torch.from_numpy(digits[:1, None]).float() / 255)
+
+
+def test_a_float_picture_outside_0_1_is_refused(digits, tmp_path):
+    Image.fromarray(digits[0].astype(np.float32), "F").save(tmp_path / "wide.tif")
+    with pytest.raises(DataError, match=r"wide.tif: a F picture with values outside \[0, 1\]"):
+        read_inputs([tmp_path / "wide.tif"], 1, (28, 28))
 
 
 def _bad_inputs(d):
