@@ -100,6 +100,8 @@ def test_train_state_json_of_the_wrong_shape(run, capsys, state):
         (["--weight-decay", "nan"], "warmup_epochs and weight_decay must be finite and ≥ 0"),
         (["--rotation", "nan"], "max_shift, rotation, elastic and erase must be finite and ≥ 0"),
         (["--elastic", "inf"], "max_shift, rotation, elastic and erase must be finite and ≥ 0"),
+        (["--rotation", "181"], "rotation is in ± degrees, at most 180; got 181.0"),
+        (["--warmup-epochs", "5", "--epochs", "1"], "warmup_epochs 5.0 is longer than the run"),
     ],
 )
 def test_non_finite_options_and_huge_seed_are_refused(tmp_path, capsys, option, message):
@@ -143,7 +145,7 @@ def test_an_erased_square_larger_than_the_image_is_refused_before_training(
 ):
     argv = ["train", "--out", str(tmp_path / "r"), "--data-dir", str(mnist_dir), *TINY_ARGS]
     err = one_line_error(capsys, [*argv, "--erase", "29"])
-    assert err.endswith("erase size 29 must be in 0..28 for 28×28 images")
+    assert err.endswith("erase size 29 must be in 0..27 for 28×28 images")
     assert not (tmp_path / "r").exists()  # no config.json blocks the corrected rerun
 
 

@@ -22,6 +22,7 @@ from capsnet.data import (
     shift_images,
     train_val_split,
 )
+from capsnet.data.sources import download_into_cache
 from capsnet.data.transforms import Augmentation, random_erase
 from capsnet.errors import ConfigError, DataError
 
@@ -368,7 +369,7 @@ def test_erase_zeroes_one_square_of_the_given_side_per_image():
 
 
 def test_erase_larger_than_the_image_is_a_config_error():
-    with pytest.raises(ConfigError, match="erase size 10 must be in 0..7 for 9×7 images"):
+    with pytest.raises(ConfigError, match="erase size 10 must be in 0..6 for 9×7 images"):
         random_erase(torch.zeros(1, 1, 9, 7), 10)
 
 
@@ -388,3 +389,10 @@ def test_full_squeeze_of_a_column_moves_ink_towards_the_centre_only_horizontally
 def test_bad_augmentation_settings_are_config_errors(bad):
     with pytest.raises(ConfigError):
         Augmentation(**bad)
+
+
+def test_a_failed_archive_download_leaves_no_empty_directory(tmp_path: Path) -> None:
+    missing = (tmp_path / "missing").as_uri() + "/"
+    with pytest.raises(DataError, match="a.tar.gz"):
+        download_into_cache("cifar10", tmp_path / "data", (missing,), "0" * 32, "a.tar.gz")
+    assert not (tmp_path / "data").exists()

@@ -8,12 +8,13 @@ MD5 checksums are enforced only for files this module downloads itself.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import tempfile
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -153,9 +154,27 @@ def download_into_cache(
     """Download ``filename`` (MD5-checked, from the first mirror that works) into the
     dataset's download directory (see :func:`find_dataset`); returns its path."""
     directory = _download_dir(name, data_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    _download_file(mirrors, md5, directory / filename)
+    with _new_directory(directory):
+        _download_file(mirrors, md5, directory / filename)
     return directory / filename
+
+
+@contextlib.contextmanager
+def _new_directory(directory: Path) -> Iterator[None]:
+    """Make ``directory`` (with its parents) for a download; if the download fails, remove
+    the directories this made that are still empty (deepest first)."""
+    created = [p for p in (directory, *directory.parents) if not p.exists()]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{directory}: cannot create directory ({e.strerror or e})") from None
+    try:
+        yield
+    except BaseException:
+        for p in created:
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        raise
 
 
 def _locate(directory: Path, filename: str) -> Path:
@@ -204,20 +223,10 @@ def download_dataset(dataset: str | DatasetSpec, directory: str | Path) -> Path:
     """
     spec = _as_spec(dataset)
     directory = Path(directory)
-    created = [p for p in (directory, *directory.parents) if not p.exists()]
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"{directory}: cannot create directory ({e.strerror or e})") from None
-    try:
+    with _new_directory(directory):
         for filename, md5 in spec.files.values():
             if not _locate(directory, filename).is_file():
                 _download_file(spec.mirrors, md5, directory / f"{filename}.gz")
-    except DataError:
-        for p in created:  # leave no empty directories behind (deepest first)
-            if p.is_dir() and not any(p.iterdir()):
-                p.rmdir()
-        raise
     logger.info("dataset '%s' downloaded into %s", spec.name, directory)
     return directory
 
@@ -232,7 +241,7 @@ def _download_file(mirrors: tuple[str, ...], md5: str, dest: Path) -> None:
             _fetch(url, md5, dest)
             return
         except (DataError, OSError, ValueError, HTTPException) as e:
-            logger.warning("%s: %s", url, e)
+            logger.info("%s: %s", url, e)  # the error raised below names every failure
             errors.append(f"{url}: {e}")
     raise DataError(f"{dest}: {'; '.join(errors) or 'no mirrors'}")
 

@@ -100,11 +100,12 @@ def random_erase(
 
 
 def check_erase(size: int, shape: tuple[int, ...]) -> None:
-    """ConfigError unless a ``size`` × ``size`` square fits in images of ``shape`` (…, H, W)."""
+    """ConfigError unless a ``size`` × ``size`` square fits in images of ``shape`` (…, H, W)
+    and leaves some of the image (a square as large as the image would blank it)."""
     height, width = shape[-2:]
-    if not 0 <= size <= min(height, width):
+    if not 0 <= size < min(height, width):
         raise ConfigError(
-            f"erase size {size} must be in 0..{min(height, width)} for {height}×{width} images"
+            f"erase size {size} must be in 0..{min(height, width) - 1} for {height}×{width} images"
         )
 
 
@@ -132,6 +133,8 @@ class Augmentation:
         values = (self.max_shift, self.rotation, self.elastic, self.erase)
         if not all(0 <= v < math.inf for v in values):
             raise ConfigError("max_shift, rotation, elastic and erase must be finite and ≥ 0")
+        if self.rotation > 180:
+            raise ConfigError(f"rotation is in ± degrees, at most 180; got {self.rotation}")
         if not (0 <= self.scale < 1 and 0 <= self.squeeze < 1):
             raise ConfigError(
                 f"scale and squeeze must be in [0, 1), got {self.scale}, {self.squeeze}"

@@ -72,6 +72,10 @@ class TrainConfig:
             )
         if not (0 <= self.warmup_epochs < math.inf and 0 <= self.weight_decay < math.inf):
             raise ConfigError("warmup_epochs and weight_decay must be finite and ≥ 0")
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(
+                f"warmup_epochs {self.warmup_epochs} is longer than the run ({self.epochs} epochs)"
+            )
         self.augmentation()  # checks rotation, scale, elastic, squeeze, erase
         check_precision(self.precision)
         check_dataset(self.dataset, self.dataset_options, train=True)  # before loading data
