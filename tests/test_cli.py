@@ -38,9 +38,22 @@ def test_train_evaluate_resume_end_to_end(run, mnist_dir, capsys):
 
 def test_resume_without_epochs_keeps_the_runs_own(run):
     out, argv = run
+    (out / "metrics.json").unlink()  # as if stopped after its last epoch, before the test
     assert main(["train", "--out", str(out), "--resume"]) == 0
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 1
     assert len((out / "history.csv").read_text().splitlines()) == 2
+
+
+def test_resuming_a_complete_run_is_an_error_that_rewrites_nothing(run, capsys):
+    out, argv = run
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "the run is complete (1 of 1 epochs, tested); resume it with --epochs 2 or more to train on"
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
 def test_existing_run_is_an_error_not_an_overwrite(run, capsys):

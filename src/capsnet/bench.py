@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from capsnet.allocator import allocator_tuned
-from capsnet.checkpoint import atomic_write
+from capsnet.checkpoint import atomic_write, check_writable_dir
+from capsnet.errors import ConfigError
 from capsnet.models import check_model_name, create_model
 from capsnet.models.contract import Classifier, require
 from capsnet.runtime import (
@@ -145,29 +146,53 @@ CSV_FIELDS = (
 )  # fmt: skip
 
 
-def append_csv(path: str | Path, row: dict[str, Any]) -> None:
-    """Append ``row`` (the CSV_FIELDS of a benchmark result) to a CSV file.
+BENCH_COLUMNS = {"date", "model"}  # in every bench CSV capsnet has written
 
-    A file written with other columns (by an older capsnet) is first rewritten, atomically,
-    with the current ones; its old rows keep their values and leave new columns empty.
+
+def _read_csv(path: Path) -> list[dict[str, str]] | None:
+    """The rows of an earlier bench CSV to rewrite with today's columns (None: it has them,
+    or is new or empty); ConfigError, naming the file, unless it is a bench CSV."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a CSV file")
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            columns = tuple(reader.fieldnames or ())
+            rows = None if columns == CSV_FIELDS else list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ConfigError(f"{path}: not a readable CSV file ({e})") from None
+    if not set(columns) >= BENCH_COLUMNS:
+        raise ConfigError(f"{path}: not a benchmark CSV (its columns: {', '.join(columns)})")
+    return rows
+
+
+def check_csv(path: str | Path) -> None:
+    """ConfigError, before any work, unless :func:`append_csv` can add a row to ``path``."""
+    path = Path(path)
+    _read_csv(path)
+    check_writable_dir(path.parent)
+
+
+def append_csv(path: str | Path, row: dict[str, Any]) -> None:
+    """Append ``row`` (the CSV_FIELDS of a benchmark result) to a bench CSV file.
+
+    A bench CSV written with other columns (by an older capsnet) is first rewritten,
+    atomically, with the current ones; its old rows keep their values and leave new columns
+    empty. Any other file is refused (ConfigError), never rewritten.
     """
     path = Path(path)
-    if path.exists() and path.stat().st_size > 0:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            same_columns = tuple(reader.fieldnames or ()) == CSV_FIELDS
-            rows = [] if same_columns else list(reader)
-        if same_columns:
-            with path.open("a", newline="") as f:
-                csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore").writerow(row)
-            return
-    else:
-        rows = []
+    rows = _read_csv(path)
+    if rows is None and path.exists() and path.stat().st_size > 0:
+        with path.open("a", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore").writerow(row)
+        return
 
     def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows([*rows, row])
+            writer.writerows([*(rows or []), row])
 
     atomic_write(path, write)

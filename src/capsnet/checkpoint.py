@@ -133,14 +133,20 @@ def save_checkpoint(path: Path, model: nn.Module, model_name: str, **meta: Any) 
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a safetensors file; CheckpointError if it cannot be read
+    or a floating-point tensor holds NaN or infinity (the weights of a diverged model)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-        return load_file(str(path)), metadata
+        tensors = load_file(str(path))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: {name} holds NaN or infinite values")
+    return tensors, metadata
 
 
 # Renamed weights: old name (its last dotted part) → new name.

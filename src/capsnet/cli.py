@@ -45,6 +45,12 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _path(text: str) -> Path:
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
+    return Path(text)
+
+
 def _seed(text: str) -> int:
     value = int(text)
     if not 0 <= value < 2**64:
@@ -168,7 +174,7 @@ def _command(sub, name: str, text: str) -> argparse.ArgumentParser:
 
 def _training_parsers(sub, tasks, models, precisions, routings) -> None:
     t = _command(sub, "train", "train a model and test the validation-selected checkpoint")
-    t.add_argument("--out", required=True, type=Path, help="run directory to write")
+    t.add_argument("--out", required=True, type=_path, help="run directory to write")
     _field_args(t, TRAIN_CONFIG, _train_fields(tasks, models, precisions))
     _add_model_args(t, routings)
     _add_image_args(t)
@@ -189,7 +195,7 @@ def _training_parsers(sub, tasks, models, precisions, routings) -> None:
         sub, "evaluate", "test a run: eval.json, per-class classes.json/png in RUN_DIR or --out"
     )
     e.add_argument("run_dir", metavar="RUN", help=RUN)
-    e.add_argument("--out", type=Path, help="default: RUN_DIR (a pretrained model: nothing)")
+    e.add_argument("--out", type=_path, help="default: RUN_DIR (a pretrained model: nothing)")
     e.add_argument("--dataset", help="default: the run's dataset; " + _dataset_help(tasks))
     e.add_argument("--batch-size", type=_positive, default=500, help="images per step")
     _add_data_args(e)
@@ -198,14 +204,14 @@ def _training_parsers(sub, tasks, models, precisions, routings) -> None:
     _field_args(b, "capsnet.bench:BenchConfig", _bench_fields(models, precisions))
     _add_option_arg(b, "--model-option", "a field of the model's config, e.g. class_dim=8")
     b.add_argument("--json", action="store_true", help="print one JSON object")
-    b.add_argument("--csv", type=Path, help="append the result to this CSV file")
+    b.add_argument("--csv", type=_path, help="append the result to this CSV file")
 
 
 def _experiment_parsers(sub, tasks, models, precisions) -> None:
     m = _command(sub, "multimnist", "MultiMNIST sets (train with --dataset multimnist)")
     msub = m.add_subparsers(dest="action", required=True, metavar="ACTION")
     mk = _command(msub, "make", "write a fixed, seeded MultiMNIST set to .npz")
-    mk.add_argument("--out", required=True, type=Path, help=".npz file to write")
+    mk.add_argument("--out", required=True, type=_path, help=".npz file to write")
     mk.add_argument("--split", choices=["train", "test"], default="test", help="of MNIST")
     mk.add_argument("--pairs-per-digit", type=_positive, default=1, help="partners per digit")
     pad_shift = {
@@ -221,7 +227,7 @@ def _experiment_parsers(sub, tasks, models, precisions) -> None:
     x = _command(sub, "experiment", "the paper's experiments")
     xsub = x.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     t1 = _command(xsub, "table1", "baseline vs CapsNet ablation, N seeds per row")
-    t1.add_argument("--out", type=Path, default=Path("results"), help="default: results/")
+    t1.add_argument("--out", type=_path, default=Path("results"), help="default: results/")
     table1_datasets = ["mnist", "multimnist", "fashion-mnist"]
     t1.add_argument("--dataset", choices=table1_datasets, default="mnist", help="of every run")
     table1 = {
@@ -239,7 +245,7 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     p = _command(sub, "predict", "classify pictures or .npy arrays with a run")
     p.add_argument("run_dir", metavar="RUN", help=RUN)
     pictures = ".png, .jpg, .bmp, .gif, .tif, .webp or .npy"
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help=pictures)
+    p.add_argument("images", nargs="+", type=_path, metavar="IMAGE", help=pictures)
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument(
         "--fit",
@@ -253,7 +259,7 @@ def _tool_parsers(sub, tasks, datasets) -> None:
 
     x = _command(sub, "export", "export the classifier and decoder to ONNX")
     x.add_argument("run_dir", metavar="RUN", help=RUN)
-    x.add_argument("--onnx", required=True, type=Path, metavar="FILE", help="classifier file")
+    x.add_argument("--onnx", required=True, type=_path, metavar="FILE", help="classifier file")
     x.add_argument("--data-dir", help="where the run's test images are (default: as trained)")
     x.add_argument("--dataset", choices=sorted(tasks), help="default: the run's own")
     x.add_argument("--check-images", type=_positive, default=100, help="default: 100")
@@ -274,16 +280,19 @@ def _tool_parsers(sub, tasks, datasets) -> None:
 
     f = _command(sub, "figures", "draw a run's figures (paper Figs. 3-5, routing, curves)")
     f.add_argument("run_dir", metavar="RUN", help=RUN)
-    f.add_argument("--out", type=Path, help="default: RUN_DIR (pretrained: ./NAME-figures)")
+    f.add_argument("--out", type=_path, help="default: RUN_DIR (pretrained: ./NAME-figures)")
     f.add_argument("--data-dir", help="where the run's dataset is (default: as in training)")
     f.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
+    f.add_argument(
+        "--overwrite", action="store_true", help="replace figures already in --out (not RUN_DIR)"
+    )
 
     _command(sub, "pretrained", "list the pretrained models shipped with capsnet")
 
     r = _command(sub, "robustness", "accuracy under rotation, scale, shear, … (JSON, PNG)")
     r.add_argument("run_dir", metavar="RUN", help=RUN)
     r.add_argument("--against", nargs="+", default=[], metavar="RUN", help="models to compare")
-    r.add_argument("--out", type=Path, required=True, help="directory for robustness.json/png")
+    r.add_argument("--out", type=_path, required=True, help="directory for robustness.json/png")
     kinds = list(names.PERTURBATIONS)
     r.add_argument(
         "--perturbations", nargs="+", choices=kinds, default=kinds, metavar="NAME",
@@ -298,6 +307,8 @@ def _tool_parsers(sub, tasks, datasets) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if callable(reconfigure := getattr(sys.stdout, "reconfigure", None)):
+        reconfigure(errors="surrogateescape")  # file names that are not UTF-8 print as given
     from capsnet.runtime import distributed_from_env
 
     logging.basicConfig(

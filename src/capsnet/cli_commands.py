@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         model_overrides=_model_overrides(args),
     )
     if args.resume:
-        cfg = check_resume_options(args, cfg, RunDir(args.out))
+        cfg = check_resume_options(args, cfg, RunDir(args.out, names=False))
     m = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=_progress())
     if not distributed_from_env().is_main:
         return  # under torchrun, rank 0 reports
@@ -75,9 +75,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from capsnet.bench import BenchConfig, append_csv, benchmark, summary
+    from capsnet.bench import BenchConfig, append_csv, benchmark, check_csv, summary
 
     cfg = _from_args(BenchConfig, args, model_overrides=dict(args.model_option))
+    if args.csv:
+        check_csv(args.csv)
     r = benchmark(cfg)
     if args.csv:
         append_csv(args.csv, r)
@@ -91,7 +93,9 @@ def cmd_figures(args: argparse.Namespace) -> None:
     from capsnet.runtime import resolve_device
     from capsnet.viz import save_figures
 
-    for png in save_figures(args.run_dir, args.out, args.data_dir, resolve_device(args.device)):
+    device = resolve_device(args.device)
+    pngs = save_figures(args.run_dir, args.out, args.data_dir, device, overwrite=args.overwrite)
+    for png in pngs:
         print(png)
 
 

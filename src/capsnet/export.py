@@ -41,7 +41,7 @@ from capsnet.checkpoint import atomic_write, check_new_file
 from capsnet.errors import CheckpointError, ConfigError
 from capsnet.models.contract import CapsuleClassifier, Classifier, PoseDecoder, provides, require
 from capsnet.models.contract import model_name as name_of
-from capsnet.training.rundir import RunDir
+from capsnet.training.rundir import RUN_FILES, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,8 @@ def export_run(
     task ``dataset`` (for a bare checkpoint, whose task is unknown).
 
     ``path`` and its decoder file must not exist unless ``overwrite`` (checked before any
-    work); overwriting with a model that has no decoder removes an old decoder file.
+    work), and are never one of the run's own files (its checkpoint, config, …);
+    overwriting with a model that has no decoder removes an old decoder file.
     Returns, per written file, the max abs difference of each output to PyTorch.
     """
     path = Path(path)
@@ -224,8 +225,14 @@ def export_run(
             "export needs onnx and onnxruntime: pip install 'capsnet[onnx]'"
         ) from None
     run = RunDir(run_dir)
+    own = {run.checkpoint.resolve(), *((run.path / f).resolve() for f in RUN_FILES)}
+    for p in (path, decoder_path(path)):
+        if p.resolve() in own:  # even with --overwrite: the run would be lost
+            raise ConfigError(f"{p}: is the run's own {p.name}; export to another file")
     model = run.load_model()
     outputs = classifier_outputs(model)
+    if dataset is None and run.dataset is None:
+        raise ConfigError(f"{run.name}: no config.json says the run's dataset; pass --dataset")
     images, _ = run.test_set(data_dir, limit=check_images, dataset=dataset)
     config = model.config
     if images.shape[1:] != (config.in_channels, *config.input_size):

@@ -263,7 +263,8 @@ def compare_runs(
 ) -> dict[str, Any]:
     """:func:`robustness_report` for runs or pretrained names, on the first ``limit`` test
     images of the first run's task (from ``data_dir``, else where it was trained). Every
-    model must take that task's images and classes; the report also records each run's
+    model must have been trained on that task (where its run says) and take its images and
+    classes; the report also records each run's
     clean test accuracy from its ``metrics.json``."""
     from capsnet.training.rundir import RunDir
 
@@ -272,6 +273,10 @@ def compare_runs(
     models = {d.name: d.load_model(device) for d in dirs}
     if len(models) < len(dirs):
         raise ConfigError("the same run is given twice")
+    task = dirs[0].dataset
+    for d in dirs[1:]:  # another task's model would be scored on labels it never learnt
+        if None not in (task, d.dataset) and d.dataset != task:
+            raise ConfigError(f"{d.name} was trained on {d.dataset}, not {task} as {dirs[0].name}")
     images, labels = dirs[0].test_set(data_dir, limit=limit)
     if not isinstance(labels, Tensor):
         raise ConfigError(f"{dirs[0].name}: robustness needs one label per image")

@@ -20,10 +20,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from capsnet.checkpoint import atomic_write
+from capsnet.checkpoint import atomic_write, check_new_file, check_writable_dir
+from capsnet.errors import ConfigError
 from capsnet.models.contract import CapsuleClassifier, PoseDecoder, provides, require
 from capsnet.targets import OverlayTargets
 from capsnet.training.rundir import RunDir
+
+# Every file save_figures may write (which of them depends on the model).
+FIGURES = (
+    "training.png",
+    "coupling.png",
+    "multimnist.png",
+    "reconstructions.png",
+    "perturbation.png",
+)
 
 log = logging.getLogger(__name__)
 
@@ -275,9 +285,12 @@ def save_figures(
     data_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     examples: int = 300,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Every figure the run's model supports, into ``out_dir`` (default: the run directory;
-    for a pretrained model, ``NAME-figures`` in the current directory).
+    for a pretrained model, ``NAME-figures`` in the current directory). Figures in the
+    run's own directory are replaced; elsewhere an existing file of a figure's name is an
+    error (before any work) unless ``overwrite``.
 
     Uses the first ``examples`` images of the run's own test set (failures for Fig. 3 are
     searched among them), from ``data_dir``, else the run's data directory. Models that
@@ -285,10 +298,17 @@ def save_figures(
     no reconstruction figures.
     """
     run = RunDir(run_dir)
+    own = out_dir is None or Path(out_dir).resolve() == run.path.resolve()
     if out_dir is None:  # a pretrained model's directory is inside the package
         out_dir = f"{run.pretrained}-figures" if run.pretrained else run.path
     out = Path(out_dir)
     model = run.load_model(device)
+    if run.file is not None or run.train is None:
+        raise ConfigError(f"{run.name}: not a run directory (no training config.json)")
+    check_writable_dir(out)
+    if out.is_dir() and (run.pretrained or not own):  # a run's own figures are replaced
+        for name in FIGURES:
+            check_new_file(out / name, overwrite)
     paths = [save_training_curves(run.path, out / "training.png")]
     if not provides(model, CapsuleClassifier):
         log.info("%s: not a capsule classifier, so only the training curves", run.path)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from capsnet.checkpoint import write_json
+from capsnet.checkpoint import check_writable_dir, write_json
 from capsnet.data.tasks import load_test
 from capsnet.errors import ConfigError
 from capsnet.metrics import ClassCounts, write_class_report
@@ -84,6 +84,9 @@ def evaluate_run(
     model = run.load_model(device)  # CheckpointError first if there is no such run
     if run.file is not None or run.train is None:
         raise ConfigError(f"{run_dir}: not a run directory (no training config.json)")
+    where = Path(out) if out is not None else None if run.pretrained else run.path
+    if where is not None:
+        check_writable_dir(where)  # before the test set is made
     own = dataset in (None, run.dataset)
     dataset = run.dataset if own else dataset
     options = {**run.dataset_options, **(options or {})} if own else dict(options or {})
@@ -105,9 +108,8 @@ def evaluate_run(
         **environment(),
     }
     names = run.class_names(config.num_classes, dataset)
-    if out is None and run.pretrained:
+    if where is None:
         return result
-    where = Path(out) if out is not None else run.path
     where.mkdir(parents=True, exist_ok=True)
     suffix = "" if own else "-" + file_safe(dataset)
     write_json(where / f"eval{suffix}.json", result)

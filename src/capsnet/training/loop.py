@@ -67,7 +67,7 @@ def train(
     ``device`` from ``cfg``). Under ``torchrun`` every process trains its share of each
     global batch (DistributedDataParallel) and only rank 0 writes files.
     """
-    run = RunDir(run_dir)
+    run = RunDir(run_dir, names=False)
     info = distributed_from_env()
     with contextlib.ExitStack() as stack:
         if info.is_main:  # other ranks' write probes would race with rank 0's (mkdir, rmdir)

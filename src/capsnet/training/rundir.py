@@ -117,13 +117,15 @@ class RunDir:
     task the run was trained on, its settings and where its data was found.
     ``pretrained`` is the shipped model's name (its weights' sha256 checked), else None:
     tools write nothing into a pretrained model's directory, which is inside the package.
+    ``names=False`` takes ``path`` as a path only (training's ``--out``), never as a name.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, names: bool = True):
         from capsnet.pretrained import is_pretrained, verified_path
 
         path = Path(path)
-        self.pretrained = str(path) if not path.exists() and is_pretrained(str(path)) else None
+        named = names and not path.exists() and is_pretrained(str(path))
+        self.pretrained = str(path) if named else None
         if self.pretrained is not None:
             path = verified_path(self.pretrained)
         self.file = path if path.is_file() else None
@@ -245,7 +247,9 @@ class RunDir:
         own = dataset in (None, self.dataset)
         name = self.dataset if own else dataset
         if name is None:
-            raise CheckpointError(f"{self.path}: the run's dataset is unknown; pass --dataset")
+            raise CheckpointError(
+                f"{self.path}: no training config.json, so the run's dataset is unknown"
+            )
         source = task_source(name)
         if not download and source in DATASETS:
             find_dataset(source, data_dir or self.data_dir, download=False)
@@ -306,8 +310,9 @@ class RunDir:
         """CheckpointError unless a new run may start here (or, ``resume``, continue).
         ``overwrite`` replaces a run: refused if the directory also holds other files."""
         run = self.path
-        if run.exists() and not run.is_dir():
-            raise CheckpointError(f"{run}: exists and is not a directory")
+        if self.file is not None or (run.exists() and not run.is_dir()):
+            given = self.file or run  # a file's parent is not the --out given
+            raise CheckpointError(f"{given}: exists and is not a directory")
         ours, others = self.contents()
         if resume:
             if not (run / STATE_JSON).exists():
@@ -342,7 +347,8 @@ class RunDir:
 
     def resume_config(self, epochs: int | None) -> TrainConfig:
         """The saved config ``train --resume`` continues (to ``epochs`` epochs, None: the
-        run's own): an error, before any work, unless the run's files can be resumed so."""
+        run's own): an error, before any work, unless the run's files can be resumed so and
+        there is something left to do (epochs to train, or the test of a finished run)."""
         if not self.config:
             raise CheckpointError(f"{self.path}: nothing to resume (no {CONFIG})")
         saved = saved_train_config(self.path / CONFIG, self.config["train"], strict=True)
@@ -352,6 +358,11 @@ class RunDir:
             raise ConfigError(
                 f"--epochs {epochs}: the run in {self.path} has done {done} epochs already; "
                 f"resume it with --epochs {done} or more"
+            )
+        if epochs == done and (self.path / METRICS).exists():  # else its test is still to run
+            raise ConfigError(
+                f"{self.path}: the run is complete ({done} of {done} epochs, tested); "
+                f"resume it with --epochs {done + 1} or more to train on"
             )
         return saved
 
