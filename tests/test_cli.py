@@ -25,6 +25,7 @@ def test_train_evaluate_resume_end_to_end(run, mnist_dir, capsys):
     assert main(["evaluate", str(out), "--data-dir", str(mnist_dir), "--test-limit", "50"]) == 0
     result = json.loads((out / "eval.json").read_text())
     assert result["test_examples"] == 50 and 0 <= result["test_accuracy"] <= 1
+    assert result["checkpoint"] == "best.safetensors"
 
     capsys.readouterr()
     assert main([*argv, *SMALL, "--epochs", "2", "--resume"]) == 0

@@ -81,6 +81,12 @@ def test_seed_out_of_range_is_an_argument_error(capsys):
     assert "must be from 0 to 2**64 - 1" in capsys.readouterr().err
 
 
+def test_an_integer_option_names_the_text_that_is_not_one(capsys):
+    with pytest.raises(SystemExit):
+        main(["robustness", "run", "--out", "o", "--seed", "nan"])
+    assert "argument --seed: not an integer: 'nan'" in capsys.readouterr().err
+
+
 def _registry(path: str) -> tuple:
     module, _, name = path.partition(":")
     value = getattr(importlib.import_module(module), name)

@@ -14,7 +14,7 @@ from tests.conftest import TINY_CAPSNET
 from capsnet.cli import main
 from capsnet.data import folder
 from capsnet.data.folder import load_folder_split
-from capsnet.data.images import ImagePolicy, fit_image, normalize_images
+from capsnet.data.images import ImagePolicy, fit_image, normalize_images, read_picture
 from capsnet.data.npz import load_npz
 from capsnet.data.tasks import dataset_spec, load_test, load_train
 from capsnet.errors import ConfigError, DataError
@@ -354,3 +354,10 @@ def test_explore_normalises_posted_images_as_the_run_was_trained(folder_run):
     full = client.post("/api/predict", json={"pixels": image.flatten().tolist()}).json()
     low = client.post("/api/predict", json={"pixels": faint.flatten().tolist()}).json()
     assert low["scores"] == full["scores"]
+
+
+def test_a_16_bit_picture_in_a_folder_reads_like_its_8_bit_copy(tmp_path):
+    a = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(a).save(tmp_path / "8.png")
+    Image.fromarray(a.astype(np.uint16) * 257).save(tmp_path / "16.png")
+    assert (read_picture(tmp_path / "16.png", None) == read_picture(tmp_path / "8.png", None)).all()

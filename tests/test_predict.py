@@ -146,6 +146,7 @@ def _bad_inputs(d):
     np.save(d / "objects.npy", np.array([None, 1], dtype=object), allow_pickle=True)
     np.savez(d / "archive.npz", images=np.zeros((28, 28), np.uint8))
     (d / "archive.npz").rename(d / "archive.npy")
+    (d / "folder.png").mkdir()
 
 
 @pytest.mark.parametrize(
@@ -163,6 +164,7 @@ def _bad_inputs(d):
         ("objects.npy", "not a readable .npy array"),
         ("missing.png", "file not found"),
         ("archive.npy", "is an .npz archive, not an .npy array"),
+        ("folder.png", "is a directory, not a picture"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_file(tiny_run, tmp_path, capsys, name, message):

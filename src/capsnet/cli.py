@@ -31,15 +31,22 @@ TRAIN_CONFIG = "capsnet.training.config:TrainConfig"
 QUIET = "only warnings and results"
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
 def _positive(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
     return value
 
 
 def _non_negative(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
     return value
@@ -52,7 +59,7 @@ def _path(text: str) -> Path:
 
 
 def _seed(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if not 0 <= value < 2**64:
         raise argparse.ArgumentTypeError(f"must be from 0 to 2**64 - 1, got {value}")
     return value

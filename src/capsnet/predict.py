@@ -20,7 +20,14 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from capsnet.data.images import ImagePolicy, check_fit, fit_batch, fit_digit, open_picture
+from capsnet.data.images import (
+    ImagePolicy,
+    check_fit,
+    eight_bit,
+    fit_batch,
+    fit_digit,
+    open_picture,
+)
 from capsnet.errors import DataError
 from capsnet.models.contract import Classifier, require
 
@@ -61,23 +68,9 @@ def _transparent(im: Image.Image) -> Image.Image | None:
     return rgba if rgba.getextrema()[3] != (255, 255) else None
 
 
-def _eight_bit(path: Path, im: Image.Image) -> Image.Image:
-    """A picture of more than 8 bits a sample as 8-bit grey ("L"): 16-bit integers (modes
-    I;16*, and I as Pillow reads 16-bit PNGs) scaled by 255/65535, floats (F) read as
-    [0, 1] and scaled by 255; DataError if the values are outside that range. Other
-    pictures are returned unchanged."""
-    if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
-        return im
-    a = np.asarray(im, dtype=np.float64)  # (H, W)
-    top = 1.0 if im.mode == "F" else 65535.0
-    if not np.isfinite(a).all() or a.min() < 0 or a.max() > top:
-        raise DataError(f"{path}: a {im.mode} picture with values outside [0, {top:g}]")
-    return Image.fromarray(np.round(a * (255.0 / top)).astype(np.uint8), "L")
-
-
 def _read_picture(path: Path, channels: int, photo: bool = False) -> np.ndarray:
     """A picture file (PICTURE_FORMATS; of several frames, the first) as uint8 (1, C, H, W),
-    converted to ``channels`` channels (16-bit and float pictures as in _eight_bit).
+    converted to ``channels`` channels (16-bit and float pictures as in eight_bit).
 
     The size is read from the header and checked before the image
     is decoded (at most MAX_PIXELS). Transparent pictures are composited as in _ink_from_alpha;
@@ -96,7 +89,7 @@ def _read_picture(path: Path, channels: int, photo: bool = False) -> np.ndarray:
             )
         if photo:
             im = ImageOps.exif_transpose(im)
-        im = _eight_bit(path, im)
+        im = eight_bit(path, im)
         if (rgba := _transparent(im)) is not None:
             a = _ink_from_alpha(rgba, channels)
             log.info("%s: transparent picture; its opacity is read as the ink", path)

@@ -146,13 +146,28 @@ def convert_channels(x: Tensor, channels: int | None, where: str) -> Tensor:
     raise DataError(f"{where}: holds {c}-channel images; cannot convert them to {channels}")
 
 
+def eight_bit(path: Path, im: Image.Image) -> Image.Image:
+    """A picture of more than 8 bits a sample as 8-bit grey ("L"): 16-bit integers (modes
+    I;16*, and I as Pillow reads 16-bit PNGs) scaled by 255/65535, floats (F) read as
+    [0, 1] and scaled by 255; DataError if the values are outside that range. Other
+    pictures are returned unchanged."""
+    if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
+        return im
+    a = np.asarray(im, dtype=np.float64)  # (H, W)
+    top = 1.0 if im.mode == "F" else 65535.0
+    if not np.isfinite(a).all() or a.min() < 0 or a.max() > top:
+        raise DataError(f"{path}: a {im.mode} picture with values outside [0, {top:g}]")
+    return Image.fromarray(np.round(a * (255.0 / top)).astype(np.uint8), "L")
+
+
 def read_picture(path: Path, channels: int | None) -> np.ndarray:
     """A picture file (PICTURE_FORMATS; of several frames, the first) as uint8 (C, H, W);
-    converted to ``channels`` if given, else 1 for greyscale files and 3 for colour ones.
-    DataError naming the file if it is unreadable."""
+    converted to ``channels`` if given, else 1 for greyscale files and 3 for colour ones
+    (16-bit and float pictures as in :func:`eight_bit`). DataError naming the file if it is
+    unreadable."""
     with open_picture(path) as im:
         mode = "L" if (channels or picture_channels(im)) == 1 else "RGB"
-        a = np.asarray(im.convert(mode))  # (H, W) or (H, W, 3)
+        a = np.asarray(eight_bit(path, im).convert(mode))  # (H, W) or (H, W, 3)
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
@@ -166,6 +181,8 @@ def open_picture(path: Path) -> Iterator[Image.Image]:
             yield im
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a picture") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: not a readable {PICTURE_NAMES} image ({e})") from None
 
@@ -267,6 +284,7 @@ __all__ = [
     "FITS",
     "check_fit",
     "convert_channels",
+    "eight_bit",
     "fit_batch",
     "fit_digit",
     "NORMALIZE",

@@ -105,6 +105,7 @@ def evaluate_run(
         "test_error": r["error"],
         "test_loss": r["loss"],
         "test_examples": len(y),
+        "checkpoint": run.pretrained or run.checkpoint.name,  # best, else last, or the file
         **environment(),
     }
     names = run.class_names(config.num_classes, dataset)
