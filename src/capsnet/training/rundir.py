@@ -247,9 +247,7 @@ class RunDir:
         own = dataset in (None, self.dataset)
         name = self.dataset if own else dataset
         if name is None:
-            raise CheckpointError(
-                f"{self.path}: no training config.json, so the run's dataset is unknown"
-            )
+            raise CheckpointError(f"{self.path}: no {CONFIG}, so the run's dataset is unknown")
         source = task_source(name)
         if not download and source in DATASETS:
             find_dataset(source, data_dir or self.data_dir, download=False)
@@ -261,9 +259,8 @@ class RunDir:
             with (self.path / HISTORY).open(newline="") as f:
                 rows = list(csv.DictReader(f))
         except OSError as e:
-            raise CheckpointError(
-                f"{self.path / HISTORY}: cannot read ({e.strerror or e})"
-            ) from None
+            why = e.strerror or e
+            raise CheckpointError(f"{self.path / HISTORY}: cannot read ({why})") from None
         if not rows:
             raise CheckpointError(f"{self.path / HISTORY}: no epochs recorded")
         return rows
