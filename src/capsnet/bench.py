@@ -150,12 +150,13 @@ BENCH_COLUMNS = {"date", "model"}  # in every bench CSV capsnet has written
 
 
 def _read_csv(path: Path) -> list[dict[str, str]] | None:
-    """The rows of an earlier bench CSV to rewrite with today's columns (None: it has them,
-    or is new or empty); ConfigError, naming the file, unless it is a bench CSV."""
+    """None if a row can be appended to ``path`` as it is (a bench CSV with today's columns),
+    else the rows to write again under today's header ([] for a new or empty file; an older
+    bench CSV's rows); ConfigError, naming the file, unless it is a bench CSV."""
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory, not a CSV file")
     if not path.exists() or path.stat().st_size == 0:
-        return None
+        return []
     try:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -184,7 +185,7 @@ def append_csv(path: str | Path, row: dict[str, Any]) -> None:
     """
     path = Path(path)
     rows = _read_csv(path)
-    if rows is None and path.exists() and path.stat().st_size > 0:
+    if rows is None:
         with path.open("a", newline="", encoding="utf-8") as f:
             csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore").writerow(row)
         return
@@ -193,6 +194,6 @@ def append_csv(path: str | Path, row: dict[str, Any]) -> None:
         with tmp.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows([*(rows or []), row])
+            writer.writerows([*rows, row])
 
     atomic_write(path, write)

@@ -21,19 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from capsnet.checkpoint import atomic_write, check_new_file, check_writable_dir
-from capsnet.errors import ConfigError
 from capsnet.models.contract import CapsuleClassifier, PoseDecoder, provides, require
 from capsnet.targets import OverlayTargets
-from capsnet.training.rundir import RunDir
-
-# Every file save_figures may write (which of them depends on the model).
-FIGURES = (
-    "training.png",
-    "coupling.png",
-    "multimnist.png",
-    "reconstructions.png",
-    "perturbation.png",
-)
+from capsnet.training.rundir import FIGURES, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -298,15 +288,14 @@ def save_figures(
     no reconstruction figures.
     """
     run = RunDir(run_dir)
-    own = out_dir is None or Path(out_dir).resolve() == run.path.resolve()
     if out_dir is None:  # a pretrained model's directory is inside the package
         out_dir = f"{run.pretrained}-figures" if run.pretrained else run.path
     out = Path(out_dir)
     model = run.load_model(device)
-    if run.file is not None or run.train is None:
-        raise ConfigError(f"{run.name}: not a run directory (no training config.json)")
+    run.require_run()
     check_writable_dir(out)
-    if out.is_dir() and (run.pretrained or not own):  # a run's own figures are replaced
+    own = not run.pretrained and out.resolve() == run.path.resolve()
+    if out.is_dir() and not own:  # a run's own figures are replaced
         for name in FIGURES:
             check_new_file(out / name, overwrite)
     paths = [save_training_curves(run.path, out / "training.png")]

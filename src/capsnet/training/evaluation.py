@@ -82,8 +82,7 @@ def evaluate_run(
     run's data directory."""
     run = RunDir(run_dir)
     model = run.load_model(device)  # CheckpointError first if there is no such run
-    if run.file is not None or run.train is None:
-        raise ConfigError(f"{run_dir}: not a run directory (no training config.json)")
+    run.require_run()
     where = Path(out) if out is not None else None if run.pretrained else run.path
     if where is not None:
         check_writable_dir(where)  # before the test set is made

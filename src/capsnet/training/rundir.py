@@ -47,13 +47,16 @@ log = logging.getLogger(__name__)
 
 CONFIG, HISTORY, METRICS = "config.json", "history.csv", "metrics.json"
 RUN_FILES = (CONFIG, METRICS, HISTORY, BEST, LAST, STATE_TENSORS, STATE_JSON)
+FIGURES = (  # every figure capsnet.viz.save_figures may write (which depends on the model)
+    *("training.png", "coupling.png", "multimnist.png", "reconstructions.png", "perturbation.png"),
+)
 # Everything else capsnet writes into a run directory: evaluate (eval*.json, classes*),
-# figures (capsnet.viz), robustness --out RUN, and atomic_write's temporary files.
+# figures, robustness --out RUN, and atomic_write's temporary files.
 OUTPUTS = (
     *RUN_FILES,
+    *FIGURES,
     *("eval.json", "eval-*.json", "classes.json", "classes.png", "classes-*.json"),
-    *("classes-*.png", "training.png", "coupling.png", "multimnist.png", "reconstructions.png"),
-    *("perturbation.png", "robustness.json", "robustness.png", ".*.tmp"),
+    *("classes-*.png", "robustness.json", "robustness.png", ".*.tmp"),
 )
 TENSORBOARD, EVENTS = "tensorboard", "events.out.tfevents.*"  # --tensorboard (a directory)
 LOCK = ".lock"  # held by the process training into the run (RunDir.writing)
@@ -184,6 +187,11 @@ class RunDir:
             if (self.path / name).is_file():
                 return self.path / name
         raise CheckpointError(f"{self.path}: not a run directory (no {BEST} or {LAST})")
+
+    def require_run(self) -> None:
+        """CheckpointError unless this is a run directory with its training config.json."""
+        if self.file is not None or self.train is None:
+            raise CheckpointError(f"{self.name}: not a run directory (no training {CONFIG})")
 
     def load_model(self, device: str | torch.device = "cpu") -> nn.Module:
         """The run's model in eval mode; ConfigError unless it meets the contract."""
