@@ -189,11 +189,12 @@ def open_picture(path: Path) -> Iterator[Image.Image]:
 
 def picture_channels(im: Image.Image) -> int:
     """1 for a greyscale Pillow image (modes 1, L, LA, I, F, I;16…, or a palette of greys, as
-    GIF stores greyscale pictures), 3 for colour."""
+    GIF stores greyscale pictures), 3 for colour. A palette picture is decoded to read its
+    palette: Pillow before 13 keeps a GIF's as raw file data until then."""
     if im.mode in ("P", "PA"):
         if im.palette is None or im.palette.mode != "RGB":
             return 3
-        rgb = np.frombuffer(im.palette.tobytes(), np.uint8)[: 3 * 256].reshape(-1, 3)
+        rgb = np.array(im.getpalette("RGB"), np.uint8)[: 3 * 256].reshape(-1, 3)
         return 1 if (rgb == rgb[:, :1]).all() else 3
     return 1 if im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;") else 3
 
