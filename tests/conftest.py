@@ -109,3 +109,19 @@ def serving(server, sock):
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+# Tests marked ``cuda`` (tests/test_cuda.py) run where PyTorch sees a CUDA GPU, or where
+# CAPSNET_TEST_DEVICE names the device that takes the GPU's place (``cpu``: a check of the
+# tests' own logic); elsewhere they are deselected, so they neither run nor count as skipped.
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "cuda: capsnet on a CUDA GPU against the CPU")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if torch.cuda.is_available() or "CAPSNET_TEST_DEVICE" in os.environ:
+        return
+    gpu = [item for item in items if item.get_closest_marker("cuda")]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if not item.get_closest_marker("cuda")]

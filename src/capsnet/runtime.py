@@ -108,7 +108,8 @@ def distributed_from_env() -> Distributed:
 def process_group(device: torch.device, info: Distributed) -> Iterator[torch.device]:
     """Join torchrun's process group (NCCL on CUDA, gloo on CPU) for the duration.
 
-    Yields the device this rank uses (``cuda:LOCAL_RANK`` on GPUs).
+    Yields the device this rank uses (``cuda:LOCAL_RANK`` on GPUs), to which the NCCL group
+    is bound (the device of its barrier, which PyTorch otherwise guesses with a warning).
     """
     if not info.enabled:
         yield device
@@ -116,7 +117,9 @@ def process_group(device: torch.device, info: Distributed) -> Iterator[torch.dev
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
     try:
         yield device
     finally:
