@@ -5,7 +5,7 @@ Inputs are white-on-black like MNIST and must already have the model's input siz
 rejected, not resized, because a plain resize is not the preprocessing the dataset had (MNIST
 digits are fitted into a 20×20 box and centred by mass), so it would predict on images unlike
 any the model was trained on. ``fit="mnist"`` (``--fit mnist``) applies that preprocessing
-instead (:func:`capsnet.data.images.fit_digit`): pictures of any size and polarity are read.
+instead (:func:`capsnet.data.digits.fit_digit`): pictures of any size and polarity are read.
 """
 
 from __future__ import annotations
@@ -20,14 +20,8 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from capsnet.data.images import (
-    ImagePolicy,
-    check_fit,
-    eight_bit,
-    fit_batch,
-    fit_digit,
-    open_picture,
-)
+from capsnet.data.digits import MNIST_SIZE, check_fit, fit_digit
+from capsnet.data.images import ImagePolicy, eight_bit, fit_batch, open_picture
 from capsnet.errors import DataError
 from capsnet.models.contract import Classifier, require
 
@@ -135,15 +129,15 @@ def _read_array(path: Path, channels: int) -> np.ndarray:
     return a
 
 
-def _fit_mnist(a: np.ndarray, path: Path) -> np.ndarray:
-    """Images (N, 1, H, W), uint8 or float in [0, 1], each fitted: float32 (N, 1, 28, 28)."""
+def _fit_mnist(a: np.ndarray, path: Path, size: tuple[int, int]) -> np.ndarray:
+    """Images (N, 1, H, W), uint8 or float in [0, 1], each fitted: float32 (N, 1, *size)."""
     if a.shape[1] != 1:
         raise DataError(f"{path}: holds {a.shape[1]}-channel images; --fit mnist takes grey ones")
     x = torch.from_numpy(a[:, 0].astype(np.float32))  # (N, H, W)
     if a.dtype == np.uint8:
         x = x.div_(255.0)
     try:
-        return torch.stack([fit_digit(image) for image in x])[:, None].numpy()
+        return torch.stack([fit_digit(image, size) for image in x])[:, None].numpy()
     except DataError as e:
         raise DataError(f"{path}: {e}") from None
 
@@ -162,10 +156,11 @@ def read_inputs(
     A run's ``policy`` (resize rule, normalisation) is applied as in training; without one
     every input must already have the model's size. uint8 values are divided by 255, as in
     training; float arrays must lie in [0, 1]. ``fit="mnist"`` first brings every image, of
-    any size, to MNIST's preprocessing (:func:`capsnet.data.images.fit_digit`: ink of either
-    polarity made white on black, fitted into a 20×20 box, centred by mass in 28×28); it is
-    for 1-channel 28×28 models only (ConfigError before any file is read), and a picture
-    without ink is a DataError. Raises
+    any size, to MNIST's preprocessing (:func:`capsnet.data.digits.fit_digit`: the paper's
+    lighting removed, the digit's strokes found, made white on black, fitted into a 20×20
+    box, centred by mass in 28×28, which larger inputs get in their middle); it is for
+    1-channel models of at least 28×28 only (ConfigError before any file is read), and a
+    picture without ink is a DataError. Raises
     DataError naming the file for anything unreadable, non-finite, out of range or not of
     the model's shape (C, H, W).
     """
@@ -179,12 +174,12 @@ def read_inputs(
         else:
             a = _read_picture(p, in_channels, photo=fit is not None)
         if fit is not None:
-            a = _fit_mnist(a, p)
+            a = _fit_mnist(a, p, tuple(input_size))
         if policy is not None:  # the run's resize rule and normalisation
             a = fit_batch(a, policy, str(p))
         if a.shape[1:] != expected:
             c, h, w = a.shape[1:]
-            digit = expected == (1, 28, 28) and c == 1  # a picture of a digit, maybe
+            digit = c == in_channels == 1 and min(input_size) >= MNIST_SIZE  # a digit, maybe
             raise DataError(
                 f"{p}: image is {c}×{h}×{w} (channels×height×width) but the model expects "
                 f"{'×'.join(map(str, expected))}; resize it first"

@@ -12,13 +12,12 @@ explore`` apply the same policy to new images. Nothing is resized unless the pol
 image becomes 0): a per-image contrast normalisation that keeps pixels in [0, 1], so the
 sigmoid decoder can still reconstruct them.
 
-:func:`fit_digit` (``capsnet predict --fit mnist``) brings a user's picture of a digit, of any
-size and either polarity, to MNIST's own preprocessing.
+:func:`capsnet.data.digits.fit_digit` (``capsnet predict --fit mnist``) brings a user's picture
+of a digit, of any size and either polarity, to MNIST's own preprocessing.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,21 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
 from capsnet.errors import ConfigError, DataError
-from capsnet.names import FITS, NORMALIZE, RESIZE
+from capsnet.names import NORMALIZE, RESIZE
 
 CHANNELS = (1, 3)
 PICTURE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")  # Pillow's names, read by content
 PICTURE_NAMES = "PNG, JPEG, BMP, GIF, TIFF or WebP"
-MNIST_SIZE = 28  # MNIST's canvas, MNIST_SIZE × MNIST_SIZE
-MNIST_BOX = 20  # the longer side of a digit's ink box in MNIST
-MNIST_CENTRE = 14.0  # where MNIST's centres of mass lie (±0.5), in pixel-index coordinates
-INK_THRESHOLD = 0.2  # of the ink's range: fainter pixels are noise (paper grain, JPEG ringing)
-MIN_CONTRAST = 0.05  # an ink range below this (≈13 of 255 grey levels) is a blank picture
 
 
 @dataclass(frozen=True)
@@ -199,82 +192,6 @@ def picture_channels(im: Image.Image) -> int:
     return 1 if im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;") else 3
 
 
-def _ink(image: Tensor) -> Tensor:
-    """The ink of a picture (H, W) in [0, 1]: white on black, spanning 0..1, faint noise 0."""
-    border = torch.cat([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
-    background = border.median()
-    dark, light = background - image.min(), image.max() - background
-    ink = (background - image if dark > light else image - background).clamp_min(0)
-    contrast = float(ink.max())
-    if contrast < MIN_CONTRAST:
-        raise DataError(
-            f"blank picture: no ink (the largest difference from the background is "
-            f"{contrast * 255:.0f} of 255 grey levels)"
-        )
-    ink = ink / contrast
-    return torch.where(ink >= INK_THRESHOLD, ink, 0.0)
-
-
-def _centre_by_mass(digit: Tensor) -> Tensor:
-    """``digit`` (h, w), h, w ≤ MNIST_BOX, pasted on a black MNIST canvas, shifted by whole
-    pixels so that its centre of mass lies within half a pixel of (MNIST_CENTRE, MNIST_CENTRE)."""
-    h, w = digit.shape
-    mass = digit.sum()
-    cy = (digit.sum(1) * torch.arange(h, dtype=digit.dtype)).sum() / mass
-    cx = (digit.sum(0) * torch.arange(w, dtype=digit.dtype)).sum() / mass
-    top = math.floor(MNIST_CENTRE - float(cy) + 0.5)
-    left = math.floor(MNIST_CENTRE - float(cx) + 0.5)
-    # Negative padding crops: ink shifted past the canvas edge is cut off, as in MNIST.
-    return F.pad(digit, (left, MNIST_SIZE - left - w, top, MNIST_SIZE - top - h))
-
-
-def fit_digit(image: Tensor) -> Tensor:
-    """A picture of one digit brought to MNIST's preprocessing (LeCun et al., 1998).
-
-    ``image`` (H, W) float in [0, 1], grey levels: a digit in ink of either polarity (dark on
-    light paper or light on dark) on a plain background that fills the picture's border.
-    Returns (28, 28) float32 in [0, 1], the digit white on black:
-
-    1. The background level is the median of the outermost pixels (the picture's border).
-       The ink is the picture's difference from it on the side that reaches farther (dark ink
-       if the darkest pixel lies farther below the background than the brightest lies above
-       it), negative differences clamped to 0; it is divided by its maximum to span 0..1, and
-       values below INK_THRESHOLD (0.2) are set to 0 as noise. A maximum difference below
-       MIN_CONTRAST (0.05) raises DataError: the picture is blank.
-    2. It is cropped to the bounding box of the non-zero ink and resized, keeping the aspect
-       ratio, so that the longer side is 20 px (the shorter round(side · 20 / longer), at
-       least 1), by bilinear interpolation with anti-aliasing
-       (``F.interpolate(..., antialias=True)``); then divided by its maximum again, so that
-       thin strokes thinned further by the resize still reach 1.
-    3. It is pasted on a black 28×28 canvas, translated by whole pixels (as MNIST was) so that
-       its centre of mass (row, column) lies within half a pixel of (14, 14) in pixel-index
-       coordinates (pixel i at coordinate i): the rounded shift MNIST's digits show (the centres
-       of mass of its 10,000 test digits all lie in [13.5, 14.5]). Ink shifted past the canvas
-       edge (a digit whose mass sits far from its box's middle) is cut off, as in MNIST.
-    """
-    if image.ndim != 2:
-        raise ValueError(f"expected one image (H, W), got shape {tuple(image.shape)}")
-    ink = _ink(image.float())
-    rows, cols = ink.any(1).nonzero()[:, 0], ink.any(0).nonzero()[:, 0]
-    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    scale = MNIST_BOX / max(crop.shape)
-    size = tuple(max(1, round(side * scale)) for side in crop.shape)
-    digit = F.interpolate(crop[None, None], size, mode="bilinear", antialias=True)[0, 0]
-    return _centre_by_mass(digit / digit.max())
-
-
-def check_fit(fit: str, in_channels: int, input_size: tuple[int, int]) -> None:
-    """ConfigError unless ``fit`` is a known fit (FITS) for a model of that input."""
-    if fit not in FITS:
-        raise ConfigError(f"unknown fit '{fit}'; choose from: {', '.join(FITS)}")
-    if (in_channels, tuple(input_size)) != (1, (MNIST_SIZE, MNIST_SIZE)):
-        h, w = input_size
-        raise ConfigError(
-            f"--fit {fit} is for 1-channel {MNIST_SIZE}×{MNIST_SIZE} models; "
-            f"this one takes {in_channels}×{h}×{w} (channels×height×width)"
-        )
-
-
 def policy_of(options: object) -> ImagePolicy | None:
     """The ImagePolicy a task's options are (or None for tasks without one)."""
     return options if isinstance(options, ImagePolicy) else None
@@ -282,12 +199,9 @@ def policy_of(options: object) -> ImagePolicy | None:
 
 __all__ = [
     "CHANNELS",
-    "FITS",
-    "check_fit",
     "convert_channels",
     "eight_bit",
     "fit_batch",
-    "fit_digit",
     "NORMALIZE",
     "RESIZE",
     "ImagePolicy",
