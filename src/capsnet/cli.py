@@ -258,8 +258,10 @@ def _tool_parsers(sub, tasks, datasets) -> None:
         "--fit",
         choices=names.FITS,
         help="mnist: bring pictures of any size, dark-on-light or light-on-dark, to MNIST's "
-        "preprocessing (ink white on black, longer side 20 px, centred by mass in 28×28); "
-        "for 1-channel 28×28 models (default: inputs must already be the model's size)",
+        "preprocessing (the paper's lighting removed, specks dropped, ink white on black, "
+        "longer side 20 px, centred by mass in 28×28, which larger inputs get in their "
+        "middle); for 1-channel models of at least 28×28 (default: inputs must already be "
+        "the model's size)",
     )
     p.add_argument("--batch-size", type=_positive, default=500, help="images per step")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")

@@ -5,8 +5,8 @@ sensor noise and specks of dust, as a white-on-black digit the way MNIST has its
 :func:`fit_digit` finds the digit as a person would: it removes the lighting (a smooth
 background surface fitted to the paper), thresholds the rest (Otsu), keeps the digit's
 strokes (the largest connected piece of ink and the pieces of meaningful size near it, not
-specks) and then applies MNIST's own normalisation (LeCun et al., 1998). Only numpy, torch
-and Pillow-free tensor code: no scipy.
+specks) and then applies MNIST's own normalisation (LeCun et al., 1998). numpy and torch
+only (no scipy).
 """
 
 from __future__ import annotations
