@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from capsnet import __version__
 from capsnet.cli import main
 
 BAD_CONFIGS = {
@@ -69,17 +70,44 @@ def test_config_json_of_the_wrong_shape(run, tmp_path, mnist_dir, capsys, comman
     assert files(run) == before
 
 
-def test_unknown_training_setting_is_a_warning_for_the_tools(run, mnist_dir, caplog):
-    spoil_config(run, "from_the_future=1")
-    assert main(["evaluate", str(run), "--data-dir", str(mnist_dir), "--test-limit", "20"]) == 0
-    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warning.endswith("config.json: ignoring unknown training setting(s) from_the_future")
+def spoil_version(run: Path, version: str | None) -> None:
+    """Say that capsnet ``version`` made the run (None: a run that does not say)."""
+    config = json.loads((run / "config.json").read_text())
+    if version is None:
+        del config["environment"]["capsnet_version"]
+    else:
+        config["environment"]["capsnet_version"] = version
+    (run / "config.json").write_text(json.dumps(config))
 
 
-def test_unknown_training_setting_is_refused_on_resume(run, capsys):
+@pytest.mark.parametrize("command", ["evaluate", "figures", "predict", "export", "resume"])
+def test_a_setting_unknown_to_this_version_is_refused_naming_the_runs_version(
+    run, tmp_path, mnist_dir, capsys, command
+):
     spoil_config(run, "from_the_future=1")
-    err = one_line_error(capsys, ["train", "--out", str(run), "--resume", "--epochs", "2"])
-    assert "unknown training setting(s) from_the_future" in err
+    spoil_version(run, "9.0")
+    before = files(run)
+    err = one_line_error(capsys, commands(run, tmp_path, mnist_dir)[command])
+    assert err.endswith(
+        f"{run / 'config.json'}: training setting(s) from_the_future unknown to capsnet "
+        f"{__version__}; the run was made by capsnet 9.0"
+    )
+    assert files(run) == before
+
+
+def test_a_run_that_does_not_record_its_version_loads_and_is_named_so(run, mnist_dir, capsys):
+    spoil_version(run, None)
+    argv = ["evaluate", str(run), "--data-dir", str(mnist_dir), "--test-limit", "20"]
+    assert main(argv) == 0
+    spoil_config(run, "from_the_future=1")
+    assert one_line_error(capsys, argv).endswith(
+        "the run was made by a capsnet that did not record its version"
+    )
+
+
+def test_every_run_records_the_version_that_made_it(tiny_run):
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["environment"]["capsnet_version"] == __version__
 
 
 @pytest.mark.parametrize("state", [{}, [], {"epoch": 1, "history": "x"}])
@@ -405,3 +433,27 @@ def test_a_bad_model_option_is_reported_before_the_data_is_read(tmp_path, capsys
     argv = ["train", "--out", str(tmp_path / "r"), "--data-dir", str(missing)]
     err = one_line_error(capsys, [*argv, "--model-option", option])
     assert message in err and str(missing) not in err
+
+
+@pytest.mark.parametrize(
+    ("option", "hint"),
+    [
+        (["--model", "capsnet-smal"], "unknown model 'capsnet-smal' (did you mean capsnet-small?)"),
+        (
+            ["--dataset", "fashion_mnist"],
+            "unknown dataset 'fashion_mnist' (did you mean fashion-mnist?)",
+        ),
+        (["--dataset", "shapes"], "unknown dataset 'shapes' (did you mean folder:shapes?)"),
+        (
+            ["--dataset", "shapes.npz"],
+            "unknown dataset 'shapes.npz' (did you mean npz:shapes.npz?)",
+        ),
+    ],
+)
+def test_a_mistyped_name_is_answered_with_the_one_meant(
+    tmp_path, monkeypatch, capsys, option, hint
+):
+    (tmp_path / "shapes").mkdir()  # a folder dataset given without its folder: prefix
+    monkeypatch.chdir(tmp_path)
+    err = one_line_error(capsys, ["train", "--out", "run", *option])
+    assert hint in err and not (tmp_path / "run").exists()

@@ -104,3 +104,51 @@ def test_an_operator_onnx_cannot_express_is_named_in_one_line_and_nothing_is_pri
         _export_quietly(Expm1(), {"x": torch.rand(3, 2)}, ("y",), path, path)
     assert "\n" not in str(e.value)
     assert capfd.readouterr() == ("", "")
+
+
+@pytest.fixture
+def shipped_elsewhere(tmp_path, monkeypatch):
+    """A run directory of a tiny CapsNet trained on MNIST, on a machine with no MNIST on disk
+    (no $CAPSNET_DATA, an empty home and system data directory)."""
+    monkeypatch.delenv("CAPSNET_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr("capsnet.data.sources.SYSTEM_DATA_DIR", tmp_path / "datasets")
+    run = tmp_path / "run"
+    run.mkdir()
+    model = create_model("capsnet-small", conv1_channels=4, primary_types=2, decoder_hidden=(8,))
+    save_checkpoint(run / "best.safetensors", model, "capsnet-small")
+    train = {"dataset": "mnist", "data_dir": None, "model": "capsnet-small"}
+    (run / "config.json").write_text(json.dumps({"train": train}))
+    return run
+
+
+def test_a_run_without_its_test_set_on_disk_is_checked_on_random_images(
+    shipped_elsewhere, tmp_path, caplog
+):
+    path = tmp_path / "m.onnx"
+    with caplog.at_level("INFO", "capsnet"):
+        assert main(["export", str(shipped_elsewhere), "--onnx", str(path)]) == 0
+    assert path.is_file() and (tmp_path / "m.decoder.onnx").is_file()
+    assert "no mnist test images on disk" in caplog.text
+    assert "checking against PyTorch on 32 synthetic images instead" in caplog.text
+
+
+def test_check_images_0_checks_on_random_images_only(shipped_elsewhere, tmp_path, caplog):
+    path = tmp_path / "m.onnx"
+    with caplog.at_level("INFO", "capsnet"):
+        assert (
+            main(["export", str(shipped_elsewhere), "--onnx", str(path), "--check-images", "0"])
+            == 0
+        )
+    assert path.is_file()
+    assert [r.getMessage() for r in caplog.records if "checking" in r.getMessage()] == [
+        "checking against PyTorch on 32 synthetic images"
+    ]
+
+
+def test_a_data_dir_given_without_the_test_set_is_an_error(shipped_elsewhere, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    argv = ["export", str(shipped_elsewhere), "--onnx", str(tmp_path / "m.onnx")]
+    assert main([*argv, "--data-dir", str(tmp_path / "empty")]) == 2
+    assert "capsnet: error:" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()

@@ -3,6 +3,9 @@ and predict / explore on a folder run."""
 
 import dataclasses
 import json
+import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -361,3 +364,53 @@ def test_a_16_bit_picture_in_a_folder_reads_like_its_8_bit_copy(tmp_path):
     Image.fromarray(a).save(tmp_path / "8.png")
     Image.fromarray(a.astype(np.uint16) * 257).save(tmp_path / "16.png")
     assert (read_picture(tmp_path / "16.png", None) == read_picture(tmp_path / "8.png", None)).all()
+
+
+# --- relative paths and the default validation size ------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["folder", "npz", "data-dir"])
+def test_a_run_on_relative_paths_is_evaluated_from_another_directory(
+    tmp_path, monkeypatch, mnist_dir, caplog, capsys, kind
+):
+    made, elsewhere = tmp_path / "made", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if kind == "folder":
+        write_folder(made / "shapes", 6)
+        cfg, data = tiny_cfg("folder:shapes", epochs=1), made / "shapes"
+    elif kind == "npz":
+        made.mkdir()
+        cfg, data = tiny_cfg("npz:shapes.npz", epochs=1), write_npz(made / "shapes.npz")
+    else:
+        data = Path(shutil.copytree(mnist_dir, made / "digits"))
+        cfg = tiny_cfg("mnist", epochs=1, data_dir="digits", train_limit=16, test_limit=10)
+    monkeypatch.chdir(made)
+    with caplog.at_level(logging.INFO, logger="capsnet"):
+        train(cfg, "run")
+    assert "the run saves its data paths as absolute: --dataset " in caplog.text
+    saved = json.loads((made / "run" / "config.json").read_text())["train"]
+    path = Path(saved["data_dir"] if kind == "data-dir" else saved["dataset"].partition(":")[2])
+    assert path.is_absolute() and path.samefile(data)
+    monkeypatch.chdir(elsewhere)
+    assert main(["evaluate", str(made / "run"), "--test-limit", "10"]) == 0, capsys.readouterr()
+
+
+def test_the_default_validation_size_fits_a_folder_of_60_images(tmp_path, caplog):
+    root = write_folder(tmp_path / "data", 30)  # 2 classes × 30: 60 training images
+    with caplog.at_level(logging.INFO, logger="capsnet"):
+        cfg = dataclasses.replace(tiny_cfg(f"folder:{root}", epochs=1), val_size=None)
+        metrics = train(cfg, tmp_path / "run")
+    assert f"validation: 12 of the 60 training images of {root} held out" in caplog.text
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["val_size"] == 12
+    assert metrics["train_examples"] == 48
+
+
+def test_the_default_validation_size_fits_900_images_and_a_given_one_is_kept(tmp_path):
+    labels = np.arange(900) % 2
+    images = np.random.default_rng(0).integers(0, 256, (900, 8, 8), dtype=np.uint8)
+    test = {"test_images": images[:4], "test_labels": labels[:4]}
+    path = write_npz(tmp_path / "d.npz", images=images, labels=labels, **test)
+    data = load_train(f"npz:{path}", max_shift=0)
+    assert (data.held_out, len(data.val_y), data.size) == (90, 90, 810)
+    data = load_train(f"npz:{path}", val_size=7, max_shift=0)
+    assert (data.held_out, len(data.val_y), data.size) == (7, 7, 893)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from capsnet import create_model
 from capsnet.cli import main
 from capsnet.data import OverlayTargets
-from capsnet.data.tasks import check_dataset, load_test, load_train
+from capsnet.data.tasks import check_dataset, default_val_size, load_test, load_train
 from capsnet.errors import ConfigError
 from capsnet.losses import margin_loss
 from capsnet.training import TrainConfig, num_correct, train
@@ -99,3 +99,19 @@ def test_evaluate_an_expanded_mnist_run_on_generated_affnist(tiny_cfg, mnist_dir
     assert result["dataset"] == "affnist-generated" and result["test_examples"] == 30
     assert main([*argv, "--dataset", "mnist"]) == 2  # 28×28 images for a 40×40 model
     assert "model expects" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("n", "held_out"),
+    [(60000, 5000), (50000, 5000), (24300, 2430), (900, 90), (300, 50), (60, 12), (4, 0)],
+)
+def test_the_default_validation_size_is_a_tenth_from_50_to_5000(n, held_out):
+    assert default_val_size(n) == held_out
+
+
+def test_mnist_holds_out_the_images_it_always_did_by_default(mnist_dir):
+    assert TrainConfig().val_size is None  # default_val_size(60000): 5000, as it was fixed
+    data = load_train("mnist", mnist_dir, train_limit=10)  # the 3,000 of the fixture
+    assert data.held_out == 300
+    same = load_train("mnist", mnist_dir, val_size=300, train_limit=10)
+    assert torch.equal(data.val_x, same.val_x) and torch.equal(data.val_y, same.val_y)

@@ -1,4 +1,5 @@
 import dataclasses
+import logging
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from safetensors.torch import load_file
 from capsnet import load_run
 from capsnet.checkpoint import exclusive_lock
 from capsnet.errors import CheckpointError, ConfigError
-from capsnet.training import TrainConfig, train
+from capsnet.training import RunDir, TrainConfig, train
 from capsnet.training.rundir import LOCK
 
 TINY = {"conv1_channels": 16, "primary_types": 4, "decoder_hidden": (32,)}
@@ -137,3 +138,47 @@ def test_files_are_written_with_the_umasks_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+
+
+class _CtrlC:
+    """A progress display whose first update raises KeyboardInterrupt, as Ctrl-C would."""
+
+    def __init__(self, **_):
+        pass
+
+    def update(self, n=1):
+        raise KeyboardInterrupt
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_run_stopped_in_its_first_epoch_resumes_from_its_start(cfg, tmp_path):
+    cfg = dataclasses.replace(cfg, epochs=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "stopped", progress=_CtrlC)
+    assert (tmp_path / "stopped" / "config.json").is_file()
+    assert not (tmp_path / "stopped" / "train_state.json").exists()
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        train(cfg, tmp_path / "stopped")  # the message names --resume, which now works
+    train(cfg, tmp_path / "stopped", resume=True)
+    train(cfg, tmp_path / "fresh")
+    a, b = (load_file(str(tmp_path / r / "last.safetensors")) for r in ("stopped", "fresh"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_a_training_run_says_where_it_found_and_loaded_its_data_once(cfg, tmp_path, caplog):
+    from capsnet.data import sources
+
+    caplog.set_level(logging.DEBUG, logger="capsnet")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sources, "_SAID", set())  # nothing said yet in this process
+        train(dataclasses.replace(cfg, epochs=1), tmp_path)
+        RunDir(tmp_path).test_set(limit=10)  # the figures of `capsnet train` read it again
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    for said in ("dataset 'mnist' found in", "loaded mnist train", "loaded mnist test"):
+        assert sum(m.startswith(said) for m in info) == 1, said

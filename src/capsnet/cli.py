@@ -271,7 +271,11 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     x.add_argument("--onnx", required=True, type=_path, metavar="FILE", help="classifier file")
     x.add_argument("--data-dir", help="where the run's test images are (default: as trained)")
     x.add_argument("--dataset", choices=sorted(tasks), help="default: the run's own")
-    x.add_argument("--check-images", type=_positive, default=100, help="default: 100")
+    x.add_argument(
+        "--check-images", type=_non_negative, default=100,
+        help="test images the files are checked on (default: 100); 0, or no test set on disk: "
+        "random ones",
+    )  # fmt: skip
     x.add_argument(
         "--overwrite", action="store_true", help="replace FILE and FILE.decoder.onnx if they exist"
     )

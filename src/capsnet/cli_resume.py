@@ -81,8 +81,14 @@ def _shown(value: Any) -> str:
 
 
 def _same(dest: str, given: Any, was: Any) -> bool:
+    """Whether a setting given is the run's: paths compared as absolute ones (a new run
+    saves them so; an older run's relative ones are taken from the current directory)."""
+    from capsnet.data.custom import absolute_task
+
     if dest == "data_dir" and given is not None and was is not None:
         return Path(given).expanduser().resolve() == Path(was).expanduser().resolve()
+    if dest == "dataset":
+        return absolute_task(given) == absolute_task(was)
     return json.loads(json.dumps(given, default=str)) == json.loads(json.dumps(was, default=str))
 
 

@@ -1,5 +1,8 @@
 """User-facing errors: the CLI prints their message as one line and exits non-zero."""
 
+import difflib
+from collections.abc import Iterable
+
 
 class CapsNetError(Exception):
     """Base class for errors caused by bad input (files, names, shapes), not by bugs."""
@@ -23,3 +26,10 @@ class TrainingDiverged(ConfigError):
     def __init__(self, epoch: int, loss: float):
         super().__init__(f"training diverged at epoch {epoch} (loss {loss})")
         self.epoch, self.loss = epoch, loss
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean X?)`` naming the choice closest to a mistyped ``name`` (difflib's
+    ratio ≥ 0.6), or "" when none is that close."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""

@@ -136,6 +136,7 @@ def run_table1(
 
 def _markdown(cfg: Table1Config, rows: list[Row], results: dict[str, Any]) -> str:
     t = cfg.train
+    held_out = "a tenth, at most 5000," if t.val_size is None else t.val_size  # see tasks
     capsnet, baseline = SIZES[cfg.size]
     paper = t.dataset if t.dataset in ROWS[0].paper else None
     head = "| Method | Routing | Reconstruction | Test error (%) | Runs (seed: error %) |"
@@ -149,7 +150,7 @@ def _markdown(cfg: Table1Config, rows: list[Row], results: dict[str, Any]) -> st
         "run's error links to its `metrics.json` (the epoch selected on validation, then "
         f"tested once). Models `{capsnet}` and `{baseline}`; {t.epochs} epochs, batch "
         f"{t.batch_size}, lr {t.lr} (× {t.lr_decay} per epoch), training examples: "
-        f"{t.train_limit or 'all'} (validation {t.val_size} held out), test examples: "
+        f"{t.train_limit or 'all'} (validation {held_out} held out), test examples: "
         f"{t.test_limit or 'all'}.",
         "",
         head,

@@ -14,7 +14,8 @@ Up to two graphs, both with a dynamic batch axis and the routing iterations unro
 It uses PyTorch's TorchScript-based exporter (``dynamo=False``): it needs no extra package and
 traces the routing loop into a static graph in about a second, where the torch.export-based
 one needs onnxscript and took 30 s here. The check uses the run's own test images (its task,
-with its options, from its data directory). Each file is written only once onnxruntime
+with its options, from its data directory), or random images where there are none (a shipped
+model without its dataset on disk) or none are asked for. Each file is written only once onnxruntime
 reproduces PyTorch's outputs on them to within ``TOLERANCE``, or to within twice PyTorch's
 own float32 rounding error where that is larger (EM routing: ~1e-3 on its weights). The
 exporter prints nothing: an operator ONNX cannot express is reported in one line.
@@ -38,7 +39,8 @@ from torch import Tensor, nn
 
 from capsnet import __version__
 from capsnet.checkpoint import atomic_write, check_new_file
-from capsnet.errors import CheckpointError, ConfigError
+from capsnet.errors import CheckpointError, ConfigError, DataError
+from capsnet.models.config import ModelConfig
 from capsnet.models.contract import CapsuleClassifier, Classifier, PoseDecoder, provides, require
 from capsnet.models.contract import model_name as name_of
 from capsnet.training.rundir import RUN_FILES, RunDir
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 TOLERANCE = 1e-4  # max abs difference allowed between onnxruntime and PyTorch outputs
+SYNTHETIC_IMAGES = 32  # random images the export is checked on without a test set
 
 
 class _Classifier(nn.Module):
@@ -197,6 +200,47 @@ def _export_quietly(
             ) from None
 
 
+def _synthetic(config: ModelConfig) -> Tensor:
+    """SYNTHETIC_IMAGES images of the model's input shape, every pixel uniform in [0, 1]
+    (seeded: the same images every time)."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (SYNTHETIC_IMAGES, config.in_channels, *config.input_size)
+    return torch.rand(shape, generator=generator)
+
+
+def _check_images(
+    run: RunDir, config: ModelConfig, data_dir: str | None, check_images: int, dataset: str | None
+) -> Tensor:
+    """The images (N, C, H, W) in [0, 1] the export is checked on: ``check_images`` of the
+    test set (see :func:`export_run`), or synthetic ones (:func:`_synthetic`) if that is 0 or
+    if, with no ``data_dir`` given, the test set is not on disk. Nothing is downloaded."""
+    if check_images == 0:
+        log.info("checking against PyTorch on %d synthetic images", SYNTHETIC_IMAGES)
+        return _synthetic(config)
+    name = dataset or run.dataset
+    if name is None:
+        raise ConfigError(f"{run.name}: no config.json says the run's dataset; pass --dataset")
+    try:
+        images, _ = run.test_set(data_dir, limit=check_images, download=False, dataset=dataset)
+    except DataError:
+        if data_dir is not None:
+            raise
+        log.warning(
+            "no %s test images on disk: checking against PyTorch on %d synthetic images "
+            "instead (--data-dir DIR checks on real ones)",
+            name,
+            SYNTHETIC_IMAGES,
+        )
+        return _synthetic(config)
+    if images.shape[1:] != (config.in_channels, *config.input_size):
+        raise ConfigError(
+            f"{name} images are {tuple(images.shape[1:])} but the model "
+            f"expects {(config.in_channels, *config.input_size)}"
+        )
+    log.info("checking against PyTorch on %d %s test images", len(images), name)
+    return images.float() / 255  # as in training
+
+
 def export_run(
     run_dir: str | Path,
     path: str | Path,
@@ -205,9 +249,13 @@ def export_run(
     dataset: str | None = None,
     overwrite: bool = False,
 ) -> dict[Path, dict[str, float]]:
-    """Export a run's classifier (and decoder, if any) to ONNX, checked on the run's own
-    test images (from ``data_dir``, else the run's data directory), or on those of the
-    task ``dataset`` (for a bare checkpoint, whose task is unknown).
+    """Export a run's classifier (and decoder, if any) to ONNX, checked on ``check_images``
+    of the run's own test images (from ``data_dir``, else where the run found its data), or
+    on those of the task ``dataset`` (for a bare checkpoint, whose task is unknown). With
+    ``check_images`` 0, or without ``data_dir`` when the test set is not on disk (a shipped
+    model on a machine without its dataset), it is checked on SYNTHETIC_IMAGES random
+    images instead, and the log says so; a ``data_dir`` without the test set is a DataError.
+    Nothing is downloaded.
 
     ``path`` and its decoder file must not exist unless ``overwrite`` (checked before any
     work), and are never one of the run's own files (its checkpoint, config, …);
@@ -231,17 +279,8 @@ def export_run(
             raise ConfigError(f"{p}: is the run's own {p.name}; export to another file")
     model = run.load_model()
     outputs = classifier_outputs(model)
-    if dataset is None and run.dataset is None:
-        raise ConfigError(f"{run.name}: no config.json says the run's dataset; pass --dataset")
-    images, _ = run.test_set(data_dir, limit=check_images, dataset=dataset)
     config = model.config
-    if images.shape[1:] != (config.in_channels, *config.input_size):
-        raise ConfigError(
-            f"{dataset or run.dataset} images are {tuple(images.shape[1:])} but the model "
-            f"expects {(config.in_channels, *config.input_size)}"
-        )
-    x = images.float() / 255  # (N, C, H, W), as in training
-    log.info("checking against PyTorch on %d %s test images", len(x), dataset or run.dataset)
+    x = _check_images(run, config, data_dir, check_images, dataset)
     metadata = {
         "capsnet_version": __version__,
         "model": name_of(model),

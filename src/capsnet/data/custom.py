@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -35,8 +36,8 @@ from capsnet.data.folder import list_split, load_folder_split
 from capsnet.data.images import ImagePolicy, convert_channels, fit_image, normalize_images
 from capsnet.data.npz import load_npz
 from capsnet.data.sources import search_path
-from capsnet.data.tasks import TrainData, _Task
-from capsnet.data.transforms import random_shift, train_val_split
+from capsnet.data.tasks import TrainData, _Task, split_indices
+from capsnet.data.transforms import random_shift
 from capsnet.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -114,13 +115,14 @@ def _jitter(x: Tensor, gen: torch.Generator) -> Tensor:
 
 
 def _train_data(train: Split, val: Split | None, cfg: ImagePolicy, where: str, args) -> TrainData:
-    """TrainData from arrays: ``val`` or ``args.val_size`` held out of ``train``."""
+    """TrainData from arrays: ``val``, else ``args.val_size`` held out of ``train`` (see
+    ``tasks.split_indices``)."""
     val_size, limit, max_shift = args
     x, y = torch.as_tensor(train[0]), torch.as_tensor(train[1])  # x may be memory-mapped
-    idx = torch.arange(len(y))
+    idx, held_out = torch.arange(len(y)), None
     if val is None:
-        idx, val_idx = train_val_split(len(y), val_size, seed=0)
-        val = (x[val_idx], y[val_idx])
+        idx, val_idx = split_indices(len(y), val_size, where)
+        val, held_out = (x[val_idx], y[val_idx]), len(val_idx)
     idx = idx[:limit] if limit is not None else idx
     crop = getattr(cfg, "random_crop", False) and cfg.resize == "crop"
     jitter = getattr(cfg, "jitter", False)
@@ -135,7 +137,8 @@ def _train_data(train: Split, val: Split | None, cfg: ImagePolicy, where: str, a
         xb = _jitter(xb, gen) if jitter else xb
         return random_shift(xb, max_shift, gen), y[idx[i]]
 
-    return TrainData(len(idx), _fitted(val[0], cfg, where), torch.as_tensor(val[1]), make_batch)
+    val_x, val_y = _fitted(val[0], cfg, where), torch.as_tensor(val[1])
+    return TrainData(len(idx), val_x, val_y, make_batch, held_out)
 
 
 def _no_test(where: str) -> DataError:
@@ -236,6 +239,21 @@ def task(name: str) -> _Task | None:
     return _Task(name, ArrayOptions, partial(_train_npz, path), partial(_test_npz, path))
 
 
+def absolute_path(path: str) -> str:
+    """``path`` with ``~`` expanded, made absolute against the current directory (``..``
+    removed, symbolic links kept)."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def absolute_task(name: str) -> str:
+    """``name`` with the path of a ``folder:PATH`` or ``npz:PATH`` task made absolute
+    (:func:`absolute_path`); any other name as it is."""
+    prefix, sep, path = name.partition(":")
+    if not sep or f"{prefix}:" not in PREFIXES or not path:
+        return name
+    return f"{prefix}:{absolute_path(path)}"
+
+
 def run_record(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
     """What a run saves about its data (``config.json`` ``data``): class names and, for
     tasks that have one, the image policy predict and explore apply to new images."""
@@ -289,6 +307,8 @@ __all__ = [
     "ArrayOptions",
     "Classes",
     "Cifar10Options",
+    "absolute_path",
+    "absolute_task",
     "class_names",
     "classes",
     "run_record",

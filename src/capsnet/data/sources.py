@@ -31,6 +31,16 @@ logger = logging.getLogger(__name__)
 FILE_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 DOWNLOAD_TIMEOUT = 30.0  # seconds per connection attempt or read
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")
+_SAID: set[str] = set()  # the "found" and "loaded" lines logged at INFO so far (_say_once)
+
+
+def _say_once(message: str, *args: object) -> None:
+    """Log at INFO the first time this process says it, at DEBUG after: a ``train``
+    command finds its dataset for each split and reads the test set twice (its test, and
+    its figures)."""
+    text = message % args
+    logger.log(logging.DEBUG if text in _SAID else logging.INFO, text)
+    _SAID.add(text)
 
 
 @dataclass(frozen=True)
@@ -199,7 +209,7 @@ def find_dataset(
     dirs = search_path(spec.name, data_dir)
     for directory in dirs:
         if _has_dataset(directory, spec):
-            logger.info("dataset '%s' found in %s", spec.name, directory)
+            _say_once("dataset '%s' found in %s", spec.name, directory)
             return directory
     reason = "download is disabled"
     if download:
@@ -288,7 +298,7 @@ def load_split(
     directory = find_dataset(spec, data_dir, download)
     images, labels = _read_split(spec, directory, split)
     n, height, width = images.shape
-    logger.info(
+    _say_once(
         "loaded %s %s: %d images of %dx%d from %s", spec.name, split, n, height, width, directory
     )
     return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long()

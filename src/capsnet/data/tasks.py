@@ -30,13 +30,14 @@ from capsnet.data.affnist import AffineRanges, load_affnist_mat, random_affine
 from capsnet.data.multimnist import MultiMNISTConfig, fixed_pairs, make_pairs
 from capsnet.data.sources import DatasetSpec, get_spec, load_split, search_path
 from capsnet.data.transforms import random_shift, train_val_split
-from capsnet.errors import ConfigError, DataError
+from capsnet.errors import ConfigError, DataError, did_you_mean
 from capsnet.targets import OverlayTargets, Targets
 from capsnet.typecheck import check_field_types
 
 log = logging.getLogger(__name__)
 
 Batch = tuple[Tensor, Targets]  # uint8 images (B, C, H, W) and their targets
+VAL_FLOOR, VAL_CAP = 50, 5000  # of the default validation size (see default_val_size)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class TrainData:
     val_x: Tensor  # uint8 (V, C, H, W)
     val_y: Targets
     make_batch: Callable[[Tensor, torch.Generator], Batch]  # training indices (B,) → batch
+    held_out: int | None = None  # images held out of the training split; None: a val split
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -91,11 +93,27 @@ def _placed(x: Tensor, cfg: CanvasConfig, seed: int) -> Tensor:
     return random_shift(_pad(x, cfg.pad), cfg.pad, torch.Generator().manual_seed(seed))
 
 
-def _split(source: str, data_dir: str | Path | None, val_size: int, limit: int | None):
+def default_val_size(n: int) -> int:
+    """The validation images held out of a training split of ``n`` when ``val_size`` is
+    not given: a tenth, at least 50 (a fifth of a split under 250), at most 5,000 (so
+    MNIST's 60,000 and CIFAR-10's 50,000 hold out 5,000, older versions' fixed default)."""
+    return min(VAL_CAP, max(n // 10, min(VAL_FLOOR, n // 5)))
+
+
+def split_indices(n: int, val_size: int | None, where: str) -> tuple[Tensor, Tensor]:
+    """Training and validation indices of a split of ``n`` (``train_val_split``, seed 0):
+    ``val_size`` held out, or ``default_val_size(n)`` (logged) if it is None."""
+    if val_size is None:
+        val_size = default_val_size(n)
+        log.info("validation: %d of the %d training images of %s held out", val_size, n, where)
+    return train_val_split(n, val_size, seed=0)
+
+
+def _split(source: str, data_dir: str | Path | None, val_size: int | None, limit: int | None):
     images, labels = load_split(source, "train", data_dir)
-    if val_size >= len(labels):
+    if val_size is not None and val_size >= len(labels):
         raise ConfigError(f"--val-size {val_size} leaves no training data ({len(labels)})")
-    train_idx, val_idx = train_val_split(len(labels), val_size, seed=0)
+    train_idx, val_idx = split_indices(len(labels), val_size, source)
     if limit is not None:
         train_idx = train_idx[:limit]
     return images[train_idx], labels[train_idx], images[val_idx], labels[val_idx]
@@ -104,7 +122,11 @@ def _split(source: str, data_dir: str | Path | None, val_size: int, limit: int |
 def _train_plain(source, data_dir, val_size, train_limit, max_shift, cfg) -> TrainData:
     x, y, val_x, val_y = _split(source, data_dir, val_size, train_limit)
     return TrainData(
-        len(y), val_x, val_y, lambda idx, gen: (random_shift(x[idx], max_shift, gen), y[idx])
+        len(y),
+        val_x,
+        val_y,
+        lambda idx, gen: (random_shift(x[idx], max_shift, gen), y[idx]),
+        len(val_y),
     )
 
 
@@ -120,6 +142,7 @@ def _train_canvas(source, data_dir, val_size, train_limit, max_shift, cfg) -> Tr
         _placed(val_x, cfg, cfg.seed + 1),
         val_y,
         lambda idx, gen: (random_shift(x[idx], cfg.pad, gen), y[idx]),
+        len(val_y),
     )
 
 
@@ -130,8 +153,8 @@ def _test_canvas(data_dir, cfg: CanvasConfig) -> tuple[Tensor, Tensor]:
 
 def _train_multi(source, data_dir, val_size, train_limit, max_shift, cfg) -> TrainData:
     x, y, val_x, val_y = _split(source, data_dir, val_size, train_limit)
-    val_x, val_t = fixed_pairs(val_x, val_y, cfg.val_pairs_per_digit, cfg, cfg.seed + 1)
-    return TrainData(len(y), val_x, val_t, lambda idx, gen: make_pairs(x, y, idx, cfg, gen))
+    pairs = fixed_pairs(val_x, val_y, cfg.val_pairs_per_digit, cfg, cfg.seed + 1)
+    return TrainData(len(y), *pairs, lambda idx, gen: make_pairs(x, y, idx, cfg, gen), len(val_y))
 
 
 def _test_multi(data_dir, cfg: MultiMNISTConfig) -> tuple[Tensor, OverlayTargets]:
@@ -184,8 +207,21 @@ def _task(name: str) -> _Task:
     try:
         return TASKS[name]
     except KeyError:
-        choices = ", ".join(sorted([*TASKS, *custom.OFFICIAL, "folder:PATH", "npz:PATH"]))
-        raise ConfigError(f"unknown dataset '{name}'; choose from: {choices}") from None
+        choices = sorted([*TASKS, *custom.OFFICIAL, "folder:PATH", "npz:PATH"])
+        raise ConfigError(
+            f"unknown dataset '{name}'{_suggestion(name, choices)}; "
+            f"choose from: {', '.join(choices)}"
+        ) from None
+
+
+def _suggestion(name: str, choices: list[str]) -> str:
+    """A close name among ``choices``, else ``folder:NAME`` for a directory or ``npz:NAME``
+    for an ``.npz`` file given without its prefix, as " (did you mean …?)"; else ""."""
+    if hint := did_you_mean(name, choices):
+        return hint
+    if Path(name).is_dir() or name.endswith(".npz"):
+        return f" (did you mean {'npz' if name.endswith('.npz') else 'folder'}:{name}?)"
+    return ""
 
 
 def dataset_options(name: str, options: Mapping[str, Any] | None = None) -> Any:
@@ -230,13 +266,14 @@ def load_train(
     name: str,
     data_dir: str | Path | None = None,
     *,
-    val_size: int = 5000,
+    val_size: int | None = None,
     train_limit: int | None = None,
     max_shift: int = 2,
     options: Mapping[str, Any] | None = None,
 ) -> TrainData:
     """Training data of ``name``: the first ``train_limit`` of the training split after
-    holding out ``val_size`` examples (a fixed permutation, seed 0) for validation.
+    holding out ``val_size`` examples (a fixed permutation, seed 0) for validation (None:
+    :func:`default_val_size`; a folder with ``val/`` validates on that instead).
     ``max_shift`` is the augmentation of ``mnist`` and ``fashion-mnist`` only: the other
     datasets place their digits as their options say."""
     check_dataset(name, options, train=True)
@@ -280,7 +317,9 @@ __all__ = [
     "check_shift",
     "dataset_options",
     "dataset_spec",
+    "default_val_size",
     "load_test",
     "load_train",
+    "split_indices",
     "task_source",
 ]

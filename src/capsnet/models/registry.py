@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from capsnet.errors import ConfigError
+from capsnet.errors import ConfigError, did_you_mean
 from capsnet.typecheck import check_field_types
 
 _REGISTRY: dict[str, tuple[Callable[[Any], nn.Module], Any]] = {}  # name -> (class, config)
@@ -28,7 +28,10 @@ def list_models() -> list[str]:
 def check_model_name(name: str) -> None:
     """Raise ConfigError unless ``name`` is registered."""
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown model '{name}'; choose from: {', '.join(list_models())}")
+        raise ConfigError(
+            f"unknown model '{name}'{did_you_mean(name, _REGISTRY)}; "
+            f"choose from: {', '.join(list_models())}"
+        )
 
 
 def check_model_options(name: str, overrides: dict[str, Any]) -> None:

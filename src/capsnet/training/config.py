@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from capsnet import __version__
+from capsnet.data.custom import absolute_path, absolute_task
 from capsnet.data.tasks import check_dataset
 from capsnet.data.transforms import Augmentation
-from capsnet.errors import ConfigError
+from capsnet.errors import CheckpointError, ConfigError
 from capsnet.models import check_model_options
 from capsnet.names import LR_SCHEDULES
 from capsnet.runtime import check_precision
-
-log = logging.getLogger(__name__)
-
+from capsnet.typecheck import check_field_types
 
 DATA_FIELDS = ("in_channels", "input_size", "num_classes")  # model fields the data sets
 
@@ -44,7 +44,7 @@ class TrainConfig:
     squeeze: float = 0.0  # beyond the paper: random horizontal squeeze by 1 − [0, squeeze]
     erase: int = 0  # beyond the paper: a random erase × erase square set to zero, pixels
     train_limit: int | None = None
-    val_size: int = 5000
+    val_size: int | None = None  # held out of the training split; None: tasks.default_val_size
     test_limit: int | None = None
     device: str = "auto"
     seed: int = 0
@@ -64,7 +64,7 @@ class TrainConfig:
             )
         if not 0 <= self.seed < 2**64:
             raise ConfigError(f"seed must be from 0 to 2**64 - 1, got {self.seed}")
-        if self.val_size < 0 or self.max_shift < 0:
+        if (self.val_size is not None and self.val_size < 0) or self.max_shift < 0:
             raise ConfigError("val_size and max_shift must be ≥ 0")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(
@@ -115,18 +115,50 @@ class TrainConfig:
             lr *= min(1.0, (t + 1 / steps) / self.warmup_epochs)
         return lr
 
+    def with_absolute_paths(self) -> TrainConfig:
+        """This config with the path of a ``folder:``/``npz:`` dataset and ``data_dir``
+        made absolute against the current directory, as a new run saves them: the run
+        then reads its data from any directory."""
+        data_dir = None if self.data_dir is None else absolute_path(self.data_dir)
+        return dataclasses.replace(self, dataset=absolute_task(self.dataset), data_dir=data_dir)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """A saved config, migrated: fields added since take their defaults (a run saved
-        before ``precision`` existed trained in fp32), unknown fields are dropped."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        dropped = sorted(set(d) - known)
-        if dropped:
-            log.warning("ignoring unknown training setting(s): %s", ", ".join(dropped))
-        return cls(**{k: v for k, v in d.items() if k in known})
+        before ``precision`` existed trained in fp32); ConfigError for unknown fields."""
+        if unknown := sorted(set(d) - {f.name for f in dataclasses.fields(cls)}):
+            raise ConfigError(f"unknown training setting(s) {', '.join(unknown)}")
+        return cls(**d)
 
 
-__all__ = ["TrainConfig"]
+def written_by(config: dict[str, Any]) -> str | None:
+    """The capsnet version that made the run of ``config`` (its ``environment``), or None
+    for a run that does not say."""
+    env = config.get("environment")
+    version = env.get("capsnet_version") if isinstance(env, dict) else None
+    return version if isinstance(version, str) else None
+
+
+def saved_train_config(path: Path, saved: dict[str, Any], version: str | None) -> TrainConfig:
+    """The TrainConfig of config.json's ``train`` (``path``; the run made by capsnet
+    ``version``): settings added since take their defaults; CheckpointError naming the
+    file for a bad setting, or for one this capsnet does not know (naming both versions),
+    rather than a run that silently loses it."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown := sorted(set(saved) - known):
+        by = f"capsnet {version}" if version else "a capsnet that did not record its version"
+        raise CheckpointError(
+            f"{path}: training setting(s) {', '.join(unknown)} unknown to capsnet "
+            f"{__version__}; the run was made by {by}"
+        )
+    try:
+        check_field_types(TrainConfig, saved)
+        return TrainConfig.from_dict(saved)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: bad training setting: {e}") from None
+
+
+__all__ = ["TrainConfig", "saved_train_config", "written_by"]

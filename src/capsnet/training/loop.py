@@ -63,9 +63,11 @@ def train(
     """Train, checkpoint every epoch, select on validation, test the selected model.
 
     Writes into ``run_dir`` (see :class:`~capsnet.training.rundir.RunDir`) and returns the
-    metrics. ``resume`` continues the run there with its saved config (only ``epochs`` and
-    ``device`` from ``cfg``). Under ``torchrun`` every process trains its share of each
-    global batch (DistributedDataParallel) and only rank 0 writes files.
+    metrics. A new run saves its data paths absolute (``TrainConfig.with_absolute_paths``).
+    ``resume`` continues the run there with its saved config (only ``epochs`` and
+    ``device`` from ``cfg``; a run that finished no epoch starts again from its first).
+    Under ``torchrun`` every process trains its share of each global batch
+    (DistributedDataParallel) and only rank 0 writes files.
     """
     run = RunDir(run_dir, names=False)
     info = distributed_from_env()
@@ -82,6 +84,9 @@ def _train(
     if resume:
         saved = run.resume_config(cfg.epochs)
         cfg = dataclasses.replace(saved, epochs=cfg.epochs, device=cfg.device)
+    elif (absolute := cfg.with_absolute_paths()) != cfg:
+        cfg = absolute
+        log.info("the run saves its data paths as absolute: %s", _data_paths(cfg))
     if cfg.batch_size < info.world_size:
         raise ConfigError(f"batch size {cfg.batch_size} < {info.world_size} processes")
     with process_group(resolve_device(cfg.device), info) as device:
@@ -91,13 +96,21 @@ def _train(
         if info.enabled:
             dist.barrier()  # rank 0 has checked the run directory before anyone goes on
         session = Session.start(cfg, run, device, info, progress if info.is_main else NoProgress)
-        first = session.resume() if resume else session.begin()
+        done = run.epochs_done() if resume else 0
+        if resume and not done:
+            log.info("%s finished no epoch: training it from the start", run.path)
+        first = session.resume() if done else session.begin()
         try:
             for epoch in range(first, cfg.epochs + 1):
                 session.end_epoch(session.train_epoch(epoch))
         except TrainingDiverged as e:
             session.stop(e)
         return session.finish()
+
+
+def _data_paths(cfg: TrainConfig) -> str:
+    """``--dataset NAME`` and ``--data-dir DIR`` (if given) of ``cfg``, for a log line."""
+    return f"--dataset {cfg.dataset}" + (f" --data-dir {cfg.data_dir}" if cfg.data_dir else "")
 
 
 @dataclass
@@ -143,6 +156,8 @@ class Session:
             options=cfg.dataset_options,
         )
         check_erase(cfg.erase, data.image_shape)  # before anything is written
+        if cfg.val_size is None and data.held_out is not None:  # the run saves the default
+            cfg = dataclasses.replace(cfg, val_size=data.held_out)
         num_classes = dataset_spec(cfg.dataset).num_classes
         model = build_model(cfg, data.image_shape, num_classes).to(device)
         forward: Callable[..., Any] = model
@@ -159,8 +174,8 @@ class Session:
         return session
 
     def begin(self) -> int:
-        """Clear the directory of an old run's files (``--overwrite``) and write config.json
-        (rank 0); the first epoch."""
+        """Clear the directory of an old run's files (``--overwrite``, or a resumed run that
+        finished no epoch) and write config.json (rank 0); the first epoch."""
         if self.info.is_main:
             self.run.clear()
             self.run.write_config(

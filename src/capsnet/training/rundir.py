@@ -4,17 +4,16 @@ A run directory holds ``config.json`` (training config, model name and config,
 environment), ``history.csv`` (one row per epoch), ``best.safetensors`` and
 ``last.safetensors`` (weights + model config), ``train_state.*`` (for resuming) and
 ``metrics.json`` (the test of the selected epoch). Every command that reads a run reads
-it through :class:`RunDir`; runs written by older versions are migrated on read.
+it through :class:`RunDir`; runs written by older versions are migrated on read, and
+settings this version does not know are refused (naming the version that made the run).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import fnmatch
 import json
-import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -39,11 +38,8 @@ from capsnet.data.tasks import dataset_spec, load_test, task_source
 from capsnet.errors import CapsNetError, CheckpointError, ConfigError
 from capsnet.models.contract import Classifier, require
 from capsnet.targets import Targets
-from capsnet.training.config import TrainConfig
+from capsnet.training.config import TrainConfig, saved_train_config, written_by
 from capsnet.training.state import STATE_JSON, STATE_TENSORS, read_state_meta
-from capsnet.typecheck import check_field_types
-
-log = logging.getLogger(__name__)
 
 CONFIG, HISTORY, METRICS = "config.json", "history.csv", "metrics.json"
 RUN_FILES = (CONFIG, METRICS, HISTORY, BEST, LAST, STATE_TENSORS, STATE_JSON)
@@ -94,23 +90,6 @@ def checked_config(path: Path, config: Any) -> dict[str, Any]:
     return config
 
 
-def saved_train_config(path: Path, saved: dict[str, Any], strict: bool = False) -> TrainConfig:
-    """The TrainConfig of config.json's ``train`` (``path``): settings added since take
-    their defaults; unknown ones (from a newer capsnet?) are left out with a warning, or
-    refused if ``strict``. CheckpointError naming the file for a bad setting."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    if unknown := sorted(set(saved) - known):
-        if strict:
-            raise CheckpointError(f"{path}: unknown training setting(s) {', '.join(unknown)}")
-        log.warning("%s: ignoring unknown training setting(s) %s", path, ", ".join(unknown))
-    saved = {k: v for k, v in saved.items() if k in known}
-    try:
-        check_field_types(TrainConfig, saved)
-        return TrainConfig.from_dict(saved)
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: bad training setting: {e}") from None
-
-
 class RunDir:
     """A run directory (or one checkpoint file, whose directory is its parent), or the
     name of a shipped pretrained model (``capsnet.pretrained``; a path that exists wins).
@@ -152,7 +131,8 @@ class RunDir:
         if self._config is None:
             path = self.path / CONFIG
             config = checked_config(path, read_json(path)) if path.exists() else {}
-            self._train = saved_train_config(path, config["train"]) if config else None
+            train = config["train"] if config else None
+            self._train = saved_train_config(path, train, written_by(config)) if config else None
             self._config = config
         return self._config
 
@@ -320,8 +300,8 @@ class RunDir:
             raise CheckpointError(f"{given}: exists and is not a directory")
         ours, others = self.contents()
         if resume:
-            if not (run / STATE_JSON).exists():
-                raise CheckpointError(f"{run}: nothing to resume (no {STATE_JSON})")
+            if not (run / CONFIG).exists():  # a run stopped in its first epoch has no state
+                raise CheckpointError(f"{run}: nothing to resume (no {CONFIG})")
         elif ours and not overwrite:
             raise CheckpointError(
                 f"{run}: already holds a run ({ours[0].name}); use --resume, --overwrite "
@@ -350,14 +330,18 @@ class RunDir:
                 entry.unlink()
         self._config = self._train = None
 
+    def epochs_done(self) -> int:
+        """The epochs the run has finished (``train_state.json``); 0 without that file (a
+        run stopped in its first epoch, which ``--resume`` trains from the start)."""
+        return read_state_meta(self.path)["epoch"] if (self.path / STATE_JSON).exists() else 0
+
     def resume_config(self, epochs: int | None) -> TrainConfig:
         """The saved config ``train --resume`` continues (to ``epochs`` epochs, None: the
         run's own): an error, before any work, unless the run's files can be resumed so and
         there is something left to do (epochs to train, or the test of a finished run)."""
         if not self.config:
             raise CheckpointError(f"{self.path}: nothing to resume (no {CONFIG})")
-        saved = saved_train_config(self.path / CONFIG, self.config["train"], strict=True)
-        done = read_state_meta(self.path)["epoch"]
+        saved, done = self.train, self.epochs_done()
         epochs = saved.epochs if epochs is None else epochs
         if epochs < done:
             raise ConfigError(
