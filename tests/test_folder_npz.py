@@ -414,3 +414,12 @@ def test_the_default_validation_size_fits_900_images_and_a_given_one_is_kept(tmp
     assert (data.held_out, len(data.val_y), data.size) == (90, 90, 810)
     data = load_train(f"npz:{path}", val_size=7, max_shift=0)
     assert (data.held_out, len(data.val_y), data.size) == (7, 7, 893)
+
+
+def test_resume_takes_a_relative_dataset_as_the_runs_absolute_one(tmp_path, monkeypatch):
+    write_folder(tmp_path / "shapes", 6)
+    monkeypatch.chdir(tmp_path)
+    train(tiny_cfg("folder:shapes", epochs=1), "run")
+    resume = ["train", "--out", "run", "--resume", "--epochs", "2", "-q"]
+    assert main([*resume, "--dataset", "folder:shapes"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 2

@@ -110,7 +110,10 @@ def _train_fields(tasks, models, precisions) -> dict[str, tuple]:
         "squeeze": (float, "beyond the paper: random horizontal squeeze by 1 − [0, this]"),
         "erase": (_non_negative, "beyond the paper: zero a random square of this side, pixels"),
         "train_limit": (_positive, "train on the first N training images"),
-        "val_size": (_non_negative, "validation images held out of the training split"),
+        "val_size": (
+            _non_negative,
+            "validation images held out of the training split (default: a tenth, 50 to 5000)",
+        ),
         "seed": (int, "random seed"),
         "precision": (str, "autocast dtype", ("choices", precisions)),
         "compile": (None, "torch.compile the model"),
