@@ -6,10 +6,12 @@ import logging
 import pytest
 import torch
 
+import capsnet.viz as viz
 from capsnet import create_model
 from capsnet.cli import main
 from capsnet.training import train
 from capsnet.viz import (
+    _spread,
     perturbed_reconstructions,
     save_coupling,
     save_figures,
@@ -76,3 +78,44 @@ def test_two_channel_images_are_drawn_side_by_side(tiny_cfg, tmp_path):
         save_coupling(model, x[0], tmp_path / "c.png"),
     ]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The matplotlib figures the test's viz calls draw (still open, not saved)."""
+    figures = []
+    monkeypatch.setattr(viz, "_save", lambda fig, path: figures.append(fig) or path)
+    yield figures
+    for fig in figures:
+        viz._pyplot().close(fig)
+
+
+def test_examples_are_spread_over_the_classes_of_a_sorted_test_set():
+    y = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])  # a folder's test set: sorted by class
+    assert _spread(y, 5).tolist() == [0, 3, 5, 1, 4]  # the first of each, then the second
+    assert _spread(y[[5, 0, 3, 1]], 3).tolist() == [1, 2, 0]  # any order
+
+
+def test_perturbation_panels_say_which_class_and_strength(tiny_cfg, drawn):
+    model = create_model("capsnet-small", **tiny_cfg.model_overrides).eval()
+    x = torch.rand(2, 1, 28, 28)
+    preds = model(x).scores.argmax(1).tolist()
+    labels = torch.tensor([preds[0], (preds[1] + 1) % 10])  # the second one wrong
+    save_perturbations(model, x, "p.png", labels, [f"c{k}" for k in range(10)])
+    axes = drawn[0].axes
+    assert [ax.get_title() for ax in axes] == [
+        f"true c{preds[0]}, capsule c{preds[0]}",
+        f"true c{(preds[1] + 1) % 10}, capsule c{preds[1]}",
+    ]
+    assert [ax.title.get_color() for ax in axes] == ["k", "r"]
+    ticks = [t.get_text() for t in axes[0].get_xticklabels()]
+    assert ticks[4:7] == ["-0.05", "+0.00", "+0.05"]
+    assert axes[0].get_xlabel() == "added to the dimension"
+
+
+def test_training_curves_of_two_epochs_have_whole_epoch_ticks(tiny_cfg, tmp_path, drawn):
+    run = _train(tiny_cfg, tmp_path, epochs=2)
+    viz.save_training_curves(run, tmp_path / "t.png")
+    for ax in drawn[0].axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(t == int(t) for t in ticks), ticks

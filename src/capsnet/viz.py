@@ -27,7 +27,7 @@ from capsnet.training.rundir import FIGURES, RunDir
 
 log = logging.getLogger(__name__)
 
-PERTURBATIONS = torch.linspace(-0.25, 0.25, 11)  # Fig. 4: −0.25 … +0.25 in steps of 0.05
+PERTURBATIONS = torch.arange(-5, 6) / 20  # Fig. 4: −0.25 … +0.25 in steps of 0.05, 0 exactly
 
 
 def _pyplot() -> Any:
@@ -137,21 +137,37 @@ def perturbed_reconstructions(
     return recon.view(n, d, len(deltas), *recon.shape[1:]).cpu()
 
 
-def save_perturbations(model: nn.Module, images: Tensor, path: str | Path) -> Path:
-    """One panel per input: rows are the capsule's dimensions, columns the tweaks."""
+@torch.no_grad()
+def save_perturbations(
+    model: nn.Module,
+    images: Tensor,
+    path: str | Path,
+    labels: Tensor | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """One panel per input: rows are the capsule's dimensions, columns the tweaks (the
+    strength added to that dimension). Each panel is titled with the winning capsule's class
+    and, given ``labels``, the true class (in red if they differ)."""
     plt = _pyplot()
     recon = perturbed_reconstructions(model, images)  # (N, D, T, C, H, W)
+    preds = model(images.to(_device(model))).scores.argmax(1).cpu()
+    name = _names(class_names)
     n, d, t = recon.shape[:3]
-    fig, axes = plt.subplots(1, n, figsize=(0.35 * t * n + 1, 0.35 * d + 1), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(0.35 * t * n + 1, 0.35 * d + 1.3), squeeze=False)
     h, w = recon.shape[-2:]
     for i, ax in enumerate(axes[0]):
         ax.imshow(_montage(recon[i]), cmap="gray", vmin=0, vmax=1)
         ax.set_yticks([(j + 0.5) * h for j in range(d)], [str(j) for j in range(d)], fontsize=6)
-        ax.set_xticks(
-            [(j + 0.5) * w for j in range(t)], [f"{v:+.2f}" for v in PERTURBATIONS], fontsize=5
-        )
+        ticks = [f"{v:+.2f}" for v in PERTURBATIONS]
+        ax.set_xticks([(j + 0.5) * w for j in range(t)], ticks, fontsize=5)
         ax.tick_params(axis="x", rotation=90)
         ax.set_ylabel("capsule dimension", fontsize=7)
+        ax.set_xlabel("added to the dimension", fontsize=7)
+        title = f"capsule {name(int(preds[i]))}"
+        wrong = labels is not None and int(labels[i]) != int(preds[i])
+        if labels is not None:
+            title = f"true {name(int(labels[i]))}, {title}"
+        ax.set_title(title, fontsize=8, color="r" if wrong else "k")
     fig.suptitle("winning capsule, one dimension tweaked by −0.25 … +0.25", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
@@ -251,22 +267,36 @@ def save_training_curves(run_dir: str | Path, path: str | Path) -> Path:
         )
     ax_err.set(xlabel="epoch", ylabel="error (%)", title="error")
     for ax in (ax_loss, ax_err):
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # whole epochs only
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
 
 
+def _spread(y: Tensor, n: int) -> Tensor:
+    """Indices of ``n`` examples spread over the classes of labels ``y`` (N,), whatever
+    their order (a folder's test set is sorted by class): the first example of each class,
+    in class order, then the second of each, and so on."""
+    order = torch.argsort(y, stable=True)
+    starts = torch.searchsorted(y[order], y[order])  # where each one's class begins
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(y)) - starts  # its place among its class's examples
+    return torch.argsort(rank * (int(y.max()) + 1) + y, stable=True)[:n]
+
+
 @torch.no_grad()
 def _with_failures(
-    model: nn.Module, x: Tensor, y: Tensor, first: int = 8, failures: int = 4
+    model: nn.Module, x: Tensor, y: Tensor, examples: int = 10, failures: int = 4
 ) -> Tensor:
-    """Indices of the first ``first`` examples and of up to ``failures`` misclassified ones."""
+    """Indices of ``examples`` examples spread over the classes (:func:`_spread`) and of
+    up to ``failures`` misclassified others, the first ones."""
     device = _device(model)
     preds = torch.cat([model(b.to(device)).scores.argmax(1).cpu() for b in x.split(100)])
+    shown = _spread(y, examples)
     wrong = torch.nonzero(preds != y).flatten()
-    wrong = wrong[wrong >= first][:failures]
-    return torch.cat([torch.arange(min(first, len(y))), wrong])
+    wrong = wrong[~torch.isin(wrong, shown)][:failures]
+    return torch.cat([shown, wrong])
 
 
 def save_figures(
@@ -282,8 +312,9 @@ def save_figures(
     run's own directory are replaced; elsewhere an existing file of a figure's name is an
     error (before any work) unless ``overwrite``.
 
-    Uses the first ``examples`` images of the run's own test set (failures for Fig. 3 are
-    searched among them), from ``data_dir``, else the run's data directory. Models that
+    Uses the first ``examples`` images of the run's own test set (Fig. 3 and 4 show some of
+    every class, and failures for Fig. 3 are searched among them), from ``data_dir``, else
+    the run's data directory. Models that
     are not capsule classifiers get the training curves only, and those without a decoder
     no reconstruction figures.
     """
@@ -311,11 +342,12 @@ def save_figures(
         return paths
     if isinstance(y, OverlayTargets):
         paths.append(save_multimnist(model, x[:10], y[:10], out / "multimnist.png"))
-    else:
-        idx = _with_failures(model, x, y)
-        path = out / "reconstructions.png"
-        paths.append(save_reconstructions(model, x[idx], y[idx], path, names))
-    paths.append(save_perturbations(model, x[:3], out / "perturbation.png"))
+        paths.append(save_perturbations(model, x[:3], out / "perturbation.png", None, names))
+        return paths
+    idx = _with_failures(model, x, y)
+    paths.append(save_reconstructions(model, x[idx], y[idx], out / "reconstructions.png", names))
+    few = _spread(y, 3)
+    paths.append(save_perturbations(model, x[few], out / "perturbation.png", y[few], names))
     return paths
 
 
