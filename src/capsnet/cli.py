@@ -249,6 +249,51 @@ def _experiment_parsers(sub, tasks, models, precisions) -> None:
     fields = _train_fields(tasks, models, precisions)
     _field_args(t1, TRAIN_CONFIG, {k: fields[k] for k in TABLE1_FIELDS})
     _add_data_args(t1)
+    _generalisation_parser(xsub, fields)
+
+
+def _strengths(text: str) -> tuple[str, tuple[float, ...]]:
+    name, sep, values = text.partition("=")
+    try:
+        if not name or not sep:
+            raise ValueError
+        return name, tuple(float(v) for v in values.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=S,S,..., got '{text}'") from None
+
+
+def _generalisation_parser(xsub, fields: dict[str, tuple]) -> None:
+    g = _command(xsub, "generalisation", "contenders at one budget: clean, affNIST, robustness")
+    g.add_argument("--out", type=_path, default=Path("results"), help="default: results/")
+    g.add_argument(
+        "--contenders", nargs="+", metavar="[LABEL=]MODEL",
+        help=f"models, each one of {', '.join(names.MODELS)}; LABEL (default: MODEL) names "
+        "its runs and row (default: capsnet-mnist aff-capsnet baseline-cnn)",
+    )  # fmt: skip
+    g.add_argument(
+        "--model-option", type=_option, action="append", default=[], metavar="LABEL.NAME=VALUE",
+        help="a field of a contender's model config, e.g. cnn.hidden=[64] (repeatable)",
+    )  # fmt: skip
+    kinds = ", ".join(names.PERTURBATIONS)
+    spec = {
+        "seeds": (_seed, "a run per contender and seed", ("nargs", "+")),
+        "perturbations": (
+            str, f"some of {kinds}; none: no sweep (default: all; none on multimnist)",
+            ("nargs", "*"), ("choices", names.PERTURBATIONS), ("metavar", "NAME"),
+        ),
+        "sweep_limit": (
+            _positive, "sweep the first N test images (default: --test-limit)", ("metavar", "N")
+        ),
+        "sweep_seed": (_seed, "of the random perturbations, the same for every run"),
+    }  # fmt: skip
+    _field_args(g, "capsnet.generalisation:GeneralisationConfig", spec)
+    g.add_argument(
+        "--strengths", type=_strengths, action="append", default=[], metavar="NAME=S,S,...",
+        help="a perturbation's strengths, ascending (repeatable; default: the sweep's own)",
+    )  # fmt: skip
+    shared = [k for k in fields if k not in ("model", "seed", "tensorboard")]
+    _field_args(g, TRAIN_CONFIG, {k: fields[k] for k in shared})
+    _add_data_args(g)
 
 
 def _tool_parsers(sub, tasks, datasets) -> None:

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import logging
+from pathlib import Path
 
 from capsnet.cli_progress import progress_factory as _progress
 
@@ -15,10 +16,11 @@ log = logging.getLogger("capsnet")
 
 def _from_args(cls: type, args: argparse.Namespace, **more: object):
     """``cls`` built from the fields ``args`` has (as ``capsnet.cli`` added them: those of
-    config fields only if given on the command line); lists become tuples."""
+    config fields only if given on the command line), ``more`` taking precedence; lists
+    become tuples."""
     names = {f.name for f in dataclasses.fields(cls)}
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()}
-    return cls(**{k: v for k, v in given.items() if k in names}, **more)
+    return cls(**({k: v for k, v in given.items() if k in names} | more))
 
 
 def _image_options(args: argparse.Namespace) -> dict[str, object]:
@@ -116,11 +118,49 @@ def cmd_multimnist(args: argparse.Namespace) -> None:
 
 def cmd_experiment(args: argparse.Namespace) -> None:
     from capsnet.experiments import Table1Config, run_table1
+    from capsnet.generalisation import GeneralisationConfig, run_generalisation
     from capsnet.training import TrainConfig
 
     train = _from_args(TrainConfig, args, dataset_options=dict(args.dataset_option))
+    if args.experiment == "generalisation":
+        more = {"contenders": _contenders(args), "strengths": dict(args.strengths)}
+        cfg = _from_args(GeneralisationConfig, args, train=train, **more)
+        _print_generalisation(run_generalisation(cfg, args.out, progress=_progress()), args.out)
+        return
     cfg = _from_args(Table1Config, args, train=train)
     print(run_table1(cfg, args.out, progress=_progress()))
+
+
+def _contenders(args: argparse.Namespace) -> tuple:
+    """``--contenders [LABEL=]MODEL …`` with ``--model-option LABEL.NAME=VALUE``."""
+    from capsnet.errors import ConfigError
+    from capsnet.generalisation import DEFAULT_CONTENDERS, Contender
+
+    if args.contenders is None:
+        specs = [(c.label, c.model) for c in DEFAULT_CONTENDERS]
+    else:
+        specs = [(s.partition("=")[0], s.partition("=")[2] or s) for s in args.contenders]
+    options: dict[str, dict[str, object]] = {}
+    for key, value in args.model_option:
+        label, dot, name = key.partition(".")
+        if not dot or not name:
+            raise ConfigError(f"--model-option {key}=…: expected LABEL.NAME=VALUE")
+        options.setdefault(label, {})[name] = value
+    labels = [label for label, _ in specs]
+    if unknown := sorted(set(options) - set(labels)):
+        raise ConfigError(f"--model-option for {', '.join(unknown)}: contenders are {labels}")
+    return tuple(Contender(label, model, options.get(label, {})) for label, model in specs)
+
+
+def _print_generalisation(report: dict, out: Path) -> None:
+    cross = report["cross_dataset"]
+    for label, c in report["contenders"].items():
+        s = c["summary"]
+        line = f"{label}: clean {100 * s['clean_accuracy']['mean']:.2f}%"
+        if cross:
+            line += f", {cross} {100 * s[cross]['mean']:.2f}%"
+        print(line + f" (mean of {len(c['runs'])} seeds)")
+    print("wrote " + ", ".join(str(out / f"generalisation.{x}") for x in ("json", "md", "png")))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:

@@ -91,11 +91,15 @@ def _comparable(train_cfg: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def _run(train_cfg: TrainConfig, run: Path, progress: ProgressFactory) -> dict[str, Any]:
-    """Train, resume or reuse the run in ``run``; its metrics."""
+def train_or_reuse(
+    train_cfg: TrainConfig, run: Path, progress: ProgressFactory = NoProgress
+) -> dict[str, Any]:
+    """Train, resume or reuse the run in ``run``; its metrics. ConfigError if ``run``
+    holds a run with other settings (the device aside; data paths compared absolute, as
+    the run saved them)."""
     saved = RunDir(run).train  # migrated: settings added since take their defaults
     if saved is not None:
-        if _comparable(saved.to_dict()) != _comparable(train_cfg.to_dict()):
+        if _comparable(saved.to_dict()) != _comparable(train_cfg.with_absolute_paths().to_dict()):
             raise ConfigError(f"{run}: holds a run with other settings; use another --out")
         if (run / "metrics.json").is_file():
             log.info("reusing %s", run)
@@ -125,7 +129,7 @@ def run_table1(
     for row in rows:
         for seed in cfg.seeds:
             run = out / "table1" / row.name / f"seed{seed}"
-            m = _run(run_config(cfg, row, seed), run, progress)
+            m = train_or_reuse(run_config(cfg, row, seed), run, progress)
             link = (run / "metrics.json").relative_to(out).as_posix()
             results.setdefault(row.name, []).append((seed, 100 * m["test_error"], link))
     _write_csv(out / "table1.csv", rows, results)
@@ -195,4 +199,12 @@ def _write_csv(path: Path, rows: list[Row], results: dict[str, Any]) -> None:
     atomic_write(path, write)
 
 
-__all__ = ["ROWS", "SIZES", "Table1Config", "mean_std", "run_config", "run_table1"]
+__all__ = [
+    "ROWS",
+    "SIZES",
+    "Table1Config",
+    "mean_std",
+    "run_config",
+    "run_table1",
+    "train_or_reuse",
+]

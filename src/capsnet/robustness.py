@@ -177,26 +177,29 @@ def sweep(
     names: Sequence[str] = tuple(PERTURBATIONS),
     seed: int = 0,
     on_step: Callable[[str, float, float], None] | None = None,
+    strengths: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, dict[str, list[float]]]:
     """Accuracy of ``scores`` (images → (N, K) class scores) under every perturbation.
 
-    ``images`` float (N, C, H, W) in [0, 1], ``labels`` (N,). Every (perturbation, strength)
-    is drawn from a generator seeded with ``seed``, so each point of a curve is reproducible
-    on its own. Returns ``{name: {"strength": [...], "accuracy": [...]}}`` (accuracy in
-    [0, 1]); ``on_step(name, strength, accuracy)`` is called after each point.
+    ``images`` float (N, C, H, W) in [0, 1], ``labels`` (N,). A perturbation visits the
+    strengths ``strengths`` gives it, else its own (``PERTURBATIONS``). Every (perturbation,
+    strength) is drawn from a generator seeded with ``seed``, so each point of a curve is
+    reproducible on its own. Returns ``{name: {"strength": [...], "accuracy": [...]}}``
+    (accuracy in [0, 1]); ``on_step(name, strength, accuracy)`` is called after each point.
     """
     check_perturbations(names)
     out: dict[str, dict[str, list[float]]] = {}
     for name in names:
         p = PERTURBATIONS[name]
+        visit = (strengths or {}).get(name, p.strengths)
         accuracies = []
-        for s in p.strengths:
+        for s in visit:
             x = p.transform(images, float(s), torch.Generator().manual_seed(seed))
             acc = (scores(x).argmax(1) == labels).double().mean().item()
             accuracies.append(acc)
             if on_step is not None:
                 on_step(name, s, acc)
-        out[name] = {"strength": [float(s) for s in p.strengths], "accuracy": accuracies}
+        out[name] = {"strength": [float(s) for s in visit], "accuracy": accuracies}
     return out
 
 
@@ -211,8 +214,10 @@ def robustness_report(
     on_step: Callable[[str, str, float, float], None] | None = None,
     extra: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
+    strengths: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
-    """Sweep every model (label → classifier) over the same perturbed images; write
+    """Sweep every model (label → classifier) over the same perturbed images (at
+    ``strengths``, as :func:`sweep` takes them); write
     ``robustness.json`` (with ``extra`` added) and ``robustness.png`` into ``out_dir``;
     return the JSON's content.
 
@@ -235,6 +240,7 @@ def robustness_report(
             names,
             seed,
             on_step=None if on_step is None else partial(on_step, label),
+            strengths=strengths,
         )
         for label, model in models.items()
     }
@@ -260,6 +266,7 @@ def compare_runs(
     data_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     on_step: Callable[[str, str, float, float], None] | None = None,
+    strengths: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """:func:`robustness_report` for runs or pretrained names, on the first ``limit`` test
     images of the first run's task (from ``data_dir``, else where it was trained). Every
@@ -293,5 +300,6 @@ def compare_runs(
     }
     x = images.float().div(255)  # (N, C, H, W); perturbed on the CPU, batches go to device
     return robustness_report(
-        models, x, labels, out_dir, names, seed, on_step=on_step, extra=extra, device=device
-    )
+        models, x, labels, out_dir, names, seed, on_step=on_step, extra=extra, device=device,
+        strengths=strengths,
+    )  # fmt: skip

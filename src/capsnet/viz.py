@@ -362,34 +362,77 @@ __all__ = [
 ]
 
 
+def _panels(n: int) -> tuple[Any, Any]:
+    """A figure with ``n`` panels, up to 4 a row (those left over switched off)."""
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes.flat
+
+
+def _strength_axes(ax: Any, name: str) -> None:
+    """Title, labels and limits of a panel of accuracy against a perturbation's strength."""
+    from capsnet.robustness import PERTURBATIONS
+
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel(PERTURBATIONS[name].unit, fontsize=8)
+    ax.set_ylabel("test accuracy (%)", fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+
+
 def save_robustness(curves: dict[str, dict[str, dict[str, list[float]]]], path: str | Path) -> Path:
     """Accuracy against strength, one panel per perturbation, one line per model.
 
     ``curves`` maps a model's label to the result of ``capsnet.robustness.sweep``.
     """
-    from capsnet.robustness import PERTURBATIONS
-
     names = list(next(iter(curves.values())))
-    plt = _pyplot()
-    cols = min(4, len(names))
-    rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names, strict=False):
+    fig, axes = _panels(len(names))
+    for ax, name in zip(axes, names, strict=False):
         for label, sweep in curves.items():
-            ax.plot(
-                sweep[name]["strength"],
-                [100 * a for a in sweep[name]["accuracy"]],
-                "o-",
-                ms=3,
-                label=label,
+            accuracy = [100 * a for a in sweep[name]["accuracy"]]
+            ax.plot(sweep[name]["strength"], accuracy, "o-", ms=3, label=label)
+        _strength_axes(ax, name)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_generalisation(report: dict[str, Any], path: str | Path) -> Path:
+    """The report of ``capsnet.generalisation``: a panel of clean (and cross-task) test
+    accuracy per contender, the mean over seeds with their sample standard deviation as
+    error bars; then a panel per swept perturbation with each contender's mean accuracy
+    against strength and a band of ± one standard deviation."""
+    contenders = report["contenders"]
+    names = list(report["sweep"]["units"]) if report["sweep"] else []
+    fig, axes = _panels(1 + len(names))
+    columns = ["clean_accuracy", *([report["cross_dataset"]] if report["cross_dataset"] else [])]
+    width = 0.8 / len(columns)
+    for k, column in enumerate(columns):
+        stats = [c["summary"][column] for c in contenders.values()]
+        x = np.arange(len(stats)) + k * width
+        errors = [100 * (s["std"] or 0) for s in stats]
+        text = "clean" if column == "clean_accuracy" else column
+        grey = str(0.3 + 0.4 * k)  # not a contender's colour
+        axes[0].bar(x, [100 * s["mean"] for s in stats], width, yerr=errors, label=text, color=grey)
+    axes[0].set_xticks(np.arange(len(contenders)) + width * (len(columns) - 1) / 2)
+    axes[0].set_xticklabels(list(contenders), fontsize=7, rotation=20)
+    axes[0].set_ylabel("test accuracy (%)", fontsize=8)
+    axes[0].set_ylim(0, 100)
+    axes[0].legend(fontsize=7)
+    for ax, name in zip(axes[1:], names, strict=False):
+        for label, c in contenders.items():
+            curve = c["summary"]["perturbations"][name]
+            mean = np.array([100 * a["mean"] for a in curve["accuracy"]])
+            std = np.array([100 * (a["std"] or 0) for a in curve["accuracy"]])
+            (line,) = ax.plot(curve["strength"], mean, "o-", ms=3, label=label)
+            ax.fill_between(
+                curve["strength"], mean - std, mean + std, color=line.get_color(), alpha=0.2
             )
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel(PERTURBATIONS[name].unit, fontsize=8)
-        ax.set_ylabel("test accuracy (%)", fontsize=8)
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-    for ax in axes.flat[len(names) :]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+        _strength_axes(ax, name)
+    if names:
+        axes[1].legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
