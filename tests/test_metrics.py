@@ -6,7 +6,7 @@ import json
 import torch
 
 from capsnet.cli import main
-from capsnet.metrics import ClassCounts
+from capsnet.metrics import ClassCounts, write_class_report
 from capsnet.targets import OverlayTargets
 from capsnet.training import train
 
@@ -32,6 +32,14 @@ def test_a_class_without_examples_has_no_accuracy():
     counts = ClassCounts(2)
     counts.update(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
     assert counts.report(["x", "y"])["per_class"][1]["accuracy"] is None
+
+
+def test_accuracies_are_written_as_the_quotient_not_float32_noise(tmp_path):
+    counts = ClassCounts(2)
+    counts.update(torch.eye(2)[[0, 0, 0, 0, 1]], torch.zeros(5, dtype=torch.long))  # 4 of 5
+    write_class_report(counts.report(["x", "y"]), tmp_path / "classes")
+    text = (tmp_path / "classes.json").read_text()
+    assert '"accuracy": 0.8' in text and "0.800000" not in text  # float32: 0.800000011920929
 
 
 def test_several_labels_count_when_among_the_longest_capsules():

@@ -88,6 +88,18 @@ def test_the_cli_lists_what_is_shipped(shelf, capsys):
     assert line.startswith("tiny\tcapsnet-small on mnist\t10.00% test")
 
 
+@pytest.mark.parametrize("checkout", [False, True])
+def test_the_listing_names_the_run_where_it_is_or_as_the_repositorys(
+    shelf, tmp_path, monkeypatch, capsys, checkout
+):
+    monkeypatch.setattr(pretrained, "REPOSITORY", tmp_path / "repository")
+    if checkout:  # a checkout of the repository: the run's directory is there
+        (tmp_path / "repository" / "nowhere").mkdir(parents=True)
+    assert main(["pretrained"]) == 0
+    run = tmp_path / "repository" / "nowhere" if checkout else "nowhere in the capsnet repository"
+    assert capsys.readouterr().out.strip().endswith(f"\t{shelf}\ttrained in {run}")
+
+
 def test_tools_take_a_pretrained_name_and_write_nothing_into_the_package(
     shelf, mnist_dir, tmp_path, monkeypatch, capsys
 ):

@@ -213,7 +213,8 @@ def cmd_pretrained(args: argparse.Namespace) -> None:
         print("no pretrained models are shipped with this version")
     for p in models:
         size = f"{p.bytes / 2**20:.1f} MB {p.dtype}"
-        print(f"{p.name}\t{p.model} on {p.dataset}\t{p.test_accuracy:.2%} test\t{size}\t{p.origin}")
+        where = f"{p.path}\ttrained in {p.run}"  # files that exist, or marked as the repository's
+        print(f"{p.name}\t{p.model} on {p.dataset}\t{p.test_accuracy:.2%} test\t{size}\t{where}")
 
 
 def cmd_robustness(args: argparse.Namespace) -> None:

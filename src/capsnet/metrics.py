@@ -47,7 +47,8 @@ class ClassCounts:
         self.correct += torch.bincount(y[pred == y], minlength=self.k)
 
     def report(self, class_names: Sequence[str]) -> dict[str, Any]:
-        """Per class: name, examples, correct and accuracy (None without examples); the
+        """Per class: name, examples, correct and accuracy (their quotient as a Python
+        float: 4 of 5 is 0.8, not float32's 0.800000011920929; None without examples); the
         confusion matrix as a list of rows (None for several labels per image)."""
         per_class = [
             {
@@ -55,7 +56,7 @@ class ClassCounts:
                 "name": class_names[k],
                 "examples": int(self.total[k]),
                 "correct": int(self.correct[k]),
-                "accuracy": float(self.correct[k] / self.total[k]) if self.total[k] else None,
+                "accuracy": int(self.correct[k]) / int(self.total[k]) if self.total[k] else None,
             }
             for k in range(self.k)
         ]

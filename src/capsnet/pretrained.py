@@ -20,6 +20,7 @@ from torch import nn
 from capsnet.errors import CheckpointError, ConfigError
 
 ROOT = Path(__file__).resolve().parent / "pretrained"
+REPOSITORY = ROOT.parents[2]  # src/capsnet/pretrained → the repository, in a checkout of it
 MANIFEST, WEIGHTS = "pretrained.json", "best.safetensors"
 
 
@@ -46,6 +47,14 @@ class Pretrained:
     @property
     def path(self) -> Path:
         return ROOT / self.name
+
+    @property
+    def run(self) -> str:
+        """Where the run it came from is: its directory where this copy of capsnet is a
+        checkout of the repository holding it; else (an installed copy) ``origin`` marked
+        as a path within the capsnet repository."""
+        local = REPOSITORY / self.origin
+        return str(local) if local.is_dir() else f"{self.origin} in the capsnet repository"
 
 
 def _read(directory: Path) -> Pretrained:
