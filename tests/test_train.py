@@ -1,5 +1,7 @@
 import dataclasses
+import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,3 +184,17 @@ def test_a_training_run_says_where_it_found_and_loaded_its_data_once(cfg, tmp_pa
     info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     for said in ("dataset 'mnist' found in", "loaded mnist train", "loaded mnist test"):
         assert sum(m.startswith(said) for m in info) == 1, said
+
+
+def test_a_run_made_with_the_defaults_is_recognised_as_its_config(
+    cfg, mnist_dir, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(mnist_dir.parent)
+    new = dataclasses.replace(
+        cfg, epochs=1, val_size=None, precision="auto", data_dir=mnist_dir.name
+    )
+    train(new, tmp_path)
+    saved = RunDir(tmp_path).train  # what the run chose: 300 of the fixture's 3,000 (or 5,000)
+    assert saved.val_size in (300, 5000) and saved.precision in ("fp32", "bf16")
+    assert Path(saved.data_dir).is_absolute()
+    assert json.loads(json.dumps(new.as_saved_by(saved).to_dict())) == saved.to_dict()

@@ -99,7 +99,7 @@ def train_or_reuse(
     the run saved them)."""
     saved = RunDir(run).train  # migrated: settings added since take their defaults
     if saved is not None:
-        if _comparable(saved.to_dict()) != _comparable(train_cfg.with_absolute_paths().to_dict()):
+        if _comparable(saved.to_dict()) != _comparable(train_cfg.as_saved_by(saved).to_dict()):
             raise ConfigError(f"{run}: holds a run with other settings; use another --out")
         if (run / "metrics.json").is_file():
             log.info("reusing %s", run)

@@ -15,7 +15,7 @@ from capsnet.data.transforms import Augmentation
 from capsnet.errors import CheckpointError, ConfigError
 from capsnet.models import check_model_options
 from capsnet.names import LR_SCHEDULES
-from capsnet.runtime import check_precision
+from capsnet.runtime import AUTO, check_precision
 from capsnet.typecheck import check_field_types
 
 DATA_FIELDS = ("in_channels", "input_size", "num_classes")  # model fields the data sets
@@ -121,6 +121,16 @@ class TrainConfig:
         then reads its data from any directory."""
         data_dir = None if self.data_dir is None else absolute_path(self.data_dir)
         return dataclasses.replace(self, dataset=absolute_task(self.dataset), data_dir=data_dir)
+
+    def as_saved_by(self, saved: TrainConfig) -> TrainConfig:
+        """This config as a run made from it saves it, that run's own choices taken from
+        ``saved`` (a run's config): data paths absolute (:meth:`with_absolute_paths`), and
+        the default ``val_size`` and ``precision`` auto as the run chose them. So it equals
+        ``saved`` (the device and tuples-as-lists aside) if ``saved`` is a run of it."""
+        chosen = {"val_size": saved.val_size} if self.val_size is None else {}
+        if self.precision == AUTO:
+            chosen["precision"] = saved.precision
+        return dataclasses.replace(self.with_absolute_paths(), **chosen)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
