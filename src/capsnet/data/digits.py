@@ -223,19 +223,22 @@ def fit_digit(image: Tensor, size: tuple[int, int] = (MNIST_SIZE, MNIST_SIZE)) -
 
     1. The paper: a working copy is made by averaging f × f cells, f = ⌈max(H, W) / 256⌉.
        A quadratic surface in the pixel coordinates is fitted to it by least squares, robustly
-       (starting from the median of the border, refitted 4 times to the pixels within 3 σ of
+       (starting from the median of the border, refitted 8 times to the pixels within 3 σ of
        the last fit, σ the noise from their median absolute deviation): the lighting. The ink
-       is the picture's difference from the surface on the side holding more mass beyond 3 σ
-       (dark ink if more lies below the paper than above it), negative differences 0.
+       lies on the side of the surface holding more mass beyond 3 σ: dark ink if more lies
+       below it than above. Dark ink is the share of the paper's light it absorbs,
+       1 - picture / surface (so uneven lighting divides out), light ink the difference
+       picture - surface; negative values are 0.
     2. The strokes: the ink of the working copy is averaged over 3 × 3 pixels. If its peak is
-       below 0.05 (≈13 grey levels) or 6 σ of that average's noise, the picture is blank
-       (DataError). Pixels above Otsu's threshold of it (at least 3 σ) are ink; of their
-       8-connected pieces the digit is the heaviest (by ink) and every piece of at least 5%
-       of its mass within 0.3 × the digit's longer side of its box (grown piece by piece);
-       other pieces (dust, specks, the paper's edge) are dropped.
+       below a contrast of 0.05, or 6 σ of that average's noise (σ / 3, over the paper's
+       median level for dark ink), the picture is blank (DataError). Pixels above Otsu's
+       threshold of it (at least 3 σ) are ink; of their 8-connected pieces the digit is the
+       heaviest (by ink) and every piece of at least 5% of its mass within 0.3 × the digit's
+       longer side of its box (grown piece by piece); other pieces (dust, specks, the
+       paper's edge) are dropped.
     3. The ink at full resolution within 2 working pixels of the strokes is divided by its
-       level (the 98th percentile of the strokes' pixels; at most 1); values below 0.2, or
-       below 3 σ of one pixel's noise, are set to 0.
+       level (the 98th percentile of the strokes' pixels) and clipped to 1; values below 0.2
+       are set to 0.
     4. MNIST's normalisation: the ink's bounding box is resized, keeping the aspect ratio, so
        that the longer side is 20 px (the shorter round(side · 20 / longer), at least 1), by
        bilinear interpolation with anti-aliasing, and divided by its maximum again (thin
