@@ -1,7 +1,11 @@
 import json
+import re
+from types import ModuleType
 
 import pytest
+import torch
 
+from capsnet import native
 from capsnet.cli import main
 
 SMALL = ["--model", "capsnet-small", "--batch-size", "50", "--train-limit", "200"]
@@ -94,3 +98,49 @@ def test_progress_without_a_terminal_is_log_lines(caplog):
         bar.update(200)  # the end of the work: the caller logs the summary, not the bar
     (line,) = caplog.messages
     assert line.startswith("epoch 1/2: 100/300 (33%)") and line.endswith(", loss 0.1234")
+
+
+@pytest.mark.parametrize(
+    "argv", [["--threads", "2", "pretrained"], ["pretrained", "--threads", "2"]]
+)
+def test_threads_sets_pytorchs_intra_op_threads(argv, capsys):
+    try:
+        assert main(argv) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)  # the test suite's
+
+
+def _kernel(path: str) -> ModuleType:
+    module = ModuleType("kernel")
+    module.__file__ = path
+    return module
+
+
+def test_build_kernels_says_where_each_kernel_is_and_how_long_it_took(monkeypatch, capsys):
+    monkeypatch.delenv("CAPSNET_NATIVE", raising=False)
+    kernels = {"EM routing": lambda: _kernel("/k/em/em.so"), "dynamic": lambda: _kernel("/k/d.so")}
+    monkeypatch.setattr(native, "KERNELS", kernels)
+    assert main(["build-kernels"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"native EM routing kernel: ready in \d+\.\d s, /k/em", out[0]), out
+    assert re.fullmatch(r"native dynamic kernel: ready in \d+\.\d s, /k", out[1]), out
+
+
+def test_build_kernels_fails_where_a_kernel_cannot_be_built(monkeypatch, capsys):
+    monkeypatch.delenv("CAPSNET_NATIVE", raising=False)
+    monkeypatch.setattr(native, "KERNELS", {"EM routing": lambda: None})
+    assert main(["build-kernels"]) == 1
+    [line] = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(
+        r"native EM routing kernel: not built \(\d+\.\d s\); PyTorch's path will run", line
+    )
+
+
+def test_build_kernels_builds_nothing_with_capsnet_native_0(monkeypatch, capsys):
+    monkeypatch.setenv("CAPSNET_NATIVE", "0")
+    monkeypatch.setattr(native, "KERNELS", {"EM routing": None})  # called, it would raise
+    assert main(["build-kernels"]) == 0
+    assert (
+        capsys.readouterr().out == "native kernels are off (CAPSNET_NATIVE=0): nothing to build\n"
+    )

@@ -60,6 +60,15 @@ def test_quiet_works_after_the_command():
     assert not _parser().parse_args(["train", "--out", "x"]).quiet
 
 
+def test_threads_goes_before_or_after_the_command_and_is_positive(capsys):
+    assert _parser().parse_args(["--threads", "3", "pretrained"]).threads == 3
+    assert _parser().parse_args(["pretrained", "--threads", "3"]).threads == 3
+    assert _parser().parse_args(["pretrained"]).threads is None  # PyTorch's own count
+    with pytest.raises(SystemExit) as e:
+        _parser().parse_args(["--threads", "0", "pretrained"])
+    assert e.value.code == 2 and "--threads: must be ≥ 1, got 0" in capsys.readouterr().err
+
+
 def test_only_options_given_count_as_given():
     args = _parser().parse_args(["train", "--out", "x", "--lr", "0.001", "--device", "cpu"])
     assert args.given == {"out", "lr", "device"}

@@ -2,6 +2,7 @@
 here, equal to the written-out reference and to the PyTorch path, values and gradients."""
 
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,24 +83,46 @@ def test_native_float32_matches_the_pytorch_path(monkeypatch):
         torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item())
 
 
-def test_a_failed_build_warns_once_and_falls_back(tmp_path, monkeypatch, caplog):
+@pytest.fixture
+def kernels_in(tmp_path, monkeypatch) -> Path:
+    """An empty kernels directory: the builds of a test go there, not to the environment's."""
+    monkeypatch.setattr(native, "kernels_dir", lambda: tmp_path / "kernels")
+    return tmp_path / "kernels"
+
+
+@pytest.fixture
+def fake_load(monkeypatch) -> list[dict]:
+    """torch's builder replaced by one that records its arguments and builds nothing."""
+    import torch.utils.cpp_extension as cpp
+
+    calls = []
+
+    def load(name, sources, **kwargs):
+        calls.append({"name": name, **kwargs})
+        return "built"
+
+    monkeypatch.setattr(cpp, "load", load)
+    return calls
+
+
+def test_a_failed_build_warns_once_and_falls_back(tmp_path, kernels_in, caplog):
     broken = tmp_path / "broken.cpp"
     broken.write_text("this is not C++\n")
-    monkeypatch.setattr(native, "SOURCE", broken)
-    build = native.em_kernels.__wrapped__  # not the cached kernel
     with caplog.at_level(logging.WARNING, logger="capsnet.native"):
-        assert build() is None
-    [record] = caplog.records
-    assert "native EM routing unavailable" in record.getMessage()
-    assert "broken.cpp:1:1: error:" in record.getMessage()
+        assert native._build(broken, "capsnet_em", "EM routing") is None
+    *building, failed = [r.getMessage() for r in caplog.records]
+    assert len(building) == 2  # with OpenMP, then without
+    assert all(m.startswith("building the native EM routing kernel in") for m in building)
+    assert "native EM routing unavailable" in failed
+    assert "broken.cpp:1:1: error:" in failed
 
 
-def test_a_compiler_without_openmp_builds_the_kernel_serially(monkeypatch):
+def test_a_compiler_without_openmp_builds_the_kernel_serially(kernels_in, monkeypatch):
     import torch.utils.cpp_extension as cpp
 
     flags_tried = []
 
-    def load(name, sources, extra_cflags, extra_ldflags, verbose):
+    def load(name, sources, extra_cflags, extra_ldflags, build_directory, verbose):
         flags_tried.append("-fopenmp" in extra_cflags)
         if "-fopenmp" in extra_cflags:
             raise RuntimeError("clang: error: unsupported option '-fopenmp'")
@@ -108,6 +131,45 @@ def test_a_compiler_without_openmp_builds_the_kernel_serially(monkeypatch):
     monkeypatch.setattr(cpp, "load", load)
     assert native._build(native.SOURCE, "capsnet_em", "EM routing") == "built"
     assert flags_tried == [True, False]
+
+
+def test_a_kernel_not_built_yet_is_built_in_the_kernels_directory_with_a_warning(
+    kernels_in, fake_load, caplog
+):
+    with caplog.at_level(logging.INFO, logger="capsnet.native"):
+        assert native._build(native.SOURCE, "capsnet_em", "EM routing") == "built"
+    [call] = fake_load
+    assert call["build_directory"] == str(kernels_in / call["name"])
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING  # seen without any logging set up
+    assert record.getMessage() == (
+        f"building the native EM routing kernel in {kernels_in / call['name']} (about a minute)"
+    )
+
+
+def test_a_kernel_built_before_loads_without_a_word(kernels_in, fake_load, caplog):
+    native._build(native.SOURCE, "capsnet_em", "EM routing")  # a first process builds it
+    name = fake_load[0]["name"]
+    (kernels_in / name / f"{name}.so").write_bytes(b"")  # (the real builder's output)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="capsnet.native"):
+        assert native._build(native.SOURCE, "capsnet_em", "EM routing") == "built"
+    assert fake_load[1]["build_directory"] == str(kernels_in / name)
+    assert caplog.records == []
+
+
+def test_kernels_are_built_in_the_python_environment_whatever_home_says(tmp_path, monkeypatch):
+    (tmp_path / "env").mkdir()
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "env"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # tests that move HOME build nothing anew
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch"))
+    assert native.kernels_dir() == tmp_path / "env" / "var" / "cache" / "capsnet-kernels"
+
+
+def test_an_environment_that_cannot_be_written_builds_in_the_users_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "absent"))  # not writable: not there
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert native.kernels_dir() == tmp_path / "home" / ".cache" / "capsnet" / "kernels"
 
 
 def test_the_build_name_changes_with_what_the_build_depends_on():

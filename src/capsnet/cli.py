@@ -29,6 +29,7 @@ DESCRIPTION = (
 )
 TRAIN_CONFIG = "capsnet.training.config:TrainConfig"
 QUIET = "only warnings and results"
+THREADS = "PyTorch's intra-op threads (default: PyTorch's own, one per core)"
 
 
 def _integer(text: str) -> int:
@@ -166,6 +167,7 @@ def _add_model_args(p: argparse.ArgumentParser, routings) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = Parser(prog="capsnet", description=DESCRIPTION)
     parser.add_argument("-q", "--quiet", action="store_true", help=QUIET)
+    parser.add_argument("--threads", type=_positive, metavar="N", help=THREADS)
     parser.add_argument("--version", action="version", version=f"capsnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -176,9 +178,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _command(sub, name: str, text: str) -> argparse.ArgumentParser:
-    """A (sub)command's parser; -q works after the command too."""
+    """A (sub)command's parser; -q and --threads work after the command too."""
     p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
     p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET)
+    p.add_argument(
+        "--threads", type=_positive, metavar="N", default=argparse.SUPPRESS, help=THREADS
+    )
     return p
 
 
@@ -349,6 +354,7 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     )
 
     _command(sub, "pretrained", "list the pretrained models shipped with capsnet")
+    _command(sub, "build-kernels", "build the native CPU kernels now (else on first use)")
 
     r = _command(sub, "robustness", "accuracy under rotation, scale, shear, … (JSON, PNG)")
     r.add_argument("run_dir", metavar="RUN", help=RUN)
@@ -378,8 +384,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     keep_freed_memory()  # large activations otherwise cost page faults every step
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
-        getattr(cli_commands, f"cmd_{args.command}")(args)
+        status = getattr(cli_commands, f"cmd_{args.command.replace('-', '_')}")(args)
     except CapsNetError as e:
         print(f"capsnet: error: {e}", file=sys.stderr)
         return 2
@@ -391,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"capsnet: error: {message}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 def _out_of_memory(e: BaseException) -> str | None:

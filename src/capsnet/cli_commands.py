@@ -217,6 +217,30 @@ def cmd_pretrained(args: argparse.Namespace) -> None:
         print(f"{p.name}\t{p.model} on {p.dataset}\t{p.test_accuracy:.2%} test\t{size}\t{where}")
 
 
+def cmd_build_kernels(args: argparse.Namespace) -> int:
+    """Build (or find built) each native kernel, printing where and how long it took; 1 if
+    one cannot be built (the warning above says why; PyTorch's path runs instead)."""
+    import time
+    from pathlib import Path
+
+    from capsnet import native
+
+    if not native.enabled():
+        print("native kernels are off (CAPSNET_NATIVE=0): nothing to build")
+        return 0
+    failed = 0
+    for what, kernels in native.KERNELS.items():
+        start = time.perf_counter()
+        module = kernels()
+        took = f"{time.perf_counter() - start:.1f} s"
+        if module is None:
+            print(f"native {what} kernel: not built ({took}); PyTorch's path will run")
+            failed += 1
+        else:
+            print(f"native {what} kernel: ready in {took}, {Path(module.__file__).parent}")
+    return 1 if failed else 0
+
+
 def cmd_robustness(args: argparse.Namespace) -> None:
     from capsnet.checkpoint import check_new_file, check_writable_dir
     from capsnet.robustness import compare_runs

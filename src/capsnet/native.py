@@ -1,14 +1,17 @@
-"""Native (C++) kernels, compiled on first use.
+"""Native (C++) kernels, built once per Python environment.
 
 ``csrc/em_routing.cpp`` (EM routing of convolutional matrix capsules, forward and backward;
 the maths of one routing problem in ``csrc/em_problem.h``) and ``csrc/dynamic_routing.cpp``
-(votes and dynamic routing of fully connected capsules, forward and backward) are each built with
-:func:`torch.utils.cpp_extension.load` the first time they are needed, into PyTorch's extension
-cache (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), under a name that
-changes with the sources, this CPU's instruction sets (it is built with ``-march=native``),
-the PyTorch and Python versions and the sources' directory. It needs a C++ compiler and
-ninja; where the build fails, a warning says why once and the callers take their pure
-PyTorch path, which gives the same numbers.
+(votes and dynamic routing of fully connected capsules, forward and backward) are each built
+with :func:`torch.utils.cpp_extension.load` the first time they are needed (or ahead of that:
+``capsnet build-kernels`` loads each of :data:`KERNELS`), in a directory of
+:func:`kernels_dir` named by a hash of what the build depends on: the sources, the compiler
+flags, this CPU's instruction sets (it is built with ``-march=native``), the PyTorch and
+Python versions and the sources' path. Every later process of the environment finds that
+build and loads it; an edited source, another PyTorch or another CPU builds anew beside it.
+A warning says when a build starts (it takes about a minute); loading a built kernel says
+nothing. It needs a C++ compiler and ninja; where the build fails, a warning says why once
+and the callers take their pure PyTorch path, which gives the same numbers.
 ``CAPSNET_NATIVE=0`` in the environment turns the native path off.
 """
 
@@ -75,10 +78,27 @@ def _build_name(stem: str, source: Path, text: bytes, flags: list[str]) -> str:
     return f"{stem}_{key.hexdigest()[:16]}"
 
 
+def kernels_dir() -> Path:
+    """Where the kernels are built: ``var/cache/capsnet-kernels`` in this Python environment
+    (``sys.prefix``, e.g. the virtual environment), or ``~/.cache/capsnet/kernels`` where
+    that cannot be written (the system's Python run by a user)."""
+    prefix = Path(sys.prefix)
+    if os.access(prefix, os.W_OK):
+        return prefix / "var" / "cache" / "capsnet-kernels"
+    return Path.home() / ".cache" / "capsnet" / "kernels"
+
+
+def _built(directory: Path, name: str) -> bool:
+    """Whether ``directory`` holds the built module ``name`` (``name.so``; its name hashes its
+    sources, so a module of that name is up to date)."""
+    return any(directory.glob(f"{name}.*"))
+
+
 def _build(source: Path, stem: str, what: str) -> ModuleType | None:
-    """Build (or load from the cache) the extension of ``source``, with OpenMP, or serial
-    where the compiler has none (Apple's clang); None if neither builds, with one warning
-    naming ``what`` and the compiler's first error."""
+    """The extension of ``source`` loaded from :func:`kernels_dir`, built there first if it is
+    not (with a warning naming ``what`` and where), with OpenMP, or serial where the compiler
+    has none (Apple's clang); None if neither builds, with one warning naming ``what`` and
+    the compiler's first error."""
     from torch.utils.cpp_extension import load
 
     headers = sorted(source.parent.glob("*.h"))  # what a source may include: in the key too
@@ -88,10 +108,18 @@ def _build(source: Path, stem: str, what: str) -> ModuleType | None:
     for openmp in (OPENMP, []):
         flags = FLAGS + openmp
         name = _build_name(stem, source, text, flags)
-        log.info("loading the native %s kernel %s (built on first use: about a minute)", what, name)
+        directory = kernels_dir() / name
+        if not _built(directory, name):
+            log.warning("building the native %s kernel in %s (about a minute)", what, directory)
         try:
+            directory.mkdir(parents=True, exist_ok=True)
             return load(
-                name, [str(source)], extra_cflags=flags, extra_ldflags=openmp, verbose=False
+                name,
+                [str(source)],
+                extra_cflags=flags,
+                extra_ldflags=openmp,
+                build_directory=str(directory),
+                verbose=False,
             )
         except Exception as e:  # no compiler, no ninja, no OpenMP, a failed build
             failure = failure or e
@@ -115,6 +143,12 @@ def dynamic_kernels() -> ModuleType | None:
     ``dynamic_forward_train`` and ``dynamic_backward`` for training), or None if the build
     failed (logged once)."""
     return _build(DYNAMIC_SOURCE, "capsnet_dynamic", "dynamic routing")
+
+
+KERNELS: dict[str, Callable[[], ModuleType | None]] = {
+    "EM routing": em_kernels,
+    "dynamic routing": dynamic_kernels,
+}
 
 
 def _applies(kernels: Callable[[], ModuleType | None], tensors: tuple[torch.Tensor, ...]) -> bool:
