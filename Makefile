@@ -1,7 +1,9 @@
 # make demo: set up .venv, test a shipped pretrained model on Fashion-MNIST and draw its
 # figures, then train a small CapsNet on Fashion-MNIST (< 10 min on 2 CPU cores)
 # make test: set up .venv (and Chromium for the browser test) and run lint + the whole test suite
+# PYTHON=python3.10 VENV=.venv-3.10 make test: the same in another venv, made with that Python
 SHELL := /bin/bash
+PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CAPSNET := $(VENV)/bin/capsnet
@@ -12,12 +14,14 @@ DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 install: $(STAMP)
 
-# torch is pinned and installed first so pip never pulls a multi-GB CUDA build.
+# torch is pinned and installed first so pip never pulls a multi-GB CUDA build. The native
+# kernels are built last (about a minute each); without them PyTorch's paths run.
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	$(CAPSNET) build-kernels || echo "capsnet: no native kernels; PyTorch's slower paths will run"
 	touch $@
 
 demo: $(STAMP)
@@ -25,11 +29,17 @@ demo: $(STAMP)
 		bash scripts/apt-install.sh dataset-fashion-mnist "capsnet will try to download it"
 	@echo "== a shipped pretrained model: its Fashion-MNIST test accuracy, reproduced here"
 	$(CAPSNET) pretrained
-	$(CAPSNET) evaluate efficient-capsnet-fashion-mnist --out $(DEMO_OUT)/pretrained
+	$(call timed,testing 10000 images,$(CAPSNET) evaluate efficient-capsnet-fashion-mnist \
+		--out $(DEMO_OUT)/pretrained)
 	$(CAPSNET) -q figures efficient-capsnet-fashion-mnist --out $(DEMO_OUT)/pretrained
 	@echo "== a small CapsNet trained from scratch"
-	$(CAPSNET) train --dataset fashion-mnist --model capsnet-small --epochs 3 \
-		--train-limit 20000 --out $(DEMO_OUT)/capsnet-small
+	$(call timed,training 3 epochs of 20000 images and testing,$(CAPSNET) train \
+		--dataset fashion-mnist --model capsnet-small --epochs 3 --train-limit 20000 \
+		--out $(DEMO_OUT)/capsnet-small)
+	@echo "== on a busy machine these take longer; capsnet --threads N limits PyTorch's threads"
+
+# $(call timed,WHAT,COMMAND): COMMAND, then how long WHAT took
+timed = @echo '$(2)'; start=$$SECONDS; $(2) && echo "== $(1) took $$((SECONDS - start)) s"
 
 test: $(STAMP) lint
 	@command -v chromium >/dev/null || \
