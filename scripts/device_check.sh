@@ -35,6 +35,7 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 # The tests' CPU side runs PyTorch's own paths: building the native kernels first would
 # take a minute of the budget (they are checked against those paths on the CPU elsewhere).
 export CAPSNET_NATIVE=0
+export NCCL_DEBUG=${NCCL_DEBUG:-WARN} # NCCL's own warnings into pytest.log
 
 if [ "$DEVICE" = cpu ]; then
   export CAPSNET_TEST_DEVICE=cpu
