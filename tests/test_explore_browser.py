@@ -70,11 +70,12 @@ def test_draw_predict_and_tweak_a_pose_in_chromium(server_url, tmp_path):
             bypass_csp=True,
         )
         page = browser.new_page()
+        page.set_default_timeout(60_000)  # waits guard against a hang; no test measures speed
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.goto(server_url)
-        page.wait_for_selector("body[data-ready=true]", timeout=10_000)
+        page.wait_for_selector("body[data-ready=true]")
         assert page.locator("#bars .bar").count() == 10
         assert page.locator("#sliders input[type=range]").count() == 16
 
