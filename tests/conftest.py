@@ -33,6 +33,8 @@ _TINY_EM = {"conv1_channels": 4, "primary_types": 2, "caps1_types": 2, "caps2_ty
 _TINY_BASELINE = {"conv_channels": (4, 4, 2), "hidden": (16, 8)}
 # Tiny overrides of every registered model (tests/test_matrix.py checks none is missing).
 TINY_MODELS = {
+    "aff-capsnet": {**TINY_CAPSNET, "routing_iterations": 2},
+    "aff-capsnet-small": TINY_CAPSNET,
     "capsnet-cifar10": TINY_CAPSNET,  # channels and size come from the data
     "capsnet-mnist": TINY_CAPSNET,
     "capsnet-small": TINY_CAPSNET,

@@ -31,7 +31,7 @@ from capsnet.models.registry import _REGISTRY
 from capsnet.training import RunDir
 from capsnet.viz import save_coupling
 
-CAPSULE_FAMILIES = ("capsnet", "efficient", "em-capsnet")
+CAPSULE_FAMILIES = ("aff-capsnet", "capsnet", "efficient", "em-capsnet")
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -40,7 +40,7 @@ def test_every_registered_model_is_a_classifier_and_its_output_says_what_it_is(n
     assert provides(model, Classifier)
     is_capsule = name.startswith(CAPSULE_FAMILIES)
     assert provides(model, CapsuleClassifier) == is_capsule
-    assert provides(model, PoseDecoder) == name.startswith(("capsnet", "efficient"))
+    assert provides(model, PoseDecoder) == name.startswith(("aff-capsnet", "capsnet", "efficient"))
     c = model.config
     with torch.no_grad():
         out = model(torch.rand(2, c.in_channels, *c.input_size))

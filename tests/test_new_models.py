@@ -18,6 +18,8 @@ TINY_EM = {"conv1_channels": 8, "primary_types": 4, "caps1_types": 4, "caps2_typ
 TINY_CAPSNET = {"conv1_channels": 16, "primary_types": 4, "decoder_hidden": (32,)}
 TINY_EFFICIENT = {"stem_channels": (8, 16, 16, 32), "decoder_hidden": (32,)}
 TINY = {  # every registered model, made small enough to train in a test
+    "aff-capsnet": TINY_CAPSNET,
+    "aff-capsnet-small": {**TINY_CAPSNET, "routing_iterations": 3},
     "baseline-cnn": {"conv_channels": (8, 8, 8), "hidden": (16, 16)},
     "baseline-cnn-small": {"conv_channels": (8, 8, 8), "hidden": (16, 16)},
     "capsnet-cifar10": {**TINY_CAPSNET, "in_channels": 1, "input_size": (28, 28)},

@@ -19,6 +19,8 @@ _LAZY = {  # public name → the module that defines it
     "reconstruction_loss": "capsnet.losses",
     **dict.fromkeys(
         (
+            "AffCapsNet",
+            "AffCapsNetConfig",
             "BaselineCNN",
             "BaselineConfig",
             "CapsNet",
@@ -48,6 +50,7 @@ _LAZY = {  # public name → the module that defines it
             "efficient_squash",
             "em_routing",
             "self_attention_routing",
+            "shared_dynamic_routing",
             "squash",
         ),
         "capsnet.routing",

@@ -235,6 +235,43 @@ class RoutingCaps(nn.Module):
         return self.router(u_hat.transpose(1, 2), capsule_lengths(u))
 
 
+class SharedRoutingCaps(nn.Module):
+    """Fully connected capsule layer whose prediction matrices are shared by groups of
+    children (Aff-CapsNets, Gu & Tresp 2020): ``û_{j|i} = W_gj u_i`` for the ``groups`` equal
+    groups of consecutive children (1 group: one W_j for every child), then routing.
+
+    Input (B, I, in_dim), I a multiple of ``groups`` → :class:`~capsnet.routing.Routed`, as
+    :class:`RoutingCaps`. A routing with a ``shared`` fast path (dynamic) never forms the
+    predictions; any other routing gets them as votes (B, I, J, out_dim).
+    """
+
+    def __init__(
+        self,
+        in_caps: int,
+        in_dim: int,
+        out_caps: int,
+        out_dim: int,
+        groups: int = 1,
+        spec: RoutingSpec = DYNAMIC,
+    ):
+        super().__init__()
+        if in_caps % groups:
+            raise ValueError(f"{in_caps} children do not split into {groups} equal groups")
+        self.groups = groups
+        self.weight = nn.Parameter(0.01 * torch.randn(groups, out_caps, out_dim, in_dim))
+        self.router = Router(in_caps, out_caps, spec)
+
+    def forward(self, u: Tensor) -> Routed:
+        r, grouped = self.router, u.unflatten(1, (self.groups, -1))  # (B, G, P, in_dim)
+        if r.routing.shared is not None:
+            return r.routing.shared(
+                grouped, self.weight, r.params, r.iterations, r.detach_agreement
+            )
+        columns = grouped.transpose(2, 3).unsqueeze(2)  # (B, G, 1, E, P)
+        votes = (self.weight @ columns).permute(0, 1, 4, 2, 3)  # (B, G, P, J, D)
+        return r(votes.flatten(1, 2), capsule_lengths(u))  # votes (B, I, J, D)
+
+
 class Decoder(nn.Module):
     """FC decoder fed the masked class capsules (B, J, D) → image (B, C, H, W) in [0, 1]."""
 

@@ -8,6 +8,8 @@ checks that they agree.
 from __future__ import annotations
 
 MODELS = (  # capsnet.models.list_models() (the registered built-in models)
+    "aff-capsnet",
+    "aff-capsnet-small",
     "baseline-cnn",
     "baseline-cnn-small",
     "capsnet-cifar10",

@@ -105,6 +105,55 @@ def dynamic_routing(
     return v.to(u_hat.dtype), c.transpose(1, 2)
 
 
+def shared_dynamic_routing(
+    u: Tensor, weight: Tensor, iterations: int = 3, detach_agreement: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Procedure 1 for predictions whose matrix is shared by groups of children (Aff-CapsNets,
+    Gu & Tresp, CVPR 2020, §5: ``û_{j|i} = W_j u_i``, one W_j for every primary capsule).
+
+    Args:
+        u: children (B, G, P, E): G groups of P capsules of E components; every child of
+            group g predicts parent j with ``W_gj`` (G = 1: one matrix per parent for all).
+        weight: W (G, J, D, E).
+        iterations, detach_agreement: as in :func:`dynamic_routing`.
+
+    Returns:
+        ``(v, c)``: parents (B, J, D) and couplings (B, G·P, J), children ordered (group,
+        member): the same values as :func:`dynamic_routing` of the predictions
+        ``û_{j|gp} = W_gj u_gp``, to float rounding.
+
+    W is linear, so the predictions are never formed: ``s_j = Σ_g W_gj (Σ_p c_gpj u_gp)``
+    (eq. 2) and the agreement ``û_{j|gp} · v_j = u_gp · (W_gjᵀ v_j)``. One iteration costs
+    O(B·G·P·J·E) instead of O(B·G·P·J·E·D). With one iteration the coupling is uniform
+    (c = 1/J): no routing, Gu & Tresp's choice. Accumulations run in float32 under
+    autocast; the gradient is PyTorch's own.
+    """
+    if iterations < 1:
+        raise ValueError(f"routing needs at least 1 iteration, got {iterations}")
+    with torch.autocast(u.device.type, enabled=False):
+        u32 = _wide(u)
+        w32 = weight.to(u32.dtype)
+        ud, wd = (u32.detach(), w32.detach()) if detach_agreement else (u32, w32)
+        # (B, G, J, P) routing logits: zeros broadcast from u's shape, so that the batch size
+        # stays dynamic in a traced export
+        logits = (ud[..., 0] * 0).unsqueeze(2) + ud.new_zeros(1, 1, w32.shape[1], 1)
+        for _ in range(iterations - 1):
+            v = _shared_parents(ud, wd, torch.softmax(logits, dim=2))  # (B, J, D)
+            back = (wd.transpose(-1, -2) @ v.unsqueeze(1).unsqueeze(-1)).squeeze(-1)  # Wᵀv
+            logits = logits + back @ ud.transpose(-1, -2)  # (B, G, J, P) += û·v = u·(Wᵀv)
+        c = torch.softmax(logits, dim=2)  # eq. 3: over the parents J
+        v = _shared_parents(u32, w32, c)
+    return v.to(u.dtype), c.transpose(2, 3).flatten(1, 2)  # (B, G·P, J)
+
+
+def _shared_parents(u: Tensor, w: Tensor, c: Tensor) -> Tensor:
+    """v_j = squash(Σ_g W_gj Σ_p c_gjp u_gp): u (B, G, P, E), w (G, J, D, E), c (B, G, J, P)
+    → (B, J, D). Matrix products only (ONNX Runtime's Einsum rejects these shapes)."""
+    pooled = c @ u  # (B, G, J, E)
+    s = (w @ pooled.unsqueeze(-1)).squeeze(-1).sum(1)  # (B, J, D), eq. 2
+    return squash(s)  # eq. 1
+
+
 def _dot_each(u: Tensor, v: Tensor) -> Tensor:
     """``û_{j|i} · v_j`` for every i: u (B, J, I, D), v (B, J, D) → (B, J, I).
 
@@ -298,10 +347,19 @@ class Routing(NamedTuple):
 
     route: Callable[[Tensor, Tensor, Mapping[str, Tensor], int, bool], Routed]
     parameters: Callable[[int, int], dict[str, Tensor]]
+    # Optional fast path for predictions through matrices shared by groups of children:
+    # ``shared(u (B, G, P, E), W (G, J, D, E), params, iterations, detach_agreement) → Routed``
+    # without forming the votes. Where None, the layer forms them and calls ``route``.
+    shared: Callable[[Tensor, Tensor, Mapping[str, Tensor], int, bool], Routed] | None = None
 
 
 def _dynamic(votes: Tensor, activations: Tensor, params, iterations, detach) -> Routed:
     v, c = dynamic_routing(votes, iterations, detach)
+    return Routed(v, capsule_lengths(v), c)
+
+
+def _dynamic_shared(u: Tensor, weight: Tensor, params, iterations, detach) -> Routed:
+    v, c = shared_dynamic_routing(u, weight, iterations, detach)
     return Routed(v, capsule_lengths(v), c)
 
 
@@ -324,7 +382,7 @@ def _self_attention(votes: Tensor, activations: Tensor, params, iterations, deta
 
 
 ROUTINGS: dict[str, Routing] = {
-    "dynamic": Routing(_dynamic, lambda i, j: {}),
+    "dynamic": Routing(_dynamic, lambda i, j: {}, _dynamic_shared),
     "em": Routing(_em, lambda i, j: {"beta_u": torch.zeros(j), "beta_a": torch.zeros(j)}),
     "self-attention": Routing(_self_attention, lambda i, j: {"coupling_bias": torch.zeros(i, j)}),
 }

@@ -3,6 +3,7 @@
 | file | family | registered names |
 | --- | --- | --- |
 | ``capsnet.py`` | CapsNet, dynamic routing (Sabour et al., 2017) | capsnet-mnist, capsnet-small |
+| ``aff_capsnet.py`` | Aff-CapsNet, matrices shared by primary capsules | aff-capsnet(-small) |
 | ``efficient.py`` | Efficient-CapsNet, self-attention routing | efficient-capsnet |
 | ``em_capsnet.py`` | matrix capsules with EM routing | em-capsnet, em-capsnet-small |
 | ``cifar.py`` | CapsNet with 3 channels, 64 primary types, none-of-the-above | capsnet-cifar10 |
@@ -11,6 +12,7 @@
 What every model provides, and what each tool needs of it: ``contract.py``.
 """
 
+from capsnet.models.aff_capsnet import AffCapsNet, AffCapsNetConfig
 from capsnet.models.baseline import BaselineCNN, BaselineConfig, SoftmaxOutput
 from capsnet.models.capsnet import CapsNet, CapsNetConfig, CapsNetOutput, CapsuleModel
 from capsnet.models.cifar import CifarCapsNet, CifarCapsNetConfig
@@ -35,6 +37,8 @@ from capsnet.models.registry import (
 )
 
 __all__ = [
+    "AffCapsNet",
+    "AffCapsNetConfig",
     "BaselineCNN",
     "BaselineConfig",
     "CapsNet",

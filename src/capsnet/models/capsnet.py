@@ -99,16 +99,15 @@ class CapsNet(CapsuleModel):
     """Conv1 → PrimaryCaps → class capsules with routing → (optional) decoder.
 
     Subclasses with another encoder (see ``capsnet.models.efficient``) override
-    :meth:`_build_encoder` and :meth:`encode`; the class capsules, decoder and loss stay.
+    :meth:`_build_encoder` and :meth:`encode`, with other class capsules
+    (``capsnet.models.aff_capsnet``) :meth:`_build_classes`; the decoder and loss stay.
     """
 
     def __init__(self, config: CapsNetConfig | None = None):
         super().__init__()
         self.config = cfg = config or CapsNetConfig()
         self._build_encoder(cfg)
-        self.classes = RoutingCaps(
-            cfg.num_primary_caps, cfg.primary_dim, cfg.num_classes, cfg.class_dim, cfg.routing_spec
-        )
+        self.classes = self._build_classes(cfg)
         self.decoder = (
             Decoder(
                 cfg.num_classes * cfg.class_dim,
@@ -128,6 +127,12 @@ class CapsNet(CapsuleModel):
             cfg.primary_kernel,
             cfg.primary_stride,
             dft=cfg.conv_algorithm == "auto",
+        )
+
+    def _build_classes(self, cfg: CapsNetConfig) -> nn.Module:
+        """The class capsules: primary capsules (B, I, primary_dim) → Routed."""
+        return RoutingCaps(
+            cfg.num_primary_caps, cfg.primary_dim, cfg.num_classes, cfg.class_dim, cfg.routing_spec
         )
 
     def encode(self, x: Tensor) -> Tensor:
