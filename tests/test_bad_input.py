@@ -95,14 +95,14 @@ def test_a_setting_unknown_to_this_version_is_refused_naming_the_runs_version(
     assert files(run) == before
 
 
-def test_a_run_that_does_not_record_its_version_loads_and_is_named_so(run, mnist_dir, capsys):
-    spoil_version(run, None)
+def test_a_run_that_does_not_record_its_version_drops_settings_removed_since(
+    run, mnist_dir, caplog
+):
+    spoil_version(run, None)  # made before runs recorded it: older than this capsnet
+    spoil_config(run, "removed_since=1")
     argv = ["evaluate", str(run), "--data-dir", str(mnist_dir), "--test-limit", "20"]
     assert main(argv) == 0
-    spoil_config(run, "from_the_future=1")
-    assert one_line_error(capsys, argv).endswith(
-        "the run was made by a capsnet that did not record its version"
-    )
+    assert "ignoring setting(s) removed since: removed_since" in caplog.text
 
 
 def test_every_run_records_the_version_that_made_it(tiny_run):

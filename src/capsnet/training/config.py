@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from capsnet.models import check_model_options
 from capsnet.names import LR_SCHEDULES
 from capsnet.runtime import AUTO, check_precision
 from capsnet.typecheck import check_field_types
+
+log = logging.getLogger(__name__)
 
 DATA_FIELDS = ("in_channels", "input_size", "num_classes")  # model fields the data sets
 
@@ -155,15 +158,20 @@ def written_by(config: dict[str, Any]) -> str | None:
 def saved_train_config(path: Path, saved: dict[str, Any], version: str | None) -> TrainConfig:
     """The TrainConfig of config.json's ``train`` (``path``; the run made by capsnet
     ``version``): settings added since take their defaults; CheckpointError naming the
-    file for a bad setting, or for one this capsnet does not know (naming both versions),
-    rather than a run that silently loses it."""
+    file for a bad setting, or for one this capsnet does not know in a run that records
+    its version (naming both versions), rather than a run that silently loses it. A run
+    that records no version predates the recording: a setting it has that this capsnet
+    lacks is one removed since, dropped with a warning."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown := sorted(set(saved) - known):
-        by = f"capsnet {version}" if version else "a capsnet that did not record its version"
-        raise CheckpointError(
-            f"{path}: training setting(s) {', '.join(unknown)} unknown to capsnet "
-            f"{__version__}; the run was made by {by}"
-        )
+        if version is None:
+            log.warning("%s: ignoring setting(s) removed since: %s", path, ", ".join(unknown))
+            saved = {k: v for k, v in saved.items() if k in known}
+        else:
+            raise CheckpointError(
+                f"{path}: training setting(s) {', '.join(unknown)} unknown to capsnet "
+                f"{__version__}; the run was made by capsnet {version}"
+            )
     try:
         check_field_types(TrainConfig, saved)
         return TrainConfig.from_dict(saved)
