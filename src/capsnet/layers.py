@@ -28,6 +28,16 @@ DYNAMIC, EM = RoutingSpec("dynamic"), RoutingSpec("em")  # the layers' default r
 BLOCK_BYTES = 8 << 20  # votes per block of RoutingCaps' inference (fits this CPU's caches)
 
 
+def normalise_input(x: Tensor, mode: str) -> Tensor:
+    """Images (B, C, H, W) as a model sees them: ``"none"`` as given; ``"peak"`` each image
+    divided by its largest value, so its brightest pixel is 1 whatever the contrast (a
+    blank or all-negative image is left as it is)."""
+    if mode == "none":
+        return x
+    peak = x.amax(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+    return x / torch.where(peak > 0, peak, torch.ones_like(peak))
+
+
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` with two CPU paths, the same function to float rounding: through the DFT
     (:func:`capsnet.dftconv.dft_conv2d`) where that does less arithmetic, and, for one input

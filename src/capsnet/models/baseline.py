@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from capsnet.errors import ConfigError
-from capsnet.layers import Conv2d
+from capsnet.layers import Conv2d, normalise_input
 from capsnet.models.config import ModelConfig
 from capsnet.models.registry import register_model
 from capsnet.targets import OverlayTargets
@@ -74,7 +74,9 @@ class BaselineCNN(nn.Module):
         )
 
     def forward(self, x: Tensor, y: Any = None) -> SoftmaxOutput:
-        """x: images (B, C, H, W) in [0, 1]; ``y`` is ignored (the trainer passes it)."""
+        """x: images (B, C, H, W) in [0, 1] (normalised as ``input_norm`` says); ``y`` is
+        ignored (the trainer passes it)."""
+        x = normalise_input(x, self.config.input_norm)
         logits = self.classifier(self.features(x).flatten(1))  # (B, K)
         return SoftmaxOutput(logits.softmax(1), logits)
 

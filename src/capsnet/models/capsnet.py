@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from capsnet.errors import ConfigError
-from capsnet.layers import Conv2d, Decoder, PrimaryCaps, RoutingCaps
+from capsnet.layers import Conv2d, Decoder, PrimaryCaps, RoutingCaps, normalise_input
 from capsnet.losses import capsnet_loss
 from capsnet.models.config import VectorCapsuleConfig, conv_out
 from capsnet.models.registry import register_model
@@ -142,11 +142,12 @@ class CapsNet(CapsuleModel):
         return self.primary(F.relu(self.conv1(x), inplace=True))
 
     def forward(self, x: Tensor, y: Tensor | OverlayTargets | None = None) -> CapsNetOutput:
-        """x: images (B, C, H, W) in [0, 1]; y: labels (B,), multi-hot (B, K), OverlayTargets
-        or None.
+        """x: images (B, C, H, W) in [0, 1] (normalised as ``input_norm`` says); y: labels
+        (B,), multi-hot (B, K), OverlayTargets or None.
 
         The decoder sees the capsule(s) of ``y`` when given, else of the longest capsule.
         """
+        x = normalise_input(x, self.config.input_norm)
         v, lengths, c = self.classes(self.encode(x))  # (B, K, D), (B, K), (B, I, K)
         recon = None
         if self.decoder is not None:
@@ -164,6 +165,7 @@ class CapsNet(CapsuleModel):
         """
         w = self.config.reconstruction_weight
         if not isinstance(y, OverlayTargets):
+            x = normalise_input(x, self.config.input_norm)  # what the decoder is to redraw
             return capsnet_loss(out.lengths, out.reconstructions, x, y, w)
         recon = None
         if self.decoder is not None and w != 0:

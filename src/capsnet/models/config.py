@@ -14,6 +14,7 @@ from capsnet.routing import RoutingSpec
 
 C = TypeVar("C", bound="ModelConfig")
 PAPER_TEXT_WEIGHT = 0.0005  # the reconstruction weight in the paper's text
+INPUT_NORMS = ("none", "peak")  # capsnet.layers.normalise_input
 
 
 def conv_out(size: int, kernel: int, stride: int) -> int:
@@ -32,6 +33,9 @@ class ModelConfig:
     in_channels: int = 1
     input_size: tuple[int, int] = (28, 28)
     num_classes: int = 10
+    # "peak": each image is divided by its brightest value before anything else
+    # (capsnet.layers.normalise_input); "none": images as given
+    input_norm: str = "none"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # JSON round-trips give lists; keep it hashable
@@ -42,6 +46,10 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ConfigError for inconsistent fields (subclasses extend it)."""
         self._check_counts()
+        if self.input_norm not in INPUT_NORMS:
+            raise ConfigError(
+                f"input_norm must be one of {', '.join(INPUT_NORMS)}, not {self.input_norm!r}"
+            )
         if self.in_channels < 1 or self.num_classes < 2 or len(self.input_size) != 2:
             raise ConfigError(
                 f"need in_channels ≥ 1, num_classes ≥ 2 and input_size (H, W), got "

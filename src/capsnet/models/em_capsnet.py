@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from capsnet.errors import ConfigError
-from capsnet.layers import ClassMatrixCaps, Conv2d, ConvMatrixCaps, PrimaryMatrixCaps
+from capsnet.layers import (
+    ClassMatrixCaps,
+    Conv2d,
+    ConvMatrixCaps,
+    PrimaryMatrixCaps,
+    normalise_input,
+)
 from capsnet.losses import spread_loss
 from capsnet.models.capsnet import CapsNetOutput, CapsuleModel
 from capsnet.models.config import CapsuleConfig
@@ -107,7 +113,9 @@ class EMCapsNet(CapsuleModel):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def forward(self, x: Tensor, y: Any = None) -> CapsNetOutput:
-        """x: images (B, C, H, W) in [0, 1]; ``y`` is ignored (the trainer passes it)."""
+        """x: images (B, C, H, W) in [0, 1] (normalised as ``input_norm`` says); ``y`` is
+        ignored (the trainer passes it)."""
+        x = normalise_input(x, self.config.input_norm)
         if self.training:
             self.step += 1
         poses, acts = self.primary(F.relu(self.conv1(x)))  # (B, H, W, B_, 16), (B, H, W, B_)
