@@ -1,5 +1,6 @@
 """The paper network computed the plain way, as public PyTorch CapsNets do: a benchmark
-baseline and an independent reference for the fast paths in ``capsnet``.
+baseline and an independent reference for the fast paths in ``capsnet``. An Aff-CapsNet's
+shared matrices are repeated for every child, as a plain implementation would.
 
 It shares the parameters of a :class:`capsnet.CapsNet`, so outputs can be compared exactly.
 """
@@ -35,7 +36,8 @@ class PlainCapsNet(nn.Module):
         batch, _, h, w = p.shape
         u = p.view(batch, cfg.primary_types, cfg.primary_dim, h, w)
         u = plain_squash(u.permute(0, 1, 3, 4, 2).reshape(batch, -1, cfg.primary_dim))
-        w_ij = net.classes.weight.unsqueeze(0)  # (1, I, J, D, K)
+        w_ij = net.classes.weight  # (I, J, D, K); an Aff-CapsNet's (G, J, D, K): repeated
+        w_ij = w_ij.repeat_interleave(u.shape[1] // w_ij.shape[0], 0).unsqueeze(0)  # (1, I, ...)
         u_hat = (w_ij @ u[:, :, None, :, None]).squeeze(-1)  # (B, I, J, D)
         b = torch.zeros(u_hat.shape[:3], device=x.device)  # (B, I, J)
         for r in range(cfg.routing_iterations):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from benchmarks.plain import PlainCapsNet
 
-from capsnet import CapsNet, CapsNetConfig
+from capsnet import AffCapsNet, AffCapsNetConfig, CapsNet, CapsNetConfig
 from capsnet.bench import CSV_FIELDS, append_csv
 from capsnet.cli import main
 
@@ -22,8 +22,19 @@ def _outputs_and_grads(model: torch.nn.Module, net: CapsNet, x, y):
     return out, {n: p.grad.clone() for n, p in net.named_parameters()}
 
 
-def test_fast_and_plain_paths_agree_in_fp32():
-    net = CapsNet(CFG)
+AFF = AffCapsNetConfig(conv1_channels=16, primary_types=8, decoder_hidden=(32, 64))
+NETS = {
+    "capsnet": lambda: CapsNet(CFG),
+    "aff-capsnet": lambda: AffCapsNet(AFF),
+    "aff-capsnet-type-3": lambda: AffCapsNet(
+        AffCapsNetConfig(**{**AFF.to_dict(), "share": "type", "routing_iterations": 3})
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_fast_and_plain_paths_agree_in_fp32(name):
+    net = NETS[name]()
     x, y = torch.rand(6, 1, 28, 28), torch.arange(6)
     fast, g_fast = _outputs_and_grads(net, net, x, y)
     plain, g_plain = _outputs_and_grads(PlainCapsNet(net), net, x, y)
