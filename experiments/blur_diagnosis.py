@@ -1,0 +1,94 @@
+"""Why do capsules collapse under blur and lost resolution? Measurements on shipped models.
+
+    python -m experiments.blur_diagnosis --data-dir ../shared/data [--limit 2000]
+        [--models capsnet-mnist efficient-capsnet-mnist] [--runs RUN ...]
+
+For each model and each strength of ``blur`` and ``resolution`` (the robustness sweep's
+perturbations, same seed), on the first ``--limit`` MNIST test images, prints one row:
+
+- ``acc``: accuracy as the sweep measures it;
+- ``acc/max``: accuracy when each perturbed image is first divided by its brightest pixel
+  (contrast restored; a clean MNIST digit's brightest pixel is already 1 or near it);
+- ``peak``: the mean brightest pixel of the perturbed images (the contrast left);
+- ``prim``: mean length of the primary capsules, and ``sat``: the share of them longer than
+  0.9 (the squash's saturated end), ``live``: the share longer than 0.1;
+- ``top``/``2nd``: mean length of the longest and second longest class capsule;
+- ``true``: mean length of the true class's capsule;
+- ``c_max``: mean over children of their largest coupling coefficient (1/K = uniform).
+
+Models: shipped names (``capsnet.load_pretrained``) or run directories (``--runs``). Capsule
+measurements need a model with ``encode`` and ``classes`` (the CapsNet family); others
+print accuracies only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+from capsnet import load_pretrained, load_run
+from capsnet.data.tasks import load_test
+from capsnet.predict import predict
+from capsnet.robustness import PERTURBATIONS
+
+
+def _peak_normalised(x: torch.Tensor) -> torch.Tensor:
+    """Each image divided by its brightest pixel (blank images stay blank)."""
+    peak = x.amax(dim=(1, 2, 3), keepdim=True)
+    return x / peak.clamp_min(1e-6)
+
+
+@torch.no_grad()
+def _capsule_stats(model, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    if not (hasattr(model, "encode") and hasattr(model, "classes")):
+        return {}
+    u = torch.cat([model.encode(b) for b in x.split(500)])  # (N, I, 8)
+    routed = [model.classes(b) for b in u.split(500)]
+    lengths = torch.cat([r[1] for r in routed])  # (N, K)
+    coupling = torch.cat([r[2] for r in routed])  # (N, I, K)
+    prim = u.norm(dim=-1)
+    top2 = lengths.topk(2, dim=1).values
+    return {
+        "prim": prim.mean().item(),
+        "sat": (prim > 0.9).double().mean().item(),
+        "live": (prim > 0.1).double().mean().item(),
+        "top": top2[:, 0].mean().item(),
+        "2nd": top2[:, 1].mean().item(),
+        "true": lengths.gather(1, y.view(-1, 1)).mean().item(),
+        "c_max": coupling.amax(-1).mean().item(),
+    }
+
+
+def diagnose(label: str, model, images: torch.Tensor, labels: torch.Tensor) -> None:
+    for name in ("blur", "resolution"):
+        p = PERTURBATIONS[name]
+        for s in p.strengths:
+            x = p.transform(images, float(s), torch.Generator().manual_seed(0))
+            acc = (predict(model, x, 500).argmax(1) == labels).double().mean().item()
+            xn = _peak_normalised(x)
+            acc_n = (predict(model, xn, 500).argmax(1) == labels).double().mean().item()
+            row = {"acc": acc, "acc/max": acc_n, "peak": x.amax(dim=(1, 2, 3)).mean().item()}
+            row |= _capsule_stats(model, x, labels)
+            cells = " ".join(f"{k} {v:.3f}" for k, v in row.items() if not math.isnan(v))
+            print(f"{label:28s} {name:10s} {s:4.2f}  {cells}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir")
+    ap.add_argument("--limit", type=int, default=2000)
+    ap.add_argument("--models", nargs="*", default=["capsnet-mnist", "efficient-capsnet-mnist"])
+    ap.add_argument("--runs", nargs="*", default=[])
+    args = ap.parse_args()
+    images, labels = load_test("mnist", args.data_dir, limit=args.limit)
+    images = images.float() / 255  # uint8 (N, 1, 28, 28) → [0, 1]
+    models = {m: load_pretrained(m)[0] for m in args.models}
+    models |= {r: load_run(r)[0] for r in args.runs}
+    for label, model in models.items():
+        diagnose(label, model, images, labels)
+
+
+if __name__ == "__main__":
+    main()
