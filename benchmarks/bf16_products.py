@@ -4,7 +4,7 @@
 
 The paper network, batch 100, uniform-noise images. Variants, one step each per round so
 drift and the host's noise fall on all alike: ``new`` is this code under bf16 autocast;
-``old`` the same with :func:`capsnet.layers._product_dtype` forced to None, which is the
+``old`` the same with :func:`capsnet.nn.layers._product_dtype` forced to None, which is the
 code before bf16 products (training: the DFT in float32 with three products; inference:
 PrimaryCaps convolved directly in bf16); ``plain`` is ``benchmarks/plain.py`` in fp32.
 Training step = :func:`capsnet.training.loop.train_step` (forward, loss, backward, Adam);
@@ -26,8 +26,8 @@ import torch
 from benchmarks.plain import PlainCapsNet
 from capsnet import create_model
 from capsnet.allocator import keep_freed_memory
-from capsnet.bench import ENV_FIELDS
 from capsnet.runtime import autocast
+from capsnet.tools.bench import ENV_FIELDS
 from capsnet.training import environment
 from capsnet.training.step import adam, train_step
 
@@ -36,7 +36,7 @@ VARIANTS = ("new", "old", "plain")
 
 def _run(variant: str, net: torch.nn.Module, optim: torch.optim.Optimizer, x, y, mode: str):
     precision = "fp32" if variant == "plain" else "bf16"
-    old = mock.patch("capsnet.layers._product_dtype", lambda: None)
+    old = mock.patch("capsnet.nn.layers._product_dtype", lambda: None)
     with old if variant == "old" else contextlib.nullcontext():
         if mode == "train":
             net.train()

@@ -17,7 +17,7 @@ from dataclasses import replace
 from benchmarks.plain import PlainCapsNet
 from capsnet import create_model
 from capsnet.allocator import keep_freed_memory
-from capsnet.bench import BenchConfig, append_csv, benchmark
+from capsnet.tools.bench import BenchConfig, append_csv, benchmark
 
 
 def main() -> None:

@@ -5,9 +5,9 @@
 For every convolution that sees the input image or a stem map (the paper network's Conv1,
 Efficient-CapsNet's four stem layers, the baseline CNN's first two, em-capsnet's Conv1 and a
 three-channel Conv1), times the weight gradient as PyTorch computes it (oneDNN on CPU) and
-as ``capsnet.patchconv`` does (unfold the input's patches, one batched matrix product with
+as ``capsnet.nn.patchconv`` does (unfold the input's patches, one batched matrix product with
 the output gradient), best of ``--repeats``, and their largest difference relative to the
-gradient's largest entry. This is how :class:`capsnet.layers.Conv2d` came to take the patch
+gradient's largest entry. This is how :class:`capsnet.nn.layers.Conv2d` came to take the patch
 product for one input channel only. Prints one JSON line per convolution.
 """
 
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.timing import best_ms, parse_and_prepare
-from capsnet.patchconv import patch_weight_grad
+from capsnet.nn.patchconv import patch_weight_grad
 from capsnet.training import environment
 
 CONVS = {  # name: (in channels, out channels, kernel, stride, padding, input size)

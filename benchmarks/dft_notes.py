@@ -21,9 +21,9 @@ from benchmarks.step_parts import forward_backward
 from benchmarks.timing import best_ms
 from capsnet import create_model
 from capsnet.allocator import keep_freed_memory
-from capsnet.bench import ENV_FIELDS
-from capsnet.dftconv import dft_conv2d
-from capsnet.layers import Conv2d
+from capsnet.nn.dftconv import dft_conv2d
+from capsnet.nn.layers import Conv2d
+from capsnet.tools.bench import ENV_FIELDS
 from capsnet.training import environment
 
 
@@ -69,7 +69,7 @@ def inference() -> dict:
     with torch.no_grad():
         u = net.encode(x)
         row["classes_infer_blocks_ms"] = best_ms(lambda: net.classes(u), 5)
-        with mock.patch("capsnet.layers.BLOCK_BYTES", 1 << 40):
+        with mock.patch("capsnet.nn.layers.BLOCK_BYTES", 1 << 40):
             row["classes_infer_whole_ms"] = best_ms(lambda: net.classes(u), 5)
     return row
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.timing import best_ms
-from capsnet import native
 from capsnet.allocator import keep_freed_memory
-from capsnet.routing import EPS
+from capsnet.nn import native
+from capsnet.nn.routing import EPS
 
 
 def main() -> None:

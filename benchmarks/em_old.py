@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from capsnet.layers import Router
-from capsnet.routing import Routed, Routing, _wide
+from capsnet.nn.layers import Router
+from capsnet.nn.routing import Routed, Routing, _wide
 
 
 def old_em_routing(

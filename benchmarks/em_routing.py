@@ -4,11 +4,11 @@
                                     [--new-batch 16 100] [--eager-batch 16] [--rounds 3]
                                     [--threads N]
 
-Implementations: ``new``, today's (the native kernel of capsnet.native for the
+Implementations: ``new``, today's (the native kernel of capsnet.nn.native for the
 convolutional capsule layers, where it builds); ``eager``, today's PyTorch path
 (``CAPSNET_NATIVE=0``); ``old``, the implementation of 2026-11-25 (benchmarks/em_old.py).
 
-For each model and batch: ``capsnet.bench.benchmark`` (training step: forward, spread loss,
+For each model and batch: ``capsnet.tools.bench.benchmark`` (training step: forward, spread loss,
 backward, Adam; and inference, on uniform-noise inputs, fp32, tuned allocator) of the new
 implementation, then of the old one, each with the peak resident memory of that first run
 (``VmHWM`` of /proc/self/status, reset through /proc/self/clear_refs before it). The new
@@ -35,7 +35,7 @@ from torch import nn
 from benchmarks.em_old import use_old_em
 from capsnet import create_model
 from capsnet.allocator import keep_freed_memory
-from capsnet.bench import BenchConfig, benchmark
+from capsnet.tools.bench import BenchConfig, benchmark
 
 STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 SPEEDS = ("train_images_per_second", "infer_images_per_second")

@@ -21,7 +21,7 @@ import torch
 from benchmarks.timing import best_ms
 from capsnet import create_model
 from capsnet.allocator import keep_freed_memory
-from capsnet.bench import ENV_FIELDS
+from capsnet.tools.bench import ENV_FIELDS
 from capsnet.training import environment
 
 

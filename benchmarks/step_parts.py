@@ -5,7 +5,7 @@
 Times forward + backward of each part of ``capsnet-mnist`` on its real input shapes (best
 of ``--repeats``, tuned allocator), then one whole training step (forward, loss, backward,
 Adam). The PrimaryCaps convolution and the whole step are timed twice: as the model runs it
-(through the DFT where that is cheaper, ``capsnet.layers.Conv2d``) and as a direct
+(through the DFT where that is cheaper, ``capsnet.nn.layers.Conv2d``) and as a direct
 convolution (``*_direct_ms``). With ``--precision bf16`` every part and the step run under
 bf16 autocast, as ``capsnet train --precision bf16`` runs them. Prints one JSON line.
 """
@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 from benchmarks.timing import best_ms, parse_and_prepare
 from capsnet import create_model
-from capsnet.bench import ENV_FIELDS
-from capsnet.routing import squash
+from capsnet.nn.routing import squash
 from capsnet.runtime import autocast
+from capsnet.tools.bench import ENV_FIELDS
 from capsnet.training import environment
 from capsnet.training.step import adam
 

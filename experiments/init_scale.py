@@ -24,10 +24,10 @@ import tempfile
 
 import torch
 
-import capsnet.layers
+import capsnet.nn.layers
 from capsnet.allocator import keep_freed_memory
-from capsnet.checkpoint import load_checkpoint
 from capsnet.data.tasks import load_test
+from capsnet.models.checkpoint import load_checkpoint
 from capsnet.training import TrainConfig, train
 
 
@@ -81,7 +81,7 @@ def main() -> None:
         dataset="mnist", data_dir=args.data_dir, model="capsnet-small", epochs=args.epochs,
         train_limit=args.train_limit, val_size=2000, test_limit=2000,
     )  # fmt: skip
-    original = capsnet.layers.RoutingCaps.__init__
+    original = capsnet.nn.layers.RoutingCaps.__init__
     for sigma, weight in itertools.product(args.sigmas, args.reconstruction_weights):
 
         def init(self, *a, _sigma=sigma, **k):
@@ -89,7 +89,7 @@ def main() -> None:
             with torch.no_grad():
                 self.weight.normal_(0, _sigma)
 
-        capsnet.layers.RoutingCaps.__init__ = init
+        capsnet.nn.layers.RoutingCaps.__init__ = init
         with tempfile.TemporaryDirectory() as run:
             overrides = {"reconstruction_weight": weight}
             m = train(dataclasses.replace(cfg, model_overrides=overrides), run)

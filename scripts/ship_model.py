@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from capsnet.checkpoint import read_json, save_checkpoint, write_json
 from capsnet.data.tasks import load_test
-from capsnet.predict import predict
-from capsnet.pretrained import MANIFEST, ROOT, WEIGHTS, sha256
+from capsnet.files import read_json, write_json
+from capsnet.models.checkpoint import save_checkpoint
+from capsnet.tools.predict import predict
 from capsnet.training import evaluate, load_run
+from capsnet.training.pretrained import MANIFEST, ROOT, WEIGHTS, sha256
 
 RECORD = ("metrics.json", "history.csv", "command.txt", "train.log")
 TOLERANCE = 0.0002  # ±0.02 percentage points

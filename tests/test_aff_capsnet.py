@@ -6,8 +6,8 @@ import torch
 
 from capsnet import create_model
 from capsnet.errors import ConfigError
-from capsnet.layers import SharedRoutingCaps
-from capsnet.routing import RoutingSpec, dynamic_routing, shared_dynamic_routing
+from capsnet.nn.layers import SharedRoutingCaps
+from capsnet.nn.routing import RoutingSpec, dynamic_routing, shared_dynamic_routing
 
 
 def _votes(u, w):

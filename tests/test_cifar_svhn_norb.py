@@ -14,7 +14,6 @@ from tests.conftest import TINY_CAPSNET
 from tests.test_smallnorb import INT32, UBYTE, norb_bytes
 
 from capsnet import create_model
-from capsnet.checkpoint import load_checkpoint, save_checkpoint
 from capsnet.cli import main
 from capsnet.data.cifar10 import load_cifar10, parse_batch
 from capsnet.data.custom import load_smallnorb48
@@ -22,6 +21,7 @@ from capsnet.data.smallnorb import PREFIX
 from capsnet.data.svhn import load_svhn, read_svhn_mat
 from capsnet.data.tasks import dataset_spec, load_test
 from capsnet.errors import DataError
+from capsnet.models.checkpoint import load_checkpoint, save_checkpoint
 from capsnet.training import TrainConfig, train
 
 # the paper text's reconstruction weight: these tests read a drop of the loss as learning,

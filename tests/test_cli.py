@@ -5,8 +5,8 @@ from types import ModuleType
 import pytest
 import torch
 
-from capsnet import native
 from capsnet.cli import main
+from capsnet.nn import native
 
 SMALL = ["--model", "capsnet-small", "--batch-size", "50", "--train-limit", "200"]
 SMALL += ["--val-size", "100", "--test-limit", "100", "--max-shift", "1"]
@@ -89,7 +89,7 @@ def test_bad_input_is_one_line_and_nonzero(argv, message, tmp_path, capsys):
 
 
 def test_progress_without_a_terminal_is_log_lines(caplog):
-    from capsnet.cli_progress import LogProgress as _LogProgress
+    from capsnet.cli.progress import LogProgress as _LogProgress
 
     bar = _LogProgress(total=300, desc="epoch 1/2", interval=0.0)
     bar.set_postfix(loss="0.1234")

@@ -109,11 +109,11 @@ def _registry(path: str) -> tuple:
         ("DATASETS", "capsnet.data.sources:DATASETS"),
         ("TASKS", "capsnet.data.tasks:TASKS"),
         ("OFFICIAL", "capsnet.data.custom:OFFICIAL"),
-        ("ROUTINGS", "capsnet.routing:ROUTINGS"),
+        ("ROUTINGS", "capsnet.nn.routing:ROUTINGS"),
         ("PRECISIONS", "capsnet.runtime:PRECISION_CHOICES"),
-        ("PERTURBATIONS", "capsnet.robustness:PERTURBATIONS"),
-        ("TABLE1_ROWS", "capsnet.experiments:ROW_NAMES"),
-        ("TABLE1_SIZES", "capsnet.experiments:SIZES"),
+        ("PERTURBATIONS", "capsnet.tools.robustness:PERTURBATIONS"),
+        ("TABLE1_ROWS", "capsnet.tools.experiments:ROW_NAMES"),
+        ("TABLE1_SIZES", "capsnet.tools.experiments:SIZES"),
     ],
 )
 def test_the_light_names_match_the_registries(light, registry):
@@ -124,5 +124,5 @@ def test_lazy_package_names():
     from capsnet import em_routing, load_run
 
     assert callable(em_routing) and callable(load_run)
-    assert capsnet.em_routing is em_routing  # not the submodule of the same name
+    assert capsnet.nn.em_routing is em_routing  # not the submodule of the same name
     assert set(capsnet.__all__) <= set(dir(capsnet))

@@ -12,11 +12,9 @@ from tests.conftest import TINY_MODELS
 from torch import Tensor, nn
 
 from capsnet import create_model, list_models
-from capsnet.checkpoint import save_checkpoint, write_json
 from capsnet.cli import main
 from capsnet.errors import ConfigError
-from capsnet.explore import create_app
-from capsnet.export import classifier_outputs
+from capsnet.files import write_json
 from capsnet.models import (
     CapsuleClassifier,
     CapsuleOutput,
@@ -27,9 +25,12 @@ from capsnet.models import (
     provides,
     require,
 )
+from capsnet.models.checkpoint import save_checkpoint
 from capsnet.models.registry import _REGISTRY
+from capsnet.tools.explore import create_app
+from capsnet.tools.export import classifier_outputs
+from capsnet.tools.viz import save_coupling
 from capsnet.training import RunDir
-from capsnet.viz import save_coupling
 
 CAPSULE_FAMILIES = ("aff-capsnet", "capsnet", "efficient", "em-capsnet")
 

@@ -34,9 +34,9 @@ from tests.conftest import TINY_MODELS
 from torch import Tensor, nn
 
 from capsnet import create_model, list_models, load_run
-from capsnet.export import export_run
-from capsnet.predict import predict
 from capsnet.runtime import Distributed, autocast
+from capsnet.tools.export import export_run
+from capsnet.tools.predict import predict
 from capsnet.training import RunDir, train
 from capsnet.training import loop as training_loop
 

@@ -1,19 +1,19 @@
-"""Convolution through the DFT (capsnet.dftconv) against torch's own conv2d and FFT."""
+"""Convolution through the DFT (capsnet.nn.dftconv) against torch's own conv2d and FFT."""
 
 import pytest
 import torch
 from torch.nn import functional as F
 
 from capsnet import CapsNet, CapsNetConfig
-from capsnet.dftconv import (
+from capsnet.errors import ConfigError
+from capsnet.nn.dftconv import (
     dft_conv2d,
     dft_grid,
     half_spectrum,
     half_spectrum_adjoint,
     kernel_spectrum,
 )
-from capsnet.errors import ConfigError
-from capsnet.layers import Conv2d
+from capsnet.nn.layers import Conv2d
 from capsnet.training.step import adam
 
 SHAPES = [  # (B, C, O, H, W, kh, kw, stride): odd and even sizes, kernel = input, stride 3

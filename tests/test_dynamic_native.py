@@ -1,12 +1,12 @@
-"""The native dynamic routing kernel (capsnet/csrc/dynamic_routing.cpp through capsnet.native):
+"""The native dynamic routing kernel (capsnet/csrc/dynamic_routing.cpp through capsnet.nn.native):
 votes and routing, and their gradients, equal to the PyTorch path."""
 
 import pytest
 import torch
 
-from capsnet import layers, native
-from capsnet.layers import RoutingCaps
-from capsnet.routing import EPS, RoutingSpec, dynamic_routing, native_dynamic_routing
+from capsnet.nn import layers, native
+from capsnet.nn.layers import RoutingCaps
+from capsnet.nn.routing import EPS, RoutingSpec, dynamic_routing, native_dynamic_routing
 
 pytestmark = pytest.mark.usefixtures("native_kernels")
 

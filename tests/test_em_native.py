@@ -1,4 +1,4 @@
-"""The native EM routing kernel (capsnet/csrc/em_routing.cpp through capsnet.native): built
+"""The native EM routing kernel (capsnet/csrc/em_routing.cpp through capsnet.nn.native): built
 here, equal to the written-out reference and to the PyTorch path, values and gradients."""
 
 import logging
@@ -9,8 +9,8 @@ import pytest
 import torch
 from tests.test_em_routing import _inputs, _votes, reference_em
 
-from capsnet import native
-from capsnet.em_conv import conv_em_routing
+from capsnet.nn import native
+from capsnet.nn.em_conv import conv_em_routing
 
 
 @pytest.fixture(autouse=True)
@@ -108,7 +108,7 @@ def fake_load(monkeypatch) -> list[dict]:
 def test_a_failed_build_warns_once_and_falls_back(tmp_path, kernels_in, caplog):
     broken = tmp_path / "broken.cpp"
     broken.write_text("this is not C++\n")
-    with caplog.at_level(logging.WARNING, logger="capsnet.native"):
+    with caplog.at_level(logging.WARNING, logger="capsnet.nn.native"):
         assert native._build(broken, "capsnet_em", "EM routing") is None
     *building, failed = [r.getMessage() for r in caplog.records]
     assert len(building) == 2  # with OpenMP, then without
@@ -136,7 +136,7 @@ def test_a_compiler_without_openmp_builds_the_kernel_serially(kernels_in, monkey
 def test_a_kernel_not_built_yet_is_built_in_the_kernels_directory_with_a_warning(
     kernels_in, fake_load, caplog
 ):
-    with caplog.at_level(logging.INFO, logger="capsnet.native"):
+    with caplog.at_level(logging.INFO, logger="capsnet.nn.native"):
         assert native._build(native.SOURCE, "capsnet_em", "EM routing") == "built"
     [call] = fake_load
     assert call["build_directory"] == str(kernels_in / call["name"])
@@ -152,7 +152,7 @@ def test_a_kernel_built_before_loads_without_a_word(kernels_in, fake_load, caplo
     name = fake_load[0]["name"]
     (kernels_in / name / f"{name}.so").write_bytes(b"")  # (the real builder's output)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="capsnet.native"):
+    with caplog.at_level(logging.INFO, logger="capsnet.nn.native"):
         assert native._build(native.SOURCE, "capsnet_em", "EM routing") == "built"
     assert fake_load[1]["build_directory"] == str(kernels_in / name)
     assert caplog.records == []

@@ -1,4 +1,4 @@
-"""EM routing maths (capsnet.em_routing): exact variance, the detach_agreement meaning,
+"""EM routing maths (capsnet.nn.em_routing): exact variance, the detach_agreement meaning,
 capsule_em's schedule, floor and mass."""
 
 import math
@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from capsnet.em_conv import conv_em_routing
-from capsnet.em_routing import (
+from capsnet.nn.em_conv import conv_em_routing
+from capsnet.nn.em_routing import (
     MASS_EPS,
     MIN_VAR,
     centre,
@@ -131,7 +131,7 @@ def test_chunked_conv_routing_matches_em_routing_on_stored_votes(
     # the PyTorch path: 5 problems in chunks of 2 (the last one short); values and
     # gradients, float64
     monkeypatch.setenv("CAPSNET_NATIVE", "0")
-    monkeypatch.setattr(sys.modules["capsnet.em_conv"], "KEEP_BYTES", keep)
+    monkeypatch.setattr(sys.modules["capsnet.nn.em_conv"], "KEEP_BYTES", keep)
     poses, weight, acts, bu, ba = _inputs(n=5, i=6, j=3)
     votes = _votes(poses, weight)
     want = em_routing(votes, acts, bu, ba, iterations, 1.0, detach)[:2]

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from capsnet.errors import ConfigError
-from capsnet.experiments import Table1Config, mean_std, run_table1
+from capsnet.tools.experiments import Table1Config, mean_std, run_table1
 from capsnet.training import TrainConfig
 
 

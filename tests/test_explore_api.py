@@ -8,7 +8,7 @@ from capsnet import create_model, load_run
 from capsnet.cli import main
 from capsnet.data import load_split
 from capsnet.errors import ConfigError
-from capsnet.explore import create_app, listen, load_explorer
+from capsnet.tools.explore import create_app, listen, load_explorer
 
 URL = "http://127.0.0.1"
 N = 28 * 28

@@ -30,7 +30,7 @@ if not CHROMIUM.exists():
 def server_url(tiny_run):
     import uvicorn
 
-    from capsnet.explore import listen, load_explorer, url
+    from capsnet.tools.explore import listen, load_explorer, url
 
     sock = listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(load_explorer(tiny_run), log_level="warning"))

@@ -6,8 +6,8 @@ import pytest
 from tests.conftest import serving
 
 from capsnet.errors import ConfigError
-from capsnet.explore import ServerLimits, create_app, listen, make_server
 from capsnet.models import create_model
+from capsnet.tools.explore import ServerLimits, create_app, listen, make_server
 
 LIMITS = ServerLimits(header_timeout=0.5, keep_alive=1, max_connections=4)
 # Far beyond any limit under test: a client's reads fail only if the server never answers

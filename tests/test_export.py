@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from capsnet import create_model, load_run
-from capsnet.checkpoint import save_checkpoint
 from capsnet.cli import main
 from capsnet.data import load_split
+from capsnet.models.checkpoint import save_checkpoint
 
 
 def _session(path) -> onnxruntime.InferenceSession:
@@ -81,7 +81,9 @@ def test_export_of_a_run_of_unknown_dataset_asks_for_one(tmp_path, capsys):
 
 def test_a_file_that_does_not_match_pytorch_is_not_written(tiny_run, tmp_path, monkeypatch, capsys):
     # any difference is too large
-    monkeypatch.setattr("capsnet.export._tolerances", lambda m, i, expected: [-1.0] * len(expected))
+    monkeypatch.setattr(
+        "capsnet.tools.export._tolerances", lambda m, i, expected: [-1.0] * len(expected)
+    )
     assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "m.onnx")]) == 2
     assert "differs from PyTorch" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -93,7 +95,7 @@ def test_an_operator_onnx_cannot_express_is_named_in_one_line_and_nothing_is_pri
     from torch import nn
 
     from capsnet.errors import ConfigError
-    from capsnet.export import _export_quietly
+    from capsnet.tools.export import _export_quietly
 
     class Expm1(nn.Module):
         def forward(self, x):

@@ -8,8 +8,8 @@ import torch
 from benchmarks.plain import PlainCapsNet
 
 from capsnet import AffCapsNet, AffCapsNetConfig, CapsNet, CapsNetConfig
-from capsnet.bench import CSV_FIELDS, append_csv
 from capsnet.cli import main
+from capsnet.tools.bench import CSV_FIELDS, append_csv
 
 CFG = CapsNetConfig(conv1_channels=16, primary_types=8, decoder_hidden=(32, 64))
 

@@ -11,12 +11,12 @@ from PIL import Image
 from tests.conftest import TINY_CAPSNET
 
 from capsnet import create_model, load_pretrained
-from capsnet.checkpoint import save_checkpoint
 from capsnet.cli import main
 from capsnet.data import load_split
 from capsnet.data.digits import fit_digit
 from capsnet.errors import DataError
-from capsnet.predict import predict, read_inputs
+from capsnet.models.checkpoint import save_checkpoint
+from capsnet.tools.predict import predict, read_inputs
 
 
 def _nine(v: np.ndarray, u: np.ndarray) -> np.ndarray:

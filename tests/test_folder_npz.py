@@ -21,7 +21,7 @@ from capsnet.data.images import ImagePolicy, fit_image, normalize_images, read_p
 from capsnet.data.npz import load_npz
 from capsnet.data.tasks import dataset_spec, load_test, load_train
 from capsnet.errors import ConfigError, DataError
-from capsnet.explore import load_explorer
+from capsnet.tools.explore import load_explorer
 from capsnet.training import TrainConfig, train
 
 # the paper text's reconstruction weight: these tests read a drop of the loss as learning,

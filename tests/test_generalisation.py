@@ -6,9 +6,15 @@ import json
 import pytest
 from tests.conftest import TINY_MODELS
 
-from capsnet import experiments
 from capsnet.cli import main
-from capsnet.generalisation import Contender, GeneralisationConfig, auc, spread, summarise_curves
+from capsnet.tools import experiments
+from capsnet.tools.generalisation import (
+    Contender,
+    GeneralisationConfig,
+    auc,
+    spread,
+    summarise_curves,
+)
 from capsnet.training import TrainConfig
 
 SMALL = ["--epochs", "1", "--batch-size", "50", "--train-limit", "50", "--val-size", "20"]

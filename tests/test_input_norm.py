@@ -7,7 +7,7 @@ from tests.conftest import TINY_MODELS
 
 from capsnet import create_model, list_models
 from capsnet.errors import ConfigError
-from capsnet.layers import normalise_input
+from capsnet.nn.layers import normalise_input
 
 
 def test_peak_divides_each_image_by_its_brightest_value():

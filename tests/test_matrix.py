@@ -11,14 +11,14 @@ from fastapi.testclient import TestClient
 from tests.conftest import TINY_MODELS
 
 from capsnet import list_models, load_run
-from capsnet.bench import BenchConfig, benchmark
 from capsnet.cli import main
-from capsnet.explore import load_explorer
-from capsnet.export import export_run
 from capsnet.models import CapsuleClassifier, PoseDecoder, provides
-from capsnet.predict import predict
+from capsnet.tools.bench import BenchConfig, benchmark
+from capsnet.tools.explore import load_explorer
+from capsnet.tools.export import export_run
+from capsnet.tools.predict import predict
+from capsnet.tools.viz import save_figures
 from capsnet.training import RunDir
-from capsnet.viz import save_figures
 
 URL = "http://127.0.0.1"
 SMALL = ["--epochs", "1", "--batch-size", "10", "--train-limit", "20", "--val-size", "10"]

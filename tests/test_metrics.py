@@ -1,4 +1,4 @@
-"""Per-class accuracy and the confusion matrix (capsnet.metrics, capsnet evaluate)."""
+"""Per-class accuracy and the confusion matrix (capsnet.training.metrics, capsnet evaluate)."""
 
 import dataclasses
 import json
@@ -6,9 +6,9 @@ import json
 import torch
 
 from capsnet.cli import main
-from capsnet.metrics import ClassCounts, write_class_report
 from capsnet.targets import OverlayTargets
 from capsnet.training import train
+from capsnet.training.metrics import ClassCounts, write_class_report
 
 
 def test_confusion_rows_are_true_classes_and_columns_predictions():

@@ -6,9 +6,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from capsnet import CapsNet, CapsNetConfig, create_model, list_models, squash
-from capsnet.checkpoint import load_checkpoint, save_checkpoint
 from capsnet.errors import ConfigError
-from capsnet.layers import PrimaryCaps
+from capsnet.models.checkpoint import load_checkpoint, save_checkpoint
+from capsnet.nn.layers import PrimaryCaps
 
 TINY = dict(conv1_channels=8, primary_types=4, primary_dim=4, class_dim=6, decoder_hidden=(16,))
 

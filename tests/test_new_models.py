@@ -7,11 +7,11 @@ import torch
 from safetensors.torch import save_file
 
 from capsnet import ROUTINGS, create_model, list_models
-from capsnet.bench import BenchConfig, benchmark
-from capsnet.checkpoint import load_checkpoint
 from capsnet.data import load_split
 from capsnet.errors import ConfigError
-from capsnet.losses import spread_loss
+from capsnet.models.checkpoint import load_checkpoint
+from capsnet.nn.losses import spread_loss
+from capsnet.tools.bench import BenchConfig, benchmark
 from capsnet.training import train_step
 
 TINY_EM = {"conv1_channels": 8, "primary_types": 4, "caps1_types": 4, "caps2_types": 4}
@@ -69,7 +69,7 @@ def test_spread_loss_worked_example():
 
 
 def test_margin_schedule_advances_in_training_only_and_is_saved(tmp_path):
-    from capsnet.checkpoint import save_checkpoint
+    from capsnet.models.checkpoint import save_checkpoint
 
     model = create_model("em-capsnet-small", margin_steps=4, **TINY_EM)
     x = torch.rand(2, 1, 28, 28)

@@ -1,11 +1,11 @@
-"""The convolution with a patch-product weight gradient (capsnet.patchconv) against conv2d."""
+"""The convolution with a patch-product weight gradient (capsnet.nn.patchconv) against conv2d."""
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from capsnet.layers import Conv2d
-from capsnet.patchconv import patch_grad_conv2d
+from capsnet.nn.layers import Conv2d
+from capsnet.nn.patchconv import patch_grad_conv2d
 
 CASES = [  # (B, C, O, H, W, k, stride, padding): the paper's Conv1, stride 2, padding, C > 1
     (2, 1, 6, 28, 28, 9, 1, 0),

@@ -10,7 +10,7 @@ from capsnet import load_run
 from capsnet.cli import main
 from capsnet.data import load_split
 from capsnet.errors import DataError
-from capsnet.predict import predict, read_inputs
+from capsnet.tools.predict import predict, read_inputs
 from capsnet.training.rundir import class_names
 
 
@@ -200,7 +200,7 @@ def test_an_opaque_rgba_picture_reads_by_its_colours(digits, tmp_path):
 
 def test_a_huge_picture_is_refused_from_its_header(tmp_path, monkeypatch):
     Image.new("L", (300, 200)).save(tmp_path / "wide.png")
-    from capsnet import predict as predict_module
+    from capsnet.tools import predict as predict_module
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded")

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import capsnet.pretrained as pretrained
-from capsnet.checkpoint import save_checkpoint
+import capsnet.training.pretrained as pretrained
 from capsnet.cli import main
 from capsnet.data.tasks import load_test
 from capsnet.errors import CheckpointError, ConfigError
 from capsnet.models import create_model
-from capsnet.predict import predict
+from capsnet.models.checkpoint import save_checkpoint
+from capsnet.tools.predict import predict
+from capsnet.training.rundir import load_pretrained
 
 SHIPPED = pretrained.list_pretrained()
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def shelf(tmp_path, monkeypatch):
 
 def test_list_and_load_a_float16_model_as_float32(shelf):
     assert [p.name for p in pretrained.list_pretrained()] == ["tiny"]
-    model, config = pretrained.load_pretrained("tiny")
+    model, config = load_pretrained("tiny")
     assert next(model.parameters()).dtype == torch.float32 and not model.training
     assert config.conv1_channels == 4
 
@@ -58,7 +59,7 @@ def test_a_changed_weights_file_is_refused(shelf):
     weights = shelf / pretrained.WEIGHTS
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
     with pytest.raises(CheckpointError, match="sha256 .* does not match"):
-        pretrained.load_pretrained("tiny")
+        load_pretrained("tiny")
 
 
 def test_an_unknown_name_lists_the_shipped_ones(shelf):
@@ -68,7 +69,7 @@ def test_an_unknown_name_lists_the_shipped_ones(shelf):
 
 @pytest.mark.parametrize("p", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_every_shipped_model_reproduces_its_recorded_subset_accuracy(p):
-    model, _ = pretrained.load_pretrained(p.name)
+    model, _ = load_pretrained(p.name)
     check = p.subset_check
     data_dir = check["data_dir"] and REPO / check["data_dir"]
     x, y = load_test(p.dataset, data_dir, limit=check["limit"])
@@ -129,7 +130,7 @@ def test_explore_without_a_run_opens_the_shipped_paper_network():
     from fastapi.testclient import TestClient
 
     from capsnet.cli import EXPLORE_DEFAULT
-    from capsnet.explore import load_explorer
+    from capsnet.tools.explore import load_explorer
 
     assert EXPLORE_DEFAULT == "capsnet-mnist" and pretrained.is_pretrained(EXPLORE_DEFAULT)
     client = TestClient(load_explorer(EXPLORE_DEFAULT), base_url="http://127.0.0.1")

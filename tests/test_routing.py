@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from capsnet import capsule_lengths, dynamic_routing, squash
-from capsnet.routing import squash_backward
+from capsnet.nn.routing import squash_backward
 
 
 def reference_routing(u_hat: torch.Tensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:

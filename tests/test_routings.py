@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from capsnet import ROUTINGS, efficient_squash, em_routing, self_attention_routing
-from capsnet.em_routing import MASS_EPS
 from capsnet.errors import ConfigError
-from capsnet.layers import RoutingCaps
-from capsnet.routing import RoutingSpec, get_routing
+from capsnet.nn.em_routing import MASS_EPS
+from capsnet.nn.layers import RoutingCaps
+from capsnet.nn.routing import RoutingSpec, get_routing
 
 
 def _em(votes, activations, **kw):
@@ -164,7 +164,7 @@ def test_inference_in_blocks_of_the_batch_gives_the_whole_batch_result(name, mon
     torch.manual_seed(0)
     layer, u = RoutingCaps(12, 4, 3, 5, RoutingSpec(name)), torch.randn(7, 12, 4)
     whole = layer(u)  # with gradients: one block
-    monkeypatch.setattr("capsnet.layers.BLOCK_BYTES", 2 * 12 * 3 * 5 * 4)  # 2 examples a block
+    monkeypatch.setattr("capsnet.nn.layers.BLOCK_BYTES", 2 * 12 * 3 * 5 * 4)  # 2 examples a block
     with torch.no_grad():
         blocks = layer(u)
     for a, b in zip(blocks, whole, strict=True):

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from capsnet.pretrained import ROOT
 from capsnet.training import RunDir, TrainConfig
+from capsnet.training.pretrained import ROOT
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 SHIPPED = sorted(p.parent for p in [*ROOT.glob("*/config.json"), *RESULTS.glob("*/config.json")])

@@ -12,7 +12,7 @@ from capsnet.cli import main
 from capsnet.data import OverlayTargets
 from capsnet.data.tasks import check_dataset, default_val_size, load_test, load_train
 from capsnet.errors import ConfigError
-from capsnet.losses import margin_loss
+from capsnet.nn.losses import margin_loss
 from capsnet.training import TrainConfig, num_correct, train
 
 TINY = {"conv1_channels": 8, "primary_types": 2, "decoder_hidden": (16,)}

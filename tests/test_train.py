@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from capsnet import load_run
-from capsnet.checkpoint import exclusive_lock
 from capsnet.errors import CheckpointError, ConfigError
+from capsnet.files import exclusive_lock
 from capsnet.training import RunDir, TrainConfig, train
 from capsnet.training.rundir import LOCK
 
@@ -132,7 +132,7 @@ def test_bad_settings_are_config_errors():
 def test_files_are_written_with_the_umasks_permissions(tmp_path):
     import os
 
-    from capsnet.checkpoint import write_json
+    from capsnet.files import write_json
 
     old = os.umask(0o027)
     try:

@@ -6,11 +6,10 @@ import logging
 import pytest
 import torch
 
-import capsnet.viz as viz
+import capsnet.tools.viz as viz
 from capsnet import create_model
 from capsnet.cli import main
-from capsnet.training import train
-from capsnet.viz import (
+from capsnet.tools.viz import (
     _spread,
     perturbed_reconstructions,
     save_coupling,
@@ -18,6 +17,7 @@ from capsnet.viz import (
     save_perturbations,
     save_reconstructions,
 )
+from capsnet.training import train
 
 NO_DECODER = {"conv1_channels": 8, "primary_types": 2, "reconstruction": False}
 

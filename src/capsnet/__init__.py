@@ -3,6 +3,14 @@
 The public names below are imported on first use (PEP 562), so that ``import capsnet``
 and the command line's ``--help`` do not load PyTorch; ``from capsnet import X`` works
 as usual.
+
+The package is layered; each layer imports only the ones before it (``tests/test_layout.py``
+checks): the base modules here (``errors``, ``typecheck``, ``names``, ``files``, ``runtime``,
+``allocator``, ``targets``); ``capsnet.nn`` (routing, capsule layers, losses, native
+kernels); ``capsnet.models`` and ``capsnet.data`` (neither knows the other);
+``capsnet.training``; ``capsnet.tools`` (predict, export, figures, robustness, benchmarks,
+experiments, the explorer); ``capsnet.cli``. Old module paths (``capsnet.routing``, …)
+still import for one release, with a DeprecationWarning (:mod:`capsnet._deprecated`).
 """
 
 from __future__ import annotations
@@ -12,11 +20,13 @@ import sys
 import types
 from typing import Any
 
+from capsnet import _deprecated
+
 __version__ = "0.1.0"
 
 _LAZY = {  # public name → the module that defines it
-    "margin_loss": "capsnet.losses",
-    "reconstruction_loss": "capsnet.losses",
+    "margin_loss": "capsnet.nn.losses",
+    "reconstruction_loss": "capsnet.nn.losses",
     **dict.fromkeys(
         (
             "AffCapsNet",
@@ -38,8 +48,8 @@ _LAZY = {  # public name → the module that defines it
         ),
         "capsnet.models",
     ),
-    "list_pretrained": "capsnet.pretrained",
-    "load_pretrained": "capsnet.pretrained",
+    "list_pretrained": "capsnet.training.pretrained",
+    "load_pretrained": "capsnet.training.rundir",
     **dict.fromkeys(
         (
             "ROUTINGS",
@@ -53,12 +63,13 @@ _LAZY = {  # public name → the module that defines it
             "shared_dynamic_routing",
             "squash",
         ),
-        "capsnet.routing",
+        "capsnet.nn.routing",
     ),
     "load_run": "capsnet.training.rundir",
 }
 
 __all__ = sorted(_LAZY)
+_deprecated.install()
 
 
 def __getattr__(name: str) -> Any:
@@ -76,7 +87,7 @@ def __dir__() -> list[str]:
 
 class _Package(types.ModuleType):
     """``capsnet.em_routing`` is the function, as it always was, although importing the
-    submodule of that name (``capsnet/em_routing.py``) sets the package attribute."""
+    deprecated module path of that name (``capsnet.em_routing``) sets the package attribute."""
 
     em_routing = property(lambda self: __getattr__("em_routing"), lambda self, value: None)
 

@@ -32,10 +32,10 @@ OFFICIAL = ("cifar10", "svhn", "smallnorb")  # capsnet.data.custom.OFFICIAL
 RESIZE = ("pad", "crop", "stretch")  # capsnet.data.images.RESIZE
 NORMALIZE = ("none", "per-image")  # capsnet.data.images.NORMALIZE
 FITS = ("mnist",)  # capsnet.data.images.FITS: `capsnet predict --fit`
-ROUTINGS = ("dynamic", "em", "self-attention")  # capsnet.routing.ROUTINGS
+ROUTINGS = ("dynamic", "em", "self-attention")  # capsnet.nn.routing.ROUTINGS
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # capsnet.runtime.PRECISIONS and AUTO
 LR_SCHEDULES = ("exponential", "cosine")  # capsnet.training.config.LR_SCHEDULES
-PERTURBATIONS = (  # capsnet.robustness.PERTURBATIONS
+PERTURBATIONS = (  # capsnet.tools.robustness.PERTURBATIONS
     "rotation",
     "scale",
     "shear",
@@ -45,14 +45,14 @@ PERTURBATIONS = (  # capsnet.robustness.PERTURBATIONS
     "resolution",
     "elastic",
 )
-TABLE1_ROWS = (  # capsnet.experiments.ROW_NAMES
+TABLE1_ROWS = (  # capsnet.tools.experiments.ROW_NAMES
     "baseline",
     "routing1-norecon",
     "routing1-recon",
     "routing3-norecon",
     "routing3-recon",
 )
-TABLE1_SIZES = ("paper", "small")  # capsnet.experiments.SIZES
+TABLE1_SIZES = ("paper", "small")  # capsnet.tools.experiments.SIZES
 
 __all__ = [
     "DATASETS",

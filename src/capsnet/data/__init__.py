@@ -3,6 +3,7 @@
 ``custom``: what ``--dataset`` names, with splits, augmentation, MultiMNIST and affNIST built
 from the sources)."""
 
+from capsnet.data.geometry import shift_images
 from capsnet.data.idx import read_idx
 from capsnet.data.multimnist import MultiMNISTConfig, OverlayTargets
 from capsnet.data.sources import (
@@ -14,7 +15,7 @@ from capsnet.data.sources import (
     load_split,
     search_path,
 )
-from capsnet.data.transforms import random_shift, shift_images, train_val_split
+from capsnet.data.transforms import random_shift, train_val_split
 
 __all__ = [
     "DATASETS",

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from capsnet.data.transforms import shift_images
+from capsnet.data.geometry import affine_matrices, shift_images, warp
 from capsnet.errors import ConfigError, DataError
 
 AFFNIST_SIZE = 40
@@ -44,35 +44,6 @@ class AffineRanges:
         lo, hi = self.scale
         if self.rotation < 0 or self.shear < 0 or not 0 < lo <= hi:
             raise ConfigError(f"bad affine ranges {self}: need rotation, shear ≥ 0, 0 < scale")
-
-
-def affine_matrices(rotation: Tensor, shear: Tensor, scale_y: Tensor, scale_x: Tensor) -> Tensor:
-    """Linear maps ``A = R(rotation) · [[1, shear], [0, 1]] · diag(scale_x, scale_y)``.
-
-    All arguments (N,), rotation in radians. Returns (N, 2, 2) acting on (x, y) column
-    vectors (x to the right, y down, both about the canvas centre).
-    """
-    cos, sin = torch.cos(rotation), torch.sin(rotation)
-    one, zero = torch.ones_like(shear), torch.zeros_like(shear)
-    r = torch.stack([cos, -sin, sin, cos], -1).view(-1, 2, 2)
-    s = torch.stack([one, shear, zero, one], -1).view(-1, 2, 2)
-    d = torch.stack([scale_x, zero, zero, scale_y], -1).view(-1, 2, 2)
-    return r @ s @ d
-
-
-def warp(images: Tensor, matrices: Tensor) -> Tensor:
-    """Apply the linear maps (N, 2, 2) about the centre of float images (N, C, H, W).
-
-    Bilinear sampling, zero outside. ``grid_sample`` needs, for every output pixel, where
-    it comes from: the inverse map. The canvas must be square so that its normalised
-    coordinates scale both axes alike.
-    """
-    if images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"warp needs square images, got {tuple(images.shape[-2:])}")
-    inverse = torch.linalg.inv(matrices.double()).to(images.dtype)  # (N, 2, 2)
-    theta = F.pad(inverse, (0, 1))  # (N, 2, 3), no translation
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def _uniform(n: int, lo: float | Tensor, hi: float | Tensor, generator: torch.Generator) -> Tensor:

@@ -36,7 +36,7 @@ from capsnet.data.folder import list_split, load_folder_split
 from capsnet.data.images import ImagePolicy, convert_channels, fit_image, normalize_images
 from capsnet.data.npz import load_npz
 from capsnet.data.sources import search_path
-from capsnet.data.tasks import TrainData, _Task, split_indices
+from capsnet.data.split import Task, TrainData, split_indices
 from capsnet.data.transforms import random_shift
 from capsnet.errors import ConfigError, DataError
 
@@ -116,7 +116,7 @@ def _jitter(x: Tensor, gen: torch.Generator) -> Tensor:
 
 def _train_data(train: Split, val: Split | None, cfg: ImagePolicy, where: str, args) -> TrainData:
     """TrainData from arrays: ``val``, else ``args.val_size`` held out of ``train`` (see
-    ``tasks.split_indices``)."""
+    ``split.split_indices``)."""
     val_size, limit, max_shift = args
     x, y = torch.as_tensor(train[0]), torch.as_tensor(train[1])  # x may be memory-mapped
     idx, held_out = torch.arange(len(y)), None
@@ -224,19 +224,19 @@ OFFICIAL = {
 }
 
 
-def task(name: str) -> _Task | None:
+def task(name: str) -> Task | None:
     """The task of ``name`` if it is one of this module's, else None."""
     if name in OFFICIAL:
         load, options, _ = OFFICIAL[name]
-        return _Task(name, options, *_official(load, name))
+        return Task(name, options, *_official(load, name))
     prefix, sep, path = name.partition(":")
     if not sep or f"{prefix}:" not in PREFIXES:
         return None
     if not path:
         raise ConfigError(f"'{name}': give a path after '{prefix}:'")
     if prefix == "folder":
-        return _Task(name, ImagePolicy, partial(_train_folder, path), partial(_test_folder, path))
-    return _Task(name, ArrayOptions, partial(_train_npz, path), partial(_test_npz, path))
+        return Task(name, ImagePolicy, partial(_train_folder, path), partial(_test_folder, path))
+    return Task(name, ArrayOptions, partial(_train_npz, path), partial(_test_npz, path))
 
 
 def absolute_path(path: str) -> str:
@@ -252,22 +252,6 @@ def absolute_task(name: str) -> str:
     if not sep or f"{prefix}:" not in PREFIXES or not path:
         return name
     return f"{prefix}:{absolute_path(path)}"
-
-
-def run_record(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """What a run saves about its data (``config.json`` ``data``): class names and, for
-    tasks that have one, the image policy predict and explore apply to new images."""
-    from capsnet.data.tasks import dataset_options, dataset_spec
-
-    policy = dataset_options(name, options)
-    return {
-        "class_names": list(dataset_spec(name).class_names),
-        "image_policy": (
-            {f.name: getattr(policy, f.name) for f in dataclasses.fields(ImagePolicy)}
-            if isinstance(policy, ImagePolicy)
-            else None
-        ),
-    }
 
 
 def saved_policy(record: Mapping[str, Any] | None) -> ImagePolicy | None:
@@ -311,7 +295,6 @@ __all__ = [
     "absolute_task",
     "class_names",
     "classes",
-    "run_record",
     "saved_policy",
     "task",
 ]

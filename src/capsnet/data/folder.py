@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from capsnet.checkpoint import atomic_write
 from capsnet.data.images import (
     ImagePolicy,
     fit_image,
@@ -31,6 +30,7 @@ from capsnet.data.images import (
     read_picture,
 )
 from capsnet.errors import DataError
+from capsnet.files import atomic_write
 
 log = logging.getLogger(__name__)
 

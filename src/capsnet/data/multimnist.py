@@ -16,6 +16,7 @@ from torch import Tensor
 
 from capsnet.data.transforms import random_shift
 from capsnet.errors import ConfigError, DataError
+from capsnet.files import atomic_write
 from capsnet.targets import OverlayTargets
 
 
@@ -104,8 +105,6 @@ def fixed_pairs(
 def save_npz(path: Path, images: Tensor, targets: OverlayTargets) -> None:
     """A fixed MultiMNIST set as ``.npz`` (written atomically): ``images`` (N, H, W) uint8
     overlays, ``labels`` (N, 2) int64, ``sources`` (N, 2, H, W) uint8, each digit alone."""
-    from capsnet.checkpoint import atomic_write
-
     def write(p: Path) -> None:
         with p.open("wb") as f:  # a file object: np.savez would append ".npz" to a path
             np.savez_compressed(

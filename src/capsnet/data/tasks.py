@@ -17,27 +17,27 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from capsnet.data import custom  # folder:PATH, npz:PATH, cifar10, svhn, smallnorb
 from capsnet.data.affnist import AffineRanges, load_affnist_mat, random_affine
+from capsnet.data.images import ImagePolicy
 from capsnet.data.multimnist import MultiMNISTConfig, fixed_pairs, make_pairs
 from capsnet.data.sources import DatasetSpec, get_spec, load_split, search_path
-from capsnet.data.transforms import random_shift, train_val_split
+from capsnet.data.split import Task, TrainData, default_val_size, split_indices
+from capsnet.data.transforms import random_shift
 from capsnet.errors import ConfigError, DataError, did_you_mean
 from capsnet.targets import OverlayTargets, Targets
 from capsnet.typecheck import check_field_types
 
 log = logging.getLogger(__name__)
-
-Batch = tuple[Tensor, Targets]  # uint8 images (B, C, H, W) and their targets
-VAL_FLOOR, VAL_CAP = 50, 5000  # of the default validation size (see default_val_size)
 
 
 @dataclass(frozen=True)
@@ -57,33 +57,6 @@ class NoOptions:
     """Datasets without options of their own."""
 
 
-@dataclass
-class TrainData:
-    """What an epoch is made of and the fixed validation set."""
-
-    size: int  # training examples per epoch
-    val_x: Tensor  # uint8 (V, C, H, W)
-    val_y: Targets
-    make_batch: Callable[[Tensor, torch.Generator], Batch]  # training indices (B,) → batch
-    held_out: int | None = None  # images held out of the training split; None: a val split
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.val_x.shape[1:])
-
-    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-        """One epoch: a random permutation of the training set, batch by batch."""
-        for idx in torch.randperm(self.size, generator=generator).split(batch_size):
-            yield self.make_batch(idx, generator)
-
-
-class _Task(NamedTuple):
-    source: str  # the IDX dataset the images come from
-    options: type  # config dataclass of the dataset's options
-    train: Callable[..., TrainData] | None  # None: a test set only
-    test: Callable[[str | Path | None, Any], tuple[Tensor, Targets]]
-
-
 def _pad(x: Tensor, pad: int) -> Tensor:
     return F.pad(x, (pad, pad, pad, pad))
 
@@ -91,22 +64,6 @@ def _pad(x: Tensor, pad: int) -> Tensor:
 def _placed(x: Tensor, cfg: CanvasConfig, seed: int) -> Tensor:
     """Digits padded and shifted to fixed, seeded random places on the canvas."""
     return random_shift(_pad(x, cfg.pad), cfg.pad, torch.Generator().manual_seed(seed))
-
-
-def default_val_size(n: int) -> int:
-    """The validation images held out of a training split of ``n`` when ``val_size`` is
-    not given: a tenth, at least 50 (a fifth of a split under 250), at most 5,000 (so
-    MNIST's 60,000 and CIFAR-10's 50,000 hold out 5,000, older versions' fixed default)."""
-    return min(VAL_CAP, max(n // 10, min(VAL_FLOOR, n // 5)))
-
-
-def split_indices(n: int, val_size: int | None, where: str) -> tuple[Tensor, Tensor]:
-    """Training and validation indices of a split of ``n`` (``train_val_split``, seed 0):
-    ``val_size`` held out, or ``default_val_size(n)`` (logged) if it is None."""
-    if val_size is None:
-        val_size = default_val_size(n)
-        log.info("validation: %d of the %d training images of %s held out", val_size, n, where)
-    return train_val_split(n, val_size, seed=0)
 
 
 def _split(source: str, data_dir: str | Path | None, val_size: int | None, limit: int | None):
@@ -189,19 +146,17 @@ def _test_affnist(data_dir, cfg: NoOptions) -> tuple[Tensor, Tensor]:
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-TASKS: dict[str, _Task] = {
-    "mnist": _Task("mnist", NoOptions, _train_plain, _test_plain("mnist")),
-    "fashion-mnist": _Task("fashion-mnist", NoOptions, _train_plain, _test_plain("fashion-mnist")),
-    "expanded-mnist": _Task("mnist", CanvasConfig, _train_canvas, _test_canvas),
-    "multimnist": _Task("mnist", MultiMNISTConfig, _train_multi, _test_multi),
-    "affnist-generated": _Task("mnist", AffineRanges, None, _test_affine),
-    "affnist": _Task("mnist", NoOptions, None, _test_affnist),
+TASKS: dict[str, Task] = {
+    "mnist": Task("mnist", NoOptions, _train_plain, _test_plain("mnist")),
+    "fashion-mnist": Task("fashion-mnist", NoOptions, _train_plain, _test_plain("fashion-mnist")),
+    "expanded-mnist": Task("mnist", CanvasConfig, _train_canvas, _test_canvas),
+    "multimnist": Task("mnist", MultiMNISTConfig, _train_multi, _test_multi),
+    "affnist-generated": Task("mnist", AffineRanges, None, _test_affine),
+    "affnist": Task("mnist", NoOptions, None, _test_affnist),
 }
 
 
-def _task(name: str) -> _Task:
-    from capsnet.data import custom  # folder:PATH, npz:PATH, cifar10, svhn, smallnorb
-
+def _task(name: str) -> Task:
     if (task := custom.task(name)) is not None:
         return task
     try:
@@ -257,8 +212,6 @@ def task_source(name: str) -> str:
 
 def dataset_spec(name: str) -> DatasetSpec:
     """Class count and names (those of the IDX dataset the images come from)."""
-    from capsnet.data import custom
-
     return custom.classes(name) or get_spec(_task(name).source)
 
 
@@ -308,6 +261,20 @@ def load_test(
     return (x, y) if limit is None else (x[:limit], y[:limit])
 
 
+def run_record(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a run saves about its data (``config.json`` ``data``): class names and, for
+    tasks that have one, the image policy predict and explore apply to new images."""
+    policy = dataset_options(name, options)
+    return {
+        "class_names": list(dataset_spec(name).class_names),
+        "image_policy": (
+            {f.name: getattr(policy, f.name) for f in dataclasses.fields(ImagePolicy)}
+            if isinstance(policy, ImagePolicy)
+            else None
+        ),
+    }
+
+
 __all__ = [
     "TASKS",
     "CanvasConfig",
@@ -320,6 +287,7 @@ __all__ = [
     "default_val_size",
     "load_test",
     "load_train",
+    "run_record",
     "split_indices",
     "task_source",
 ]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from capsnet.data.geometry import affine_matrices, elastic, inside_box, shift_images, warp
 from capsnet.errors import ConfigError
 
 
@@ -25,39 +26,6 @@ def train_val_split(n: int, val_size: int, seed: int = 0) -> tuple[torch.Tensor,
         )
     permutation = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return permutation[: n - val_size], permutation[n - val_size :]
-
-
-def shift_images(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Shift each image of ``x`` (B, C, H, W) down by ``dy[b]`` and right by ``dx[b]`` pixels.
-
-    ``dy`` and ``dx`` are integer tensors of shape (B,), negative values shift up / left.
-    Pixels shifted in from outside are zero; the output has the shape and dtype of ``x``.
-    """
-    if x.dim() != 4 or dy.shape != (len(x),) or dx.shape != (len(x),):
-        raise ValueError(
-            f"expected x (B, C, H, W) and shifts (B,), got {x.shape}, {dy.shape}, {dx.shape}"
-        )
-    batch, channels, height, width = x.shape
-    device = x.device
-    # Output pixel (i, j) of image b comes from input pixel (i - dy[b], j - dx[b]).
-    rows = torch.arange(height, device=device) - dy.to(device, torch.long).view(batch, 1)
-    cols = torch.arange(width, device=device) - dx.to(device, torch.long).view(batch, 1)
-    inside = _box(rows, cols, height, width)  # (B, 1, H, W)
-    out = x[
-        torch.arange(batch, device=device).view(batch, 1, 1, 1),
-        torch.arange(channels, device=device).view(1, channels, 1, 1),
-        rows.clamp(0, height - 1).view(batch, 1, height, 1),
-        cols.clamp(0, width - 1).view(batch, 1, 1, width),
-    ]
-    return out.masked_fill_(~inside, 0)
-
-
-def _box(rows: torch.Tensor, cols: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The mask (B, 1, H, W) of pixels whose row offsets ``rows`` (B, H) are in
-    [0, height) and whose column offsets ``cols`` (B, W) are in [0, width)."""
-    batch = len(rows)
-    in_rows = ((rows >= 0) & (rows < height)).view(batch, 1, -1, 1)
-    return in_rows & ((cols >= 0) & (cols < width)).view(batch, 1, 1, -1)
 
 
 def random_shift(
@@ -96,7 +64,7 @@ def random_erase(
     left = torch.randint(0, width - size + 1, (batch,), generator=generator, device="cpu")
     rows = torch.arange(height).view(1, height) - top.view(batch, 1)  # (B, H)
     cols = torch.arange(width).view(1, width) - left.view(batch, 1)  # (B, W)
-    return x.masked_fill(_box(rows, cols, size, size).to(x.device), 0)
+    return x.masked_fill(inside_box(rows, cols, size, size).to(x.device), 0)
 
 
 def check_erase(size: int, shape: tuple[int, ...]) -> None:
@@ -148,9 +116,6 @@ class Augmentation:
         return random_erase(x, self.erase, generator) if self.erase else x
 
     def _warped(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        from capsnet.data.affnist import affine_matrices, warp
-        from capsnet.robustness import elastic
-
         n = len(x)
         y = x.float()
         if self.rotation or self.scale or self.squeeze:

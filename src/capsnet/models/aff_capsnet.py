@@ -12,7 +12,7 @@ place: s_j = W_j Σ_i c_ij u_i. Their MNIST → affNIST result: 93.21% (CapsNet 
 1152 primary capsules) or ``"type"`` (one W_tj per primary capsule type t, shared over its
 positions, as convolutional capsules share weights). ``routing_iterations`` 1 is uniform
 coupling (no routing); more iterations route by agreement without forming the votes
-(:func:`capsnet.routing.shared_dynamic_routing`).
+(:func:`capsnet.nn.routing.shared_dynamic_routing`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from capsnet.errors import ConfigError
-from capsnet.layers import SharedRoutingCaps
 from capsnet.models.capsnet import CapsNet, CapsNetConfig
 from capsnet.models.registry import register_model
+from capsnet.nn.layers import SharedRoutingCaps
 
 SHARES = ("all", "type")
 
@@ -50,7 +50,7 @@ class AffCapsNetConfig(CapsNetConfig):
 
 class AffCapsNet(CapsNet):
     """Conv1 → PrimaryCaps → class capsules through shared matrices → decoder: a
-    :class:`~capsnet.models.capsnet.CapsNet` with :class:`~capsnet.layers.SharedRoutingCaps`
+    :class:`~capsnet.models.capsnet.CapsNet` with :class:`~capsnet.nn.layers.SharedRoutingCaps`
     in place of W_ij (the same output, loss and decoder)."""
 
     def __init__(self, config: AffCapsNetConfig | None = None):

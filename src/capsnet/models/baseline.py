@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from capsnet.errors import ConfigError
-from capsnet.layers import Conv2d, normalise_input
 from capsnet.models.config import ModelConfig
 from capsnet.models.registry import register_model
+from capsnet.nn.layers import Conv2d, normalise_input
 from capsnet.targets import OverlayTargets
 
 

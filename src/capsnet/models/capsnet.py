@@ -9,10 +9,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from capsnet.errors import ConfigError
-from capsnet.layers import Conv2d, Decoder, PrimaryCaps, RoutingCaps, normalise_input
-from capsnet.losses import capsnet_loss
 from capsnet.models.config import VectorCapsuleConfig, conv_out
 from capsnet.models.registry import register_model
+from capsnet.nn.layers import Conv2d, Decoder, PrimaryCaps, RoutingCaps, normalise_input
+from capsnet.nn.losses import capsnet_loss
 from capsnet.targets import OverlayTargets
 
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from capsnet.layers import RoutingCaps
 from capsnet.models.capsnet import CapsNet, CapsNetConfig
 from capsnet.models.registry import register_model
-from capsnet.routing import Routed, RoutingSpec
+from capsnet.nn.layers import RoutingCaps
+from capsnet.nn.routing import Routed, RoutingSpec
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from capsnet.errors import ConfigError
-from capsnet.routing import RoutingSpec
+from capsnet.nn.routing import RoutingSpec
 
 C = TypeVar("C", bound="ModelConfig")
 PAPER_TEXT_WEIGHT = 0.0005  # the reconstruction weight in the paper's text
-INPUT_NORMS = ("none", "peak")  # capsnet.layers.normalise_input
+INPUT_NORMS = ("none", "peak")  # capsnet.nn.layers.normalise_input
 
 
 def conv_out(size: int, kernel: int, stride: int) -> int:
@@ -34,7 +34,7 @@ class ModelConfig:
     input_size: tuple[int, int] = (28, 28)
     num_classes: int = 10
     # "peak": each image is divided by its brightest value before anything else
-    # (capsnet.layers.normalise_input); "none": images as given
+    # (capsnet.nn.layers.normalise_input); "none": images as given
     input_norm: str = "none"
 
     def __post_init__(self) -> None:
@@ -88,7 +88,7 @@ class CapsuleConfig(ModelConfig):
     """A model whose class capsules are routed: the three routing settings, kept flat so
     saved configs stay as they were, and handed to the layers as one :class:`RoutingSpec`."""
 
-    routing: str = "dynamic"  # a key of capsnet.routing.ROUTINGS
+    routing: str = "dynamic"  # a key of capsnet.nn.routing.ROUTINGS
     routing_iterations: int = 3
     detach_agreement: bool = False
 

@@ -5,7 +5,7 @@ The MNIST network of the reference implementation (github.com/EscVM/Efficient-Ca
 ``models/efficient_capsnet_graph_mnist.py``): four convolutions (32 5×5, 64 3×3, 64 3×3,
 128 3×3 stride 2; ReLU then batch norm each) take 28×28 to 9×9×128; a 9×9 depthwise
 convolution makes 16 primary capsules of 8 dimensions, squashed by
-:func:`~capsnet.routing.efficient_squash`; self-attention routing makes 10 class capsules
+:func:`~capsnet.nn.routing.efficient_squash`; self-attention routing makes 10 class capsules
 of 16. The paper's 161,824 trainable parameters are exactly ours without the decoder
 (832 + 18,496 + 36,928 + 73,856 conv, 576 batch-norm scales and shifts, 10,496 depthwise,
 20,480 W and 160 coupling biases); the reconstruction decoder (FC 512, 1024, 784, as in
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from capsnet.errors import ConfigError
-from capsnet.layers import Conv2d, PrimaryCaps
 from capsnet.models.capsnet import CapsNet
 from capsnet.models.config import VectorCapsuleConfig, conv_out
 from capsnet.models.registry import register_model
-from capsnet.routing import efficient_squash
+from capsnet.nn.layers import Conv2d, PrimaryCaps
+from capsnet.nn.routing import efficient_squash
 
 
 @dataclass(frozen=True)

@@ -20,18 +20,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from capsnet.errors import ConfigError
-from capsnet.layers import (
+from capsnet.models.capsnet import CapsNetOutput, CapsuleModel
+from capsnet.models.config import CapsuleConfig
+from capsnet.models.config import conv_out as _conv_out
+from capsnet.models.registry import register_model
+from capsnet.nn.layers import (
     ClassMatrixCaps,
     Conv2d,
     ConvMatrixCaps,
     PrimaryMatrixCaps,
     normalise_input,
 )
-from capsnet.losses import spread_loss
-from capsnet.models.capsnet import CapsNetOutput, CapsuleModel
-from capsnet.models.config import CapsuleConfig
-from capsnet.models.config import conv_out as _conv_out
-from capsnet.models.registry import register_model
+from capsnet.nn.losses import spread_loss
 from capsnet.targets import OverlayTargets
 
 

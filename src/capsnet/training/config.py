@@ -17,6 +17,7 @@ from capsnet.errors import CheckpointError, ConfigError
 from capsnet.models import check_model_options
 from capsnet.names import LR_SCHEDULES
 from capsnet.runtime import AUTO, check_precision
+from capsnet.training.tensorboard import check_available
 from capsnet.typecheck import check_field_types
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ class TrainConfig:
     # with a grad scaler), or auto: bf16 where the device computes it natively, else fp32
     precision: str = "fp32"
     compile: bool = False  # torch.compile the training forward
-    tensorboard: bool = False  # TensorBoard events in RUN_DIR/tensorboard (capsnet.tensorboard)
+    tensorboard: bool = (
+        False  # TensorBoard events in RUN_DIR/tensorboard (capsnet.training.tensorboard)
+    )
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -86,8 +89,6 @@ class TrainConfig:
         if clash := sorted(set(DATA_FIELDS) & set(self.model_overrides)):
             raise ConfigError(f"{', '.join(clash)}: set by the data, not a model option")
         if self.tensorboard:
-            from capsnet.tensorboard import check_available
-
             check_available()
 
     def augmentation(self) -> Augmentation | None:

@@ -11,13 +11,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from capsnet.checkpoint import check_writable_dir, write_json
 from capsnet.data.tasks import load_test
 from capsnet.errors import ConfigError
-from capsnet.metrics import ClassCounts, write_class_report
+from capsnet.files import check_writable_dir, write_json
 from capsnet.runtime import autocast
 from capsnet.targets import Targets, num_correct
 from capsnet.training.environment import environment
+from capsnet.training.metrics import ClassCounts, write_class_report
 from capsnet.training.progress import NoProgress, ProgressFactory
 from capsnet.training.rundir import RunDir
 

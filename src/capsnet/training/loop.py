@@ -24,11 +24,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from capsnet.checkpoint import BEST, LAST, save_checkpoint, weights_for
-from capsnet.data.custom import run_record
-from capsnet.data.tasks import TrainData, dataset_spec, load_test, load_train
+from capsnet.data.tasks import TrainData, dataset_spec, load_test, load_train, run_record
 from capsnet.data.transforms import check_erase
 from capsnet.errors import ConfigError, TrainingDiverged
+from capsnet.models.checkpoint import BEST, LAST, save_checkpoint, weights_for
 from capsnet.runtime import (
     AUTO,
     Distributed,
@@ -38,7 +37,6 @@ from capsnet.runtime import (
     resolve_device,
     resolve_precision,
 )
-from capsnet.tensorboard import TensorBoardLog
 from capsnet.training.config import TrainConfig
 from capsnet.training.environment import environment
 from capsnet.training.evaluation import evaluate, to_input
@@ -46,6 +44,7 @@ from capsnet.training.progress import NoProgress, ProgressFactory
 from capsnet.training.rundir import RunDir
 from capsnet.training.state import load_train_state, save_train_state
 from capsnet.training.step import adam, build_model, train_step
+from capsnet.training.tensorboard import TensorBoardLog
 
 log = logging.getLogger(__name__)
 

@@ -21,29 +21,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from capsnet.checkpoint import (
-    BEST,
-    LAST,
-    atomic_write,
-    check_writable_dir,
-    exclusive_lock,
-    load_checkpoint,
-    read_json,
-    write_json,
-)
 from capsnet.data.custom import saved_policy
 from capsnet.data.images import ImagePolicy
 from capsnet.data.sources import DATASETS, find_dataset
 from capsnet.data.tasks import dataset_spec, load_test, task_source
 from capsnet.errors import CapsNetError, CheckpointError, ConfigError
+from capsnet.files import atomic_write, check_writable_dir, exclusive_lock, read_json, write_json
+from capsnet.models.checkpoint import BEST, LAST, load_checkpoint
 from capsnet.models.contract import Classifier, require
 from capsnet.targets import Targets
 from capsnet.training.config import TrainConfig, saved_train_config, written_by
+from capsnet.training.pretrained import is_pretrained, verified_path
 from capsnet.training.state import STATE_JSON, STATE_TENSORS, read_state_meta
 
 CONFIG, HISTORY, METRICS = "config.json", "history.csv", "metrics.json"
 RUN_FILES = (CONFIG, METRICS, HISTORY, BEST, LAST, STATE_TENSORS, STATE_JSON)
-FIGURES = (  # every figure capsnet.viz.save_figures may write (which depends on the model)
+FIGURES = (  # every figure capsnet.tools.viz.save_figures may write (which depends on the model)
     *("training.png", "coupling.png", "multimnist.png", "reconstructions.png", "perturbation.png"),
 )
 # Everything else capsnet writes into a run directory: evaluate (eval*.json, classes*),
@@ -92,7 +85,7 @@ def checked_config(path: Path, config: Any) -> dict[str, Any]:
 
 class RunDir:
     """A run directory (or one checkpoint file, whose directory is its parent), or the
-    name of a shipped pretrained model (``capsnet.pretrained``; a path that exists wins).
+    name of a shipped pretrained model (``capsnet.training.pretrained``; a path that exists wins).
 
     ``config`` is config.json as a dict ({} if absent), ``train`` the training config it
     holds (None if absent); ``dataset``, ``dataset_options`` and ``data_dir`` are the
@@ -103,8 +96,6 @@ class RunDir:
     """
 
     def __init__(self, path: str | Path, *, names: bool = True):
-        from capsnet.pretrained import is_pretrained, verified_path
-
         path = Path(path)
         named = names and not path.exists() and is_pretrained(str(path))
         self.pretrained = str(path) if named else None
@@ -317,7 +308,7 @@ class RunDir:
 
     def writing(self) -> contextlib.AbstractContextManager[None]:
         """While training writes the run: an exclusive lock on ``LOCK`` in it
-        (:func:`~capsnet.checkpoint.exclusive_lock`), so that a second training into the same
+        (:func:`~capsnet.files.exclusive_lock`), so that a second training into the same
         directory stops at once instead of overwriting the first one's checkpoints."""
         return exclusive_lock(self.path, LOCK, "another process is training into this run")
 
@@ -388,4 +379,19 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.M
     return model, model.config
 
 
-__all__ = ["CONFIG", "HISTORY", "METRICS", "RUN_FILES", "RunDir", "class_names", "load_run"]
+def load_pretrained(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+    """A shipped model (see :mod:`capsnet.training.pretrained`) in eval mode, float32
+    whatever its stored dtype, and its config; its weights' sha256 is checked first."""
+    return load_run(verified_path(name), device)
+
+
+__all__ = [
+    "CONFIG",
+    "HISTORY",
+    "METRICS",
+    "RUN_FILES",
+    "RunDir",
+    "class_names",
+    "load_pretrained",
+    "load_run",
+]

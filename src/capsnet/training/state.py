@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from capsnet.checkpoint import atomic_write, read_json, write_json
 from capsnet.errors import CheckpointError
+from capsnet.files import atomic_write, read_json, write_json
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 _META = {  # what train_state.json holds: key → its JSON type

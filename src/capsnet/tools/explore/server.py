@@ -4,7 +4,7 @@ uvicorn times out idle keep-alive connections but not a client that never finish
 request headers; ``serve`` closes those after ``header_timeout`` seconds, answers 503 to a
 request that arrives while ``max_connections`` connections (its own included) are open, and
 the app itself answers 408 to a body that does not
-arrive in time (``capsnet.explore.app.BODY_TIMEOUT``).
+arrive in time (``capsnet.tools.explore.app.BODY_TIMEOUT``).
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ class LogProgress:
 def progress_factory():
     if not sys.stderr.isatty():
         return LogProgress
+    # imported here, not at the top: only a terminal shows a progress bar
     from tqdm.auto import tqdm
 
     return partial(tqdm, unit="img", leave=False, dynamic_ncols=True, mininterval=0.5)

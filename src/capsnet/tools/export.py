@@ -38,8 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from capsnet import __version__
-from capsnet.checkpoint import atomic_write, check_new_file
 from capsnet.errors import CheckpointError, ConfigError, DataError
+from capsnet.files import atomic_write, check_new_file
 from capsnet.models.config import ModelConfig
 from capsnet.models.contract import CapsuleClassifier, Classifier, PoseDecoder, provides, require
 from capsnet.models.contract import model_name as name_of

@@ -174,7 +174,7 @@ def _base_app(max_body: int, hosts: tuple[str, ...] | None, body_timeout: float)
         # Starlette re-raises the exception after this response: the server logs it.
         return _json_error(500, "internal error (see the server log)")
 
-    assets = files("capsnet.explore") / "static"
+    assets = files("capsnet.tools.explore") / "static"
     for route, name in ASSETS.items():
         app.get(route)(_asset((assets / name).read_text(), MEDIA[Path(name).suffix]))
     app.get("/favicon.ico")(lambda: Response(status_code=204))

@@ -3,8 +3,8 @@
 Each model is a directory ``src/capsnet/pretrained/<name>/`` laid out like a run directory
 (``config.json``, ``best.safetensors``, ``metrics.json``, ``history.csv``, ``command.txt``)
 plus ``pretrained.json``: what it is, where it came from and the sha256 of its weights,
-which ``load_pretrained`` verifies before reading them. ``scripts/ship_model.py`` makes one
-from a finished run.
+which ``verified_path`` (and so ``capsnet.load_pretrained``) verifies before reading them.
+``scripts/ship_model.py`` makes one from a finished run.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from capsnet.errors import CheckpointError, ConfigError
+from capsnet.files import read_json
 
-ROOT = Path(__file__).resolve().parent / "pretrained"
+ROOT = Path(__file__).resolve().parents[1] / "pretrained"  # src/capsnet/pretrained
 REPOSITORY = ROOT.parents[2]  # src/capsnet/pretrained → the repository, in a checkout of it
 MANIFEST, WEIGHTS = "pretrained.json", "best.safetensors"
 
@@ -58,7 +56,6 @@ class Pretrained:
 
 
 def _read(directory: Path) -> Pretrained:
-    from capsnet.checkpoint import read_json
 
     manifest = read_json(directory / MANIFEST)
     try:
@@ -106,10 +103,3 @@ def verified_path(name: str) -> Path:
     if actual != p.sha256:
         raise CheckpointError(f"{weights}: sha256 {actual} does not match {MANIFEST} ({p.sha256})")
     return p.path
-
-
-def load_pretrained(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
-    """A shipped model in eval mode (float32 whatever its stored dtype) and its config."""
-    from capsnet.training.rundir import load_run
-
-    return load_run(verified_path(name), device)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from capsnet.checkpoint import atomic_write, read_json
 from capsnet.errors import ConfigError
+from capsnet.files import atomic_write, read_json
 from capsnet.training import STATE_JSON, NoProgress, ProgressFactory, RunDir, TrainConfig, train
 
 log = logging.getLogger(__name__)

@@ -46,6 +46,7 @@ def _given_settings(
 ) -> Iterator[tuple[str, Any, Any, str]]:
     """(the option as written, the value given, the run's, the option's dest) for each
     setting given on the command line, in its order."""
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
     from capsnet.data.tasks import dataset_options
 
     fields = {f.name for f in dataclasses.fields(saved)}
@@ -83,6 +84,7 @@ def _shown(value: Any) -> str:
 def _same(dest: str, given: Any, was: Any) -> bool:
     """Whether a setting given is the run's: paths compared as absolute ones (a new run
     saves them so; an older run's relative ones are taken from the current directory)."""
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
     from capsnet.data.custom import absolute_task
 
     if dest == "data_dir" and given is not None and was is not None:

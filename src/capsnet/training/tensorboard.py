@@ -2,7 +2,7 @@
 
 Per step: ``step/loss``, ``step/lr``, ``step/images_per_second``; per epoch: every number of
 the epoch's ``history.csv`` row under ``epoch/`` (loss, accuracy, validation, images/s),
-and the reconstruction and coupling figures (see :mod:`capsnet.viz`) of the first
+and the reconstruction and coupling figures (see :mod:`capsnet.models.figures`) of the first
 validation images as ``figures/reconstructions`` and ``figures/coupling``. Events go to
 ``RUN_DIR/tensorboard``; view them with ``tensorboard --logdir RUN_DIR``. Needs the
 ``tensorboard`` package (``pip install 'capsnet[tensorboard]'``).
@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from capsnet.errors import ConfigError
 from capsnet.models.contract import CapsuleClassifier, PoseDecoder, provides
+from capsnet.models.figures import save_coupling, save_reconstructions
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ class TensorBoardLog:
         self, model: nn.Module, x: Tensor, y: Any, epoch: int, names: Sequence[str]
     ) -> None:
         """The coupling (first image) and reconstruction figures of uint8 images ``x``."""
-        from capsnet.viz import save_coupling, save_reconstructions
-
         if not provides(model, CapsuleClassifier) or len(x) == 0:
             return
         was_training = model.training

@@ -30,6 +30,8 @@ from types import ModuleType
 
 import torch
 
+from capsnet.runtime import tracing
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "em_routing.cpp"
@@ -152,8 +154,6 @@ KERNELS: dict[str, Callable[[], ModuleType | None]] = {
 
 
 def _applies(kernels: Callable[[], ModuleType | None], tensors: tuple[torch.Tensor, ...]) -> bool:
-    from capsnet.runtime import tracing
-
     if not enabled() or tracing() or torch.compiler.is_compiling():
         return False
     if any(t.device.type != "cpu" for t in tensors):

@@ -7,9 +7,11 @@ import argparse
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
 
-from capsnet.cli_progress import progress_factory as _progress
+from capsnet.cli.progress import progress_factory as _progress
+from capsnet.errors import ConfigError
 
 log = logging.getLogger("capsnet")
 
@@ -39,10 +41,11 @@ def _model_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from capsnet.cli_resume import check_resume_options
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
+    from capsnet.cli.resume import check_resume_options
     from capsnet.runtime import distributed_from_env, resolve_device
+    from capsnet.tools.viz import save_figures
     from capsnet.training import RunDir, TrainConfig, train
-    from capsnet.viz import save_figures
 
     cfg = _from_args(
         TrainConfig,
@@ -65,6 +68,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
     from capsnet.runtime import resolve_device
     from capsnet.training.evaluation import evaluate_run
 
@@ -77,7 +81,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from capsnet.bench import BenchConfig, append_csv, benchmark, check_csv, summary
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
+    from capsnet.tools.bench import BenchConfig, append_csv, benchmark, check_csv, summary
 
     cfg = _from_args(BenchConfig, args, model_overrides=dict(args.model_option))
     if args.csv:
@@ -92,8 +97,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
     from capsnet.runtime import resolve_device
-    from capsnet.viz import save_figures
+    from capsnet.tools.viz import save_figures
 
     device = resolve_device(args.device)
     pngs = save_figures(args.run_dir, args.out, args.data_dir, device, overwrite=args.overwrite)
@@ -102,9 +108,10 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 
 def cmd_multimnist(args: argparse.Namespace) -> None:
-    from capsnet.checkpoint import check_new_file
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
     from capsnet.data import MultiMNISTConfig, load_split
     from capsnet.data.multimnist import fixed_pairs, save_npz
+    from capsnet.files import check_new_file
 
     check_new_file(args.out, args.overwrite)
     images, labels = load_split("mnist", args.split, args.data_dir)
@@ -117,8 +124,9 @@ def cmd_multimnist(args: argparse.Namespace) -> None:
 
 
 def cmd_experiment(args: argparse.Namespace) -> None:
-    from capsnet.experiments import Table1Config, run_table1
-    from capsnet.generalisation import GeneralisationConfig, run_generalisation
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
+    from capsnet.tools.experiments import Table1Config, run_table1
+    from capsnet.tools.generalisation import GeneralisationConfig, run_generalisation
     from capsnet.training import TrainConfig
 
     train = _from_args(TrainConfig, args, dataset_options=dict(args.dataset_option))
@@ -133,8 +141,8 @@ def cmd_experiment(args: argparse.Namespace) -> None:
 
 def _contenders(args: argparse.Namespace) -> tuple:
     """``--contenders [LABEL=]MODEL …`` with ``--model-option LABEL.NAME=VALUE``."""
-    from capsnet.errors import ConfigError
-    from capsnet.generalisation import DEFAULT_CONTENDERS, Contender
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
+    from capsnet.tools.generalisation import DEFAULT_CONTENDERS, Contender
 
     if args.contenders is None:
         specs = [(c.label, c.model) for c in DEFAULT_CONTENDERS]
@@ -164,8 +172,9 @@ def _print_generalisation(report: dict, out: Path) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from capsnet.predict import predict, read_inputs
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
     from capsnet.runtime import resolve_device
+    from capsnet.tools.predict import predict, read_inputs
     from capsnet.training import RunDir
 
     device = resolve_device(args.device)
@@ -186,7 +195,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from capsnet.export import export_run
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
+    from capsnet.tools.export import export_run
 
     diffs = export_run(
         args.run_dir, args.onnx, args.data_dir, args.check_images, args.dataset, args.overwrite
@@ -197,7 +207,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_explore(args: argparse.Namespace) -> None:
-    from capsnet.explore import listen, load_explorer, serve, url
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
+    from capsnet.tools.explore import listen, load_explorer, serve, url
 
     with listen(args.host, args.port) as sock:  # a bad port fails before any loading
         app = load_explorer(args.run_dir, args.data_dir, args.host)
@@ -206,7 +217,8 @@ def cmd_explore(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrained(args: argparse.Namespace) -> None:
-    from capsnet.pretrained import list_pretrained
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
+    from capsnet.training.pretrained import list_pretrained
 
     models = list_pretrained()
     if not models:
@@ -220,10 +232,8 @@ def cmd_pretrained(args: argparse.Namespace) -> None:
 def cmd_build_kernels(args: argparse.Namespace) -> int:
     """Build (or find built) each native kernel, printing where and how long it took; 1 if
     one cannot be built (the warning above says why; PyTorch's path runs instead)."""
-    import time
-    from pathlib import Path
-
-    from capsnet import native
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
+    from capsnet.nn import native
 
     if not native.enabled():
         print("native kernels are off (CAPSNET_NATIVE=0): nothing to build")
@@ -242,9 +252,10 @@ def cmd_build_kernels(args: argparse.Namespace) -> int:
 
 
 def cmd_robustness(args: argparse.Namespace) -> None:
-    from capsnet.checkpoint import check_new_file, check_writable_dir
-    from capsnet.robustness import compare_runs
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
+    from capsnet.files import check_new_file, check_writable_dir
     from capsnet.runtime import resolve_device
+    from capsnet.tools.robustness import compare_runs
 
     def step(label: str, name: str, strength: float, accuracy: float) -> None:
         log.info("%s: %s %g: %.2f%%", label, name, strength, 100 * accuracy)
@@ -265,6 +276,7 @@ def cmd_robustness(args: argparse.Namespace) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
     from capsnet.data.sources import verify_dataset
 
     print(verify_dataset(args.dataset, args.data_dir, download=not args.no_download))

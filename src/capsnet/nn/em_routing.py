@@ -20,7 +20,7 @@ exact. In float32 the variance E[V'²] - μ'² has an absolute rounding error of
 mean is near c, less exact for a tight cluster far from the other votes of its parent.
 
 :func:`em_routing` runs on given votes under plain autograd (the class capsules).
-:func:`capsnet.em_conv.conv_em_routing` (the convolutional capsule layers) computes the votes
+:func:`capsnet.nn.em_conv.conv_em_routing` (the convolutional capsule layers) computes the votes
 itself, chunk by chunk of routing problems, and never stores all of them: in the backward
 pass V' and V'² are constants and the gradient each contraction sends them is a rank-1
 term, taped and summed in one matmul, so autograd only sees tensors 1/16 the size of the

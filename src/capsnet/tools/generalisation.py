@@ -6,11 +6,11 @@ learning-rate schedule, augmentation, data limits, precision) and the same seeds
 model and its options differ, so every contender gets the same steps on the same data. Each
 run is an ordinary run directory ``<out>/generalisation/<label>/seed<S>/`` trained by
 :func:`capsnet.training.train`; finished runs are reused and interrupted ones resumed
-(:func:`capsnet.experiments.train_or_reuse`). Reported per run and as mean ± sample
+(:func:`capsnet.tools.experiments.train_or_reuse`). Reported per run and as mean ± sample
 standard deviation over the seeds: the training wall-clock seconds, the clean test accuracy
 (``metrics.json``), the accuracy on ``affnist-generated`` for runs trained on
 ``expanded-mnist`` (:func:`capsnet.training.evaluation.evaluate_run`), and the robustness
-sweep (:func:`capsnet.robustness.compare_runs`): every run sees the same perturbed test
+sweep (:func:`capsnet.tools.robustness.compare_runs`): every run sees the same perturbed test
 images (one sweep seed); per perturbation the accuracy at each strength and the area under
 the accuracy curve (:func:`auc`).
 """
@@ -27,14 +27,14 @@ from typing import Any
 
 import torch
 
-from capsnet.checkpoint import atomic_write, check_writable_dir, write_json
 from capsnet.errors import ConfigError
-from capsnet.experiments import mean_std, train_or_reuse
-from capsnet.robustness import PERTURBATIONS, check_perturbations, compare_runs
+from capsnet.files import atomic_write, check_writable_dir, write_json
 from capsnet.runtime import resolve_device
+from capsnet.tools.experiments import mean_std, train_or_reuse
+from capsnet.tools.robustness import PERTURBATIONS, check_perturbations, compare_runs
+from capsnet.tools.viz import save_generalisation
 from capsnet.training import NoProgress, ProgressFactory, TrainConfig
 from capsnet.training.evaluation import evaluate_run
-from capsnet.viz import save_generalisation
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
-"""The ``capsnet`` command line: the only module that parses arguments (its progress
-display is ``cli_progress``, its parser class ``cli_argparse``). Options that set a config
-field take their defaults from the config's dataclass. Building the parsers imports no
-PyTorch (names come from ``capsnet.names``), so help and argument errors answer at once."""
+"""The ``capsnet`` command line: the only package that parses arguments (its progress
+display is :mod:`capsnet.cli.progress`, its parser class :mod:`capsnet.cli.parser`).
+Options that set a config field take their defaults from the config's dataclass. Building
+the parsers imports no PyTorch (names come from ``capsnet.names``), so help and argument
+errors answer at once."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from capsnet import __version__, cli_commands, names
+from capsnet import __version__, names
 from capsnet.allocator import keep_freed_memory
-from capsnet.cli_argparse import Parser
-from capsnet.cli_argparse import field_args as _field_args
+from capsnet.cli import commands as cli_commands
+from capsnet.cli.parser import Parser
+from capsnet.cli.parser import field_args as _field_args
 from capsnet.errors import CapsNetError
 
 log = logging.getLogger("capsnet")
@@ -216,7 +218,7 @@ def _training_parsers(sub, tasks, models, precisions, routings) -> None:
     _add_data_args(e)
 
     b = _command(sub, "bench", "measure training and inference images/s and peak memory")
-    _field_args(b, "capsnet.bench:BenchConfig", _bench_fields(models, precisions))
+    _field_args(b, "capsnet.tools.bench:BenchConfig", _bench_fields(models, precisions))
     _add_option_arg(b, "--model-option", "a field of the model's config, e.g. class_dim=8")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--csv", type=_path, help="append the result to this CSV file")
@@ -250,7 +252,7 @@ def _experiment_parsers(sub, tasks, models, precisions) -> None:
         "rows": (str, "rows of the table", ("nargs", "+"), ("choices", names.TABLE1_ROWS)),
         "seeds": (_seed, "a run per row and seed", ("nargs", "+")),
     }
-    _field_args(t1, "capsnet.experiments:Table1Config", table1)
+    _field_args(t1, "capsnet.tools.experiments:Table1Config", table1)
     fields = _train_fields(tasks, models, precisions)
     _field_args(t1, TRAIN_CONFIG, {k: fields[k] for k in TABLE1_FIELDS})
     _add_data_args(t1)
@@ -291,7 +293,7 @@ def _generalisation_parser(xsub, fields: dict[str, tuple]) -> None:
         ),
         "sweep_seed": (_seed, "of the random perturbations, the same for every run"),
     }  # fmt: skip
-    _field_args(g, "capsnet.generalisation:GeneralisationConfig", spec)
+    _field_args(g, "capsnet.tools.generalisation:GeneralisationConfig", spec)
     g.add_argument(
         "--strengths", type=_strengths, action="append", default=[], metavar="NAME=S,S,...",
         help="a perturbation's strengths, ascending (repeatable; default: the sweep's own)",
@@ -376,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if callable(reconfigure := getattr(sys.stdout, "reconfigure", None)):
         reconfigure(errors="surrogateescape")  # file names that are not UTF-8 print as given
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
     from capsnet.runtime import distributed_from_env
 
     logging.basicConfig(
@@ -385,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     keep_freed_memory()  # large activations otherwise cost page faults every step
     if args.threads is not None:
+        # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
         import torch
 
         torch.set_num_threads(args.threads)

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from capsnet.checkpoint import atomic_write, write_json
+from capsnet.files import atomic_write, write_json
+from capsnet.models.figures import pyplot
 from capsnet.targets import OverlayTargets
 
 
@@ -66,11 +67,7 @@ class ClassCounts:
 
 def save_confusion_png(report: dict[str, Any], path: Path, title: str = "") -> None:
     """The confusion matrix, each row scaled to its class's examples, with the counts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     counts = torch.tensor(report["confusion"], dtype=torch.float64)  # (K, K)
     k, names = len(counts), report["class_names"]
     rates = counts / counts.sum(1, keepdim=True).clamp_min(1)

@@ -1,4 +1,4 @@
-"""Thin capsule layers; the maths lives in :mod:`capsnet.routing`."""
+"""Thin capsule layers; the maths lives in :mod:`capsnet.nn.routing`."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from capsnet.dftconv import dft_conv2d, dft_grid, kernel_spectrum
-from capsnet.em_conv import conv_em_routing
-from capsnet.native import dynamic_native_applies
-from capsnet.patchconv import patch_grad_conv2d
-from capsnet.routing import (
+from capsnet.nn.dftconv import dft_conv2d, dft_grid, kernel_spectrum
+from capsnet.nn.em_conv import conv_em_routing
+from capsnet.nn.native import dynamic_native_applies
+from capsnet.nn.patchconv import patch_grad_conv2d
+from capsnet.nn.routing import (
     ROUTINGS,
     Routed,
     RoutingSpec,
@@ -40,16 +40,16 @@ def normalise_input(x: Tensor, mode: str) -> Tensor:
 
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` with two CPU paths, the same function to float rounding: through the DFT
-    (:func:`capsnet.dftconv.dft_conv2d`) where that does less arithmetic, and, for one input
+    (:func:`capsnet.nn.dftconv.dft_conv2d`) where that does less arithmetic, and, for one input
     channel in training, with the weight gradient as a batched matrix product over patches
-    (:func:`capsnet.patchconv.patch_grad_conv2d`, see :meth:`patch_grad_pays`).
+    (:func:`capsnet.nn.patchconv.patch_grad_conv2d`, see :meth:`patch_grad_pays`).
 
     The DFT, when: ``dft`` on; no padding, dilation or groups; equal strides; on the CPU; in
     float32/64, under bfloat16 autocast, or training under float16 autocast; not tracing,
     exporting to ONNX or under ``torch.compile`` (which would trace through the cached
     transform matrices); and the DFT's multiply-adds per image at most half the direct
     ones, ``C·O·kh·kw·Mh·Mw``. They are estimated as ``3F·C·O`` (the products, F =
-    n·(m//2+1) frequencies of the (n, m) :func:`~capsnet.dftconv.dft_grid`; ``4F·C·O`` in
+    n·(m//2+1) frequencies of the (n, m) :func:`~capsnet.nn.dftconv.dft_grid`; ``4F·C·O`` in
     bfloat16) + ``2F·Mh·Mw·O`` (the inverse at the outputs) + ``2F·(n+m)·C`` (the input's
     transform); the kernel's transform is shared by the batch and left out. Elsewhere it is
     ``nn.Conv2d``; the parameters and state dict are the same either way.
@@ -61,11 +61,11 @@ class Conv2d(nn.Conv2d):
     (:func:`capsnet.training.step.adam` does it for them), and entering training mode
     (:meth:`train`) drops the spectrum: a loop that switches to training for its steps and
     back for inference is safe with any optimizer, while repeated ``eval()`` calls (one per
-    :func:`capsnet.predict.predict` call) keep it.
+    :func:`capsnet.tools.predict.predict` call) keep it.
 
     Under bfloat16 autocast the input's transform and the output's inverse run in the
     weight's dtype (float32); the kernel's transform, the channel products (four real
-    products per frequency; :func:`capsnet.dftconv._complex_bmm4`) and the kernel
+    products per frequency; :func:`capsnet.nn.dftconv._complex_bmm4`) and the kernel
     gradient's adjoint run in bfloat16. For the paper's PrimaryCaps the forward then errs
     by 0.372% RMS where bfloat16's direct convolution errs by 0.285% (both gradients alike,
     1.26-1.35x the direct one's; tests/test_dftconv.py); speed in
@@ -176,7 +176,7 @@ class PrimaryCaps(nn.Module):
 
 
 class Router(nn.Module):
-    """The routing ``spec`` names (:data:`capsnet.routing.ROUTINGS`) and the learned tensors
+    """The routing ``spec`` names (:data:`capsnet.nn.routing.ROUTINGS`) and the learned tensors
     it needs for ``in_caps`` children and ``out_caps`` parents (none for ``dynamic``)."""
 
     def __init__(self, in_caps: int, out_caps: int, spec: RoutingSpec = DYNAMIC) -> None:
@@ -195,14 +195,14 @@ class Router(nn.Module):
 class RoutingCaps(nn.Module):
     """Fully connected capsule layer: predictions ``û_{j|i} = W_ij u_i``, then routing.
 
-    Input (B, I, in_dim) → :class:`~capsnet.routing.Routed`: parents (B, J, out_dim), their
+    Input (B, I, in_dim) → :class:`~capsnet.nn.routing.Routed`: parents (B, J, out_dim), their
     activations (B, J) and the assignment weights (B, I, J), by the :class:`Router` of
     ``spec`` (``dynamic``, as in the paper, has no learned tensors besides W). The
     children's activations are their lengths.
 
     On the CPU, dynamic routing (without ``detach_agreement``) with a float32/64 weight runs
-    the native kernel of :mod:`capsnet.native` (``csrc/dynamic_routing.cpp``) where it
-    builds, with or without gradients (:func:`~capsnet.routing.native_dynamic_routing`): it
+    the native kernel of :mod:`capsnet.nn.native` (``csrc/dynamic_routing.cpp``) where it
+    builds, with or without gradients (:func:`~capsnet.nn.routing.native_dynamic_routing`): it
     makes the votes again in each pass, a few children at a time, instead of writing them to
     memory, and computes them in the weight's dtype even under autocast. Otherwise, without
     gradients, the batch is routed in blocks of about :data:`BLOCK_BYTES` of votes, which
@@ -250,7 +250,7 @@ class SharedRoutingCaps(nn.Module):
     children (Aff-CapsNets, Gu & Tresp 2020): ``û_{j|i} = W_gj u_i`` for the ``groups`` equal
     groups of consecutive children (1 group: one W_j for every child), then routing.
 
-    Input (B, I, in_dim), I a multiple of ``groups`` → :class:`~capsnet.routing.Routed`, as
+    Input (B, I, in_dim), I a multiple of ``groups`` → :class:`~capsnet.nn.routing.Routed`, as
     :class:`RoutingCaps`. A routing with a ``shared`` fast path (dynamic) never forms the
     predictions; any other routing gets them as votes (B, I, J, out_dim).
     """

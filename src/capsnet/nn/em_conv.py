@@ -2,9 +2,9 @@
 
 :func:`conv_em_routing` computes the votes V_ij = M_i W_ij of a convolutional capsule
 layer chunk by chunk of routing problems and routes each chunk with the maths of
-:mod:`capsnet.em_routing`, so all the votes are never in memory at once. In the backward
+:mod:`capsnet.nn.em_routing`, so all the votes are never in memory at once. In the backward
 pass V' = V - c and V'² are constants to autograd: the gradient each contraction sends
-them is a rank-1 term per (problem, parent), taped (:class:`capsnet.em_routing.Votes`) and
+them is a rank-1 term per (problem, parent), taped (:class:`capsnet.nn.em_routing.Votes`) and
 summed in one matmul, so autograd only sees tensors 1/16 the size of the votes. A chunk's
 graph is kept from the forward pass while the kept graphs fit in ``KEEP_BYTES``; the other
 chunks are recomputed in the backward pass.
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from capsnet.em_routing import (
+from capsnet.nn.em_routing import (
     Tape,
     Votes,
     _route,
@@ -28,7 +28,7 @@ from capsnet.em_routing import (
     mean_weights,
     tape_gradient,
 )
-from capsnet.native import em_kernels, em_native_applies
+from capsnet.nn.native import em_kernels, em_native_applies
 from capsnet.runtime import tracing
 
 CHUNK_BYTES = 8 << 20  # V' and V'² per chunk of conv_em_routing (1-4 MB measured slower)
@@ -59,7 +59,7 @@ def conv_em_routing(
         ``(μ, a)``: parent poses (N, J, 16), activations (N, J), equal to
         ``em_routing(V, a_in, …)[:2]`` with V (N, I, J, 16).
 
-    On the CPU this runs the native kernel of :mod:`capsnet.native` where it can be built
+    On the CPU this runs the native kernel of :mod:`capsnet.nn.native` where it can be built
     (the same maths, one routing problem at a time, with a hand-written backward pass).
     Otherwise the forward pass keeps only the inputs; the backward pass recomputes each
     chunk's U and its iterations on the small tensors only (U a constant, its gradient

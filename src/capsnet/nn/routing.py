@@ -7,7 +7,7 @@ Hinton (2017), "Dynamic Routing Between Capsules".
 Routing is a choice: :data:`ROUTINGS` maps a name (``dynamic``, ``em``,
 ``self-attention``) to a :class:`Routing` with one contract, votes (B, I, J, D) and child
 activations (B, I) in, :class:`Routed` (parent poses, parent activations, assignment
-weights (B, I, J)) out. Layers dispatch on the name (see ``capsnet.layers.RoutingCaps``).
+weights (B, I, J)) out. Layers dispatch on the name (see ``capsnet.nn.layers.RoutingCaps``).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from capsnet.em_routing import _wide
-from capsnet.em_routing import em_routing as em_routing  # EM maths live there
 from capsnet.errors import ConfigError
-from capsnet.native import dynamic_kernels
+from capsnet.nn.em_routing import _wide
+from capsnet.nn.em_routing import em_routing as em_routing  # EM maths live there
+from capsnet.nn.native import dynamic_kernels
 
 EPS = 1e-8
 
@@ -73,7 +73,7 @@ def dynamic_routing(
     Args:
         u_hat: predictions ``û_{j|i} = W_ij u_i`` of shape (B, I, J, D). Fastest when it is
             a ``transpose(1, 2)`` view of a (B, J, I, D)-contiguous tensor (as
-            :class:`~capsnet.layers.RoutingCaps` makes it): every step below is then a
+            :class:`~capsnet.nn.layers.RoutingCaps` makes it): every step below is then a
             batched matrix-vector product over contiguous memory.
         iterations: number of routing iterations r (≥ 1).
         detach_agreement: if True, the coupling coefficients of every iteration are
@@ -234,7 +234,7 @@ class _DynamicRouting(torch.autograd.Function):
 
 def native_dynamic_routing(u: Tensor, weight: Tensor, iterations: int) -> tuple[Tensor, Tensor]:
     """Votes ``û_{j|i} = W_ij u_i`` and Procedure 1 by the native kernel of
-    :mod:`capsnet.native` (``csrc/dynamic_routing.cpp``), with gradients.
+    :mod:`capsnet.nn.native` (``csrc/dynamic_routing.cpp``), with gradients.
 
     u (B, I, K) and weight (I, J, D, K) → ``(v, c)``, (B, J, D) and (B, I, J), in weight's
     dtype (float32 or float64; u is converted to it, so under autocast the routing runs in
@@ -242,7 +242,7 @@ def native_dynamic_routing(u: Tensor, weight: Tensor, iterations: int) -> tuple[
     to float rounding (the softmax's exponentials are a polynomial, relative error 1e-7).
     Every pass makes the votes again instead of storing them; the backward pass makes them
     again too, keeping only each pass's s (B, J, D) and coupling (B, I, J). Not twice
-    differentiable. Callers check :func:`capsnet.native.dynamic_native_applies` first.
+    differentiable. Callers check :func:`capsnet.nn.native.dynamic_native_applies` first.
     """
     u = u.to(weight.dtype)
     if torch.is_grad_enabled() and (u.requires_grad or weight.requires_grad):

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from capsnet.allocator import allocator_tuned
-from capsnet.checkpoint import atomic_write, check_writable_dir
 from capsnet.errors import ConfigError
+from capsnet.files import atomic_write, check_writable_dir
 from capsnet.models import check_model_name, create_model
 from capsnet.models.contract import Classifier, require
 from capsnet.runtime import (
