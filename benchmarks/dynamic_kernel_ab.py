@@ -3,7 +3,7 @@
     python -m benchmarks.dynamic_kernel_ab OTHER.cpp [--batch-size 100] [--children 1152]
 
 Loads ``csrc/dynamic_routing.cpp`` and OTHER.cpp (with the headers beside it; e.g. from
-``git show COMMIT:src/capsnet/csrc/dynamic_routing.cpp``) as two extensions, checks that
+``git show COMMIT:src/capsnet/nn/csrc/dynamic_routing.cpp``) as two extensions, checks that
 they agree and prints, alternating three times, each one's best of 9 times (ms) for 1, 2
 and 3 routing iterations, float32, the threads PyTorch has.
 """

@@ -11,7 +11,8 @@ import pytest
 
 import capsnet
 from capsnet import names
-from capsnet.cli import _parser, main
+from capsnet.cli import main
+from capsnet.cli.options import build_parser
 
 SRC = str(Path(capsnet.__file__).resolve().parents[1])  # the capsnet these tests import
 
@@ -54,23 +55,23 @@ def test_help_describes_the_tool_not_the_module():
 
 
 def test_quiet_works_after_the_command():
-    args = _parser().parse_args(["train", "--out", "x", "-q"])
+    args = build_parser().parse_args(["train", "--out", "x", "-q"])
     assert args.quiet and args.command == "train"
-    assert _parser().parse_args(["-q", "train", "--out", "x"]).quiet
-    assert not _parser().parse_args(["train", "--out", "x"]).quiet
+    assert build_parser().parse_args(["-q", "train", "--out", "x"]).quiet
+    assert not build_parser().parse_args(["train", "--out", "x"]).quiet
 
 
 def test_threads_goes_before_or_after_the_command_and_is_positive(capsys):
-    assert _parser().parse_args(["--threads", "3", "pretrained"]).threads == 3
-    assert _parser().parse_args(["pretrained", "--threads", "3"]).threads == 3
-    assert _parser().parse_args(["pretrained"]).threads is None  # PyTorch's own count
+    assert build_parser().parse_args(["--threads", "3", "pretrained"]).threads == 3
+    assert build_parser().parse_args(["pretrained", "--threads", "3"]).threads == 3
+    assert build_parser().parse_args(["pretrained"]).threads is None  # PyTorch's own count
     with pytest.raises(SystemExit) as e:
-        _parser().parse_args(["--threads", "0", "pretrained"])
+        build_parser().parse_args(["--threads", "0", "pretrained"])
     assert e.value.code == 2 and "--threads: must be ≥ 1, got 0" in capsys.readouterr().err
 
 
 def test_only_options_given_count_as_given():
-    args = _parser().parse_args(["train", "--out", "x", "--lr", "0.001", "--device", "cpu"])
+    args = build_parser().parse_args(["train", "--out", "x", "--lr", "0.001", "--device", "cpu"])
     assert args.given == {"out", "lr", "device"}
     assert args.data_dir is None and args.model_option == []  # defaults filled in
     assert not hasattr(args, "epochs")  # a config field: the dataclass supplies it
@@ -124,5 +125,5 @@ def test_lazy_package_names():
     from capsnet import em_routing, load_run
 
     assert callable(em_routing) and callable(load_run)
-    assert capsnet.nn.em_routing is em_routing  # not the submodule of the same name
+    assert capsnet.em_routing is em_routing  # not the module of the same name
     assert set(capsnet.__all__) <= set(dir(capsnet))

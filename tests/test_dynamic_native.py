@@ -1,4 +1,4 @@
-"""The native dynamic routing kernel (capsnet/csrc/dynamic_routing.cpp through capsnet.nn.native):
+"""The native dynamic routing kernel (nn/csrc/dynamic_routing.cpp through capsnet.nn.native):
 votes and routing, and their gradients, equal to the PyTorch path."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""The native EM routing kernel (capsnet/csrc/em_routing.cpp through capsnet.nn.native): built
+"""The native EM routing kernel (capsnet/nn/csrc/em_routing.cpp through capsnet.nn.native): built
 here, equal to the written-out reference and to the PyTorch path, values and gradients."""
 
 import logging
@@ -177,7 +177,7 @@ def test_the_build_name_changes_with_what_the_build_depends_on():
     name = native._build_name("capsnet_em", here, b"source", ["-O3"])
     assert name == native._build_name("capsnet_em", here, b"source", ["-O3"])
     assert name.startswith("capsnet_em_")
-    other_checkout = Path("/elsewhere/src/capsnet/csrc") / here.name
+    other_checkout = Path("/elsewhere/src/capsnet/nn/csrc") / here.name
     assert name != native._build_name("capsnet_em", other_checkout, b"source", ["-O3"])
     assert name != native._build_name("capsnet_em", here, b"edited", ["-O3"])
     assert name != native._build_name("capsnet_em", here, b"source", ["-O2"])

@@ -129,7 +129,7 @@ def test_a_name_that_is_neither_a_run_nor_shipped_is_one_line(shelf, capsys):
 def test_explore_without_a_run_opens_the_shipped_paper_network():
     from fastapi.testclient import TestClient
 
-    from capsnet.cli import EXPLORE_DEFAULT
+    from capsnet.cli.options import EXPLORE_DEFAULT
     from capsnet.tools.explore import load_explorer
 
     assert EXPLORE_DEFAULT == "capsnet-mnist" and pretrained.is_pretrained(EXPLORE_DEFAULT)

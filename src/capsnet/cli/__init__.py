@@ -1,381 +1,25 @@
-"""The ``capsnet`` command line: the only package that parses arguments (its progress
-display is :mod:`capsnet.cli.progress`, its parser class :mod:`capsnet.cli.parser`).
-Options that set a config field take their defaults from the config's dataclass. Building
-the parsers imports no PyTorch (names come from ``capsnet.names``), so help and argument
-errors answer at once."""
+"""The ``capsnet`` command line: the only package that parses arguments. Its parsers are
+in :mod:`capsnet.cli.options`, what each command does in :mod:`capsnet.cli.commands`, its
+progress display in :mod:`capsnet.cli.progress`. ``main`` is the ``capsnet`` program
+(pyproject's entry point): a one-line error and exit code 2 for bad input."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import re
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from capsnet import __version__, names
 from capsnet.allocator import keep_freed_memory
-from capsnet.cli import commands as cli_commands
-from capsnet.cli.parser import Parser
-from capsnet.cli.parser import field_args as _field_args
+from capsnet.cli import commands
+from capsnet.cli.options import build_parser
 from capsnet.errors import CapsNetError
 
 log = logging.getLogger("capsnet")
-RUN = "a run directory, a checkpoint file or a pretrained name (`capsnet pretrained`)"
-EXPLORE_DEFAULT = "capsnet-mnist"  # the shipped paper network on MNIST
-DESCRIPTION = (
-    "Capsule networks (Sabour, Frosst & Hinton, 2017): train them, test them, draw their "
-    "figures, classify images, export to ONNX and explore them in a browser. "
-    "`capsnet COMMAND --help` shows a command's options."
-)
-TRAIN_CONFIG = "capsnet.training.config:TrainConfig"
-QUIET = "only warnings and results"
-THREADS = "PyTorch's intra-op threads (default: PyTorch's own, one per core)"
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-
-
-def _positive(text: str) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
-    return value
-
-
-def _path(text: str) -> Path:
-    if not text:
-        raise argparse.ArgumentTypeError("an empty path")
-    return Path(text)
-
-
-def _seed(text: str) -> int:
-    value = _integer(text)
-    if not 0 <= value < 2**64:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 2**64 - 1, got {value}")
-    return value
-
-
-def _option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got '{text}'")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
-
-
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--dataset-option",
-        type=_option,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a setting of the dataset itself, e.g. shift=3 for multimnist (repeatable)",
-    )
-    p.add_argument("--data-dir", help="directory holding the IDX files (or <name>/ below it)")
-    p.add_argument("--test-limit", type=_positive, help="evaluate on the first N test images")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-
-
-TABLE1_FIELDS = ("epochs", "batch_size", "train_limit", "val_size")
-
-
-def _train_fields(tasks, models, precisions) -> dict[str, tuple]:
-    return {
-        "dataset": (str, _dataset_help(tasks)),
-        "model": (str, f"one of {', '.join(models)}"),
-        "epochs": (_positive, "training epochs"),
-        "batch_size": (_positive, "images per step"),
-        "lr": (float, "Adam learning rate"),
-        "lr_decay": (float, "per-epoch factor of the learning rate (exponential schedule)"),
-        "lr_schedule": (str, "learning-rate schedule", ("choices", names.LR_SCHEDULES)),
-        "warmup_epochs": (float, "linear learning-rate warm-up, epochs"),
-        "weight_decay": (float, "decoupled weight decay (AdamW); 0: the paper's Adam"),
-        "max_shift": (_non_negative, "random shift, pixels (mnist, fashion-mnist)"),
-        "rotation": (float, "beyond the paper: random rotation, ± degrees"),
-        "scale": (float, "beyond the paper: random scaling by 1 ± this"),
-        "elastic": (float, "beyond the paper: elastic distortion α, pixels (σ = 4)"),
-        "squeeze": (float, "beyond the paper: random horizontal squeeze by 1 − [0, this]"),
-        "erase": (_non_negative, "beyond the paper: zero a random square of this side, pixels"),
-        "train_limit": (_positive, "train on the first N training images"),
-        "val_size": (
-            _non_negative,
-            "validation images held out of the training split (default: a tenth, 50 to 5000)",
-        ),
-        "seed": (int, "random seed"),
-        "precision": (str, "autocast dtype", ("choices", precisions)),
-        "compile": (None, "torch.compile the model"),
-        "tensorboard": (None, "log scalars and figures to RUN_DIR/tensorboard"),
-    }
-
-
-def _dataset_help(tasks) -> str:
-    return f"one of {', '.join(sorted([*tasks, *names.OFFICIAL]))}, folder:PATH or npz:PATH"
-
-
-def _add_image_args(p: argparse.ArgumentParser) -> None:
-    """The image policy of folder:, npz:, cifar10, svhn and smallnorb (saved in the run)."""
-    size_help = "the size images are brought to (default: the data's own)"
-    p.add_argument("--input-size", type=_positive, nargs=2, metavar=("H", "W"), help=size_help)
-    p.add_argument("--resize", choices=names.RESIZE, help="how images reach --input-size")
-    p.add_argument("--channels", type=int, choices=(1, 3), help="default: from the data")
-    p.add_argument("--normalize", choices=names.NORMALIZE, help="default: the dataset's")
-
-
-def _bench_fields(models, precisions) -> dict[str, tuple]:
-    return {
-        "model": (str, f"one of {', '.join(models)}"),
-        "batch_size": (_positive, "images per step"),
-        "device": (str, "auto, cpu, cuda or cuda:N"),
-        "precision": (str, "autocast dtype", ("choices", precisions)),
-        "compile": (None, "torch.compile the model"),
-        "steps": (_positive, "timed steps (median reported)"),
-        "warmup": (_non_negative, "untimed steps first"),
-    }
-
-
-def _add_option_arg(p: argparse.ArgumentParser, flag: str, text: str) -> None:
-    p.add_argument(flag, type=_option, action="append", default=[], metavar="NAME=VALUE", help=text)
-
-
-def _add_model_args(p: argparse.ArgumentParser, routings) -> None:
-    """Model config overrides: the common ones by name, any field by --model-option."""
-    p.add_argument("--routing", choices=sorted(routings), help="default: the model's own")
-    p.add_argument("--routing-iterations", type=_positive, help="default: the model's own")
-    p.add_argument("--no-reconstruction", action="store_true", help="train without the decoder")
-    p.add_argument(
-        "--reconstruction-weight",
-        type=float,
-        help="× the summed squared reconstruction error (default: the model's, 0.01)",
-    )
-    _add_option_arg(p, "--model-option", "a field of the model's config, e.g. class_dim=8")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="capsnet", description=DESCRIPTION)
-    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET)
-    parser.add_argument("--threads", type=_positive, metavar="N", help=THREADS)
-    parser.add_argument("--version", action="version", version=f"capsnet {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    _training_parsers(sub, names.TASKS, names.MODELS, names.PRECISIONS, names.ROUTINGS)
-    _experiment_parsers(sub, names.TASKS, names.MODELS, names.PRECISIONS)
-    _tool_parsers(sub, names.TASKS, names.DATASETS)
-    return parser
-
-
-def _command(sub, name: str, text: str) -> argparse.ArgumentParser:
-    """A (sub)command's parser; -q and --threads work after the command too."""
-    p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
-    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET)
-    p.add_argument(
-        "--threads", type=_positive, metavar="N", default=argparse.SUPPRESS, help=THREADS
-    )
-    return p
-
-
-def _training_parsers(sub, tasks, models, precisions, routings) -> None:
-    t = _command(sub, "train", "train a model and test the validation-selected checkpoint")
-    t.add_argument("--out", required=True, type=_path, help="run directory to write")
-    _field_args(t, TRAIN_CONFIG, _train_fields(tasks, models, precisions))
-    _add_model_args(t, routings)
-    _add_image_args(t)
-    t.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out with its saved config, to its own --epochs unless "
-        "given (only --epochs and --device may change)",
-    )
-    t.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a run already in --out (its files only; refused if --out holds others)",
-    )
-    _add_data_args(t)
-
-    e = _command(
-        sub, "evaluate", "test a run: eval.json, per-class classes.json/png in RUN_DIR or --out"
-    )
-    e.add_argument("run_dir", metavar="RUN", help=RUN)
-    e.add_argument("--out", type=_path, help="default: RUN_DIR (a pretrained model: nothing)")
-    e.add_argument("--dataset", help="default: the run's dataset; " + _dataset_help(tasks))
-    e.add_argument("--batch-size", type=_positive, default=500, help="images per step")
-    _add_data_args(e)
-
-    b = _command(sub, "bench", "measure training and inference images/s and peak memory")
-    _field_args(b, "capsnet.tools.bench:BenchConfig", _bench_fields(models, precisions))
-    _add_option_arg(b, "--model-option", "a field of the model's config, e.g. class_dim=8")
-    b.add_argument("--json", action="store_true", help="print one JSON object")
-    b.add_argument("--csv", type=_path, help="append the result to this CSV file")
-
-
-def _experiment_parsers(sub, tasks, models, precisions) -> None:
-    m = _command(sub, "multimnist", "MultiMNIST sets (train with --dataset multimnist)")
-    msub = m.add_subparsers(dest="action", required=True, metavar="ACTION")
-    mk = _command(msub, "make", "write a fixed, seeded MultiMNIST set to .npz")
-    mk.add_argument("--out", required=True, type=_path, help=".npz file to write")
-    mk.add_argument("--split", choices=["train", "test"], default="test", help="of MNIST")
-    mk.add_argument("--pairs-per-digit", type=_positive, default=1, help="partners per digit")
-    pad_shift = {
-        "pad": (_non_negative, "canvas border, pixels"),
-        "shift": (_non_negative, "max shift per digit"),
-    }
-    _field_args(mk, "capsnet.data.multimnist:MultiMNISTConfig", pad_shift)
-    mk.add_argument("--limit", type=_positive, help="use the first N digits of the split")
-    mk.add_argument("--seed", type=_seed, default=0, help="of the pairs")
-    mk.add_argument("--data-dir", help="where MNIST is (default: searched, else downloaded)")
-    mk.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-
-    x = _command(sub, "experiment", "the paper's experiments")
-    xsub = x.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
-    t1 = _command(xsub, "table1", "baseline vs CapsNet ablation, N seeds per row")
-    t1.add_argument("--out", type=_path, default=Path("results"), help="default: results/")
-    table1_datasets = ["mnist", "multimnist", "fashion-mnist"]
-    t1.add_argument("--dataset", choices=table1_datasets, default="mnist", help="of every run")
-    table1 = {
-        "size": (str, "the models' size", ("choices", names.TABLE1_SIZES)),
-        "rows": (str, "rows of the table", ("nargs", "+"), ("choices", names.TABLE1_ROWS)),
-        "seeds": (_seed, "a run per row and seed", ("nargs", "+")),
-    }
-    _field_args(t1, "capsnet.tools.experiments:Table1Config", table1)
-    fields = _train_fields(tasks, models, precisions)
-    _field_args(t1, TRAIN_CONFIG, {k: fields[k] for k in TABLE1_FIELDS})
-    _add_data_args(t1)
-    _generalisation_parser(xsub, fields)
-
-
-def _strengths(text: str) -> tuple[str, tuple[float, ...]]:
-    name, sep, values = text.partition("=")
-    try:
-        if not name or not sep:
-            raise ValueError
-        return name, tuple(float(v) for v in values.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=S,S,..., got '{text}'") from None
-
-
-def _generalisation_parser(xsub, fields: dict[str, tuple]) -> None:
-    g = _command(xsub, "generalisation", "contenders at one budget: clean, affNIST, robustness")
-    g.add_argument("--out", type=_path, default=Path("results"), help="default: results/")
-    g.add_argument(
-        "--contenders", nargs="+", metavar="[LABEL=]MODEL",
-        help=f"models, each one of {', '.join(names.MODELS)}; LABEL (default: MODEL) names "
-        "its runs and row (default: capsnet-mnist aff-capsnet baseline-cnn)",
-    )  # fmt: skip
-    g.add_argument(
-        "--model-option", type=_option, action="append", default=[], metavar="LABEL.NAME=VALUE",
-        help="a field of a contender's model config, e.g. cnn.hidden=[64] (repeatable)",
-    )  # fmt: skip
-    kinds = ", ".join(names.PERTURBATIONS)
-    spec = {
-        "seeds": (_seed, "a run per contender and seed", ("nargs", "+")),
-        "perturbations": (
-            str, f"some of {kinds}; none: no sweep (default: all; none on multimnist)",
-            ("nargs", "*"), ("choices", names.PERTURBATIONS), ("metavar", "NAME"),
-        ),
-        "sweep_limit": (
-            _positive, "sweep the first N test images (default: --test-limit)", ("metavar", "N")
-        ),
-        "sweep_seed": (_seed, "of the random perturbations, the same for every run"),
-    }  # fmt: skip
-    _field_args(g, "capsnet.tools.generalisation:GeneralisationConfig", spec)
-    g.add_argument(
-        "--strengths", type=_strengths, action="append", default=[], metavar="NAME=S,S,...",
-        help="a perturbation's strengths, ascending (repeatable; default: the sweep's own)",
-    )  # fmt: skip
-    shared = [k for k in fields if k not in ("model", "seed", "tensorboard")]
-    _field_args(g, TRAIN_CONFIG, {k: fields[k] for k in shared})
-    _add_data_args(g)
-
-
-def _tool_parsers(sub, tasks, datasets) -> None:
-    p = _command(sub, "predict", "classify pictures or .npy arrays with a run")
-    p.add_argument("run_dir", metavar="RUN", help=RUN)
-    pictures = ".png, .jpg, .bmp, .gif, .tif, .webp or .npy"
-    p.add_argument("images", nargs="+", type=_path, metavar="IMAGE", help=pictures)
-    p.add_argument("--json", action="store_true", help="one JSON object per image")
-    p.add_argument(
-        "--fit",
-        choices=names.FITS,
-        help="mnist: bring pictures of any size, dark-on-light or light-on-dark, to MNIST's "
-        "preprocessing (the paper's lighting removed, specks dropped, ink white on black, "
-        "longer side 20 px, centred by mass in 28×28, which larger inputs get in their "
-        "middle); for 1-channel models of at least 28×28 (default: inputs must already be "
-        "the model's size)",
-    )
-    p.add_argument("--batch-size", type=_positive, default=500, help="images per step")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-
-    x = _command(sub, "export", "export the classifier and decoder to ONNX")
-    x.add_argument("run_dir", metavar="RUN", help=RUN)
-    x.add_argument("--onnx", required=True, type=_path, metavar="FILE", help="classifier file")
-    x.add_argument("--data-dir", help="where the run's test images are (default: as trained)")
-    x.add_argument("--dataset", choices=sorted(tasks), help="default: the run's own")
-    x.add_argument(
-        "--check-images", type=_non_negative, default=100,
-        help="test images the files are checked on (default: 100); 0, or no test set on disk: "
-        "random ones",
-    )  # fmt: skip
-    x.add_argument(
-        "--overwrite", action="store_true", help="replace FILE and FILE.decoder.onnx if they exist"
-    )
-
-    v = _command(sub, "explore", "serve the interactive capsule explorer")
-    v.add_argument("run_dir", metavar="RUN", nargs="?", default=EXPLORE_DEFAULT, help=RUN)
-    v.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (loopback only)")
-    v.add_argument("--port", type=int, default=8000, help="default: 8000; 0 picks a free port")
-    v.add_argument("--data-dir", help="where the run's test images are (for random images)")
-
-    d = _command(sub, "data", "find (or download) a dataset, check its files, print its directory")
-    d.add_argument("dataset", choices=sorted(datasets))
-    d.add_argument("--data-dir", help="look here first (default: the search path only)")
-    d.add_argument("--no-download", action="store_true", help="fail rather than download")
-
-    f = _command(sub, "figures", "draw a run's figures (paper Figs. 3-5, routing, curves)")
-    f.add_argument("run_dir", metavar="RUN", help=RUN)
-    f.add_argument("--out", type=_path, help="default: RUN_DIR (pretrained: ./NAME-figures)")
-    f.add_argument("--data-dir", help="where the run's dataset is (default: as in training)")
-    f.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
-    f.add_argument(
-        "--overwrite", action="store_true", help="replace figures already in --out (not RUN_DIR)"
-    )
-
-    _command(sub, "pretrained", "list the pretrained models shipped with capsnet")
-    _command(sub, "build-kernels", "build the native CPU kernels now (else on first use)")
-
-    r = _command(sub, "robustness", "accuracy under rotation, scale, shear, … (JSON, PNG)")
-    r.add_argument("run_dir", metavar="RUN", help=RUN)
-    r.add_argument("--against", nargs="+", default=[], metavar="RUN", help="models to compare")
-    r.add_argument("--out", type=_path, required=True, help="directory for robustness.json/png")
-    kinds = list(names.PERTURBATIONS)
-    r.add_argument(
-        "--perturbations", nargs="+", choices=kinds, default=kinds, metavar="NAME",
-        help=f"some of {', '.join(kinds)} (default: all)",
-    )  # fmt: skip
-    r.add_argument("--limit", type=_positive, help="the first N test images (default: all)")
-    r.add_argument("--seed", type=_seed, default=0, help="of the random perturbations")
-    r.add_argument("--data-dir", help="where the first run's test images are")
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    r.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if callable(reconfigure := getattr(sys.stdout, "reconfigure", None)):
         reconfigure(errors="surrogateescape")  # file names that are not UTF-8 print as given
     # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
@@ -393,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        status = getattr(cli_commands, f"cmd_{args.command.replace('-', '_')}")(args)
+        status = getattr(commands, f"cmd_{args.command.replace('-', '_')}")(args)
     except CapsNetError as e:
         print(f"capsnet: error: {e}", file=sys.stderr)
         return 2
@@ -419,3 +63,6 @@ def _out_of_memory(e: BaseException) -> str | None:
     else:
         return None
     return f"out of memory ({size}); a smaller --batch-size or model, or fewer images, may fit"
+
+
+__all__ = ["main"]

@@ -1,5 +1,5 @@
 """What each ``capsnet`` command does with its parsed arguments (``cmd_<command>``); the
-parsers and their defaults are in :mod:`capsnet.cli`."""
+parsers and their defaults are in :mod:`capsnet.cli.options`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ log = logging.getLogger("capsnet")
 
 
 def _from_args(cls: type, args: argparse.Namespace, **more: object):
-    """``cls`` built from the fields ``args`` has (as ``capsnet.cli`` added them: those of
+    """``cls`` built from the fields ``args`` has (as ``capsnet.cli.options`` added them: those of
     config fields only if given on the command line), ``more`` taking precedence; lists
     become tuples."""
     names = {f.name for f in dataclasses.fields(cls)}

@@ -35,7 +35,6 @@ from capsnet.files import atomic_write
 log = logging.getLogger(__name__)
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-SPLITS = ("train", "val", "test")
 
 
 def cache_dir() -> Path:

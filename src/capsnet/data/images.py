@@ -192,11 +192,6 @@ def picture_channels(im: Image.Image) -> int:
     return 1 if im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;") else 3
 
 
-def policy_of(options: object) -> ImagePolicy | None:
-    """The ImagePolicy a task's options are (or None for tasks without one)."""
-    return options if isinstance(options, ImagePolicy) else None
-
-
 __all__ = [
     "CHANNELS",
     "convert_channels",

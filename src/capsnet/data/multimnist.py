@@ -105,6 +105,7 @@ def fixed_pairs(
 def save_npz(path: Path, images: Tensor, targets: OverlayTargets) -> None:
     """A fixed MultiMNIST set as ``.npz`` (written atomically): ``images`` (N, H, W) uint8
     overlays, ``labels`` (N, 2) int64, ``sources`` (N, 2, H, W) uint8, each digit alone."""
+
     def write(p: Path) -> None:
         with p.open("wb") as f:  # a file object: np.savez would append ".npz" to a path
             np.savez_compressed(

@@ -1,0 +1,42 @@
+"""The module paths before the layers were split still import, for one release, warning
+that they are deprecated and lending the new modules' names (the same objects)."""
+
+import importlib
+import sys
+
+import pytest
+
+from capsnet._deprecated import MOVED
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_an_old_module_path_warns_and_gives_the_new_modules_names(old, monkeypatch):
+    monkeypatch.delitem(sys.modules, old, raising=False)
+    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated.*import {MOVED[old][0]}"):
+        alias = importlib.import_module(old)
+    for target in MOVED[old]:
+        new = importlib.import_module(target)
+        public = getattr(new, "__all__", None) or [n for n in vars(new) if not n.startswith("_")]
+        assert all(getattr(alias, n) is getattr(new, n) for n in public), target
+
+
+def test_names_of_the_old_paths_that_moved_elsewhere_still_resolve(monkeypatch):
+    for old in ("capsnet.pretrained", "capsnet.checkpoint"):
+        monkeypatch.delitem(sys.modules, old, raising=False)
+    with pytest.warns(DeprecationWarning):
+        from capsnet.checkpoint import atomic_write, load_checkpoint
+
+        from capsnet.pretrained import list_pretrained, load_pretrained
+    from capsnet.files import atomic_write as new_write
+    from capsnet.models.checkpoint import load_checkpoint as new_load
+    from capsnet.training.pretrained import list_pretrained as new_list
+    from capsnet.training.rundir import load_pretrained as new_pretrained
+
+    assert (atomic_write, load_checkpoint) == (new_write, new_load)
+    assert (list_pretrained, load_pretrained) == (new_list, new_pretrained)
+
+
+def test_the_command_line_entry_point_is_where_pyproject_says():
+    from capsnet.cli import main
+
+    assert callable(main)
