@@ -40,3 +40,10 @@ def test_the_command_line_entry_point_is_where_pyproject_says():
     from capsnet.cli import main
 
     assert callable(main)
+
+
+def test_the_warning_names_the_line_that_imports_the_old_path(monkeypatch):
+    monkeypatch.delitem(sys.modules, "capsnet.bench", raising=False)
+    with pytest.warns(DeprecationWarning) as record:
+        import capsnet.bench  # noqa: F401
+    assert record[0].filename == __file__

@@ -91,6 +91,12 @@ def test_every_module_is_in_a_layer():
     assert all(p.is_dir() for p in (PACKAGE / s.split(".")[1] for s in stray)), stray
 
 
+def test_every_package_is_a_regular_package():
+    # setuptools' find_packages (pyproject) ships only directories with an __init__.py
+    dirs = {p.parent for p in PACKAGE.rglob("*.py")}
+    assert not sorted(str(d) for d in dirs if not (d / "__init__.py").is_file())
+
+
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_a_module_imports_only_its_own_layer_and_those_below(module):
     mine = layer(module)

@@ -6,6 +6,7 @@ import logging
 import pytest
 import torch
 
+import capsnet.models.figures as model_figures
 import capsnet.tools.viz as viz
 from capsnet import create_model
 from capsnet.cli import main
@@ -84,10 +85,11 @@ def test_two_channel_images_are_drawn_side_by_side(tiny_cfg, tmp_path):
 def drawn(monkeypatch) -> list:
     """The matplotlib figures the test's viz calls draw (still open, not saved)."""
     figures = []
-    monkeypatch.setattr(viz, "_save", lambda fig, path: figures.append(fig) or path)
+    for module in (viz, model_figures):  # run figures and the model's own
+        monkeypatch.setattr(module, "save_png", lambda fig, path: figures.append(fig) or path)
     yield figures
     for fig in figures:
-        viz._pyplot().close(fig)
+        model_figures.pyplot().close(fig)
 
 
 def test_examples_are_spread_over_the_classes_of_a_sorted_test_set():

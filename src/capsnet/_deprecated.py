@@ -70,7 +70,7 @@ class _Alias(importlib.abc.Loader):
             f"{module.__name__} is deprecated and will be removed in the next release; "
             f"import {self.targets[0]}",
             DeprecationWarning,
-            stacklevel=2,
+            stacklevel=2,  # the import statement (warnings skips the import system's frames)
         )
         new = [importlib.import_module(t) for t in self.targets]
         for m in reversed(new):  # the first module's names win

@@ -1,7 +1,8 @@
 """Training: the loop (``loop``), one optimisation step (``step``), the loop's resumable
 state (``state``), the run directory (``rundir``), the training config (``config``),
-environment facts (``environment``) and what the loop needs of a progress display
-(``progress``)."""
+environment facts (``environment``), what the loop needs of a progress display
+(``progress``), an evaluation's per-class report (``metrics``), TensorBoard events
+(``tensorboard``) and the shipped pretrained models (``pretrained``)."""
 
 from capsnet.targets import num_correct
 from capsnet.training.config import TrainConfig
