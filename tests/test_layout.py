@@ -33,10 +33,10 @@ LATE = {
     "capsnet.data.svhn": {"scipy.io"},  # optional extra [svhn]
     "capsnet.tools.export": {"onnx", "onnxruntime"},  # optional extra [onnx]
     "capsnet.training.tensorboard": {"tensorboard", "torch.utils.tensorboard"},  # [tensorboard]
-    # building a kernel: setuptools and ninja load only when a kernel is compiled
-    "capsnet.nn.native": {"ninja", "torch.utils.cpp_extension"},
-    # the web server loads only when the explorer serves (its app is tested without it)
-    "capsnet.tools.explore.server": {"uvicorn", "uvicorn.protocols.http.h11_impl"},
+    # PyTorch's extension builder (it loads setuptools) only when a kernel is built or loaded
+    "capsnet.nn.native": {"torch.utils.cpp_extension"},
+    # matplotlib only when a figure is drawn (the trainer imports the figures' module)
+    "capsnet.models.figures": {"matplotlib", "matplotlib.pyplot"},
 }
 
 

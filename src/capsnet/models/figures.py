@@ -6,14 +6,12 @@ routing weights. A run's figures (:func:`capsnet.tools.viz.save_figures`) and Te
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,10 +27,15 @@ PERTURBATIONS = torch.arange(-5, 6) / 20  # Fig. 4: −0.25 … +0.25 in steps o
 
 
 def pyplot() -> Any:
-    """``matplotlib.pyplot`` on the headless Agg backend, chosen when the first figure is
-    drawn (importing capsnet leaves the caller's backend alone)."""
+    """``matplotlib.pyplot`` on the headless Agg backend, loaded when the first figure is
+    drawn: importing capsnet (the trainer imports this module) neither pays for matplotlib
+    nor changes the caller's backend."""
+    import matplotlib
+
     matplotlib.use("Agg")
-    return importlib.import_module("matplotlib.pyplot")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def save_png(fig: Any, path: str | Path) -> Path:

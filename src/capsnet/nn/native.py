@@ -32,6 +32,11 @@ import torch
 
 from capsnet.runtime import tracing
 
+try:
+    import ninja
+except ImportError:  # no ninja package: PyTorch's builder needs one on PATH
+    ninja = None
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "em_routing.cpp"
@@ -61,11 +66,7 @@ def _cpu_key() -> str:
 def _find_ninja() -> None:
     """Put the ``ninja`` Python package's binary on PATH if no ninja is there (a virtual
     environment used without being activated): PyTorch's builder looks for it on PATH."""
-    if shutil.which("ninja") is None:
-        try:
-            import ninja
-        except ImportError:
-            return
+    if shutil.which("ninja") is None and ninja is not None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 

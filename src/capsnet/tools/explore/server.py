@@ -14,7 +14,9 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from capsnet.errors import ConfigError
 
@@ -44,7 +46,6 @@ def url(sock: socket.socket) -> str:
 
 def _protocol(header_timeout: float) -> type[asyncio.Protocol]:
     """uvicorn's h11 protocol, closing connections whose headers are not in after the timeout."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class TimedH11Protocol(H11Protocol):
         def connection_made(self, transport: Any) -> None:
@@ -64,8 +65,6 @@ def _protocol(header_timeout: float) -> type[asyncio.Protocol]:
 
 def make_server(app: ASGIApp, limits: ServerLimits = ServerLimits()) -> Any:
     """A ``uvicorn.Server`` for ``app`` with ``limits``; ``.run(sockets=[sock])`` serves."""
-    import uvicorn
-
     config = uvicorn.Config(
         app,
         http=_protocol(limits.header_timeout),
