@@ -30,8 +30,8 @@ import torch
 
 from capsnet import load_pretrained, load_run
 from capsnet.data.tasks import load_test
+from capsnet.tools.perturbations import PERTURBATIONS
 from capsnet.tools.predict import predict
-from capsnet.tools.robustness import PERTURBATIONS
 
 
 def _peak_normalised(x: torch.Tensor) -> torch.Tensor:

@@ -144,3 +144,9 @@ def test_the_late_imports_listed_are_still_there():
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if layer(m) != "cli"))
 def test_only_the_command_line_parses_arguments(module):
     assert "argparse" not in {t for t, _ in IMPORTS[module]}
+
+
+def test_every_public_name_of_the_package_resolves():
+    import capsnet
+
+    assert all(getattr(capsnet, name) is not None for name in capsnet.__all__)

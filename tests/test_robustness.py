@@ -7,7 +7,8 @@ import torch
 
 from capsnet.data.sources import load_split
 from capsnet.errors import ConfigError
-from capsnet.tools.robustness import PERTURBATIONS, robustness_report, sweep
+from capsnet.tools.perturbations import PERTURBATIONS
+from capsnet.tools.robustness import robustness_report, sweep
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -18,29 +18,19 @@ from collections.abc import Sequence
 MOVED: dict[str, tuple[str, ...]] = {
     **{
         f"capsnet.{m}": (f"capsnet.nn.{m}",)
-        for m in (
-            "dftconv",
-            "em_conv",
-            "em_routing",
-            "layers",
-            "losses",
-            "native",
-            "patchconv",
-            "routing",
-        )
+        for m in ("dftconv", "em_conv", "em_routing", "layers", "losses", "native", "patchconv")
     },
+    "capsnet.routing": ("capsnet.nn.routing",),
     **{
         f"capsnet.{m}": (f"capsnet.tools.{m}",)
-        for m in (
-            "bench",
-            "experiments",
-            "export",
-            "generalisation",
-            "predict",
-            "robustness",
-            "viz",
-        )
+        for m in ("bench", "experiments", "export", "generalisation", "predict")
     },
+    "capsnet.robustness": (
+        "capsnet.tools.robustness",
+        "capsnet.tools.perturbations",
+        "capsnet.data.geometry",  # elastic
+    ),
+    "capsnet.viz": ("capsnet.tools.viz", "capsnet.models.figures"),
     "capsnet.explore": ("capsnet.tools.explore",),
     "capsnet.explore.app": ("capsnet.tools.explore.app",),
     "capsnet.explore.server": ("capsnet.tools.explore.server",),

@@ -35,7 +35,7 @@ FITS = ("mnist",)  # capsnet.data.images.FITS: `capsnet predict --fit`
 ROUTINGS = ("dynamic", "em", "self-attention")  # capsnet.nn.routing.ROUTINGS
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # capsnet.runtime.PRECISIONS and AUTO
 LR_SCHEDULES = ("exponential", "cosine")  # capsnet.training.config.LR_SCHEDULES
-PERTURBATIONS = (  # capsnet.tools.robustness.PERTURBATIONS
+PERTURBATIONS = (  # capsnet.tools.perturbations.PERTURBATIONS
     "rotation",
     "scale",
     "shear",

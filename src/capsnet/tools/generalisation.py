@@ -31,7 +31,8 @@ from capsnet.errors import ConfigError
 from capsnet.files import atomic_write, check_writable_dir, write_json
 from capsnet.runtime import resolve_device
 from capsnet.tools.experiments import mean_std, train_or_reuse
-from capsnet.tools.robustness import PERTURBATIONS, check_perturbations, compare_runs
+from capsnet.tools.perturbations import PERTURBATIONS, check_perturbations
+from capsnet.tools.robustness import compare_runs
 from capsnet.tools.viz import save_generalisation
 from capsnet.training import NoProgress, ProgressFactory, TrainConfig
 from capsnet.training.evaluation import evaluate_run
