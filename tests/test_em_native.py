@@ -158,6 +158,16 @@ def test_a_kernel_built_before_loads_without_a_word(kernels_in, fake_load, caplo
     assert caplog.records == []
 
 
+def test_a_build_stopped_midway_leaves_no_lock_that_blocks_the_next(kernels_in, fake_load, caplog):
+    native._build(native.SOURCE, "capsnet_em", "EM routing")
+    stale = kernels_in / fake_load[0]["name"] / "lock"  # PyTorch's, left by a killed build
+    stale.write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="capsnet.nn.native"):
+        assert native._build(native.SOURCE, "capsnet_em", "EM routing") == "built"
+    assert not stale.exists()
+    assert f"removing {stale}, left by a build that was stopped" in caplog.text
+
+
 def test_kernels_are_built_in_the_python_environment_whatever_home_says(tmp_path, monkeypatch):
     (tmp_path / "env").mkdir()
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "env"))

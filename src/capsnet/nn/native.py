@@ -17,6 +17,7 @@ and the callers take their pure PyTorch path, which gives the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -24,7 +25,7 @@ import os
 import platform
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -36,6 +37,10 @@ try:
     import ninja
 except ImportError:  # no ninja package: PyTorch's builder needs one on PATH
     ninja = None
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +102,24 @@ def _built(directory: Path, name: str) -> bool:
     return any(directory.glob(f"{name}.*"))
 
 
+@contextlib.contextmanager
+def _one_builder(directory: Path) -> Iterator[None]:
+    """Hold ``directory/capsnet.lock`` (a blocking ``flock``, which the OS lets go of when its
+    holder dies) while a kernel is built or loaded there, so one process builds and the others
+    wait. PyTorch's builder guards the directory with a ``lock`` file of its own, which a
+    builder killed mid-build leaves behind and on which every later build would wait forever;
+    whoever holds this lock knows no other build is under way, so such a file is stale and is
+    removed. Where ``fcntl`` is missing (Windows) nothing is locked or removed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "capsnet.lock", "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes or the process ends
+            if (directory / "lock").exists():
+                log.warning("removing %s, left by a build that was stopped", directory / "lock")
+                (directory / "lock").unlink()
+        yield
+
+
 def _build(source: Path, stem: str, what: str) -> ModuleType | None:
     """The extension of ``source`` loaded from :func:`kernels_dir`, built there first if it is
     not (with a warning naming ``what`` and where), with OpenMP, or serial where the compiler
@@ -115,15 +138,15 @@ def _build(source: Path, stem: str, what: str) -> ModuleType | None:
         if not _built(directory, name):
             log.warning("building the native %s kernel in %s (about a minute)", what, directory)
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            return load(
-                name,
-                [str(source)],
-                extra_cflags=flags,
-                extra_ldflags=openmp,
-                build_directory=str(directory),
-                verbose=False,
-            )
+            with _one_builder(directory):
+                return load(
+                    name,
+                    [str(source)],
+                    extra_cflags=flags,
+                    extra_ldflags=openmp,
+                    build_directory=str(directory),
+                    verbose=False,
+                )
         except Exception as e:  # no compiler, no ninja, no OpenMP, a failed build
             failure = failure or e
     lines = str(failure).splitlines() or [type(failure).__name__]
