@@ -4,7 +4,7 @@ votes and routing, and their gradients, equal to the PyTorch path."""
 import pytest
 import torch
 
-from capsnet.nn import layers, native
+from capsnet.nn import native, routing
 from capsnet.nn.layers import RoutingCaps
 from capsnet.nn.routing import EPS, RoutingSpec, dynamic_routing, native_dynamic_routing
 
@@ -128,7 +128,7 @@ def test_other_dtypes_routings_and_capsnet_native_0_take_the_pytorch_path(monkey
     assert not native.dynamic_native_applies(u, torch.zeros(3, 65, 4, 4))  # > 64 parents
     routed = RoutingCaps(3, 4, 65, 4)(torch.rand(2, 3, 4))  # routed by PyTorch instead
     assert routed.poses.shape == (2, 65, 4) and routed.poses.grad_fn is not None
-    monkeypatch.setattr(layers, "native_dynamic_routing", None)  # called, it would raise
+    monkeypatch.setattr(routing, "native_dynamic_routing", None)  # called, it would raise
     layer = RoutingCaps(3, 4, 2, 4, RoutingSpec("dynamic", detach_agreement=True))
     assert layer(torch.rand(2, 3, 4)).poses.shape == (2, 2, 4)
     monkeypatch.setenv("CAPSNET_NATIVE", "0")

@@ -10,16 +10,12 @@ import torch
 from torch import Tensor, nn
 
 from capsnet.nn.dftconv import dft_conv2d, dft_grid, kernel_spectrum
-from capsnet.nn.em_conv import conv_em_routing
-from capsnet.nn.native import dynamic_native_applies
 from capsnet.nn.patchconv import patch_grad_conv2d
 from capsnet.nn.routing import (
-    ROUTINGS,
     Routed,
     RoutingSpec,
     capsule_lengths,
     get_routing,
-    native_dynamic_routing,
     squash,
 )
 from capsnet.runtime import tracing
@@ -225,13 +221,10 @@ class RoutingCaps(nn.Module):
 
     def forward(self, u: Tensor) -> Routed:
         r = self.router
-        if (
-            r.name == "dynamic"
-            and not r.detach_agreement
-            and dynamic_native_applies(u, self.weight)
-        ):
-            v, c = native_dynamic_routing(u, self.weight, r.iterations)
-            return Routed(v, capsule_lengths(v), c)
+        fused = r.routing.fused  # the routing's own path that makes the votes as it routes
+        out = fused and fused(u, self.weight, r.params, r.iterations, r.detach_agreement)
+        if out is not None:
+            return out
         if torch.is_grad_enabled() or u.device.type != "cpu" or tracing():
             return self._route(u)
         per_example = self.weight[..., 0].numel() * u.element_size()  # bytes of votes
@@ -378,12 +371,10 @@ class ConvMatrixCaps(nn.Module):
         acts = unfold_patches(activations, k, s)  # (B, H', W', T, K, K)
         acts = acts.permute(0, 1, 2, 4, 5, 3).reshape(b * h * w, k * k * t)  # (N, I)
         r = self.router
-        if r.routing is ROUTINGS["em"]:  # votes made and routed chunk by chunk, not stored
-            p = r.params
-            mu, a = conv_em_routing(
-                patches, self.weight, acts, p["beta_u"], p["beta_a"], r.iterations,
-                detach_agreement=r.detach_agreement,
-            )  # fmt: skip
+        if r.routing.patches is not None:  # the routing's own: no votes stored
+            mu, a = r.routing.patches(
+                patches, self.weight, acts, r.params, r.iterations, r.detach_agreement
+            )
         else:
             votes = torch.einsum("nipq,ijqr->njipr", patches, self.weight)  # (N, J, I, 4, 4)
             mu, a, _ = r(votes.flatten(-2).transpose(1, 2), acts)  # votes (N, I, J, 16)

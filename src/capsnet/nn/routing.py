@@ -7,7 +7,10 @@ Hinton (2017), "Dynamic Routing Between Capsules".
 Routing is a choice: :data:`ROUTINGS` maps a name (``dynamic``, ``em``,
 ``self-attention``) to a :class:`Routing` with one contract, votes (B, I, J, D) and child
 activations (B, I) in, :class:`Routed` (parent poses, parent activations, assignment
-weights (B, I, J)) out. Layers dispatch on the name (see ``capsnet.nn.layers.RoutingCaps``).
+weights (B, I, J)) out. A routing may add fast paths of its own (``Routing.fused``,
+``shared``, ``patches``) that route the children through their matrices without forming the
+votes; the layers of :mod:`capsnet.nn.layers` take them where given, so a new routing needs
+no edit there.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from capsnet.errors import ConfigError
+from capsnet.nn.em_conv import conv_em_routing
 from capsnet.nn.em_routing import _wide
 from capsnet.nn.em_routing import em_routing as em_routing  # EM maths live there
-from capsnet.nn.native import dynamic_kernels
+from capsnet.nn.native import dynamic_kernels, dynamic_native_applies
 
 EPS = 1e-8
 
@@ -347,14 +351,29 @@ class Routing(NamedTuple):
 
     route: Callable[[Tensor, Tensor, Mapping[str, Tensor], int, bool], Routed]
     parameters: Callable[[int, int], dict[str, Tensor]]
-    # Optional fast path for predictions through matrices shared by groups of children:
-    # ``shared(u (B, G, P, E), W (G, J, D, E), params, iterations, detach_agreement) → Routed``
-    # without forming the votes. Where None, the layer forms them and calls ``route``.
+    # Optional fast paths, the routing's own, that take the children and their matrices and
+    # never form the votes; where one is None (or ``fused`` returns None for the tensors at
+    # hand) the layer forms the votes and calls ``route``. A new routing needs none of them.
+    # fused(u (B, I, E), W (I, J, D, E), params, iterations, detach) → Routed | None
+    fused: Callable[[Tensor, Tensor, Mapping[str, Tensor], int, bool], Routed | None] | None = None
+    # shared(u (B, G, P, E), W (G, J, D, E), params, iterations, detach) → Routed: one matrix
+    # per group of P children (Aff-CapsNets)
     shared: Callable[[Tensor, Tensor, Mapping[str, Tensor], int, bool], Routed] | None = None
+    # patches(M (N, I, 4, 4), W (I, J, 4, 4), a (N, I), params, iterations, detach) → poses
+    # (N, J, 16), activations (N, J): matrix capsules' votes V = M W, patch by patch
+    patches: Callable[..., tuple[Tensor, Tensor]] | None = None
 
 
 def _dynamic(votes: Tensor, activations: Tensor, params, iterations, detach) -> Routed:
     v, c = dynamic_routing(votes, iterations, detach)
+    return Routed(v, capsule_lengths(v), c)
+
+
+def _dynamic_fused(u: Tensor, weight: Tensor, params, iterations, detach) -> Routed | None:
+    """The native kernel, which makes the votes W_ij u_i as it routes, where it applies."""
+    if detach or not dynamic_native_applies(u, weight):
+        return None
+    v, c = native_dynamic_routing(u, weight, iterations)
     return Routed(v, capsule_lengths(v), c)
 
 
@@ -376,14 +395,25 @@ def _em(votes: Tensor, activations: Tensor, params, iterations, detach) -> Route
     )
 
 
+def _em_patches(patches, weight, activations, params, iterations, detach):
+    return conv_em_routing(
+        patches, weight, activations, params["beta_u"], params["beta_a"], iterations,
+        detach_agreement=detach,
+    )  # fmt: skip
+
+
 def _self_attention(votes: Tensor, activations: Tensor, params, iterations, detach) -> Routed:
     v, weights = self_attention_routing(votes, params["coupling_bias"], detach)
     return Routed(v, capsule_lengths(v), weights)
 
 
 ROUTINGS: dict[str, Routing] = {
-    "dynamic": Routing(_dynamic, lambda i, j: {}, _dynamic_shared),
-    "em": Routing(_em, lambda i, j: {"beta_u": torch.zeros(j), "beta_a": torch.zeros(j)}),
+    "dynamic": Routing(_dynamic, lambda i, j: {}, fused=_dynamic_fused, shared=_dynamic_shared),
+    "em": Routing(
+        _em,
+        lambda i, j: {"beta_u": torch.zeros(j), "beta_a": torch.zeros(j)},
+        patches=_em_patches,
+    ),
     "self-attention": Routing(_self_attention, lambda i, j: {"coupling_bias": torch.zeros(i, j)}),
 }
 
