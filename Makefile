@@ -14,7 +14,8 @@ DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 install: $(STAMP)
 
-# torch is pinned and installed first so pip never pulls a multi-GB CUDA build. The native
+# torch is pinned and installed first, so pip takes a build at hand where one exists (this
+# image's CPU build for Python 3.11) instead of resolving a newer release. The native
 # kernels are built last (about a minute each); without them PyTorch's paths run.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
