@@ -30,14 +30,9 @@ import torch
 
 from capsnet import load_pretrained, load_run
 from capsnet.data.tasks import load_test
+from capsnet.nn.layers import normalise_input
 from capsnet.tools.perturbations import PERTURBATIONS
 from capsnet.tools.predict import predict
-
-
-def _peak_normalised(x: torch.Tensor) -> torch.Tensor:
-    """Each image divided by its brightest pixel (blank images stay blank)."""
-    peak = x.amax(dim=(1, 2, 3), keepdim=True)
-    return x / peak.clamp_min(1e-6)
 
 
 @torch.no_grad()
@@ -67,7 +62,7 @@ def diagnose(label: str, model, images: torch.Tensor, labels: torch.Tensor) -> N
         for s in p.strengths:
             x = p.transform(images, float(s), torch.Generator().manual_seed(0))
             acc = (predict(model, x, 500).argmax(1) == labels).double().mean().item()
-            xn = _peak_normalised(x)
+            xn = normalise_input(x, "peak")
             acc_n = (predict(model, xn, 500).argmax(1) == labels).double().mean().item()
             row = {"acc": acc, "acc/max": acc_n, "peak": x.amax(dim=(1, 2, 3)).mean().item()}
             row |= _capsule_stats(model, x, labels)
