@@ -47,3 +47,29 @@ def test_the_warning_names_the_line_that_imports_the_old_path(monkeypatch):
     with pytest.warns(DeprecationWarning) as record:
         import capsnet.bench  # noqa: F401
     assert record[0].filename == __file__
+
+
+@pytest.mark.parametrize(
+    ("module", "old", "new"),
+    [
+        ("capsnet.data.split", "Task", "Recipe"),
+        ("capsnet.data.custom", "task", "recipe"),
+        ("capsnet.data.folder", "class_names", "class_folders"),
+    ],
+)
+def test_an_old_name_in_a_module_warns_and_gives_the_new_object(module, old, new):
+    mod = importlib.import_module(module)
+    with pytest.warns(DeprecationWarning, match=f"{module}.{old} is deprecated.*{new}"):
+        alias = getattr(mod, old)
+    assert alias is getattr(mod, new)
+
+
+def test_the_old_class_name_functions_of_custom_warn_and_still_answer():
+    import capsnet.data.custom as custom
+
+    with pytest.warns(DeprecationWarning, match="custom.class_names is deprecated"):
+        assert custom.class_names("cifar10")[0] == "airplane"
+    with pytest.warns(DeprecationWarning, match="custom.classes is deprecated"):
+        assert custom.classes("svhn").num_classes == 10
+    with pytest.warns(DeprecationWarning):
+        assert custom.class_names("mnist") is None

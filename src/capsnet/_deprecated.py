@@ -2,17 +2,25 @@
 release: importing one (``import capsnet.routing``, ``from capsnet.predict import predict``)
 warns with a DeprecationWarning naming the new path and gives a module whose every name is
 the new module's (the same objects). Nothing in capsnet imports them.
+
+Names that moved or were renamed inside a module warn the same way: :func:`renamed` wraps a
+function, :func:`module_getattr` gives a module the ``__getattr__`` that lends its old
+names.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.abc
 import importlib.machinery
 import sys
 import types
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 # old module → the module(s) now holding its names (the first that has a name wins)
 MOVED: dict[str, tuple[str, ...]] = {
@@ -95,3 +103,39 @@ def install() -> None:
     """Put the finder first on ``sys.meta_path`` (once)."""
     if not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
+
+
+def warn(old: str, new: str, stacklevel: int = 3) -> None:
+    """A DeprecationWarning: ``old`` goes in the next release, ``new`` replaces it
+    (``stacklevel`` 3: the line calling the function that calls this)."""
+    warnings.warn(
+        f"{old} is deprecated and will be removed in the next release; use {new}",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def renamed(func: F, old: str, new: str) -> F:
+    """``func`` under its old name ``old``: each call warns (naming ``new``), then calls it."""
+
+    @functools.wraps(func)
+    def alias(*args: Any, **kwargs: Any) -> Any:
+        warn(old, new)
+        return func(*args, **kwargs)
+
+    alias.__doc__ = f"Deprecated: use {new}."
+    return alias  # type: ignore[return-value]
+
+
+def module_getattr(module: str, old: Mapping[str, tuple[str, Callable[[], Any]]]):
+    """A module ``__getattr__`` lending ``module`` its old names: ``old`` maps each to (the
+    new path, a function giving the object); reading one warns. Other names: AttributeError."""
+
+    def getattr_(name: str) -> Any:
+        if name not in old:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        new, get = old[name]
+        warn(f"{module}.{name}", new)
+        return get()
+
+    return getattr_

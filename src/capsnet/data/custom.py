@@ -1,5 +1,6 @@
 """Tasks beyond the MNIST family: ``folder:PATH``, ``npz:PATH``, ``cifar10``, ``svhn``,
-``smallnorb``. :func:`task` gives ``capsnet.data.tasks`` the entry of such a name.
+``smallnorb``. :func:`recipe` gives the registry (``capsnet.data.tasks``) the entry of such
+a name.
 
 | name | images | training batches | validation / test |
 | --- | --- | --- | --- |
@@ -22,21 +23,22 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from capsnet import _deprecated
 from capsnet.data import cifar10, smallnorb, svhn
-from capsnet.data.folder import class_names as folder_class_names
-from capsnet.data.folder import list_split, load_folder_split
+from capsnet.data.folder import class_folders, list_split, load_folder_split
 from capsnet.data.images import ImagePolicy, convert_channels, fit_image, normalize_images
 from capsnet.data.npz import load_npz
 from capsnet.data.sources import search_path
-from capsnet.data.split import Task, TrainData, split_indices
+from capsnet.data.split import Recipe, TrainData, split_indices
+from capsnet.data.task import Classes
 from capsnet.data.transforms import random_shift
 from capsnet.errors import ConfigError, DataError
 
@@ -166,18 +168,30 @@ def _test_folder(root, _dir, cfg) -> Split:
     return _fitted(test[0], cfg, root), torch.as_tensor(test[1])
 
 
-def _train_npz(path, _source, _dir, val_size, limit, max_shift, cfg) -> TrainData:
-    data = load_npz(path)
+class Archive:
+    """An ``.npz`` file, read and validated (``load_npz``) on first use, then kept: one
+    per Task, so that a run reads its archive once."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @cached_property
+    def contents(self) -> dict[str, Any]:
+        return load_npz(Path(self.path))
+
+
+def _train_npz(archive: Archive, _source, _dir, val_size, limit, max_shift, cfg) -> TrainData:
+    data, path = archive.contents, archive.path
     if data["test"] is None:
         raise _no_test(path)
     return _train_data(data["train"], None, cfg, path, (val_size, limit, max_shift))
 
 
-def _test_npz(path, _dir, cfg) -> Split:
-    test = load_npz(path)["test"]
+def _test_npz(archive: Archive, _dir, cfg) -> Split:
+    test = archive.contents["test"]
     if test is None:
-        raise _no_test(path)
-    return _fitted(test[0], cfg, path), torch.as_tensor(test[1])
+        raise _no_test(archive.path)
+    return _fitted(test[0], cfg, archive.path), torch.as_tensor(test[1])
 
 
 # --- the official datasets -------------------------------------------------------------
@@ -224,19 +238,23 @@ OFFICIAL = {
 }
 
 
-def task(name: str) -> Task | None:
-    """The task of ``name`` if it is one of this module's, else None."""
+def recipe(name: str) -> Recipe | None:
+    """The recipe of ``name`` if it is one of this module's tasks, else None. Each call
+    makes a new one: an ``npz:`` recipe holds its own :class:`Archive`."""
     if name in OFFICIAL:
-        load, options, _ = OFFICIAL[name]
-        return Task(name, options, *_official(load, name))
+        load, options, names = OFFICIAL[name]
+        return Recipe(name, options, *_official(load, name), classes=lambda: names)
     prefix, sep, path = name.partition(":")
     if not sep or f"{prefix}:" not in PREFIXES:
         return None
     if not path:
         raise ConfigError(f"'{name}': give a path after '{prefix}:'")
     if prefix == "folder":
-        return Task(name, ImagePolicy, partial(_train_folder, path), partial(_test_folder, path))
-    return Task(name, ArrayOptions, partial(_train_npz, path), partial(_test_npz, path))
+        train, test = partial(_train_folder, path), partial(_test_folder, path)
+        return Recipe(name, ImagePolicy, train, test, classes=partial(class_folders, path))
+    archive = Archive(path)
+    train, test = partial(_train_npz, archive), partial(_test_npz, archive)
+    return Recipe(name, ArrayOptions, train, test, classes=lambda: archive.contents["class_names"])
 
 
 def absolute_path(path: str) -> str:
@@ -260,41 +278,35 @@ def saved_policy(record: Mapping[str, Any] | None) -> ImagePolicy | None:
     return ImagePolicy(**saved) if saved else None
 
 
-class Classes(NamedTuple):
-    """What ``tasks.dataset_spec`` gives for these tasks (DatasetSpec's class fields)."""
-
-    name: str
-    num_classes: int
-    class_names: tuple[str, ...]
-
-
-def classes(name: str) -> Classes | None:
+def _classes(name: str) -> Classes | None:
     """The classes of ``name`` if it is one of this module's tasks, else None."""
-    names = class_names(name)
-    return None if names is None else Classes(name, len(names), names)
+    found = recipe(name)
+    return None if found is None else Classes(name, len(names := found.classes()), names)
 
 
-def class_names(name: str) -> tuple[str, ...] | None:
+def _class_names(name: str) -> tuple[str, ...] | None:
     """The class names of ``name`` if it is one of this module's tasks, else None."""
-    if name in OFFICIAL:
-        return OFFICIAL[name][2]
-    prefix, _, path = name.partition(":")
-    if prefix == "folder" and task(name):
-        return folder_class_names(path)
-    if prefix == "npz" and task(name):
-        return load_npz(Path(path))["class_names"]
-    return None
+    found = recipe(name)
+    return None if found is None else found.classes()
 
+
+__getattr__ = _deprecated.module_getattr(
+    __name__,
+    {
+        "task": ("capsnet.data.custom.recipe", lambda: recipe),
+        "classes": ("capsnet.data.tasks.get_task(name).spec", lambda: _classes),
+        "class_names": ("capsnet.data.tasks.get_task(name).class_names", lambda: _class_names),
+    },
+)
 
 __all__ = [
     "OFFICIAL",
+    "Archive",
     "ArrayOptions",
     "Classes",
     "Cifar10Options",
     "absolute_path",
     "absolute_task",
-    "class_names",
-    "classes",
+    "recipe",
     "saved_policy",
-    "task",
 ]

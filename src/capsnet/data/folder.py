@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from capsnet import _deprecated
 from capsnet.data.images import (
     ImagePolicy,
     fit_image,
@@ -50,7 +51,7 @@ def _images_in(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix.lower() in EXTENSIONS and p.is_file())
 
 
-def class_names(root: str | Path) -> tuple[str, ...]:
+def class_folders(root: str | Path) -> tuple[str, ...]:
     """The sorted class folder names of ``root/train``; DataError if there are none."""
     train = Path(root) / "train"
     if not train.is_dir():
@@ -66,7 +67,7 @@ def list_split(root: str | Path, split: str) -> list[tuple[Path, int]] | None:
 
     DataError for an empty class folder or a class folder that ``train/`` does not have.
     """
-    names = class_names(root)
+    names = class_folders(root)
     directory = Path(root) / split
     if not directory.is_dir():
         return None
@@ -174,4 +175,8 @@ def load_folder_split(
     return images, labels
 
 
-__all__ = ["EXTENSIONS", "cache_dir", "class_names", "list_split", "load_folder_split"]
+__getattr__ = _deprecated.module_getattr(
+    __name__, {"class_names": ("capsnet.data.folder.class_folders", lambda: class_folders)}
+)
+
+__all__ = ["EXTENSIONS", "cache_dir", "class_folders", "list_split", "load_folder_split"]

@@ -1,7 +1,7 @@
 """What a task's training data is made of (:class:`TrainData`), how a training split is
-divided into training and validation images, and what a task is (:class:`Task`): shared by
-the built-in tasks (:mod:`capsnet.data.tasks`) and the folder, npz and official ones
-(:mod:`capsnet.data.custom`).
+divided into training and validation images, and how a task is made (:class:`Recipe`, of
+which :class:`capsnet.data.task.Task` makes its data): shared by the built-in tasks
+(:mod:`capsnet.data.tasks`) and the folder, npz and official ones (:mod:`capsnet.data.custom`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from capsnet import _deprecated
 from capsnet.data.transforms import train_val_split
 from capsnet.targets import Targets
 
@@ -44,11 +45,14 @@ class TrainData:
             yield self.make_batch(idx, generator)
 
 
-class Task(NamedTuple):
-    source: str  # the IDX dataset the images come from
+class Recipe(NamedTuple):
+    """How a task's data is made (an entry of the registry, ``capsnet.data.tasks``)."""
+
+    source: str  # the IDX dataset the images come from (the task's name for the others)
     options: type  # config dataclass of the dataset's options
     train: Callable[..., TrainData] | None  # None: a test set only
     test: Callable[[str | Path | None, Any], tuple[Tensor, Targets]]
+    classes: Callable[[], tuple[str, ...]] | None = None  # None: those of the IDX source
 
 
 def default_val_size(n: int) -> int:
@@ -67,4 +71,8 @@ def split_indices(n: int, val_size: int | None, where: str) -> tuple[Tensor, Ten
     return train_val_split(n, val_size, seed=0)
 
 
-__all__ = ["Batch", "Task", "TrainData", "default_val_size", "split_indices"]
+__getattr__ = _deprecated.module_getattr(
+    __name__, {"Task": ("capsnet.data.split.Recipe", lambda: Recipe)}
+)
+
+__all__ = ["Batch", "Recipe", "TrainData", "default_val_size", "split_indices"]

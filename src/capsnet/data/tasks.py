@@ -11,11 +11,15 @@
 Targets are labels (N,) or, for MultiMNIST, :class:`OverlayTargets`. ``options`` set a
 dataset's own settings (a dict checked against its config dataclass, e.g.
 ``{"shift": 3}`` for MultiMNIST).
+
+This module is the registry: :func:`get_task` resolves a name (these, ``custom``'s
+official datasets, ``folder:PATH`` and ``npz:PATH``) once into a
+:class:`~capsnet.data.task.Task`. The functions taking a name (:func:`load_train`,
+:func:`load_test`, …) resolve it on each call: one-off conveniences.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,14 +32,13 @@ from torch import Tensor
 
 from capsnet.data import custom  # folder:PATH, npz:PATH, cifar10, svhn, smallnorb
 from capsnet.data.affnist import AffineRanges, load_affnist_mat, random_affine
-from capsnet.data.images import ImagePolicy
 from capsnet.data.multimnist import MultiMNISTConfig, fixed_pairs, make_pairs
-from capsnet.data.sources import DatasetSpec, get_spec, load_split, search_path
-from capsnet.data.split import Task, TrainData, default_val_size, split_indices
+from capsnet.data.sources import DatasetSpec, load_split, search_path
+from capsnet.data.split import Recipe, TrainData, default_val_size, split_indices
+from capsnet.data.task import Classes, Task, check_shift
 from capsnet.data.transforms import random_shift
 from capsnet.errors import ConfigError, DataError, did_you_mean
 from capsnet.targets import OverlayTargets, Targets
-from capsnet.typecheck import check_field_types
 
 log = logging.getLogger(__name__)
 
@@ -146,19 +149,28 @@ def _test_affnist(data_dir, cfg: NoOptions) -> tuple[Tensor, Tensor]:
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-TASKS: dict[str, Task] = {
-    "mnist": Task("mnist", NoOptions, _train_plain, _test_plain("mnist")),
-    "fashion-mnist": Task("fashion-mnist", NoOptions, _train_plain, _test_plain("fashion-mnist")),
-    "expanded-mnist": Task("mnist", CanvasConfig, _train_canvas, _test_canvas),
-    "multimnist": Task("mnist", MultiMNISTConfig, _train_multi, _test_multi),
-    "affnist-generated": Task("mnist", AffineRanges, None, _test_affine),
-    "affnist": Task("mnist", NoOptions, None, _test_affnist),
+TASKS: dict[str, Recipe] = {
+    "mnist": Recipe("mnist", NoOptions, _train_plain, _test_plain("mnist")),
+    "fashion-mnist": Recipe("fashion-mnist", NoOptions, _train_plain, _test_plain("fashion-mnist")),
+    "expanded-mnist": Recipe("mnist", CanvasConfig, _train_canvas, _test_canvas),
+    "multimnist": Recipe("mnist", MultiMNISTConfig, _train_multi, _test_multi),
+    "affnist-generated": Recipe("mnist", AffineRanges, None, _test_affine),
+    "affnist": Recipe("mnist", NoOptions, None, _test_affnist),
 }
 
 
-def _task(name: str) -> Task:
-    if (task := custom.task(name)) is not None:
-        return task
+def get_task(
+    name: str, options: Mapping[str, Any] | None = None, data_dir: str | Path | None = None
+) -> Task:
+    """The Task ``name`` names, with ``options`` (checked) and ``data_dir``; ConfigError
+    for an unknown name (suggesting a close one) or bad options. Reads no data."""
+    return Task.create(name, _recipe(name), options, data_dir)
+
+
+def _recipe(name: str) -> Recipe:
+    """The registry's entry for ``name``: ``custom``'s (a new one per call), else TASKS'."""
+    if (found := custom.recipe(name)) is not None:
+        return found
     try:
         return TASKS[name]
     except KeyError:
@@ -181,38 +193,25 @@ def _suggestion(name: str, choices: list[str]) -> str:
 
 def dataset_options(name: str, options: Mapping[str, Any] | None = None) -> Any:
     """The dataset's options as its config dataclass; ConfigError for unknown ones."""
-    cls = _task(name).options
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options or {}) - known)
-    if unknown:
-        allowed = ", ".join(sorted(known)) or "none"
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for '{name}' (known: {allowed})")
-    try:
-        check_field_types(cls, options or {})
-    except ConfigError as e:
-        raise ConfigError(f"bad option for '{name}': {e}") from None
-    try:
-        return cls(**(options or {}))
-    except TypeError as e:  # e.g. a string where a number belongs
-        raise ConfigError(f"bad option for '{name}': {e}") from None
+    return get_task(name, options).options
 
 
 def check_dataset(name: str, options: Mapping[str, Any] | None = None, train: bool = False):
     """Raise ConfigError unless ``name`` is known, its options valid, and (if ``train``)
     it can be trained on."""
-    dataset_options(name, options)
-    if train and _task(name).train is None:
-        raise ConfigError(f"'{name}' is a test set only; train on expanded-mnist for affNIST")
+    task = get_task(name, options)
+    if train:
+        task.check_trainable()
 
 
 def task_source(name: str) -> str:
     """The raw source (a key of ``capsnet.data.sources.DATASETS``) a task's images come from."""
-    return _task(name).source
+    return _recipe(name).source
 
 
-def dataset_spec(name: str) -> DatasetSpec:
+def dataset_spec(name: str) -> DatasetSpec | Classes:
     """Class count and names (those of the IDX dataset the images come from)."""
-    return custom.classes(name) or get_spec(_task(name).source)
+    return get_task(name).spec
 
 
 def load_train(
@@ -224,29 +223,9 @@ def load_train(
     max_shift: int = 2,
     options: Mapping[str, Any] | None = None,
 ) -> TrainData:
-    """Training data of ``name``: the first ``train_limit`` of the training split after
-    holding out ``val_size`` examples (a fixed permutation, seed 0) for validation (None:
-    :func:`default_val_size`; a folder with ``val/`` validates on that instead).
-    ``max_shift`` is the augmentation of ``mnist`` and ``fashion-mnist`` only: the other
-    datasets place their digits as their options say."""
-    check_dataset(name, options, train=True)
-    task = _task(name)
-    data = task.train(
-        task.source, data_dir, val_size, train_limit, max_shift, dataset_options(name, options)
-    )
-    check_shift(max_shift, data.image_shape[1:])
-    return data
-
-
-def check_shift(max_shift: int, size: tuple[int, ...]) -> None:
-    """ConfigError if shifts of up to ±``max_shift`` pixels could move an image of
-    ``size`` (H, W) by half its side or more: little or nothing of it would be left."""
-    limit = (min(size) - 1) // 2
-    if max_shift > limit:
-        raise ConfigError(
-            f"max_shift {max_shift} moves the {'×'.join(map(str, size))} images by half their "
-            f"side or more; use at most {limit}"
-        )
+    """``get_task(name, options, data_dir).load_train(...)``: see :meth:`Task.load_train`."""
+    task = get_task(name, options, data_dir)
+    return task.load_train(val_size=val_size, train_limit=train_limit, max_shift=max_shift)
 
 
 def load_test(
@@ -257,22 +236,12 @@ def load_test(
     options: Mapping[str, Any] | None = None,
 ) -> tuple[Tensor, Targets]:
     """The fixed test set of ``name`` (the first ``limit`` examples if given)."""
-    x, y = _task(name).test(data_dir, dataset_options(name, options))
-    return (x, y) if limit is None else (x[:limit], y[:limit])
+    return get_task(name, options, data_dir).load_test(limit=limit)
 
 
 def run_record(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """What a run saves about its data (``config.json`` ``data``): class names and, for
-    tasks that have one, the image policy predict and explore apply to new images."""
-    policy = dataset_options(name, options)
-    return {
-        "class_names": list(dataset_spec(name).class_names),
-        "image_policy": (
-            {f.name: getattr(policy, f.name) for f in dataclasses.fields(ImagePolicy)}
-            if isinstance(policy, ImagePolicy)
-            else None
-        ),
-    }
+    """What a run saves about its data: ``get_task(name, options).record()``."""
+    return get_task(name, options).record()
 
 
 __all__ = [
@@ -285,6 +254,7 @@ __all__ = [
     "dataset_options",
     "dataset_spec",
     "default_val_size",
+    "get_task",
     "load_test",
     "load_train",
     "run_record",
