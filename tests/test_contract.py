@@ -30,7 +30,7 @@ from capsnet.models.registry import _REGISTRY
 from capsnet.tools.explore import create_app
 from capsnet.tools.export import classifier_outputs
 from capsnet.tools.viz import save_coupling
-from capsnet.training import RunDir
+from capsnet.training import Run
 
 CAPSULE_FAMILIES = ("aff-capsnet", "capsnet", "efficient", "em-capsnet")
 
@@ -140,7 +140,7 @@ def test_old_runs_load_migrated(tmp_path, mnist_dir):
     save_file(tensors, str(path), metadata=metadata)
     train = {"dataset": "mnist", "data_dir": str(mnist_dir), "model": "efficient-capsnet"}
     write_json(tmp_path / "config.json", {"train": {**train, "old_setting": 1}})
-    run = RunDir(tmp_path)
+    run = Run(tmp_path)
     assert run.train.precision == "fp32" and run.data_dir == str(mnist_dir)
     loaded = run.load_model()
     bias = loaded.classes.router.params["coupling_bias"]

@@ -37,7 +37,7 @@ from capsnet import create_model, list_models, load_run
 from capsnet.runtime import Distributed, autocast
 from capsnet.tools.export import export_run
 from capsnet.tools.predict import predict
-from capsnet.training import RunDir, train
+from capsnet.training import Run, RunDir, train
 from capsnet.training import loop as training_loop
 
 DEVICE = torch.device(os.environ.get("CAPSNET_TEST_DEVICE", "cuda"))
@@ -162,7 +162,7 @@ def test_a_run_trained_on_the_gpu_predicts_and_exports_on_the_cpu(gpu_run, tmp_p
     assert json.loads((gpu_run / "metrics.json").read_text())["device"] == str(DEVICE)
     model, _ = load_run(gpu_run)
     assert {p.device for p in model.parameters()} == {CPU}
-    x = RunDir(gpu_run).test_set(limit=50)[0].float() / 255
+    x = Run(gpu_run).test_set(limit=50)[0].float() / 255
     on_gpu, _ = load_run(gpu_run, DEVICE)
     with _cudnn(enabled=False):
         on_gpu_scores = predict(on_gpu, x, device=DEVICE)

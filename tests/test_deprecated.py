@@ -30,7 +30,7 @@ def test_names_of_the_old_paths_that_moved_elsewhere_still_resolve(monkeypatch):
     from capsnet.files import atomic_write as new_write
     from capsnet.models.checkpoint import load_checkpoint as new_load
     from capsnet.training.pretrained import list_pretrained as new_list
-    from capsnet.training.rundir import load_pretrained as new_pretrained
+    from capsnet.training.run import load_pretrained as new_pretrained
 
     assert (atomic_write, load_checkpoint) == (new_write, new_load)
     assert (list_pretrained, load_pretrained) == (new_list, new_pretrained)
@@ -73,3 +73,31 @@ def test_the_old_class_name_functions_of_custom_warn_and_still_answer():
         assert custom.classes("svhn").num_classes == 10
     with pytest.warns(DeprecationWarning):
         assert custom.class_names("mnist") is None
+
+
+def test_the_old_names_of_rundir_warn_and_give_run_s():
+    import capsnet.training.rundir as rundir
+    from capsnet.data.tasks import task_class_names
+    from capsnet.training import run
+
+    for old, new in (("load_run", run.load_run), ("load_pretrained", run.load_pretrained)):
+        with pytest.warns(DeprecationWarning, match=f"rundir.{old} is deprecated"):
+            assert getattr(rundir, old) is new
+    with pytest.warns(DeprecationWarning, match="rundir.class_names is deprecated"):
+        assert rundir.class_names("fashion-mnist", 10)[9] == "Ankle boot"
+    assert task_class_names("fashion-mnist", 10)[9] == "Ankle boot"
+
+
+def test_rundir_s_old_model_and_task_methods_warn_and_answer_as_run_s():
+    from capsnet.training import Run, RunDir
+
+    old, new = RunDir("capsnet-mnist"), Run("capsnet-mnist")
+    with pytest.warns(
+        DeprecationWarning, match="RunDir.class_names is deprecated.*class_names_for"
+    ):
+        assert old.class_names(10) == new.class_names_for(10)
+    with pytest.warns(DeprecationWarning, match="RunDir.image_policy is deprecated"):
+        assert old.image_policy == new.image_policy
+    with pytest.warns(DeprecationWarning, match="RunDir.load_model is deprecated"):
+        model = old.load_model()
+    assert model.config == new.load_model().config

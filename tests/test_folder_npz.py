@@ -423,3 +423,22 @@ def test_resume_takes_a_relative_dataset_as_the_runs_absolute_one(tmp_path, monk
     resume = ["train", "--out", "run", "--resume", "--epochs", "2", "-q"]
     assert main([*resume, "--dataset", "folder:shapes"]) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_capsnet_train_reads_an_npz_archive_once(tmp_path, monkeypatch):
+    # the training data, the class names it saves, the test of the selected epoch and the
+    # figures of the run all come from one Task: one read of the archive
+    from capsnet.data import custom
+
+    reads = []
+    monkeypatch.setattr(custom, "load_npz", lambda path: reads.append(path) or load_npz(path))
+    path = write_npz(tmp_path / "d.npz")
+    tiny = [f"--model-option={k}={v}" for k, v in TINY.items() if k != "decoder_hidden"]
+    argv = ["train", "--dataset", f"npz:{path}", "--out", str(tmp_path / "run"), *tiny]
+    assert main([*argv, "--epochs", "1", "--batch-size", "8", "--val-size", "4"]) == 0
+    assert len(reads) == 1, reads
+    assert (tmp_path / "run" / "reconstructions.png").is_file()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["class_names"] == [
+        "top",
+        "bottom",
+    ]

@@ -18,7 +18,7 @@ from capsnet.tools.explore import load_explorer
 from capsnet.tools.export import export_run
 from capsnet.tools.predict import predict
 from capsnet.tools.viz import save_figures
-from capsnet.training import RunDir
+from capsnet.training import Run, RunDir
 
 URL = "http://127.0.0.1"
 SMALL = ["--epochs", "1", "--batch-size", "10", "--train-limit", "20", "--val-size", "10"]
@@ -83,7 +83,7 @@ def test_every_tool_works_on_a_run_of_every_model(run, tmp_path, capsys):
 
 def test_the_python_api_drives_the_same_run(run, tmp_path):
     model, config = load_run(run)
-    scores = predict(model, RunDir(run).test_set(limit=4)[0].float() / 255)
+    scores = predict(model, Run(run).test_set(limit=4)[0].float() / 255)
     assert scores.shape == (4, config.num_classes)
     assert save_figures(run, tmp_path)[0].name == "training.png"
     assert len(export_run(run, tmp_path / "m.onnx", check_images=4)) >= 1

@@ -9,9 +9,9 @@ from PIL import Image
 from capsnet import load_run
 from capsnet.cli import main
 from capsnet.data import load_split
+from capsnet.data.tasks import task_class_names as class_names
 from capsnet.errors import DataError
 from capsnet.tools.predict import predict, read_inputs
-from capsnet.training.rundir import class_names
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from capsnet.errors import CheckpointError, ConfigError
 from capsnet.models import create_model
 from capsnet.models.checkpoint import save_checkpoint
 from capsnet.tools.predict import predict
-from capsnet.training.rundir import load_pretrained
+from capsnet.training.run import load_pretrained
 
 SHIPPED = pretrained.list_pretrained()
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from capsnet import load_run
 from capsnet.errors import CheckpointError, ConfigError
 from capsnet.files import exclusive_lock
-from capsnet.training import RunDir, TrainConfig, train
+from capsnet.training import Run, RunDir, TrainConfig, train
 from capsnet.training.rundir import LOCK
 
 TINY = {"conv1_channels": 16, "primary_types": 4, "decoder_hidden": (32,)}
@@ -180,7 +180,7 @@ def test_a_training_run_says_where_it_found_and_loaded_its_data_once(cfg, tmp_pa
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sources, "_SAID", set())  # nothing said yet in this process
         train(dataclasses.replace(cfg, epochs=1), tmp_path)
-        RunDir(tmp_path).test_set(limit=10)  # the figures of `capsnet train` read it again
+        Run(tmp_path).test_set(limit=10)  # the figures of `capsnet train` read it again
     info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     for said in ("dataset 'mnist' found in", "loaded mnist train", "loaded mnist test"):
         assert sum(m.startswith(said) for m in info) == 1, said

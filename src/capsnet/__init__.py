@@ -49,7 +49,7 @@ _LAZY = {  # public name → the module that defines it
         "capsnet.models",
     ),
     "list_pretrained": "capsnet.training.pretrained",
-    "load_pretrained": "capsnet.training.rundir",
+    "load_pretrained": "capsnet.training.run",
     **dict.fromkeys(
         (
             "ROUTINGS",
@@ -65,7 +65,7 @@ _LAZY = {  # public name → the module that defines it
         ),
         "capsnet.nn.routing",
     ),
-    "load_run": "capsnet.training.rundir",
+    "load_run": "capsnet.training.run",
 }
 
 __all__ = sorted(_LAZY)

@@ -44,7 +44,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "capsnet.explore.server": ("capsnet.tools.explore.server",),
     "capsnet.metrics": ("capsnet.training.metrics",),
     "capsnet.tensorboard": ("capsnet.training.tensorboard",),
-    "capsnet.pretrained": ("capsnet.training.pretrained", "capsnet.training.rundir"),
+    "capsnet.pretrained": ("capsnet.training.pretrained", "capsnet.training.run"),
     "capsnet.checkpoint": ("capsnet.models.checkpoint", "capsnet.files"),
     "capsnet.cli_argparse": ("capsnet.cli.parser",),
     "capsnet.cli_commands": ("capsnet.cli.commands",),

@@ -45,7 +45,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from capsnet.cli.resume import check_resume_options
     from capsnet.runtime import distributed_from_env, resolve_device
     from capsnet.tools.viz import save_figures
-    from capsnet.training import RunDir, TrainConfig, train
+    from capsnet.training import Run, TrainConfig, train
 
     cfg = _from_args(
         TrainConfig,
@@ -53,12 +53,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         dataset_options=dict(args.dataset_option) | _image_options(args),
         model_overrides=_model_overrides(args),
     )
+    run = Run(args.out, names=False)
     if args.resume:
-        cfg = check_resume_options(args, cfg, RunDir(args.out, names=False))
-    m = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=_progress())
+        cfg = check_resume_options(args, cfg, run)
+    m = train(cfg, run, resume=args.resume, overwrite=args.overwrite, progress=_progress())
     if not distributed_from_env().is_main:
         return  # under torchrun, rank 0 reports
-    for png in save_figures(args.out, data_dir=args.data_dir, device=resolve_device(args.device)):
+    for png in save_figures(run, data_dir=args.data_dir, device=resolve_device(args.device)):
         log.info("wrote %s", png)
     print(
         f"test accuracy {m['test_accuracy']:.4%} (error {m['test_error']:.2%}) on "
@@ -175,13 +176,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
     # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
     from capsnet.runtime import resolve_device
     from capsnet.tools.predict import predict, read_inputs
-    from capsnet.training import RunDir
+    from capsnet.training import Run
 
     device = resolve_device(args.device)
-    run = RunDir(args.run_dir)
+    run = Run(args.run_dir)
     model = run.load_model(device)
     config = model.config
-    names = run.class_names(config.num_classes)
+    names = run.class_names_for(config.num_classes)
     size = config.input_size
     inputs = read_inputs(args.images, config.in_channels, size, run.image_policy, fit=args.fit)
     scores = predict(model, inputs.images, args.batch_size, device)

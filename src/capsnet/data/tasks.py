@@ -35,9 +35,9 @@ from capsnet.data.affnist import AffineRanges, load_affnist_mat, random_affine
 from capsnet.data.multimnist import MultiMNISTConfig, fixed_pairs, make_pairs
 from capsnet.data.sources import DatasetSpec, load_split, search_path
 from capsnet.data.split import Recipe, TrainData, default_val_size, split_indices
-from capsnet.data.task import Classes, Task, check_shift
+from capsnet.data.task import Classes, Task, check_shift, sized_class_names
 from capsnet.data.transforms import random_shift
-from capsnet.errors import ConfigError, DataError, did_you_mean
+from capsnet.errors import CapsNetError, ConfigError, DataError, did_you_mean
 from capsnet.targets import OverlayTargets, Targets
 
 log = logging.getLogger(__name__)
@@ -214,6 +214,16 @@ def dataset_spec(name: str) -> DatasetSpec | Classes:
     return get_task(name).spec
 
 
+def task_class_names(name: str | None, num_classes: int) -> tuple[str, ...]:
+    """The class names of task ``name`` for a model of ``num_classes`` classes (see
+    ``sized_class_names``); "0", "1", … when ``name`` is None or cannot be resolved."""
+    try:
+        names = get_task(name).class_names if name else ()
+    except CapsNetError:
+        names = ()
+    return sized_class_names(names, num_classes)
+
+
 def load_train(
     name: str,
     data_dir: str | Path | None = None,
@@ -259,5 +269,6 @@ __all__ = [
     "load_train",
     "run_record",
     "split_indices",
+    "task_class_names",
     "task_source",
 ]

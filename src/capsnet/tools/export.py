@@ -43,7 +43,8 @@ from capsnet.files import atomic_write, check_new_file
 from capsnet.models.config import ModelConfig
 from capsnet.models.contract import CapsuleClassifier, Classifier, PoseDecoder, provides, require
 from capsnet.models.contract import model_name as name_of
-from capsnet.training.rundir import RUN_FILES, RunDir
+from capsnet.training.run import Run
+from capsnet.training.rundir import RUN_FILES
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ def _synthetic(config: ModelConfig) -> Tensor:
 
 
 def _check_images(
-    run: RunDir, config: ModelConfig, data_dir: str | None, check_images: int, dataset: str | None
+    run: Run, config: ModelConfig, data_dir: str | None, check_images: int, dataset: str | None
 ) -> Tensor:
     """The images (N, C, H, W) in [0, 1] the export is checked on: ``check_images`` of the
     test set (see :func:`export_run`), or synthetic ones (:func:`_synthetic`) if that is 0 or
@@ -272,7 +273,7 @@ def export_run(
         raise ConfigError(
             "export needs onnx and onnxruntime: pip install 'capsnet[onnx]'"
         ) from None
-    run = RunDir(run_dir)
+    run = Run(run_dir)
     own = {run.checkpoint.resolve(), *((run.path / f).resolve() for f in RUN_FILES)}
     for p in (path, decoder_path(path)):
         if p.resolve() in own:  # even with --overwrite: the run would be lost
@@ -285,7 +286,7 @@ def export_run(
         "capsnet_version": __version__,
         "model": name_of(model),
         "dataset": dataset or run.dataset or "",
-        "class_names": json.dumps(run.class_names(config.num_classes, dataset)),
+        "class_names": json.dumps(run.class_names_for(config.num_classes, dataset)),
         "image_policy": json.dumps(run.data.get("image_policy")),
         "config": json.dumps(config.to_dict()),
     }

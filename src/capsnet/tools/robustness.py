@@ -18,7 +18,7 @@ from capsnet.files import write_json
 from capsnet.tools.perturbations import PERTURBATIONS, check_perturbations
 from capsnet.tools.predict import predict
 from capsnet.tools.viz import save_robustness
-from capsnet.training.rundir import RunDir
+from capsnet.training.run import Run
 
 
 def sweep(
@@ -121,7 +121,7 @@ def compare_runs(
     classes; the report also records each run's
     clean test accuracy from its ``metrics.json``."""
     check_perturbations(names)
-    dirs = [RunDir(r) for r in runs]
+    dirs = [Run(r) for r in runs]
     models = {d.name: d.load_model(device) for d in dirs}
     if len(models) < len(dirs):
         raise ConfigError("the same run is given twice")

@@ -32,6 +32,7 @@ from capsnet.models.figures import (
 )
 from capsnet.targets import OverlayTargets
 from capsnet.tools import perturbations
+from capsnet.training.run import Run
 from capsnet.training.rundir import FIGURES, RunDir
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def save_figures(
     are not capsule classifiers get the training curves only, and those without a decoder
     no reconstruction figures.
     """
-    run = RunDir(run_dir)
+    run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
     if out_dir is None:  # a pretrained model's directory is inside the package
         out_dir = f"{run.pretrained}-figures" if run.pretrained else run.path
     out = Path(out_dir)
@@ -129,7 +130,7 @@ def save_figures(
         return paths
     x, y = run.test_set(data_dir, limit=examples)
     x = x.float() / 255
-    names = run.class_names(model.config.num_classes)
+    names = run.class_names_for(model.config.num_classes)
     paths.append(save_coupling(model, x[0], out / "coupling.png", names))
     if not provides(model, PoseDecoder):
         log.info("%s: no decoder, so no reconstructions", run.path)

@@ -1,5 +1,6 @@
 """Training: the loop (``loop``), one optimisation step (``step``), the loop's resumable
-state (``state``), the run directory (``rundir``), the training config (``config``),
+state (``state``), the run directory's files (``rundir``) and what they hold (``run``: the
+model, the task), the training config (``config``),
 environment facts (``environment``), what the loop needs of a progress display
 (``progress``), an evaluation's per-class report (``metrics``), TensorBoard events
 (``tensorboard``) and the shipped pretrained models (``pretrained``)."""
@@ -10,7 +11,8 @@ from capsnet.training.environment import environment
 from capsnet.training.evaluation import evaluate, to_input
 from capsnet.training.loop import Session, train
 from capsnet.training.progress import NoProgress, Progress, ProgressFactory
-from capsnet.training.rundir import RUN_FILES, RunDir, load_run
+from capsnet.training.run import Run, load_run
+from capsnet.training.rundir import RUN_FILES, RunDir
 from capsnet.training.state import STATE_JSON, STATE_TENSORS
 from capsnet.training.step import adam, build_model, train_step
 
@@ -21,6 +23,7 @@ __all__ = [
     "NoProgress",
     "Progress",
     "ProgressFactory",
+    "Run",
     "RunDir",
     "Session",
     "TrainConfig",

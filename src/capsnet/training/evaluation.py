@@ -11,7 +11,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from capsnet.data.tasks import load_test
 from capsnet.errors import ConfigError
 from capsnet.files import check_writable_dir, write_json
 from capsnet.runtime import autocast
@@ -19,7 +18,7 @@ from capsnet.targets import Targets, num_correct
 from capsnet.training.environment import environment
 from capsnet.training.metrics import ClassCounts, write_class_report
 from capsnet.training.progress import NoProgress, ProgressFactory
-from capsnet.training.rundir import RunDir
+from capsnet.training.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +79,16 @@ def evaluate_run(
     for a pretrained model, nothing is written without ``out``). Its own task's test set
     is made with the run's options (``options`` override them) from ``data_dir``, else the
     run's data directory."""
-    run = RunDir(run_dir)
+    run = Run(run_dir)
     model = run.load_model(device)  # CheckpointError first if there is no such run
     run.require_run()
     where = Path(out) if out is not None else None if run.pretrained else run.path
     if where is not None:
         check_writable_dir(where)  # before the test set is made
     own = dataset in (None, run.dataset)
-    dataset = run.dataset if own else dataset
-    options = {**run.dataset_options, **(options or {})} if own else dict(options or {})
-    x, y = load_test(dataset, data_dir or run.data_dir, limit=limit, options=options)
+    task = run.task(dataset, options)
+    dataset = task.name
+    x, y = task.load_test(limit=limit, data_dir=data_dir)
     config = model.config
     if x.shape[1:] != (config.in_channels, *config.input_size):
         raise ConfigError(
@@ -107,7 +106,7 @@ def evaluate_run(
         "checkpoint": run.pretrained or run.checkpoint.name,  # best, else last, or the file
         **environment(),
     }
-    names = run.class_names(config.num_classes, dataset)
+    names = run.class_names_for(config.num_classes, None if own else task)
     if where is None:
         return result
     where.mkdir(parents=True, exist_ok=True)

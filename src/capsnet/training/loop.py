@@ -24,7 +24,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from capsnet.data.tasks import TrainData, dataset_spec, load_test, load_train, run_record
+from capsnet.data.split import TrainData
+from capsnet.data.task import Task, sized_class_names
+from capsnet.data.tasks import get_task
 from capsnet.data.transforms import check_erase
 from capsnet.errors import ConfigError, TrainingDiverged
 from capsnet.models.checkpoint import BEST, LAST, save_checkpoint, weights_for
@@ -41,7 +43,7 @@ from capsnet.training.config import TrainConfig
 from capsnet.training.environment import environment
 from capsnet.training.evaluation import evaluate, to_input
 from capsnet.training.progress import NoProgress, ProgressFactory
-from capsnet.training.rundir import RunDir
+from capsnet.training.run import Run
 from capsnet.training.state import load_train_state, save_train_state
 from capsnet.training.step import adam, build_model, train_step
 from capsnet.training.tensorboard import TensorBoardLog
@@ -53,7 +55,7 @@ LOSS_DECODES = "true_class"  # history.csv: what val_loss reconstructs (older ru
 
 def train(
     cfg: TrainConfig,
-    run_dir: str | Path,
+    run_dir: str | Path | Run,
     *,
     resume: bool = False,
     overwrite: bool = False,
@@ -61,14 +63,16 @@ def train(
 ) -> dict[str, Any]:
     """Train, checkpoint every epoch, select on validation, test the selected model.
 
-    Writes into ``run_dir`` (see :class:`~capsnet.training.rundir.RunDir`) and returns the
-    metrics. A new run saves its data paths absolute (``TrainConfig.with_absolute_paths``).
+    Writes into ``run_dir`` (see :class:`~capsnet.training.rundir.RunDir`; a
+    :class:`~capsnet.training.run.Run` given keeps the task training resolved, so that the
+    caller's figures read no data file again) and returns the metrics. A new run saves its
+    data paths absolute (``TrainConfig.with_absolute_paths``).
     ``resume`` continues the run there with its saved config (only ``epochs`` and
     ``device`` from ``cfg``; a run that finished no epoch starts again from its first).
     Under ``torchrun`` every process trains its share of each global batch
     (DistributedDataParallel) and only rank 0 writes files.
     """
-    run = RunDir(run_dir, names=False)
+    run = run_dir if isinstance(run_dir, Run) else Run(run_dir, names=False)
     info = distributed_from_env()
     with contextlib.ExitStack() as stack:
         if info.is_main:  # other ranks' write probes would race with rank 0's (mkdir, rmdir)
@@ -78,7 +82,7 @@ def train(
 
 
 def _train(
-    cfg: TrainConfig, run: RunDir, info: Distributed, resume: bool, progress: ProgressFactory
+    cfg: TrainConfig, run: Run, info: Distributed, resume: bool, progress: ProgressFactory
 ) -> dict[str, Any]:
     if resume:
         saved = run.resume_config(cfg.epochs)
@@ -114,13 +118,16 @@ def _data_paths(cfg: TrainConfig) -> str:
 
 @dataclass
 class Session:
-    """A training run in progress: what it trains, with what, and where it stands."""
+    """A training run in progress: what it trains, with what, and where it stands. ``task``
+    is the run's dataset resolved once: its training data, class names, record and test
+    set all come from it."""
 
     cfg: TrainConfig
-    run: RunDir
+    run: Run
     device: torch.device
     info: Distributed
     progress: ProgressFactory
+    task: Task
     data: TrainData
     model: nn.Module
     forward: Callable[..., Any]  # the model, or its DDP / compiled wrapper
@@ -138,27 +145,24 @@ class Session:
     def start(
         cls,
         cfg: TrainConfig,
-        run: RunDir,
+        run: Run,
         device: torch.device,
         info: Distributed,
         progress: ProgressFactory,
     ) -> Session:
-        """Seed, load the data, build the model, its optimiser and wrappers."""
+        """Seed, resolve the task and load its data, build the model, its optimiser and
+        wrappers."""
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
-        data = load_train(
-            cfg.dataset,
-            cfg.data_dir,
-            val_size=cfg.val_size,
-            train_limit=cfg.train_limit,
-            max_shift=cfg.max_shift,
-            options=cfg.dataset_options,
+        task = get_task(cfg.dataset, cfg.dataset_options, cfg.data_dir)
+        run.set_task(task)
+        data = task.load_train(
+            val_size=cfg.val_size, train_limit=cfg.train_limit, max_shift=cfg.max_shift
         )
         check_erase(cfg.erase, data.image_shape)  # before anything is written
         if cfg.val_size is None and data.held_out is not None:  # the run saves the default
             cfg = dataclasses.replace(cfg, val_size=data.held_out)
-        num_classes = dataset_spec(cfg.dataset).num_classes
-        model = build_model(cfg, data.image_shape, num_classes).to(device)
+        model = build_model(cfg, data.image_shape, task.num_classes).to(device)
         forward: Callable[..., Any] = model
         if info.enabled:
             ids = [device.index] if device.type == "cuda" else None
@@ -167,7 +171,9 @@ class Session:
             forward = torch.compile(forward)
         optim = adam(model, cfg.lr, cfg.weight_decay)
         scaler = grad_scaler(device, cfg.precision)
-        session = cls(cfg, run, device, info, progress, data, model, forward, optim, scaler, gen)
+        session = cls(
+            cfg, run, device, info, progress, task, data, model, forward, optim, scaler, gen
+        )
         if cfg.tensorboard and info.is_main:
             session.tb = TensorBoardLog(run.path)
         return session
@@ -181,7 +187,7 @@ class Session:
                 {
                     "train": self.cfg.to_dict(),
                     "model": {"name": self.cfg.model, "config": self.model.config.to_dict()},
-                    "data": run_record(self.cfg.dataset, self.cfg.dataset_options),
+                    "data": self.task.record(),
                     "parameters": sum(p.numel() for p in self.model.parameters()),
                     "world_size": self.info.world_size,
                     "environment": environment(),
@@ -287,7 +293,7 @@ class Session:
             self._write_epoch(epoch, is_best)
         if self.tb is not None:
             self.tb.epoch(row)
-            names = self.run.class_names(self.model.config.num_classes)
+            names = sized_class_names(self.task.class_names, self.model.config.num_classes)
             self.tb.figures(self.model, data.val_x, data.val_y, epoch, names)
         val_acc = f"{100 * row['val_accuracy']:.2f}%" if "val_accuracy" in row else "n/a"
         log.info(
@@ -340,9 +346,7 @@ class Session:
         if self.tb is not None:
             self.tb.close()
         self.model.load_state_dict(self.best_state)
-        x, y = load_test(
-            cfg.dataset, cfg.data_dir, limit=cfg.test_limit, options=cfg.dataset_options
-        )
+        x, y = self.task.load_test(limit=cfg.test_limit)
         test = evaluate(self.model, x, y, 500, self.device, self.progress, "test", cfg.precision)
         seconds = sum(h["train_seconds"] for h in self.history)
         metrics = {

@@ -1,11 +1,14 @@
-"""The run directory: one object that writes it during training and reads it afterwards.
+"""The run directory: one object that writes its files during training and reads them
+afterwards. Resolving what the files describe (the model, the task, its test set and class
+names) is the layer above: :class:`capsnet.training.run.Run`.
 
 A run directory holds ``config.json`` (training config, model name and config,
 environment), ``history.csv`` (one row per epoch), ``best.safetensors`` and
 ``last.safetensors`` (weights + model config), ``train_state.*`` (for resuming) and
 ``metrics.json`` (the test of the selected epoch). Every command that reads a run reads
-it through :class:`RunDir`; runs written by older versions are migrated on read, and
-settings this version does not know are refused (naming the version that made the run).
+it through :class:`RunDir` (or :class:`~capsnet.training.run.Run`); runs written by older
+versions are migrated on read, and settings this version does not know are refused (naming
+the version that made the run).
 """
 
 from __future__ import annotations
@@ -13,23 +16,15 @@ from __future__ import annotations
 import contextlib
 import csv
 import fnmatch
-import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
-
-from capsnet.data.custom import saved_policy
-from capsnet.data.images import ImagePolicy
-from capsnet.data.sources import DATASETS, find_dataset
-from capsnet.data.tasks import dataset_spec, load_test, task_source
-from capsnet.errors import CapsNetError, CheckpointError, ConfigError
+from capsnet import _deprecated
+from capsnet.errors import CheckpointError, ConfigError
 from capsnet.files import atomic_write, check_writable_dir, exclusive_lock, read_json, write_json
-from capsnet.models.checkpoint import BEST, LAST, load_checkpoint
-from capsnet.models.contract import Classifier, require
-from capsnet.targets import Targets
+from capsnet.models.checkpoint import BEST, LAST
 from capsnet.training.config import TrainConfig, saved_train_config, written_by
 from capsnet.training.pretrained import is_pretrained, verified_path
 from capsnet.training.state import STATE_JSON, STATE_TENSORS, read_state_meta
@@ -49,16 +44,6 @@ OUTPUTS = (
 )
 TENSORBOARD, EVENTS = "tensorboard", "events.out.tfevents.*"  # --tensorboard (a directory)
 LOCK = ".lock"  # held by the process training into the run (RunDir.writing)
-
-
-def class_names(dataset: str | None, num_classes: int) -> tuple[str, ...]:
-    """The class names of a task (``--dataset``), or "0", "1", … when it is unknown or
-    has another number of classes."""
-    try:
-        names = dataset_spec(dataset).class_names if dataset else ()
-    except CapsNetError:
-        names = ()
-    return names if len(names) == num_classes else tuple(map(str, range(num_classes)))
 
 
 def _json_type(value: Any) -> str:
@@ -112,7 +97,7 @@ class RunDir:
         return self.pretrained or str(self.file or self.path)
 
     def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
+        return f"{type(self).__name__}({str(self.path)!r})"
 
     # --- reading ----------------------------------------------------------------------
 
@@ -164,74 +149,11 @@ class RunDir:
         if self.file is not None or self.train is None:
             raise CheckpointError(f"{self.name}: not a run directory (no training {CONFIG})")
 
-    def load_model(self, device: str | torch.device = "cpu") -> nn.Module:
-        """The run's model in eval mode; ConfigError unless it meets the contract."""
-        model = load_checkpoint(self.checkpoint, device)
-        require(model, "capsnet", Classifier)
-        self._check_model(model)
-        return model
-
-    def _check_model(self, model: nn.Module) -> None:
-        """CheckpointError unless the checkpoint holds the model config.json describes."""
-        saved = self.config.get("model")
-        if not isinstance(saved, dict):
-            return
-        ckpt, name = self.checkpoint, getattr(model, "name", None)
-        if saved.get("name") not in (None, name):
-            raise CheckpointError(f"{ckpt}: holds a {name}, {CONFIG} says {saved['name']}")
-        own = json.loads(json.dumps(model.config.to_dict()))  # tuples as lists, like the file
-        theirs = saved.get("config") if isinstance(saved.get("config"), dict) else {}
-        for key in sorted(set(own) & set(theirs)):
-            if own[key] != theirs[key]:
-                raise CheckpointError(
-                    f"{ckpt}: holds another model than {CONFIG} says ({key} {own[key]} "
-                    f"in the checkpoint, {theirs[key]} in {CONFIG})"
-                )
-
     @property
     def data(self) -> dict[str, Any]:
         """What training saved about its data (``class_names``, ``image_policy``), or {}."""
         data = self.config.get("data")
         return data if isinstance(data, dict) else {}
-
-    @property
-    def image_policy(self) -> ImagePolicy | None:
-        """The resize rule and normalisation new images get (folder:, npz:, …), or None."""
-        try:
-            return saved_policy(self.data)
-        except TypeError as e:
-            raise CheckpointError(f"{self.path / CONFIG}: bad data.image_policy ({e})") from None
-
-    def class_names(self, num_classes: int, dataset: str | None = None) -> tuple[str, ...]:
-        """The class names saved by training, else the task's, else "0", "1", … (when
-        unknown or not ``num_classes`` of them); or those of another task ``dataset``."""
-        if dataset not in (None, self.dataset):
-            return class_names(dataset, num_classes)
-        saved = self.data.get("class_names")
-        if isinstance(saved, list) and len(saved) == num_classes:
-            return tuple(map(str, saved))
-        return class_names(self.dataset, num_classes)
-
-    def test_set(
-        self,
-        data_dir: str | Path | None = None,
-        limit: int | None = None,
-        download: bool = True,
-        dataset: str | None = None,
-    ) -> tuple[Tensor, Targets]:
-        """The run's own test set (its task, with its options), uint8 images (N, C, H, W),
-        from ``data_dir``, else where the run found its data; or the test set of another
-        task ``dataset`` (with its default options). ``download=False``: DataError rather
-        than a download when the task's raw source is not found."""
-        own = dataset in (None, self.dataset)
-        name = self.dataset if own else dataset
-        if name is None:
-            raise CheckpointError(f"{self.path}: no {CONFIG}, so the run's dataset is unknown")
-        source = task_source(name)
-        if not download and source in DATASETS:
-            find_dataset(source, data_dir or self.data_dir, download=False)
-        options = self.dataset_options if own else {}
-        return load_test(name, data_dir or self.data_dir, limit=limit, options=options)
 
     def history(self) -> list[dict[str, str]]:
         try:
@@ -373,25 +295,8 @@ class RunDir:
         write_json(self.path / METRICS, metrics)
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
-    """Load a trained model (eval mode) and its config from a run directory or checkpoint."""
-    model = RunDir(path).load_model(device)
-    return model, model.config
+# Names that moved to capsnet.training.run (which fills this in: it is the layer above)
+MOVED: dict[str, tuple[str, Callable[[], Any]]] = {}
+__getattr__ = _deprecated.module_getattr(__name__, MOVED)
 
-
-def load_pretrained(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
-    """A shipped model (see :mod:`capsnet.training.pretrained`) in eval mode, float32
-    whatever its stored dtype, and its config; its weights' sha256 is checked first."""
-    return load_run(verified_path(name), device)
-
-
-__all__ = [
-    "CONFIG",
-    "HISTORY",
-    "METRICS",
-    "RUN_FILES",
-    "RunDir",
-    "class_names",
-    "load_pretrained",
-    "load_run",
-]
+__all__ = ["CONFIG", "HISTORY", "METRICS", "RUN_FILES", "RunDir"]

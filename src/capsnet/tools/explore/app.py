@@ -35,10 +35,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor, nn
 
 from capsnet.data.images import normalize_images
+from capsnet.data.tasks import task_class_names
 from capsnet.errors import CapsNetError
 from capsnet.models.contract import CapsuleClassifier, Classifier, PoseDecoder, provides, require
 from capsnet.targets import OverlayTargets, Targets
-from capsnet.training.rundir import RunDir, class_names
+from capsnet.training.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class _Api:
         cfg = model.config
         self.shape = (cfg.in_channels, *cfg.input_size)  # (C, H, W)
         self.k = cfg.num_classes
-        self.names = tuple(names) if names else class_names(dataset, self.k)
+        self.names = tuple(names) if names else task_class_names(dataset, self.k)
         self.capsules = provides(model, CapsuleClassifier)
         self.has_decoder = provides(model, PoseDecoder)
         self.pose_dim = model.pose_dim if self.capsules else None
@@ -300,7 +301,7 @@ def load_explorer(
     """The explorer of a run; random test images come from the run's own test set if its
     data is found (never downloaded). Host headers are checked unless ``host`` is a
     wildcard address."""
-    run = RunDir(run_dir)
+    run = Run(run_dir)
     model = run.load_model()
     require(model, "explore", Classifier)
     images = labels = None
@@ -319,7 +320,7 @@ def load_explorer(
         images,
         labels,
         hosts,
-        class_names=run.class_names(model.config.num_classes),
+        class_names=run.class_names_for(model.config.num_classes),
         normalize=policy.normalize if policy else "none",
     )
 
