@@ -1,7 +1,7 @@
 """Data, in two layers: raw sources (``sources``: the IDX files of MNIST and Fashion-MNIST;
 ``cifar10``, ``svhn``, ``smallnorb``, ``folder``, ``npz`` readers) and tasks (``tasks``,
 ``custom``: what ``--dataset`` names, with splits, augmentation, MultiMNIST and affNIST built
-from the sources)."""
+from the sources; ``tasks.get_task`` resolves a name once into a ``task.Task``)."""
 
 from capsnet.data.geometry import shift_images
 from capsnet.data.idx import read_idx
