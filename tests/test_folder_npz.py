@@ -442,3 +442,35 @@ def test_capsnet_train_reads_an_npz_archive_once(tmp_path, monkeypatch):
         "top",
         "bottom",
     ]
+
+
+def test_an_npz_task_reads_its_archive_once_and_a_new_task_reads_it_again(tmp_path, monkeypatch):
+    from capsnet.data import custom
+    from capsnet.data.tasks import get_task
+
+    reads = []
+    monkeypatch.setattr(custom, "load_npz", lambda path: reads.append(path) or load_npz(path))
+    path = write_npz(tmp_path / "d.npz")
+    task = get_task(f"npz:{path}", {"channels": 1})
+    assert not reads  # resolving a name checks its options and reads no data
+    assert task.class_names == ("top", "bottom") and task.num_classes == 2
+    data = task.load_train(val_size=4, max_shift=0)
+    x, y = task.load_test(limit=3)
+    assert task.record()["class_names"] == ["top", "bottom"]
+    assert (data.image_shape, x.shape, len(y)) == ((1, 20, 20), (3, 1, 20, 20), 3)
+    assert len(reads) == 1
+    get_task(f"npz:{path}").load_test()  # nothing cached outside a Task
+    assert len(reads) == 2
+
+
+def test_get_task_refuses_unknown_names_and_options_and_test_only_training():
+    from capsnet.data.tasks import get_task
+
+    with pytest.raises(ConfigError, match="unknown dataset 'mnsit' .*did you mean"):
+        get_task("mnsit")
+    with pytest.raises(ConfigError, match="unknown option.*shfit"):
+        get_task("multimnist", {"shfit": 2})
+    task = get_task("affnist-generated")
+    assert not task.trainable and task.class_names[3] == "3" and task.source == "mnist"
+    with pytest.raises(ConfigError, match="a test set only"):
+        task.load_train()

@@ -177,6 +177,7 @@ class Archive:
 
     @cached_property
     def contents(self) -> dict[str, Any]:
+        """``load_npz`` of the file, on first use (DataError if it is not a valid archive)."""
         return load_npz(Path(self.path))
 
 
