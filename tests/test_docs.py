@@ -14,8 +14,9 @@ The rule, for the writers of those pages (docs/architecture.md repeats it):
 * ``<!-- test: parse-only (why) -->`` on the line before a block makes it parse-only: its
   commands are parsed (and their names checked) and its Python compiled, but nothing runs.
   The reason is required: a full dataset, a GPU, a server that does not return, hours.
-* Blocks in any other language (``text``: output, usage, layouts) are not code. Every
-  block must name its language. Models and routings a page registers are removed after.
+* ``text`` blocks (output, usage, layouts) are not code. Every block names its language,
+  one of ``python``, ``bash`` (or ``sh``, ``shell``) and ``text``. Models and routings a
+  page registers are removed after it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from capsnet.cli.options import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-SHELL = {"bash", "sh", "shell", "console"}
+SHELL = {"bash", "sh", "shell"}
+LANGUAGES = {"python", "text", *SHELL}  # another (console, py, …) would silently not run
 FENCE = re.compile(r"^```(\S*)\s*$")
 MARKER = re.compile(r"<!-- test: parse-only \((.+)\) -->")
 
@@ -186,7 +188,7 @@ def test_every_code_block_of_the_page_runs(page, workdir):
 def test_every_block_names_its_language_and_every_marker_its_block():
     for page in PAGES:
         for block in blocks(page):
-            assert block.lang, f"{block.where}: a block without a language"
+            assert block.lang in LANGUAGES, f"{block.where}: language '{block.lang}'"
         text = page.read_text()
         for match in re.finditer(r"<!-- test:[^>]*-->\n(.*)", text):
             assert MARKER.fullmatch(match[0].split("\n")[0]), f"{page}: bad marker {match[0]}"
