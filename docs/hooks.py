@@ -40,11 +40,17 @@ def cli_reference() -> str:
         sys.path.insert(0, str(SRC))
     from capsnet.cli.options import build_parser
 
+    columns = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "100"  # argparse wraps help to the terminal's width
-    parser = build_parser()
-    parser.prog = "capsnet"
+    try:
+        helps = list(walk(build_parser(), "capsnet"))
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
     sections = []
-    for path, text in walk(parser, "capsnet"):
+    for path, text in helps:
         level = "#" * min(path.count(" ") + 2, 4)
         sections.append(f"{level} `{path}`\n\n```text\n{text.rstrip()}\n```\n")
     return "\n".join(sections)
