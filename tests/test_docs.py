@@ -13,7 +13,7 @@ The rule, for the writers of those pages (docs/architecture.md repeats it):
   other program is an error. The models and datasets a command names must exist.
 * ``<!-- test: parse-only (why) -->`` on the line before a block makes it parse-only: its
   commands are parsed (and their names checked) and its Python compiled, but nothing runs.
-  The reason is required: a full dataset, a GPU, a server that does not return, hours.
+  The reason is required: a full dataset, a GPU, a server that does not return, too long a run.
 * ``text`` blocks (output, usage, layouts) are not code. Every block names its language,
   one of ``python``, ``bash`` (or ``sh``, ``shell``) and ``text``. Models and routings a
   page registers are removed after it.
