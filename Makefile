@@ -1,6 +1,7 @@
 # make demo: set up .venv, test a shipped pretrained model on Fashion-MNIST and draw its
 # figures, then train a small CapsNet on Fashion-MNIST (< 10 min on 2 CPU cores)
 # make test: set up .venv (and Chromium for the browser test) and run lint + the whole test suite
+# make docs: install the docs extra into .venv and build the documentation site into site/ (strict)
 # PYTHON=python3.10 VENV=.venv-3.10 make test: the same in another venv, made with that Python
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -8,9 +9,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CAPSNET := $(VENV)/bin/capsnet
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo test lint format
+.PHONY: install demo test lint format docs
 
 install: $(STAMP)
 
@@ -50,9 +52,19 @@ test: $(STAMP) lint
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests $(wildcard benchmarks experiments)
-	$(VENV)/bin/ruff format --check src tests $(wildcard benchmarks experiments)
+	$(VENV)/bin/ruff check src tests $(wildcard benchmarks experiments docs/hooks.py)
+	$(VENV)/bin/ruff format --check src tests $(wildcard benchmarks experiments docs/hooks.py)
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests $(wildcard benchmarks experiments)
-	$(VENV)/bin/ruff check --fix src tests $(wildcard benchmarks experiments)
+	$(VENV)/bin/ruff format src tests $(wildcard benchmarks experiments docs/hooks.py)
+	$(VENV)/bin/ruff check --fix src tests $(wildcard benchmarks experiments docs/hooks.py)
+
+# The docs extra (MkDocs, Material, mkdocstrings) once per venv, again when pyproject.toml changes
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $@
+
+# The site from docs/ (mkdocs.yml), the CLI and API references generated (docs/hooks.py);
+# --strict: any warning (a broken link, an unreadable docstring) fails the build
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
