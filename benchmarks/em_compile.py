@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from capsnet.nn.em import MASS_EPS, MIN_VAR, inverse_temperatures
 from capsnet.nn.em_conv import conv_em_routing
-from capsnet.nn.em_routing import MASS_EPS, MIN_VAR, inverse_temperatures
 from capsnet.training.environment import environment
 
 POSITIONS, CHILDREN, PARENTS = 36, 288, 32  # em-capsnet's ConvCaps1 on 32×32 inputs
@@ -37,7 +37,7 @@ POSITIONS, CHILDREN, PARENTS = 36, 288, 32  # em-capsnet's ConvCaps1 on 32×32 i
 def direct(
     poses: Tensor, weight: Tensor, acts: Tensor, beta_u: Tensor, beta_a: Tensor, lambdas: list
 ) -> tuple[Tensor, Tensor]:
-    """EM routing (as :func:`capsnet.nn.em_routing.em_routing`) written for fusion: poses
+    """EM routing (as :func:`capsnet.nn.em.em_routing`) written for fusion: poses
     (n, I, 4, 4), W (I, J, 4, 4), a (n, I) → μ (n, J, 16), a (n, J)."""
     n, i = acts.shape
     w = weight.permute(1, 0, 2, 3)  # (J, I, 4, 4)

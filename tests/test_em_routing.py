@@ -1,4 +1,4 @@
-"""EM routing maths (capsnet.nn.em_routing): exact variance, the detach_agreement meaning,
+"""EM routing maths (capsnet.nn.em): exact variance, the detach_agreement meaning,
 capsule_em's schedule, floor and mass."""
 
 import math
@@ -7,8 +7,7 @@ import sys
 import pytest
 import torch
 
-from capsnet.nn.em_conv import conv_em_routing
-from capsnet.nn.em_routing import (
+from capsnet.nn.em import (
     MASS_EPS,
     MIN_VAR,
     centre,
@@ -17,6 +16,7 @@ from capsnet.nn.em_routing import (
     m_step,
     vote_mean,
 )
+from capsnet.nn.em_conv import conv_em_routing
 
 D64 = torch.float64
 

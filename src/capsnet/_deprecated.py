@@ -1,7 +1,11 @@
-"""The module paths of capsnet 0.1 before its layers were split into packages, kept for one
-release: importing one (``import capsnet.routing``, ``from capsnet.predict import predict``)
-warns with a DeprecationWarning naming the new path and gives a module whose every name is
-the new module's (the same objects). Nothing in capsnet imports them.
+"""Old names kept for one release, each warning with a DeprecationWarning that names the new
+one; nothing in capsnet uses them.
+
+* Module paths of capsnet 0.1 before its layers were split into packages (:data:`MOVED`):
+  importing one (``import capsnet.routing``, ``from capsnet.predict import predict``) gives
+  a module whose every name is the new module's (the same objects).
+* Renamed attributes (:data:`RENAMED`): a module's old global through
+  :func:`module_getattr`, an old attribute of a class through :func:`renamed_attribute`.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ import importlib.machinery
 import sys
 import types
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 # old module → the module(s) now holding its names (the first that has a name wins)
 MOVED: dict[str, tuple[str, ...]] = {
     **{
         f"capsnet.{m}": (f"capsnet.nn.{m}",)
-        for m in ("dftconv", "em_conv", "em_routing", "layers", "losses", "native", "patchconv")
+        for m in ("dftconv", "em_conv", "layers", "losses", "native", "patchconv")
     },
+    "capsnet.nn.em_routing": ("capsnet.nn.em",),  # renamed in 0.2: em_routing is the function
     "capsnet.routing": ("capsnet.nn.routing",),
     **{
         f"capsnet.{m}": (f"capsnet.tools.{m}",)
@@ -42,6 +48,26 @@ MOVED: dict[str, tuple[str, ...]] = {
     "capsnet.cli_commands": ("capsnet.cli.commands",),
     "capsnet.cli_progress": ("capsnet.cli.progress",),
     "capsnet.cli_resume": ("capsnet.cli.resume",),
+}
+# Old module paths that no longer import: ``capsnet.em_routing`` is the function (``from
+# capsnet import em_routing``); a module of that name would replace it as the package's
+# attribute once imported. Importing one raises ModuleNotFoundError with this message.
+GONE: dict[str, str] = {
+    "capsnet.em_routing": "capsnet.em_routing is the function em_routing, not a module; "
+    "the EM routing maths are in capsnet.nn.em",
+}
+
+# old qualified name → new one, of every attribute renamed in 0.2 (tests/test_deprecated.py)
+RENAMED: dict[str, str] = {
+    "capsnet.names.PERTURBATIONS": "capsnet.names.PERTURBATION_NAMES",
+    "capsnet.models.figures.PERTURBATIONS": "capsnet.models.figures.POSE_DELTAS",
+    "capsnet.models.capsnet.CapsNetOutput.lengths": "capsnet.models.capsnet.CapsNetOutput.scores",
+    "capsnet.models.capsnet.CapsNetOutput.routing_weights": (
+        "capsnet.models.capsnet.CapsNetOutput.coupling"
+    ),
+    "capsnet.models.capsnet.CapsuleModel.routing_grid": (
+        "capsnet.models.capsnet.CapsuleModel.coupling_grid"
+    ),
 }
 _DUNDERS = ("__name__", "__spec__", "__loader__", "__file__", "__package__", "__path__")
 
@@ -85,10 +111,48 @@ class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: object = None, target: object = None
     ) -> importlib.machinery.ModuleSpec | None:
+        if fullname in GONE:
+            raise ModuleNotFoundError(GONE[fullname], name=fullname)
         targets = MOVED.get(fullname)
         if targets is None:
             return None
         return importlib.machinery.ModuleSpec(fullname, _Alias(targets))
+
+
+def warn_renamed(old: str, stacklevel: int = 3) -> None:
+    """Warn that ``old`` (a key of :data:`RENAMED`) is deprecated, naming its new name."""
+    warnings.warn(
+        f"{old} is deprecated and will be removed in the next release; use {RENAMED[old]}",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def module_getattr(module: str, namespace: Mapping[str, Any]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) that answers the module's renamed globals (those of
+    :data:`RENAMED` under ``module``) with a warning and the value of the new name in
+    ``namespace`` (the module's ``globals()``)."""
+
+    def __getattr__(name: str) -> Any:
+        old = f"{module}.{name}"
+        if old not in RENAMED:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        warn_renamed(old)
+        return namespace[RENAMED[old].rpartition(".")[2]]
+
+    return __getattr__
+
+
+def renamed_attribute(old: str) -> property:
+    """A read-only property for the old attribute ``old`` (a key of :data:`RENAMED`) of a
+    class: it warns and returns the new attribute."""
+    new = RENAMED[old].rpartition(".")[2]
+
+    def get(self: Any) -> Any:
+        warn_renamed(old)
+        return getattr(self, new)
+
+    return property(get, doc=f"Deprecated: {new}.")
 
 
 def install() -> None:

@@ -2,9 +2,9 @@
 
 :func:`conv_em_routing` computes the votes V_ij = M_i W_ij of a convolutional capsule
 layer chunk by chunk of routing problems and routes each chunk with the maths of
-:mod:`capsnet.nn.em_routing`, so all the votes are never in memory at once. In the backward
+:mod:`capsnet.nn.em`, so all the votes are never in memory at once. In the backward
 pass V' = V - c and V'² are constants to autograd: the gradient each contraction sends
-them is a rank-1 term per (problem, parent), taped (:class:`capsnet.nn.em_routing.Votes`) and
+them is a rank-1 term per (problem, parent), taped (:class:`capsnet.nn.em.Votes`) and
 summed in one matmul, so autograd only sees tensors 1/16 the size of the votes. A chunk's
 graph is kept from the forward pass while the kept graphs fit in ``KEEP_BYTES``; the other
 chunks are recomputed in the backward pass.
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from capsnet.nn.em_routing import (
+from capsnet.nn.em import (
     Tape,
     Votes,
     _route,
@@ -87,7 +87,7 @@ def _conv_votes(poses: Tensor, weight: Tensor, acts: Tensor) -> tuple[Votes, Ten
     a-weighted mean vote, for poses (n, I, 4, 4), W (I, J, 4, 4) and a (n, I)."""
     n, i = acts.shape
     j = weight.shape[1]
-    w = mean_weights(acts)  # (n, I): the shift of em_routing.vote_mean
+    w = mean_weights(acts)  # (n, I): the shift of em.vote_mean
     # c_j = Σ_i w_i M_i W_ij without the votes: one matmul over (i, q)
     m = (w[:, :, None, None] * poses).permute(0, 2, 1, 3).reshape(n * 4, i * 4)
     c = (m @ weight.permute(0, 2, 1, 3).reshape(i * 4, j * 4)).view(n, 4, j, 4)

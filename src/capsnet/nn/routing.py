@@ -25,9 +25,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from capsnet.errors import ConfigError
+from capsnet.nn.em import _wide
+from capsnet.nn.em import em_routing as em_routing  # EM maths live there
 from capsnet.nn.em_conv import conv_em_routing
-from capsnet.nn.em_routing import _wide
-from capsnet.nn.em_routing import em_routing as em_routing  # EM maths live there
 from capsnet.nn.native import dynamic_kernels, dynamic_native_applies
 
 EPS = 1e-8
