@@ -100,3 +100,16 @@ def test_the_old_em_routing_module_path_is_gone_and_the_function_stays(monkeypat
     with pytest.warns(DeprecationWarning, match="import capsnet.nn.em"):
         importlib.import_module("capsnet.nn.em_routing")
     assert capsnet.em_routing is em_routing
+
+
+def test_options_passed_by_position_as_in_0_1_warn_and_still_work():
+    from capsnet import em_routing
+
+    votes, acts = torch.randn(2, 6, 3, 16), torch.rand(2, 6)
+    beta_u, beta_a = torch.zeros(3), torch.zeros(3)
+    want = em_routing(votes, acts, beta_u, beta_a, iterations=2, final_beta=0.5)
+    with pytest.warns(DeprecationWarning, match="em_routing: passing iterations, final_beta by"):
+        got = em_routing(votes, acts, beta_u, beta_a, 2, 0.5)
+    torch.testing.assert_close(got[:2], want[:2])
+    with pytest.raises(TypeError):  # one value twice is the error it always was
+        em_routing(votes, acts, beta_u, beta_a, 2, iterations=2)

@@ -6,13 +6,17 @@ one; nothing in capsnet uses them.
   a module whose every name is the new module's (the same objects).
 * Renamed attributes (:data:`RENAMED`): a module's old global through
   :func:`module_getattr`, an old attribute of a class through :func:`renamed_attribute`.
+* Options that became keyword-only in 0.2 (:func:`keyword_only`): a call that still passes
+  them by position works.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.abc
 import importlib.machinery
+import inspect
 import sys
 import types
 import warnings
@@ -153,6 +157,37 @@ def renamed_attribute(old: str) -> property:
         return getattr(self, new)
 
     return property(get, doc=f"Deprecated: {new}.")
+
+
+def keyword_only(keep: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator for a function whose parameters after the first ``keep`` positional ones
+    (``self`` counts) became keyword-only: a call with more positional arguments warns and
+    passes the extra ones as the keyword-only parameters, in their order of definition."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        kinds = inspect.signature(fn).parameters.values()
+        names = [p.name for p in kinds if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if len(args) > keep:
+                extra = args[keep:]
+                if len(extra) > len(names) or set(names[: len(extra)]) & set(kwargs):
+                    return fn(*args, **kwargs)  # the TypeError the call deserves
+                given = ", ".join(names[: len(extra)])
+                warnings.warn(
+                    f"{fn.__qualname__}: passing {given} by position is deprecated and will "
+                    "be an error in the next release; pass them by keyword",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                kwargs |= dict(zip(names, extra, strict=False))
+                args = args[:keep]
+            return fn(*args, **kwargs)
+
+        return call
+
+    return wrap
 
 
 def install() -> None:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from capsnet import _deprecated
 from capsnet.nn.em import (
     Tape,
     Votes,
@@ -36,12 +37,14 @@ KEEP_BYTES = 768 << 20  # graphs of chunks kept from the forward pass, per conv_
 KEPT_NUMBERS = 56  # a kept graph's numbers per (n, j, i): V', V'² and the small tensors
 
 
+@_deprecated.keyword_only(5)
 def conv_em_routing(
     poses: Tensor,
     weight: Tensor,
     activations: Tensor,
     beta_u: Tensor,
     beta_a: Tensor,
+    *,
     iterations: int = 3,
     final_beta: float = 1.0,
     detach_agreement: bool = False,
@@ -117,7 +120,7 @@ def _conv_forward(
 ) -> tuple[Tensor, Tensor]:
     """One chunk, no autograd: → μ (n, J, 16), a (n, J)."""
     votes, c = _conv_votes(poses, weight, acts)
-    mu, logits, _ = _route(votes, votes, c, acts.unsqueeze(1), beta_u, beta_a, lambdas)
+    mu, logits, _ = _route(votes, votes, c, acts.unsqueeze(1), beta_u, beta_a, lambdas=lambdas)
     return mu + c, torch.sigmoid(logits)
 
 
@@ -127,6 +130,7 @@ def _conv_graph(
     acts: Tensor,
     beta_u: Tensor,
     beta_a: Tensor,
+    *,
     lambdas: list[float],
     detach: bool,
 ) -> Graph:
@@ -138,7 +142,9 @@ def _conv_graph(
         leaves = [t.detach().requires_grad_() for t in (acts, beta_u, beta_a, plain.v1)]
         votes = Votes(leaves[3], plain.v2, tape)
         agree = plain if detach else votes
-        mu, logits, _ = _route(votes, agree, c, leaves[0].unsqueeze(1), *leaves[1:3], lambdas)
+        mu, logits, _ = _route(
+            votes, agree, c, leaves[0].unsqueeze(1), *leaves[1:3], lambdas=lambdas
+        )
         return (mu + c, torch.sigmoid(logits)), leaves, tape, plain
 
 
@@ -168,12 +174,12 @@ class _ConvEM(torch.autograd.Function):
         keep = KEEP_BYTES // per_chunk if any(ctx.needs_input_grad[:5]) else 0
         outs = []
         for s in range(0, n, chunk):
-            args = (poses[s : s + chunk], weight, acts[s : s + chunk], beta_u, beta_a, lambdas)
+            args = (poses[s : s + chunk], weight, acts[s : s + chunk], beta_u, beta_a)
             if len(ctx.kept) < keep:
-                ctx.kept[s] = _conv_graph(*args, detach)
+                ctx.kept[s] = _conv_graph(*args, lambdas=lambdas, detach=detach)
                 outs.append([t.detach() for t in ctx.kept[s][0]])
             else:
-                outs.append(_conv_forward(*args))
+                outs.append(_conv_forward(*args, lambdas))
         return torch.cat([m for m, _ in outs]), torch.cat([a for _, a in outs])
 
     @staticmethod
@@ -184,7 +190,13 @@ class _ConvEM(torch.autograd.Function):
         for s in range(0, acts.shape[0], ctx.chunk):
             part = slice(s, s + ctx.chunk)
             graph = ctx.kept.pop(s, None) or _conv_graph(
-                poses[part], weight, acts[part], beta_u, beta_a, ctx.lambdas, ctx.detach
+                poses[part],
+                weight,
+                acts[part],
+                beta_u,
+                beta_a,
+                lambdas=ctx.lambdas,
+                detach=ctx.detach,
             )
             got = _conv_grads(graph, poses[part], weight, g_mu[part], g_a[part])
             for k, g in enumerate(got):

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from capsnet import _deprecated
 from capsnet.nn.dftconv import dft_conv2d, dft_grid, kernel_spectrum
 from capsnet.nn.patchconv import patch_grad_conv2d
 from capsnet.nn.routing import (
@@ -128,7 +129,9 @@ class Conv2d(nn.Conv2d):
                 ws = kernel_spectrum(w, n, m, lowp)  # (·, F, O, C)
                 self._spectrum = (key, ws.transpose(2, 3).contiguous().transpose(2, 3))
             spectrum = self._spectrum[1]
-        return dft_conv2d(x, self.weight, self.bias, self.stride[0], spectrum, lowp)
+        return dft_conv2d(
+            x, self.weight, self.bias, self.stride[0], spectrum=spectrum, product_dtype=lowp
+        )
 
 
 def _product_dtype() -> torch.dtype | None:
@@ -148,6 +151,7 @@ class PrimaryCaps(nn.Module):
     lets the convolution go through the DFT where that is cheaper (:class:`Conv2d`).
     """
 
+    @_deprecated.keyword_only(6)
     def __init__(
         self,
         in_channels: int,
@@ -155,6 +159,7 @@ class PrimaryCaps(nn.Module):
         dim: int,
         kernel_size: int,
         stride: int,
+        *,
         groups: int = 1,
         squash_fn: Callable[[Tensor], Tensor] = squash,
         dft: bool = True,
@@ -248,12 +253,14 @@ class SharedRoutingCaps(nn.Module):
     predictions; any other routing gets them as votes (B, I, J, out_dim).
     """
 
+    @_deprecated.keyword_only(5)
     def __init__(
         self,
         in_caps: int,
         in_dim: int,
         out_caps: int,
         out_dim: int,
+        *,
         groups: int = 1,
         spec: RoutingSpec = DYNAMIC,
     ):
@@ -373,7 +380,12 @@ class ConvMatrixCaps(nn.Module):
         r = self.router
         if r.routing.patches is not None:  # the routing's own: no votes stored
             mu, a = r.routing.patches(
-                patches, self.weight, acts, r.params, r.iterations, r.detach_agreement
+                patches,
+                self.weight,
+                acts,
+                r.params,
+                iterations=r.iterations,
+                detach=r.detach_agreement,
             )
         else:
             votes = torch.einsum("nipq,ijqr->njipr", patches, self.weight)  # (N, J, I, 4, 4)

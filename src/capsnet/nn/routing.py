@@ -359,7 +359,7 @@ class Routing(NamedTuple):
     # shared(u (B, G, P, E), W (G, J, D, E), params, iterations, detach) → Routed: one matrix
     # per group of P children (Aff-CapsNets)
     shared: Callable[[Tensor, Tensor, Mapping[str, Tensor], int, bool], Routed] | None = None
-    # patches(M (N, I, 4, 4), W (I, J, 4, 4), a (N, I), params, iterations, detach) → poses
+    # patches(M (N, I, 4, 4), W (I, J, 4, 4), a (N, I), params, *, iterations, detach) → poses
     # (N, J, 16), activations (N, J): matrix capsules' votes V = M W, patch by patch
     patches: Callable[..., tuple[Tensor, Tensor]] | None = None
 
@@ -389,17 +389,22 @@ def _em(votes: Tensor, activations: Tensor, params, iterations, detach) -> Route
             activations,
             params["beta_u"],
             params["beta_a"],
-            iterations,
+            iterations=iterations,
             detach_agreement=detach,
         )
     )
 
 
-def _em_patches(patches, weight, activations, params, iterations, detach):
+def _em_patches(patches, weight, activations, params, *, iterations, detach):
     return conv_em_routing(
-        patches, weight, activations, params["beta_u"], params["beta_a"], iterations,
+        patches,
+        weight,
+        activations,
+        params["beta_u"],
+        params["beta_a"],
+        iterations=iterations,
         detach_agreement=detach,
-    )  # fmt: skip
+    )
 
 
 def _self_attention(votes: Tensor, activations: Tensor, params, iterations, detach) -> Routed:

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from capsnet import __version__
+from capsnet import __version__, _deprecated
 from capsnet.errors import CheckpointError, ConfigError, DataError
 from capsnet.files import atomic_write, check_new_file
 from capsnet.models.config import ModelConfig
@@ -244,9 +244,11 @@ def _check_images(
     return images.float() / 255  # as in training
 
 
+@_deprecated.keyword_only(2)
 def export_run(
     run_dir: str | Path,
     path: str | Path,
+    *,
     data_dir: str | None = None,
     check_images: int = 100,
     dataset: str | None = None,

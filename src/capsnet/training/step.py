@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.graph import increment_version
 
+from capsnet import _deprecated
 from capsnet.models import create_model
 from capsnet.runtime import autocast
 from capsnet.targets import Targets, num_correct
@@ -45,12 +46,14 @@ def build_model(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int
     return create_model(cfg.model, **overrides, **cfg.model_overrides)
 
 
+@_deprecated.keyword_only(5)
 def train_step(
     model: nn.Module,
     forward: Callable[..., Any],
     optim: torch.optim.Optimizer,
     x: Tensor,
     y: Targets,
+    *,
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[Tensor, Tensor]:

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor, nn
 
+from capsnet import _deprecated
 from capsnet.data.images import normalize_images
 from capsnet.errors import CapsNetError
 from capsnet.models.contract import CapsuleClassifier, Classifier, PoseDecoder, provides, require
@@ -268,8 +269,10 @@ class _Api:
         }
 
 
+@_deprecated.keyword_only(1)
 def create_app(
     model: nn.Module,
+    *,
     dataset: str | None = None,
     test_images: Tensor | None = None,
     test_labels: Targets | None = None,
@@ -317,10 +320,10 @@ def load_explorer(
     policy = run.image_policy
     return create_app(
         model,
-        run.dataset,
-        images,
-        labels,
-        hosts,
+        dataset=run.dataset,
+        test_images=images,
+        test_labels=labels,
+        hosts=hosts,
         class_names=run.class_names(model.config.num_classes),
         normalize=policy.normalize if policy else "none",
     )
