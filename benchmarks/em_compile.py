@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from capsnet.nn.em import MASS_EPS, MIN_VAR, inverse_temperatures
+from capsnet.nn.em import MASS_EPS, MIN_VAR, STD_EPS, inverse_temperatures
 from capsnet.nn.em_conv import conv_em_routing
 from capsnet.training.environment import environment
 
@@ -52,7 +52,7 @@ def direct(
         var = (share * (v - mu[:, :, None]) ** 2).sum(2) + MIN_VAR
         cost = (beta_u[..., None] + 0.5 * torch.log(var)).sum(-1) * mass
         mean = cost.mean(1, keepdim=True)
-        std = torch.sqrt((cost - mean).pow(2).mean(1, keepdim=True) + 1e-6)
+        std = torch.sqrt((cost - mean).pow(2).mean(1, keepdim=True) + STD_EPS)
         logits = lam * (beta_a + (mean - cost) / std)
         if t == len(lambdas) - 1:
             break

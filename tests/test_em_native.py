@@ -2,6 +2,7 @@
 here, equal to the written-out reference and to the PyTorch path, values and gradients."""
 
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from tests.test_em_routing import _inputs, _votes, reference_em
 
-from capsnet.nn import native
+from capsnet.nn import em, native
 from capsnet.nn.em_conv import conv_em_routing
 
 
@@ -193,3 +194,11 @@ def test_the_build_name_changes_with_what_the_build_depends_on():
     assert name != native._build_name("capsnet_em", other_checkout, b"source", ["-O3"])
     assert name != native._build_name("capsnet_em", here, b"edited", ["-O3"])
     assert name != native._build_name("capsnet_em", here, b"source", ["-O2"])
+
+
+def test_the_kernel_takes_the_em_constants_from_the_python_maths():
+    header = (native.SOURCE.parent / "em_problem.h").read_text()
+    for name in ("MIN_VAR", "MASS_EPS", "STD_EPS"):
+        assert f"-DCAPSNET_EM_{name}={getattr(em, name)!r}" in native.FLAGS
+        assert f"= CAPSNET_EM_{name}" in header
+    assert not re.search(r"\d+e-\d+", header)  # no copy of them in the source

@@ -39,6 +39,7 @@ from capsnet import _deprecated
 
 MIN_VAR = 5e-4  # capsule_em: min_var
 MASS_EPS = 1e-5  # capsule_em: added to the masses Σ_i r_ij
+STD_EPS = 1e-6  # added to the variance of the costs over the parents, under the square root
 
 
 def inverse_temperatures(iterations: int, final_beta: float) -> list[float]:
@@ -150,7 +151,7 @@ def _logits(var: Tensor, mass: Tensor, beta_u: Tensor, beta_a: Tensor, lam: floa
     """
     cost = (beta_u.unsqueeze(-1) + 0.5 * torch.log(var)).sum(-1) * mass  # (N, J)
     mean = cost.mean(1, keepdim=True)
-    std = torch.sqrt((cost - mean).pow(2).mean(1, keepdim=True) + 1e-6)
+    std = torch.sqrt((cost - mean).pow(2).mean(1, keepdim=True) + STD_EPS)
     return lam * (beta_a + (mean - cost) / std)
 
 
