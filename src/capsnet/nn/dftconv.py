@@ -20,7 +20,7 @@ end (a transposing copy back to (channels, h, w)).
 The result matches the direct convolution to float rounding (about 1e-6 of the largest
 output in float32); the gradients are written out by hand (:class:`_DFTConv`): the adjoint
 transforms and six batched products, twice the forward's three, as for a direct
-convolution. With ``product_dtype`` bfloat16 (what :class:`capsnet.nn.layers.Conv2d` takes
+convolution. With ``product_dtype`` bfloat16 (what :class:`capsnet.nn.conv.Conv2d` takes
 under bfloat16 autocast) the kernel's transform, the products (four per frequency, eight in
 the backward) and the kernel gradient's adjoint run in bfloat16, at bfloat16's accuracy.
 """

@@ -24,7 +24,7 @@ def adam(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.
     the paper network's 8.2M parameters on 2026-12-04's AMD EPYC 4-5 ms a step instead of
     12-18 (benchmarks/adam-fused-2026-12-04.log). The fused kernel does not count its
     in-place update in the parameters' version counters (PyTorch 2.13), which caches keyed
-    on them rely on (:class:`capsnet.nn.layers.Conv2d`'s kernel spectrum); a hook after each
+    on them rely on (:class:`capsnet.nn.conv.Conv2d`'s kernel spectrum); a hook after each
     step counts it.
     """
     params = list(model.parameters())
