@@ -162,7 +162,9 @@ def renamed_attribute(old: str) -> property:
 def keyword_only(keep: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator for a function whose parameters after the first ``keep`` positional ones
     (``self`` counts) became keyword-only: a call with more positional arguments warns and
-    passes the extra ones as the keyword-only parameters, in their order of definition."""
+    passes the extra ones as the keyword-only parameters, in their order of definition (one
+    with more of them than there are such parameters, or naming one of those it gives by
+    position, is passed on as it is, to fail with Python's TypeError)."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         kinds = inspect.signature(fn).parameters.values()

@@ -1,5 +1,5 @@
 // Votes and dynamic routing (Sabour, Frosst & Hinton 2017, Procedure 1) of fully connected
-// capsules on the CPU, and its backward pass: the maths of capsnet/layers.py's
+// capsules on the CPU, and its backward pass: the maths of capsnet/nn/layers.py's
 // RoutingCaps._route and capsnet/nn/dynamic.py's _route and _DynamicRouting, without writing
 // the votes or their gradient to memory.
 //
