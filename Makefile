@@ -3,9 +3,11 @@
 # make test: set up .venv (and Chromium for the browser test) and run lint + the whole test suite
 # make docs: install the docs extra into .venv and build the documentation site into site/ (strict)
 # PYTHON=python3.10 VENV=.venv-3.10 make test: the same in another venv, made with that Python
+# TORCH=2.5.1 make test: with that PyTorch (a new VENV; .ci/run tests the floor this way)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
+TORCH ?= 2.13.0
 PY := $(VENV)/bin/python
 CAPSNET := $(VENV)/bin/capsnet
 STAMP := $(VENV)/.installed
@@ -16,13 +18,13 @@ DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 install: $(STAMP)
 
-# torch is pinned and installed first, so pip takes a build at hand where one exists (this
+# torch is pinned (TORCH) and installed first, so pip takes a build at hand where one exists (this
 # image's CPU build for Python 3.11) instead of resolving a newer release. The native
 # kernels are built last (about a minute each); without them PyTorch's paths run.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==$(TORCH)
 	$(PY) -m pip install -q -e '.[dev]'
 	$(CAPSNET) build-kernels || echo "capsnet: no native kernels; PyTorch's slower paths will run"
 	touch $@

@@ -40,7 +40,7 @@ def _run(variant: str, net: torch.nn.Module, optim: torch.optim.Optimizer, x, y,
     with old if variant == "old" else contextlib.nullcontext():
         if mode == "train":
             net.train()
-            train_step(net, net, optim, x, y, precision)
+            train_step(net, net, optim, x, y, precision=precision)
         else:
             net.eval()
             with torch.no_grad(), autocast(x.device, precision):

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from capsnet.nn.em import MASS_EPS, MIN_VAR, STD_EPS, inverse_temperatures
 from capsnet.nn.em_conv import conv_em_routing
-from capsnet.nn.em_routing import MASS_EPS, MIN_VAR, inverse_temperatures
 from capsnet.training.environment import environment
 
 POSITIONS, CHILDREN, PARENTS = 36, 288, 32  # em-capsnet's ConvCaps1 on 32×32 inputs
@@ -37,7 +37,7 @@ POSITIONS, CHILDREN, PARENTS = 36, 288, 32  # em-capsnet's ConvCaps1 on 32×32 i
 def direct(
     poses: Tensor, weight: Tensor, acts: Tensor, beta_u: Tensor, beta_a: Tensor, lambdas: list
 ) -> tuple[Tensor, Tensor]:
-    """EM routing (as :func:`capsnet.nn.em_routing.em_routing`) written for fusion: poses
+    """EM routing (as :func:`capsnet.nn.em.em_routing`) written for fusion: poses
     (n, I, 4, 4), W (I, J, 4, 4), a (n, I) → μ (n, J, 16), a (n, J)."""
     n, i = acts.shape
     w = weight.permute(1, 0, 2, 3)  # (J, I, 4, 4)
@@ -52,7 +52,7 @@ def direct(
         var = (share * (v - mu[:, :, None]) ** 2).sum(2) + MIN_VAR
         cost = (beta_u[..., None] + 0.5 * torch.log(var)).sum(-1) * mass
         mean = cost.mean(1, keepdim=True)
-        std = torch.sqrt((cost - mean).pow(2).mean(1, keepdim=True) + 1e-6)
+        std = torch.sqrt((cost - mean).pow(2).mean(1, keepdim=True) + STD_EPS)
         logits = lam * (beta_a + (mean - cost) / std)
         if t == len(lambdas) - 1:
             break

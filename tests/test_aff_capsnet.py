@@ -77,7 +77,7 @@ def test_aff_capsnet_output_shapes_and_every_parameter_gets_a_gradient(share):
     )
     x, y = torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])
     out = model(x, y)
-    assert out.lengths.shape == (3, 10) and out.coupling.shape == (3, 2 * 6 * 6, 10)
+    assert out.scores.shape == (3, 10) and out.coupling.shape == (3, 2 * 6 * 6, 10)
     assert out.reconstructions.shape == (3, 1, 28, 28)
     model.loss(out, x, y)[0].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

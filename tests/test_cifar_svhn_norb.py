@@ -217,12 +217,10 @@ def test_capsnet_cifar10_is_the_papers_network_with_none_of_the_above():
     cfg = model.config
     assert (cfg.in_channels, cfg.input_size, cfg.primary_types) == (3, (24, 24), 64)
     out = model(torch.rand(2, 3, 24, 24))
-    assert out.scores.shape == (2, 10) and out.routing_weights.shape == (2, 64 * 4 * 4, 10)
-    assert (out.routing_weights.sum(-1) < 1).all()  # the rest went to none-of-the-above
+    assert out.scores.shape == (2, 10) and out.coupling.shape == (2, 64 * 4 * 4, 10)
+    assert (out.coupling.sum(-1) < 1).all()  # the rest went to none-of-the-above
     plain = create_model("capsnet-cifar10", none_of_the_above=False)
-    assert torch.allclose(
-        plain(torch.rand(1, 3, 24, 24)).routing_weights.sum(-1), torch.tensor(1.0)
-    )
+    assert torch.allclose(plain(torch.rand(1, 3, 24, 24)).coupling.sum(-1), torch.tensor(1.0))
 
 
 def test_capsnet_cifar10_every_parameter_gets_a_gradient_and_it_round_trips(tmp_path):

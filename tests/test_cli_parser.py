@@ -112,7 +112,7 @@ def _registry(path: str) -> tuple:
         ("OFFICIAL", "capsnet.data.custom:OFFICIAL"),
         ("ROUTINGS", "capsnet.nn.routing:ROUTINGS"),
         ("PRECISIONS", "capsnet.runtime:PRECISION_CHOICES"),
-        ("PERTURBATIONS", "capsnet.tools.perturbations:PERTURBATIONS"),
+        ("PERTURBATION_NAMES", "capsnet.tools.perturbations:PERTURBATIONS"),
         ("TABLE1_ROWS", "capsnet.tools.experiments:ROW_NAMES"),
         ("TABLE1_SIZES", "capsnet.tools.experiments:SIZES"),
     ],

@@ -48,9 +48,9 @@ def test_every_registered_model_is_a_classifier_and_its_output_says_what_it_is(n
     assert isinstance(out, Scored) and out.scores.shape == (2, c.num_classes)
     assert isinstance(out, CapsuleOutput) == is_capsule
     if is_capsule:
-        types, h, w = model.routing_grid
+        types, h, w = model.coupling_grid
         assert out.poses.shape == (2, c.num_classes, model.pose_dim)
-        assert out.routing_weights.shape == (2, types * h * w, c.num_classes)
+        assert out.coupling.shape == (2, types * h * w, c.num_classes)
 
 
 class _Logits(NamedTuple):
@@ -93,7 +93,7 @@ def test_a_tool_refuses_a_missing_part_in_one_line_naming_model_and_part(linear_
     with pytest.raises(ConfigError) as e:
         require(model, "coupling figure", CapsuleClassifier)
     message = str(e.value)
-    assert "\n" not in message and "linear-test" in message and "routing weights" in message
+    assert "\n" not in message and "linear-test" in message and "coupling coefficients" in message
     with pytest.raises(ConfigError, match="coupling.*capsule poses.*linear-test has none"):
         save_coupling(model, torch.rand(1, 28, 28), "never-written.png")
 

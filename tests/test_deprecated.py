@@ -5,8 +5,10 @@ import importlib
 import sys
 
 import pytest
+import torch
 
-from capsnet._deprecated import MOVED
+from capsnet import create_model
+from capsnet._deprecated import GONE, MOVED, RENAMED
 
 
 @pytest.mark.parametrize("old", sorted(MOVED))
@@ -55,6 +57,8 @@ def test_the_warning_names_the_line_that_imports_the_old_path(monkeypatch):
         ("capsnet.data.split", "Task", "Recipe"),
         ("capsnet.data.custom", "task", "recipe"),
         ("capsnet.data.folder", "class_names", "class_folders"),
+        ("capsnet.names", "PERTURBATIONS", "PERTURBATION_NAMES"),
+        ("capsnet.models.figures", "PERTURBATIONS", "POSE_DELTAS"),
     ],
 )
 def test_an_old_name_in_a_module_warns_and_gives_the_new_object(module, old, new):
@@ -101,3 +105,67 @@ def test_rundir_s_old_model_and_task_methods_warn_and_answer_as_run_s():
     with pytest.warns(DeprecationWarning, match="RunDir.load_model is deprecated"):
         model = old.load_model()
     assert model.config == new.load_model().config
+
+
+def _resolve(qualified: str):
+    """The object at ``module.attr`` or ``module.Class.attr`` (on an instance for a class)."""
+    parts = qualified.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[cut:]:
+            obj = getattr(obj, name)
+        return obj
+    raise AssertionError(qualified)
+
+
+@pytest.mark.parametrize("old", sorted(RENAMED))
+def test_a_renamed_attribute_warns_and_names_the_new_one(old):
+    new = RENAMED[old]
+    if "Output" in old or "Model" in old:  # an attribute of instances
+        model = create_model("capsnet-small")
+        out = model(torch.rand(1, 1, 28, 28))
+        owner = model if "Model" in old else out
+        with pytest.warns(DeprecationWarning, match=f"{old} is deprecated.*use {new}"):
+            value = getattr(owner, old.rpartition(".")[2])
+        want = getattr(owner, new.rpartition(".")[2])
+        assert value is want or torch.equal(torch.as_tensor(value), torch.as_tensor(want))
+        return
+    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated.*use {new}"):
+        value = _resolve(old)
+    assert value is _resolve(new)
+
+
+def test_a_module_without_the_old_name_still_raises_attribute_error():
+    import capsnet.names
+
+    with pytest.raises(AttributeError, match="no attribute 'NOPE'"):
+        capsnet.names.NOPE  # noqa: B018
+
+
+def test_the_old_em_routing_module_path_is_gone_and_the_function_stays(monkeypatch):
+    import capsnet
+    from capsnet.nn.em import em_routing
+
+    for old in GONE:
+        with pytest.raises(ModuleNotFoundError, match="capsnet.nn.em"):
+            importlib.import_module(old)
+    monkeypatch.delitem(sys.modules, "capsnet.nn.em_routing", raising=False)
+    with pytest.warns(DeprecationWarning, match="import capsnet.nn.em"):
+        importlib.import_module("capsnet.nn.em_routing")
+    assert capsnet.em_routing is em_routing
+
+
+def test_options_passed_by_position_as_in_0_1_warn_and_still_work():
+    from capsnet import em_routing
+
+    votes, acts = torch.randn(2, 6, 3, 16), torch.rand(2, 6)
+    beta_u, beta_a = torch.zeros(3), torch.zeros(3)
+    want = em_routing(votes, acts, beta_u, beta_a, iterations=2, final_beta=0.5)
+    with pytest.warns(DeprecationWarning, match="em_routing: passing iterations, final_beta by"):
+        got = em_routing(votes, acts, beta_u, beta_a, 2, 0.5)
+    torch.testing.assert_close(got[:2], want[:2])
+    with pytest.raises(TypeError):  # one value twice is the error it always was
+        em_routing(votes, acts, beta_u, beta_a, 2, iterations=2)

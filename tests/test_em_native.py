@@ -2,6 +2,7 @@
 here, equal to the written-out reference and to the PyTorch path, values and gradients."""
 
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from tests.test_em_routing import _inputs, _votes, reference_em
 
-from capsnet.nn import native
+from capsnet.nn import em, native
 from capsnet.nn.em_conv import conv_em_routing
 
 
@@ -36,7 +37,9 @@ def test_capsnet_native_0_turns_it_off(monkeypatch):
 def test_native_matches_the_written_out_reference(detach, iterations):
     # float64: values and every input's gradient, against Procedure 1 written out
     poses, weight, acts, bu, ba = ins = _inputs(n=4, i=7, j=3)
-    got = conv_em_routing(poses, weight, acts, bu, ba, iterations, 1.0, detach)
+    got = conv_em_routing(
+        poses, weight, acts, bu, ba, iterations=iterations, final_beta=1.0, detach_agreement=detach
+    )
     want = reference_em(_votes(poses, weight), acts, bu, ba, iterations, detach)
     torch.testing.assert_close(got, want)
     g = (torch.randn_like(want[0]), torch.randn_like(want[1]))
@@ -47,18 +50,18 @@ def test_native_matches_the_written_out_reference(detach, iterations):
 def test_two_threads_sum_the_shared_gradients_like_one():
     # float64: the weight's and the betas' gradients are summed over per-thread accumulators
     ins = _inputs(n=5, i=7, j=3, seed=2)
-    out = conv_em_routing(*ins, 3)
+    out = conv_em_routing(*ins, iterations=3)
     g = (torch.randn_like(out[0]), torch.randn_like(out[1]))
     got = torch.autograd.grad(out, ins, g)
     torch.set_num_threads(1)
-    want = torch.autograd.grad(conv_em_routing(*ins, 3), ins, g)
+    want = torch.autograd.grad(conv_em_routing(*ins, iterations=3), ins, g)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
 def test_native_backward_passes_gradcheck():
     ins = _inputs(n=2, i=5, j=3, seed=1)
-    assert torch.autograd.gradcheck(lambda *x: conv_em_routing(*x, 3), ins)
+    assert torch.autograd.gradcheck(lambda *x: conv_em_routing(*x, iterations=3), ins)
 
 
 def test_native_float32_matches_the_pytorch_path(monkeypatch):
@@ -72,7 +75,7 @@ def test_native_float32_matches_the_pytorch_path(monkeypatch):
     g = (torch.randn(n, j, 16), torch.randn(n, j))
 
     def run():
-        out = conv_em_routing(*ins, 3)
+        out = conv_em_routing(*ins, iterations=3)
         return out, torch.autograd.grad(out, ins, g)
 
     (out, grads) = run()
@@ -191,3 +194,11 @@ def test_the_build_name_changes_with_what_the_build_depends_on():
     assert name != native._build_name("capsnet_em", other_checkout, b"source", ["-O3"])
     assert name != native._build_name("capsnet_em", here, b"edited", ["-O3"])
     assert name != native._build_name("capsnet_em", here, b"source", ["-O2"])
+
+
+def test_the_kernel_takes_the_em_constants_from_the_python_maths():
+    header = (native.SOURCE.parent / "em_problem.h").read_text()
+    for name in ("MIN_VAR", "MASS_EPS", "STD_EPS"):
+        assert f"-DCAPSNET_EM_{name}={getattr(em, name)!r}" in native.FLAGS
+        assert f"= CAPSNET_EM_{name}" in header
+    assert not re.search(r"\d+e-\d+", header)  # no copy of them in the source

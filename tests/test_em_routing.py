@@ -1,4 +1,4 @@
-"""EM routing maths (capsnet.nn.em_routing): exact variance, the detach_agreement meaning,
+"""EM routing maths (capsnet.nn.em): exact variance, the detach_agreement meaning,
 capsule_em's schedule, floor and mass."""
 
 import math
@@ -7,8 +7,7 @@ import sys
 import pytest
 import torch
 
-from capsnet.nn.em_conv import conv_em_routing
-from capsnet.nn.em_routing import (
+from capsnet.nn.em import (
     MASS_EPS,
     MIN_VAR,
     centre,
@@ -17,6 +16,7 @@ from capsnet.nn.em_routing import (
     m_step,
     vote_mean,
 )
+from capsnet.nn.em_conv import conv_em_routing
 
 D64 = torch.float64
 
@@ -102,7 +102,9 @@ def test_variance_error_away_from_the_shift_is_small_against_the_floor():
 def test_em_routing_matches_the_written_out_reference(detach):
     poses, weight, acts, bu, ba = _inputs()
     votes = _votes(poses, weight)
-    mu, a, _ = em_routing(votes, acts, bu, ba, 3, 1.0, detach)
+    mu, a, _ = em_routing(
+        votes, acts, bu, ba, iterations=3, final_beta=1.0, detach_agreement=detach
+    )
     ref_mu, ref_a = reference_em(votes, acts, bu, ba, 3, detach)
     torch.testing.assert_close((mu, a), (ref_mu, ref_a))
     g_mu, g_a = torch.randn_like(mu), torch.randn_like(a)
@@ -115,7 +117,10 @@ def test_em_routing_matches_the_written_out_reference(detach):
 def test_detach_agreement_changes_the_gradient_only():
     poses, weight, acts, bu, ba = _inputs()
     votes = _votes(poses, weight)
-    (mu0, a0, _), (mu1, a1, _) = (em_routing(votes, acts, bu, ba, 3, 1.0, d) for d in (0, 1))
+    (mu0, a0, _), (mu1, a1, _) = (
+        em_routing(votes, acts, bu, ba, iterations=3, final_beta=1.0, detach_agreement=d)
+        for d in (0, 1)
+    )
     torch.testing.assert_close((mu0, a0), (mu1, a1))
     g0 = torch.autograd.grad(mu0.sum() + a0.sum(), votes, retain_graph=True)[0]
     g1 = torch.autograd.grad(mu1.sum() + a1.sum(), votes)[0]
@@ -134,8 +139,20 @@ def test_chunked_conv_routing_matches_em_routing_on_stored_votes(
     monkeypatch.setattr(sys.modules["capsnet.nn.em_conv"], "KEEP_BYTES", keep)
     poses, weight, acts, bu, ba = _inputs(n=5, i=6, j=3)
     votes = _votes(poses, weight)
-    want = em_routing(votes, acts, bu, ba, iterations, 1.0, detach)[:2]
-    got = conv_em_routing(poses, weight, acts, bu, ba, iterations, 1.0, detach, chunk=2)
+    want = em_routing(
+        votes, acts, bu, ba, iterations=iterations, final_beta=1.0, detach_agreement=detach
+    )[:2]
+    got = conv_em_routing(
+        poses,
+        weight,
+        acts,
+        bu,
+        ba,
+        iterations=iterations,
+        final_beta=1.0,
+        detach_agreement=detach,
+        chunk=2,
+    )
     torch.testing.assert_close(got, want)
     g = (torch.randn_like(want[0]), torch.randn_like(want[1]))
     ins = (poses, weight, acts, bu, ba)

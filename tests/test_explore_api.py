@@ -67,9 +67,9 @@ def test_predict_returns_the_models_outputs_for_the_winner(client, tiny_run, dig
     model, _ = load_run(tiny_run)
     with torch.no_grad():
         out = model(torch.tensor(digit).view(1, 1, 28, 28))
-    k = int(out.lengths.argmax())
+    k = int(out.scores.argmax())
     assert p["prediction"] == k and p["class_name"] == str(k)
-    assert p["scores"] == pytest.approx(out.lengths[0].tolist(), abs=1e-6)
+    assert p["scores"] == pytest.approx(out.scores[0].tolist(), abs=1e-6)
     assert p["pose"] == pytest.approx(out.poses[0, k].tolist(), abs=1e-6)
     assert p["reconstruction"] == pytest.approx(out.reconstructions.flatten().tolist(), abs=1e-4)
     # Primary capsule i = (type t, row r, column c) is i = t·36 + r·6 + c.

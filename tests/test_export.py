@@ -40,7 +40,7 @@ def test_onnx_classifier_matches_pytorch_on_other_test_images_and_batch_sizes(
     scores, poses, weights = _session(exported).run(None, {"images": x.numpy()})
     with torch.no_grad():
         out = model(x)
-    for got, want in ((scores, out.scores), (poses, out.poses), (weights, out.routing_weights)):
+    for got, want in ((scores, out.scores), (poses, out.poses), (weights, out.coupling)):
         assert got.shape == tuple(want.shape)
         np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=0)
 

@@ -39,7 +39,7 @@ def test_output_shapes_follow_the_config(channels, size, classes):
     cfg = CapsNetConfig(in_channels=channels, input_size=size, num_classes=classes, **TINY)
     out = CapsNet(cfg)(torch.rand(3, channels, *size))
     h, w = cfg.primary_grid
-    assert out.lengths.shape == (3, classes)
+    assert out.scores.shape == (3, classes)
     assert out.poses.shape == (3, classes, 6)
     assert out.reconstructions.shape == (3, channels, *size)
     assert out.coupling.shape == (3, 4 * h * w, classes)
@@ -59,7 +59,7 @@ def test_every_parameter_gets_a_gradient():
     model = CapsNet(CapsNetConfig(**TINY))
     x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
     out = model(x, y)
-    loss = out.lengths.sum() + out.reconstructions.sum()
+    loss = out.scores.sum() + out.reconstructions.sum()
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -81,7 +81,7 @@ def test_decoder_uses_the_given_label_else_the_longest_capsule():
     model = CapsNet(CapsNetConfig(**TINY)).eval()
     x = torch.rand(2, 1, 28, 28)
     out = model(x)
-    longest = out.lengths.argmax(1)
+    longest = out.scores.argmax(1)
     mask = torch.nn.functional.one_hot(longest, 10).float()
     torch.testing.assert_close(out.reconstructions, model.decode(out.poses, mask))
     other = (longest + 1) % 10

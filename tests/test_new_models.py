@@ -47,7 +47,7 @@ def test_em_capsnet_shapes(size):
     model = create_model("em-capsnet-small", input_size=size, **TINY_EM)
     out = model(torch.rand(3, 1, *size))
     types, h, w = model.config.coupling_grid
-    assert out.lengths.shape == (3, 10) and out.poses.shape == (3, 10, 16)
+    assert out.scores.shape == (3, 10) and out.poses.shape == (3, 10, 16)
     assert out.reconstructions is None
     assert out.coupling.shape == (3, types * h * w, 10)
     torch.testing.assert_close(out.coupling.sum(2), torch.ones(3, types * h * w))

@@ -24,7 +24,7 @@ def _lengths(run, images: np.ndarray) -> torch.Tensor:
     """The model's capsule lengths for uint8 images (N, 28, 28), computed directly."""
     model, _ = load_run(run)
     with torch.no_grad():
-        return model(torch.from_numpy(images)[:, None].float() / 255).lengths
+        return model(torch.from_numpy(images)[:, None].float() / 255).scores
 
 
 def test_png_and_npy_inputs_give_the_models_lengths_in_input_order(
@@ -99,7 +99,7 @@ def test_predict_runs_in_batches_and_matches_one_big_batch(tiny_run):
     lengths = predict(model, x, batch_size=50)
     assert calls == [50, 50, 20]
     with torch.no_grad():
-        torch.testing.assert_close(lengths, model(x).lengths, atol=1e-6, rtol=0)
+        torch.testing.assert_close(lengths, model(x).scores, atol=1e-6, rtol=0)
 
 
 def test_dark_on_light_input_is_warned_about(tmp_path, caplog):

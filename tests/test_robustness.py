@@ -72,11 +72,11 @@ def test_sweep_of_an_oracle_is_perfect_at_zero_and_names_are_checked(digits):
     def scores(x):  # right on the clean images, a constant guess on changed ones
         return oracle_scores.get(id(x), torch.zeros(len(x), 10))
 
-    result = sweep(scores, digits, labels, ["blur"])
+    result = sweep(scores, digits, labels, names=["blur"])
     assert result["blur"]["strength"][0] == 0 and result["blur"]["accuracy"][0] == 1.0
     assert result["blur"]["accuracy"][1] == pytest.approx((labels == 0).double().mean().item())
     with pytest.raises(ConfigError, match="unknown perturbation spin"):
-        sweep(scores, digits, labels, ["spin"])
+        sweep(scores, digits, labels, names=["spin"])
 
 
 def test_report_writes_json_and_png_for_every_model(digits, tmp_path):
@@ -95,7 +95,7 @@ def test_report_writes_json_and_png_for_every_model(digits, tmp_path):
 
     labels = torch.arange(len(digits)) % 10
     report = robustness_report(
-        {"a": Scores(), "b": Scores()}, digits, labels, tmp_path, ["rotation", "elastic"]
+        {"a": Scores(), "b": Scores()}, digits, labels, tmp_path, names=["rotation", "elastic"]
     )
     saved = json.loads((tmp_path / "robustness.json").read_text())
     assert saved == report and set(saved["models"]) == {"a", "b"}

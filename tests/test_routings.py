@@ -7,7 +7,7 @@ import torch
 
 from capsnet import ROUTINGS, efficient_squash, em_routing, self_attention_routing
 from capsnet.errors import ConfigError
-from capsnet.nn.em_routing import MASS_EPS
+from capsnet.nn.em import MASS_EPS
 from capsnet.nn.layers import RoutingCaps
 from capsnet.nn.routing import RoutingSpec, get_routing
 

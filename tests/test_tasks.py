@@ -37,7 +37,7 @@ def test_two_digit_loss_reconstructs_each_digit_alone_and_sums():
     for d in range(2):  # each digit decoded from its own capsule only
         mask = torch.nn.functional.one_hot(t.labels[:, d], 10).float()
         sse = sse + (model.decode(out.poses, mask) - t.images[:, d]).pow(2).flatten(1).sum(1)
-    torch.testing.assert_close(parts["margin"], margin_loss(out.lengths, multi_hot))
+    torch.testing.assert_close(parts["margin"], margin_loss(out.scores, multi_hot))
     torch.testing.assert_close(parts["reconstruction"], sse.mean())
     torch.testing.assert_close(loss, parts["margin"] + 0.01 * sse.mean())  # the default
 

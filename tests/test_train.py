@@ -45,7 +45,7 @@ def test_run_directory_holds_what_a_run_needs(cfg, tmp_path):
         assert (tmp_path / name).is_file(), name
     model, config = load_run(tmp_path)
     assert not model.training and config.conv1_channels == 16
-    assert model(torch.rand(2, 1, 28, 28)).lengths.shape == (2, 10)
+    assert model(torch.rand(2, 1, 28, 28)).scores.shape == (2, 10)
 
 
 def test_seeded_runs_are_reproducible(cfg, tmp_path):

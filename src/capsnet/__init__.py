@@ -16,8 +16,6 @@ still import for one release, with a DeprecationWarning (:mod:`capsnet._deprecat
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 from capsnet import _deprecated
@@ -83,13 +81,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
-
-
-class _Package(types.ModuleType):
-    """``capsnet.em_routing`` is the function, as it always was, although importing the
-    deprecated module path of that name (``capsnet.em_routing``) sets the package attribute."""
-
-    em_routing = property(lambda self: __getattr__("em_routing"), lambda self, value: None)
-
-
-sys.modules[__name__].__class__ = _Package

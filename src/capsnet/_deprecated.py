@@ -1,11 +1,13 @@
-"""The module paths of capsnet 0.1 before its layers were split into packages, kept for one
-release: importing one (``import capsnet.routing``, ``from capsnet.predict import predict``)
-warns with a DeprecationWarning naming the new path and gives a module whose every name is
-the new module's (the same objects). Nothing in capsnet imports them.
+"""Old names kept for one release, each warning with a DeprecationWarning that names the new
+one; nothing in capsnet uses them.
 
-Names that moved or were renamed inside a module warn the same way: :func:`renamed` wraps a
-function, :func:`module_getattr` gives a module the ``__getattr__`` that lends its old
-names.
+* Module paths of capsnet 0.1 before its layers were split into packages (:data:`MOVED`):
+  importing one (``import capsnet.routing``, ``from capsnet.predict import predict``) gives
+  a module whose every name is the new module's (the same objects).
+* Names that moved or were renamed: a module's old global through :func:`module_getattr`,
+  an old attribute of a class (:data:`RENAMED`) through :func:`renamed_attribute`.
+* Options that became keyword-only in 0.2 (:func:`keyword_only`): a call that still passes
+  them by position works.
 """
 
 from __future__ import annotations
@@ -14,20 +16,20 @@ import functools
 import importlib
 import importlib.abc
 import importlib.machinery
+import inspect
 import sys
 import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
-
-F = TypeVar("F", bound=Callable[..., Any])
+from typing import Any
 
 # old module → the module(s) now holding its names (the first that has a name wins)
 MOVED: dict[str, tuple[str, ...]] = {
     **{
         f"capsnet.{m}": (f"capsnet.nn.{m}",)
-        for m in ("dftconv", "em_conv", "em_routing", "layers", "losses", "native", "patchconv")
+        for m in ("dftconv", "em_conv", "layers", "losses", "native", "patchconv")
     },
+    "capsnet.nn.em_routing": ("capsnet.nn.em",),  # renamed in 0.2: em_routing is the function
     "capsnet.routing": ("capsnet.nn.routing",),
     **{
         f"capsnet.{m}": (f"capsnet.tools.{m}",)
@@ -50,6 +52,24 @@ MOVED: dict[str, tuple[str, ...]] = {
     "capsnet.cli_commands": ("capsnet.cli.commands",),
     "capsnet.cli_progress": ("capsnet.cli.progress",),
     "capsnet.cli_resume": ("capsnet.cli.resume",),
+}
+# Old module paths that no longer import: ``capsnet.em_routing`` is the function (``from
+# capsnet import em_routing``); a module of that name would replace it as the package's
+# attribute once imported. Importing one raises ModuleNotFoundError with this message.
+GONE: dict[str, str] = {
+    "capsnet.em_routing": "capsnet.em_routing is the function em_routing, not a module; "
+    "the EM routing maths are in capsnet.nn.em",
+}
+
+# old qualified name → new one, of every class attribute renamed in 0.2 (tests/test_deprecated.py)
+RENAMED: dict[str, str] = {
+    "capsnet.models.capsnet.CapsNetOutput.lengths": "capsnet.models.capsnet.CapsNetOutput.scores",
+    "capsnet.models.capsnet.CapsNetOutput.routing_weights": (
+        "capsnet.models.capsnet.CapsNetOutput.coupling"
+    ),
+    "capsnet.models.capsnet.CapsuleModel.routing_grid": (
+        "capsnet.models.capsnet.CapsuleModel.coupling_grid"
+    ),
 }
 _DUNDERS = ("__name__", "__spec__", "__loader__", "__file__", "__package__", "__path__")
 
@@ -93,16 +113,12 @@ class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: object = None, target: object = None
     ) -> importlib.machinery.ModuleSpec | None:
+        if fullname in GONE:
+            raise ModuleNotFoundError(GONE[fullname], name=fullname)
         targets = MOVED.get(fullname)
         if targets is None:
             return None
         return importlib.machinery.ModuleSpec(fullname, _Alias(targets))
-
-
-def install() -> None:
-    """Put the finder first on ``sys.meta_path`` (once)."""
-    if not any(isinstance(f, _Finder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _Finder())
 
 
 def warn(old: str, new: str, stacklevel: int = 3) -> None:
@@ -115,21 +131,10 @@ def warn(old: str, new: str, stacklevel: int = 3) -> None:
     )
 
 
-def renamed(func: F, old: str, new: str) -> F:
-    """``func`` under its old name ``old``: each call warns (naming ``new``), then calls it."""
-
-    @functools.wraps(func)
-    def alias(*args: Any, **kwargs: Any) -> Any:
-        warn(old, new)
-        return func(*args, **kwargs)
-
-    alias.__doc__ = f"Deprecated: use {new}."
-    return alias  # type: ignore[return-value]
-
-
 def module_getattr(module: str, old: Mapping[str, tuple[str, Callable[[], Any]]]):
-    """A module ``__getattr__`` lending ``module`` its old names: ``old`` maps each to (the
-    new path, a function giving the object); reading one warns. Other names: AttributeError."""
+    """A module ``__getattr__`` (PEP 562) lending ``module`` its old names: ``old`` maps each
+    to (the new path, a function giving the object); reading one warns. Other names:
+    AttributeError."""
 
     def getattr_(name: str) -> Any:
         if name not in old:
@@ -139,3 +144,54 @@ def module_getattr(module: str, old: Mapping[str, tuple[str, Callable[[], Any]]]
         return get()
 
     return getattr_
+
+
+def renamed_attribute(old: str) -> property:
+    """A read-only property for the old attribute ``old`` (a key of :data:`RENAMED`) of a
+    class: it warns and returns the new attribute."""
+    new = RENAMED[old].rpartition(".")[2]
+
+    def get(self: Any) -> Any:
+        warn(old, RENAMED[old])
+        return getattr(self, new)
+
+    return property(get, doc=f"Deprecated: {new}.")
+
+
+def keyword_only(keep: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator for a function whose parameters after the first ``keep`` positional ones
+    (``self`` counts) became keyword-only: a call with more positional arguments warns and
+    passes the extra ones as the keyword-only parameters, in their order of definition (one
+    with more of them than there are such parameters, or naming one of those it gives by
+    position, is passed on as it is, to fail with Python's TypeError)."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        kinds = inspect.signature(fn).parameters.values()
+        names = [p.name for p in kinds if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if len(args) > keep:
+                extra = args[keep:]
+                if len(extra) > len(names) or set(names[: len(extra)]) & set(kwargs):
+                    return fn(*args, **kwargs)  # the TypeError the call deserves
+                given = ", ".join(names[: len(extra)])
+                warnings.warn(
+                    f"{fn.__qualname__}: passing {given} by position is deprecated and will "
+                    "be an error in the next release; pass them by keyword",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                kwargs |= dict(zip(names, extra, strict=False))
+                args = args[:keep]
+            return fn(*args, **kwargs)
+
+        return call
+
+    return wrap
+
+
+def install() -> None:
+    """Put the finder first on ``sys.meta_path`` (once)."""
+    if not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _Finder())

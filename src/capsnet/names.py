@@ -7,6 +7,8 @@ checks that they agree.
 
 from __future__ import annotations
 
+from capsnet import _deprecated
+
 MODELS = (  # capsnet.models.list_models() (the registered built-in models)
     "aff-capsnet",
     "aff-capsnet-small",
@@ -35,7 +37,7 @@ FITS = ("mnist",)  # capsnet.data.images.FITS: `capsnet predict --fit`
 ROUTINGS = ("dynamic", "em", "self-attention")  # capsnet.nn.routing.ROUTINGS
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # capsnet.runtime.PRECISIONS and AUTO
 LR_SCHEDULES = ("exponential", "cosine")  # capsnet.training.config.LR_SCHEDULES
-PERTURBATIONS = (  # capsnet.tools.perturbations.PERTURBATIONS
+PERTURBATION_NAMES = (  # capsnet.tools.perturbations.PERTURBATIONS
     "rotation",
     "scale",
     "shear",
@@ -61,7 +63,7 @@ __all__ = [
     "MODELS",
     "NORMALIZE",
     "OFFICIAL",
-    "PERTURBATIONS",
+    "PERTURBATION_NAMES",
     "PRECISIONS",
     "RESIZE",
     "ROUTINGS",
@@ -69,3 +71,6 @@ __all__ = [
     "TABLE1_SIZES",
     "TASKS",
 ]
+__getattr__ = _deprecated.module_getattr(
+    __name__, {"PERTURBATIONS": ("capsnet.names.PERTURBATION_NAMES", lambda: PERTURBATION_NAMES)}
+)

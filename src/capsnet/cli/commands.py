@@ -74,9 +74,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from capsnet.training.evaluation import evaluate_run
 
     r = evaluate_run(
-        args.run_dir, args.dataset, dict(args.dataset_option), args.data_dir,
-        args.test_limit, args.batch_size, resolve_device(args.device), _progress(), args.out,
-    )  # fmt: skip
+        args.run_dir,
+        dataset=args.dataset,
+        options=dict(args.dataset_option),
+        data_dir=args.data_dir,
+        limit=args.test_limit,
+        batch_size=args.batch_size,
+        device=resolve_device(args.device),
+        progress=_progress(),
+        out=args.out,
+    )
     n = r["test_examples"]
     print(f"test accuracy {r['test_accuracy']:.4%} (error {r['test_error']:.2%}) on {n} images")
 
@@ -103,7 +110,9 @@ def cmd_figures(args: argparse.Namespace) -> None:
     from capsnet.tools.viz import save_figures
 
     device = resolve_device(args.device)
-    pngs = save_figures(args.run_dir, args.out, args.data_dir, device, overwrite=args.overwrite)
+    pngs = save_figures(
+        args.run_dir, args.out, data_dir=args.data_dir, device=device, overwrite=args.overwrite
+    )
     for png in pngs:
         print(png)
 
@@ -200,7 +209,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     from capsnet.tools.export import export_run
 
     diffs = export_run(
-        args.run_dir, args.onnx, args.data_dir, args.check_images, args.dataset, args.overwrite
+        args.run_dir,
+        args.onnx,
+        data_dir=args.data_dir,
+        check_images=args.check_images,
+        dataset=args.dataset,
+        overwrite=args.overwrite,
     )
     for path, d in diffs.items():
         worst = ", ".join(f"{name} {v:.2e}" for name, v in d.items())
@@ -267,9 +281,15 @@ def cmd_robustness(args: argparse.Namespace) -> None:
             check_new_file(args.out / name, args.overwrite)
     runs = [args.run_dir, *args.against]
     report = compare_runs(
-        runs, args.out, args.limit, args.perturbations, args.seed, args.data_dir,
-        resolve_device(args.device), on_step=step,
-    )  # fmt: skip
+        runs,
+        args.out,
+        limit=args.limit,
+        names=args.perturbations,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        device=resolve_device(args.device),
+        on_step=step,
+    )
     for label, curves in report["models"].items():
         worst = ", ".join(f"{n} {100 * min(c['accuracy']):.1f}%" for n, c in curves.items())
         print(f"{label}: lowest accuracy per perturbation: {worst}")

@@ -272,12 +272,12 @@ def _generalisation_parser(xsub, fields: dict[str, tuple]) -> None:
         "--model-option", type=_option, action="append", default=[], metavar="LABEL.NAME=VALUE",
         help="a field of a contender's model config, e.g. cnn.hidden=[64] (repeatable)",
     )  # fmt: skip
-    kinds = ", ".join(names.PERTURBATIONS)
+    kinds = ", ".join(names.PERTURBATION_NAMES)
     spec = {
         "seeds": (_seed, "a run per contender and seed", ("nargs", "+")),
         "perturbations": (
             str, f"some of {kinds}; none: no sweep (default: all; none on multimnist)",
-            ("nargs", "*"), ("choices", names.PERTURBATIONS), ("metavar", "NAME"),
+            ("nargs", "*"), ("choices", names.PERTURBATION_NAMES), ("metavar", "NAME"),
         ),
         "sweep_limit": (
             _positive, "sweep the first N test images (default: --test-limit)", ("metavar", "N")
@@ -353,7 +353,7 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     r.add_argument("run_dir", metavar="RUN", help=RUN)
     r.add_argument("--against", nargs="+", default=[], metavar="RUN", help="models to compare")
     r.add_argument("--out", type=_path, required=True, help="directory for robustness.json/png")
-    kinds = list(names.PERTURBATIONS)
+    kinds = list(names.PERTURBATION_NAMES)
     r.add_argument(
         "--perturbations", nargs="+", choices=kinds, default=kinds, metavar="NAME",
         help=f"some of {', '.join(kinds)} (default: all)",

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from capsnet import _deprecated
 from capsnet.errors import ConfigError
 from capsnet.models.config import VectorCapsuleConfig, conv_out
 from capsnet.models.registry import register_model
@@ -64,25 +65,20 @@ class CapsNetConfig(VectorCapsuleConfig):
 class CapsNetOutput(NamedTuple):
     """A capsule classifier's output (meets ``contract.CapsuleOutput``)."""
 
-    lengths: Tensor  # (B, K) class activations = capsule lengths (EM routing: its a_j)
+    scores: Tensor  # (B, K) class activations: capsule lengths (EM routing: its a_j)
     poses: Tensor  # (B, K, D) class capsules
     reconstructions: Tensor | None  # (B, C, H, W), None without a decoder
-    coupling: Tensor  # (B, I, K) assignment weights of the children to the classes
+    coupling: Tensor  # (B, I, K) coupling coefficients of the children to the classes
 
-    @property
-    def scores(self) -> Tensor:
-        """(B, K) class scores (the contract's name): the class activations."""
-        return self.lengths
-
-    @property
-    def routing_weights(self) -> Tensor:
-        """(B, I, K) (the contract's name): the coupling coefficients."""
-        return self.coupling
+    lengths = _deprecated.renamed_attribute("capsnet.models.capsnet.CapsNetOutput.lengths")
+    routing_weights = _deprecated.renamed_attribute(
+        "capsnet.models.capsnet.CapsNetOutput.routing_weights"
+    )
 
 
 class CapsuleModel(nn.Module):
     """What the class-capsule families share: the contract's ``pose_dim`` and
-    ``routing_grid``, read from their config's ``class_dim`` and ``coupling_grid``."""
+    ``coupling_grid``, read from their config's ``class_dim`` and ``coupling_grid``."""
 
     config: Any
 
@@ -91,8 +87,10 @@ class CapsuleModel(nn.Module):
         return self.config.class_dim
 
     @property
-    def routing_grid(self) -> tuple[int, int, int]:
+    def coupling_grid(self) -> tuple[int, int, int]:
         return self.config.coupling_grid
+
+    routing_grid = _deprecated.renamed_attribute("capsnet.models.capsnet.CapsuleModel.routing_grid")
 
 
 class CapsNet(CapsuleModel):
@@ -166,11 +164,11 @@ class CapsNet(CapsuleModel):
         w = self.config.reconstruction_weight
         if not isinstance(y, OverlayTargets):
             x = normalise_input(x, self.config.input_norm)  # what the decoder is to redraw
-            return capsnet_loss(out.lengths, out.reconstructions, x, y, w)
+            return capsnet_loss(out.scores, out.reconstructions, x, y, w)
         recon = None
         if self.decoder is not None and w != 0:
             recon = self.decode_classes(out.poses, y.labels)  # (B, L, C, H, W)
-        return capsnet_loss(out.lengths, recon, y.images, y.multi_hot(self.config.num_classes), w)
+        return capsnet_loss(out.scores, recon, y.images, y.multi_hot(self.config.num_classes), w)
 
     def decode(self, poses: Tensor, mask: Tensor) -> Tensor:
         """Decode class capsules (B, K, D) with a (B, K) mask of the capsules to keep."""

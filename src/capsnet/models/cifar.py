@@ -6,7 +6,7 @@ The none-of-the-above category is one more class capsule that every primary caps
 route to, so background clutter need not be explained by a real class; it is never a
 label, its length is not a score and it is not reconstructed. The model's outputs are
 those of the K real classes: ``scores`` (B, K), ``poses`` (B, K, D) and
-``routing_weights`` (B, I, K), whose rows then sum to less than 1 (the rest went to
+``coupling`` (B, I, K), whose rows then sum to less than 1 (the rest went to
 none-of-the-above).
 """
 

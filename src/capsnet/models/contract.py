@@ -3,8 +3,8 @@
 A registered model is a :class:`Classifier`: ``forward(images, targets=None)`` returns an
 output with ``scores`` (B, K), whose largest entry is the prediction, and ``loss(out,
 images, targets)`` gives the training loss. A :class:`CapsuleClassifier` adds, in its
-output, the class capsules' ``poses`` (B, K, D) and the ``routing_weights`` (B, I, K)
-of its I children (ordered type, row, column on ``routing_grid``). A
+output, the class capsules' ``poses`` (B, K, D) and the ``coupling`` coefficients
+(B, I, K) of its I children (ordered type, row, column on ``coupling_grid``). A
 :class:`PoseDecoder` also draws an image from masked class poses. The tools check these
 protocols with :func:`require` before doing any work, and refuse in one line naming the
 model and the missing part; a new family plugs in by meeting them.
@@ -36,7 +36,7 @@ class CapsuleOutput(Scored, Protocol):
     @property
     def poses(self) -> Tensor: ...  # (B, K, D) class capsules
     @property
-    def routing_weights(self) -> Tensor: ...  # (B, I, K) the children's weights per class
+    def coupling(self) -> Tensor: ...  # (B, I, K) the children's coupling to each class
 
 
 @runtime_checkable
@@ -56,7 +56,7 @@ class CapsuleClassifier(Classifier, Protocol):
     @property
     def pose_dim(self) -> int: ...  # D of the class capsules
     @property
-    def routing_grid(self) -> tuple[int, int, int]: ...  # (types, H, W) of the I children
+    def coupling_grid(self) -> tuple[int, int, int]: ...  # (types, H, W) of the I children
 
 
 @runtime_checkable
@@ -68,7 +68,7 @@ class PoseDecoder(Protocol):
 
 PARTS: dict[type, str] = {
     Classifier: "class scores and a loss (capsnet.models.contract.Classifier)",
-    CapsuleClassifier: "capsule poses and routing weights (CapsuleClassifier)",
+    CapsuleClassifier: "capsule poses and coupling coefficients (CapsuleClassifier)",
     PoseDecoder: "a decoder (PoseDecoder)",
 }
 

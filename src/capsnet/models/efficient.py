@@ -94,7 +94,13 @@ class EfficientCapsNet(CapsNet):
         self.stem = nn.Sequential(*layers)
         f = cfg.stem_channels[-1]
         self.primary = PrimaryCaps(
-            f, cfg.primary_types, cfg.primary_dim, cfg.primary_kernel, 1, f, efficient_squash
+            f,
+            cfg.primary_types,
+            cfg.primary_dim,
+            cfg.primary_kernel,
+            1,
+            groups=f,
+            squash_fn=efficient_squash,
         )
 
     def encode(self, x: Tensor) -> Tensor:

@@ -90,7 +90,7 @@ class EMCapsNet(CapsuleModel):
     """Conv1 → PrimaryMatrixCaps → ConvMatrixCaps ×2 → ClassMatrixCaps.
 
     ``forward`` returns a :class:`~capsnet.models.capsnet.CapsNetOutput`: class activations
-    ``lengths`` (B, K), class poses (B, K, 16), no reconstructions, and the class layer's
+    ``scores`` (B, K), class poses (B, K, 16), no reconstructions, and the class layer's
     assignments ``coupling`` (B, I, K), I = D · H · W children ordered (type, row, column).
     Every forward call in train mode advances the buffer ``step`` that drives the margin
     schedule of the spread loss, so the trainer needs to know nothing about it (and the
@@ -137,7 +137,7 @@ class EMCapsNet(CapsuleModel):
         if isinstance(y, OverlayTargets):
             raise ConfigError("em-capsnet trains on one label per image, not on MultiMNIST")
         margin = self.margin()
-        loss = spread_loss(out.lengths, y, margin)
+        loss = spread_loss(out.scores, y, margin)
         return loss, {"spread": loss.detach(), "margin": margin.detach()}
 
 

@@ -17,13 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from capsnet import _deprecated
 from capsnet.files import atomic_write
 from capsnet.models.contract import CapsuleClassifier, PoseDecoder, require
 from capsnet.targets import OverlayTargets
 
 log = logging.getLogger(__name__)
 
-PERTURBATIONS = torch.arange(-5, 6) / 20  # Fig. 4: −0.25 … +0.25 in steps of 0.05, 0 exactly
+POSE_DELTAS = torch.arange(-5, 6) / 20  # Fig. 4: −0.25 … +0.25 in steps of 0.05, 0 exactly
 
 
 def pyplot() -> Any:
@@ -117,7 +118,7 @@ def save_reconstructions(
 
 @torch.no_grad()
 def perturbed_reconstructions(
-    model: nn.Module, images: Tensor, deltas: Tensor = PERTURBATIONS
+    model: nn.Module, images: Tensor, deltas: Tensor = POSE_DELTAS
 ) -> Tensor:
     """Fig. 4: decode the winning capsule with each dimension tweaked by each delta.
 
@@ -159,7 +160,7 @@ def save_perturbations(
     for i, ax in enumerate(axes[0]):
         ax.imshow(_montage(recon[i]), cmap="gray", vmin=0, vmax=1)
         ax.set_yticks([(j + 0.5) * h for j in range(d)], [str(j) for j in range(d)], fontsize=6)
-        ticks = [f"{v:+.2f}" for v in PERTURBATIONS]
+        ticks = [f"{v:+.2f}" for v in POSE_DELTAS]
         ax.set_xticks([(j + 0.5) * w for j in range(t)], ticks, fontsize=5)
         ax.tick_params(axis="x", rotation=90)
         ax.set_ylabel("capsule dimension", fontsize=7)
@@ -179,7 +180,7 @@ def save_coupling(
     model: nn.Module, image: Tensor, path: str | Path, class_names: Sequence[str] | None = None
 ) -> Path:
     """Routing weights (e.g. coupling coefficients c_ij) of every child capsule i of the
-    class capsules to the predicted class j (a CapsuleClassifier's ``routing_weights``).
+    class capsules to the predicted class j (a CapsuleClassifier's ``coupling``).
 
     ``image`` (C, H, W) in [0, 1]. Shown next to the input: their mean over the capsule
     types on the primary grid, and one map per type (white where a type is absent).
@@ -190,8 +191,8 @@ def save_coupling(
     out = model(image.unsqueeze(0).to(device_of(model)))
     k = out.scores.shape[1]
     pred = int(out.scores.argmax(1))
-    types, gh, gw = model.routing_grid
-    c = out.routing_weights.view(types, gh, gw, k)[..., pred].float().cpu()  # (types, H', W')
+    types, gh, gw = model.coupling_grid
+    c = out.coupling.view(types, gh, gw, k)[..., pred].float().cpu()  # (types, H', W')
     cols = min(8, types)
     rows = math.ceil(types / cols)
     tiles = torch.full((rows * cols, 1, gh, gw), float("nan"))
@@ -245,7 +246,7 @@ def save_multimnist(
 
 
 __all__ = [
-    "PERTURBATIONS",
+    "POSE_DELTAS",
     "perturbed_reconstructions",
     "pyplot",
     "save_coupling",
@@ -254,3 +255,6 @@ __all__ = [
     "save_png",
     "save_reconstructions",
 ]
+__getattr__ = _deprecated.module_getattr(
+    __name__, {"PERTURBATIONS": ("capsnet.models.figures.POSE_DELTAS", lambda: POSE_DELTAS)}
+)

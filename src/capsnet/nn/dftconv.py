@@ -20,7 +20,7 @@ end (a transposing copy back to (channels, h, w)).
 The result matches the direct convolution to float rounding (about 1e-6 of the largest
 output in float32); the gradients are written out by hand (:class:`_DFTConv`): the adjoint
 transforms and six batched products, twice the forward's three, as for a direct
-convolution. With ``product_dtype`` bfloat16 (what :class:`capsnet.nn.layers.Conv2d` takes
+convolution. With ``product_dtype`` bfloat16 (what :class:`capsnet.nn.conv.Conv2d` takes
 under bfloat16 autocast) the kernel's transform, the products (four per frequency, eight in
 the backward) and the kernel gradient's adjoint run in bfloat16, at bfloat16's accuracy.
 """
@@ -32,6 +32,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from capsnet import _deprecated
 
 
 @functools.cache
@@ -154,6 +156,7 @@ def _complex_bmm(
     br: Tensor,
     bp: Tensor,
     bm: Tensor,
+    *,
     out: Tensor,
     sign: int = 1,
 ) -> Tensor:
@@ -182,11 +185,13 @@ def _complex_bmm4(ar: Tensor, ai: Tensor, br: Tensor, bi: Tensor, conj: bool) ->
     return out
 
 
+@_deprecated.keyword_only(4)
 def dft_conv2d(
     x: Tensor,
     weight: Tensor,
     bias: Tensor | None = None,
     stride: int = 1,
+    *,
     spectrum: Tensor | None = None,
     product_dtype: torch.dtype | None = None,
 ) -> Tensor:
@@ -239,7 +244,7 @@ class _DFTConv(torch.autograd.Function):
         wt = ws.transpose(2, 3)  # (3 or 2, F, C, O); Y = X·conj(W), per frequency (B, C) @ (C, O)
         if lowp is None:
             x_sum, ys = xs[0] + xs[1], x.new_empty(2, xs.shape[1], b, o)
-            _complex_bmm(x_sum, xs[0], xs[1], wt[0], wt[1], wt[2], ys)
+            _complex_bmm(x_sum, xs[0], xs[1], wt[0], wt[1], wt[2], out=ys)
             ctx.save_for_backward(xs, x_sum, ws)
         else:
             xs = xs.to(lowp)
@@ -266,7 +271,7 @@ class _DFTConv(torch.autograd.Function):
                 gxs = _complex_bmm4(gys[0], gys[1], ws[0], ws[1], conj=True).to(gy.dtype)
             else:
                 gxs = gy.new_empty(2, xs.shape[1], b, c)  # (2, F, B, C)
-                _complex_bmm(g_sum, gys[0], gys[1], ws[0], ws[2], ws[1], gxs, sign=-1)
+                _complex_bmm(g_sum, gys[0], gys[1], ws[0], ws[2], ws[1], out=gxs, sign=-1)
             gx = half_spectrum_adjoint(gxs.view(2, -1, b * c), n, m, n, m, pad_to=(h, wd))
             gx = gx.view(b, c, h, wd)
         if ctx.needs_input_grad[1]:  # Gᵀ @ conj(X) per frequency, (O, B) @ (B, C)
@@ -278,7 +283,7 @@ class _DFTConv(torch.autograd.Function):
             else:
                 gws = gy.new_empty(2, xs.shape[1], o, c)  # (2, F, O, C)
                 gt_sum, (xr, xi) = g_sum.transpose(1, 2), xs
-                _complex_bmm(gt_sum, gt[0], gt[1], xr, xi - xr, x_sum, gws, sign=-1)
+                _complex_bmm(gt_sum, gt[0], gt[1], xr, xi - xr, x_sum, out=gws, sign=-1)
                 gw = half_spectrum_adjoint(gws.view(2, -1, o * c), kh, kw, n, m, sign=1)
                 gw = gw.view(o, c, kh, kw)
         return gx, gw, None, None, None

@@ -2,9 +2,9 @@
 
 :func:`conv_em_routing` computes the votes V_ij = M_i W_ij of a convolutional capsule
 layer chunk by chunk of routing problems and routes each chunk with the maths of
-:mod:`capsnet.nn.em_routing`, so all the votes are never in memory at once. In the backward
+:mod:`capsnet.nn.em`, so all the votes are never in memory at once. In the backward
 pass V' = V - c and V'² are constants to autograd: the gradient each contraction sends
-them is a rank-1 term per (problem, parent), taped (:class:`capsnet.nn.em_routing.Votes`) and
+them is a rank-1 term per (problem, parent), taped (:class:`capsnet.nn.em.Votes`) and
 summed in one matmul, so autograd only sees tensors 1/16 the size of the votes. A chunk's
 graph is kept from the forward pass while the kept graphs fit in ``KEEP_BYTES``; the other
 chunks are recomputed in the backward pass.
@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from capsnet.nn.em_routing import (
+from capsnet import _deprecated
+from capsnet.nn.em import (
     Tape,
     Votes,
     _route,
@@ -36,12 +37,14 @@ KEEP_BYTES = 768 << 20  # graphs of chunks kept from the forward pass, per conv_
 KEPT_NUMBERS = 56  # a kept graph's numbers per (n, j, i): V', V'² and the small tensors
 
 
+@_deprecated.keyword_only(5)
 def conv_em_routing(
     poses: Tensor,
     weight: Tensor,
     activations: Tensor,
     beta_u: Tensor,
     beta_a: Tensor,
+    *,
     iterations: int = 3,
     final_beta: float = 1.0,
     detach_agreement: bool = False,
@@ -87,7 +90,7 @@ def _conv_votes(poses: Tensor, weight: Tensor, acts: Tensor) -> tuple[Votes, Ten
     a-weighted mean vote, for poses (n, I, 4, 4), W (I, J, 4, 4) and a (n, I)."""
     n, i = acts.shape
     j = weight.shape[1]
-    w = mean_weights(acts)  # (n, I): the shift of em_routing.vote_mean
+    w = mean_weights(acts)  # (n, I): the shift of em.vote_mean
     # c_j = Σ_i w_i M_i W_ij without the votes: one matmul over (i, q)
     m = (w[:, :, None, None] * poses).permute(0, 2, 1, 3).reshape(n * 4, i * 4)
     c = (m @ weight.permute(0, 2, 1, 3).reshape(i * 4, j * 4)).view(n, 4, j, 4)
@@ -117,7 +120,7 @@ def _conv_forward(
 ) -> tuple[Tensor, Tensor]:
     """One chunk, no autograd: → μ (n, J, 16), a (n, J)."""
     votes, c = _conv_votes(poses, weight, acts)
-    mu, logits, _ = _route(votes, votes, c, acts.unsqueeze(1), beta_u, beta_a, lambdas)
+    mu, logits, _ = _route(votes, votes, c, acts.unsqueeze(1), beta_u, beta_a, lambdas=lambdas)
     return mu + c, torch.sigmoid(logits)
 
 
@@ -127,6 +130,7 @@ def _conv_graph(
     acts: Tensor,
     beta_u: Tensor,
     beta_a: Tensor,
+    *,
     lambdas: list[float],
     detach: bool,
 ) -> Graph:
@@ -138,7 +142,9 @@ def _conv_graph(
         leaves = [t.detach().requires_grad_() for t in (acts, beta_u, beta_a, plain.v1)]
         votes = Votes(leaves[3], plain.v2, tape)
         agree = plain if detach else votes
-        mu, logits, _ = _route(votes, agree, c, leaves[0].unsqueeze(1), *leaves[1:3], lambdas)
+        mu, logits, _ = _route(
+            votes, agree, c, leaves[0].unsqueeze(1), *leaves[1:3], lambdas=lambdas
+        )
         return (mu + c, torch.sigmoid(logits)), leaves, tape, plain
 
 
@@ -168,12 +174,12 @@ class _ConvEM(torch.autograd.Function):
         keep = KEEP_BYTES // per_chunk if any(ctx.needs_input_grad[:5]) else 0
         outs = []
         for s in range(0, n, chunk):
-            args = (poses[s : s + chunk], weight, acts[s : s + chunk], beta_u, beta_a, lambdas)
+            args = (poses[s : s + chunk], weight, acts[s : s + chunk], beta_u, beta_a)
             if len(ctx.kept) < keep:
-                ctx.kept[s] = _conv_graph(*args, detach)
+                ctx.kept[s] = _conv_graph(*args, lambdas=lambdas, detach=detach)
                 outs.append([t.detach() for t in ctx.kept[s][0]])
             else:
-                outs.append(_conv_forward(*args))
+                outs.append(_conv_forward(*args, lambdas))
         return torch.cat([m for m, _ in outs]), torch.cat([a for _, a in outs])
 
     @staticmethod
@@ -184,7 +190,13 @@ class _ConvEM(torch.autograd.Function):
         for s in range(0, acts.shape[0], ctx.chunk):
             part = slice(s, s + ctx.chunk)
             graph = ctx.kept.pop(s, None) or _conv_graph(
-                poses[part], weight, acts[part], beta_u, beta_a, ctx.lambdas, ctx.detach
+                poses[part],
+                weight,
+                acts[part],
+                beta_u,
+                beta_a,
+                lambdas=ctx.lambdas,
+                detach=ctx.detach,
             )
             got = _conv_grads(graph, poses[part], weight, g_mu[part], g_a[part])
             for k, g in enumerate(got):

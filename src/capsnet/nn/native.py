@@ -31,6 +31,7 @@ from types import ModuleType
 
 import torch
 
+from capsnet.nn.em import MASS_EPS, MIN_VAR, STD_EPS
 from capsnet.runtime import tracing
 
 try:
@@ -46,7 +47,14 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "em_routing.cpp"
 DYNAMIC_SOURCE = SOURCE.parent / "dynamic_routing.cpp"
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only"]
+# EM routing's constants, from its Python maths (capsnet.nn.em) into csrc/em_problem.h as
+# compile-time definitions: one source of truth, and constants the compiler folds as before
+EM_CONSTANTS = [
+    f"-DCAPSNET_EM_MIN_VAR={MIN_VAR!r}",
+    f"-DCAPSNET_EM_MASS_EPS={MASS_EPS!r}",
+    f"-DCAPSNET_EM_STD_EPS={STD_EPS!r}",
+]
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", *EM_CONSTANTS]
 # at::parallel_for is OpenMP in PyTorch's CPU builds and runs serially in code compiled
 # without it; with it, an extension shares PyTorch's libgomp and its thread count
 OPENMP = ["-fopenmp"]

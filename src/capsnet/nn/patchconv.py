@@ -4,7 +4,7 @@ With a single input channel (the first layer on grey images) oneDNN's weight gra
 CPU takes several times its arithmetic: for the paper's Conv1 (1 → 256 channels, 9×9, batch
 100, one thread) 277 ms, where the same sum as a batched product of the output gradient with
 the input's unfolded 9×9 patches takes 63 ms. With 3 or more input channels oneDNN was the
-faster one, so :class:`capsnet.nn.layers.Conv2d` takes this path for one input channel only.
+faster one, so :class:`capsnet.nn.conv.Conv2d` takes this path for one input channel only.
 Measured 2026-12-03 on an AVX2 EPYC (``benchmarks/conv_weight_grad.py``, its log
 ``benchmarks/conv-weight-grad-2026-12-03.jsonl``).
 """

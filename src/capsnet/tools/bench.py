@@ -95,7 +95,7 @@ def benchmark(cfg: BenchConfig, model: nn.Module | None = None) -> dict[str, Any
 
     model.train()
     train_s = _median_seconds(
-        lambda: train_step(model, forward, optim, x, y, precision, scaler),
+        lambda: train_step(model, forward, optim, x, y, precision=precision, scaler=scaler),
         cfg.warmup,
         cfg.steps,
         device,

@@ -5,7 +5,8 @@ Up to two graphs, both with a dynamic batch axis and the routing iterations unro
 * the classifier ``FILE``: ``images`` (B, C, H, W) in [0, 1] → ``scores`` (B, K) for every
   model (:class:`~capsnet.models.contract.Classifier`), and for a capsule model
   (:class:`~capsnet.models.contract.CapsuleClassifier`) also ``poses`` (B, K, D) and
-  ``routing_weights`` (B, I, K); images are those after the run's image policy (resize,
+  ``routing_weights`` (B, I, K) (the output's ``coupling``; the file keeps the name of 0.1
+  that readers of it use); images are those after the run's image policy (resize,
   normalisation; saved as ``image_policy`` metadata) if it has one;
 * for a model with a decoder (:class:`~capsnet.models.contract.PoseDecoder`), the decoder
   ``FILE`` with suffix ``.decoder.onnx``: ``poses`` (B, K, D), ``mask`` (B, K) →
@@ -37,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from capsnet import __version__
+from capsnet import __version__, _deprecated
 from capsnet.errors import CheckpointError, ConfigError, DataError
 from capsnet.files import atomic_write, check_new_file
 from capsnet.models.config import ModelConfig
@@ -49,12 +50,14 @@ from capsnet.training.rundir import RUN_FILES
 log = logging.getLogger(__name__)
 
 OPSET = 17
+ATTRIBUTES = {"routing_weights": "coupling"}  # an output's name in the file → in the output
 TOLERANCE = 1e-4  # max abs difference allowed between onnxruntime and PyTorch outputs
 SYNTHETIC_IMAGES = 32  # random images the export is checked on without a test set
 
 
 class _Classifier(nn.Module):
-    """images (B, C, H, W) → the model's outputs named ``outputs``, in that order."""
+    """images (B, C, H, W) → the model's outputs named ``outputs`` in the file, in that order
+    (each the output's attribute of that name, or the one :data:`ATTRIBUTES` gives)."""
 
     def __init__(self, model: nn.Module, outputs: Sequence[str]):
         super().__init__()
@@ -62,7 +65,7 @@ class _Classifier(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         out = self.model(images)
-        return tuple(getattr(out, name) for name in self.outputs)
+        return tuple(getattr(out, ATTRIBUTES.get(name, name)) for name in self.outputs)
 
 
 class _Decoder(nn.Module):
@@ -242,9 +245,11 @@ def _check_images(
     return images.float() / 255  # as in training
 
 
+@_deprecated.keyword_only(2)
 def export_run(
     run_dir: str | Path,
     path: str | Path,
+    *,
     data_dir: str | None = None,
     check_images: int = 100,
     dataset: str | None = None,

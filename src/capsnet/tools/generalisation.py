@@ -156,7 +156,15 @@ def run_generalisation(
             run["clean_accuracy"] = m["test_accuracy"]
             if cross:
                 limit, data = cfg.train.test_limit, cfg.train.data_dir
-                r = evaluate_run(path, cross, None, data, limit, device=device, progress=progress)
+                r = evaluate_run(
+                    path,
+                    dataset=cross,
+                    options=None,
+                    data_dir=data,
+                    limit=limit,
+                    device=device,
+                    progress=progress,
+                )
                 run[cross] = r["test_accuracy"]
                 log.info("%s on %s: %.2f%%", path, cross, 100 * r["test_accuracy"])
             runs.setdefault(c.label, []).append(run)
@@ -181,10 +189,16 @@ def _sweep(
     if not cfg.swept:
         return None
     report = compare_runs(
-        paths, out / "generalisation" / "robustness", cfg.sweep_limit or cfg.train.test_limit,
-        cfg.swept, cfg.sweep_seed, cfg.train.data_dir, device, on_step=_log_step,
+        paths,
+        out / "generalisation" / "robustness",
+        limit=cfg.sweep_limit or cfg.train.test_limit,
+        names=cfg.swept,
+        seed=cfg.sweep_seed,
+        data_dir=cfg.train.data_dir,
+        device=device,
+        on_step=_log_step,
         strengths={name: cfg.strengths_of(name) for name in cfg.swept},
-    )  # fmt: skip
+    )
     curves = iter(report["models"].values())  # in the order of ``paths``
     for rs in runs.values():
         for run in rs:

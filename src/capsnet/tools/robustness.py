@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from capsnet import _deprecated
 from capsnet.errors import ConfigError
 from capsnet.files import write_json
 from capsnet.tools.perturbations import PERTURBATIONS, check_perturbations
@@ -21,10 +22,12 @@ from capsnet.tools.viz import save_robustness
 from capsnet.training.run import Run
 
 
+@_deprecated.keyword_only(3)
 def sweep(
     scores: Callable[[Tensor], Tensor],
     images: Tensor,
     labels: Tensor,
+    *,
     names: Sequence[str] = tuple(PERTURBATIONS),
     seed: int = 0,
     on_step: Callable[[str, float, float], None] | None = None,
@@ -54,11 +57,13 @@ def sweep(
     return out
 
 
+@_deprecated.keyword_only(4)
 def robustness_report(
     models: Mapping[str, nn.Module],
     images: Tensor,
     labels: Tensor,
     out_dir: str | Path,
+    *,
     names: Sequence[str] = tuple(PERTURBATIONS),
     seed: int = 0,
     batch_size: int = 500,
@@ -84,8 +89,8 @@ def robustness_report(
             partial(predict, model, batch_size=batch_size, device=device),
             images,
             labels,
-            names,
-            seed,
+            names=names,
+            seed=seed,
             on_step=None if on_step is None else partial(on_step, label),
             strengths=strengths,
         )
@@ -104,9 +109,11 @@ def robustness_report(
     return report
 
 
+@_deprecated.keyword_only(2)
 def compare_runs(
     runs: Sequence[str | Path],
     out_dir: str | Path,
+    *,
     limit: int | None = None,
     names: Sequence[str] = tuple(PERTURBATIONS),
     seed: int = 0,
@@ -145,6 +152,14 @@ def compare_runs(
     }
     x = images.float().div(255)  # (N, C, H, W); perturbed on the CPU, batches go to device
     return robustness_report(
-        models, x, labels, out_dir, names, seed, on_step=on_step, extra=extra, device=device,
+        models,
+        x,
+        labels,
+        out_dir,
+        names=names,
+        seed=seed,
+        on_step=on_step,
+        extra=extra,
+        device=device,
         strengths=strengths,
-    )  # fmt: skip
+    )

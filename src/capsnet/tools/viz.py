@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from capsnet import _deprecated
 from capsnet.files import check_new_file, check_writable_dir
 from capsnet.models.contract import CapsuleClassifier, PoseDecoder, provides
 from capsnet.models.figures import (
@@ -94,9 +95,11 @@ def _with_failures(
     return torch.cat([shown, wrong])
 
 
+@_deprecated.keyword_only(2)
 def save_figures(
     run_dir: str | Path,
     out_dir: str | Path | None = None,
+    *,
     data_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     examples: int = 300,

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from capsnet import _deprecated
 from capsnet.errors import ConfigError
 from capsnet.files import check_writable_dir, write_json
 from capsnet.runtime import autocast
@@ -29,10 +30,12 @@ def to_input(images: Tensor, device: torch.device) -> Tensor:
 
 
 @torch.no_grad()
+@_deprecated.keyword_only(3)
 def evaluate(
     model: nn.Module,
     images: Tensor,
     labels: Targets,
+    *,
     batch_size: int = 500,
     device: torch.device | str = "cpu",
     progress: ProgressFactory = NoProgress,
@@ -62,8 +65,10 @@ def evaluate(
     return {"accuracy": correct / n, "error": 1 - correct / n, "loss": loss_sum / n}
 
 
+@_deprecated.keyword_only(1)
 def evaluate_run(
     run_dir: str | Path,
+    *,
     dataset: str | None = None,
     options: dict[str, Any] | None = None,
     data_dir: str | Path | None = None,
@@ -96,7 +101,16 @@ def evaluate_run(
             f"{(config.in_channels, *config.input_size)}"
         )
     counts = ClassCounts(config.num_classes)
-    r = evaluate(model, x, y, batch_size, device, progress, "test", counts=counts)
+    r = evaluate(
+        model,
+        x,
+        y,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        desc="test",
+        counts=counts,
+    )
     result = {
         "dataset": dataset,
         "test_accuracy": r["accuracy"],

@@ -247,7 +247,13 @@ class Session:
                 x, y = x[share], y[share]
             x, y = to_input(x, self.device), y.to(self.device)
             loss, n_correct = train_step(
-                self.model, self.forward, self.optim, x, y, cfg.precision, self.scaler
+                self.model,
+                self.forward,
+                self.optim,
+                x,
+                y,
+                precision=cfg.precision,
+                scaler=self.scaler,
             )
             loss_sum += loss * len(x)
             correct += n_correct
@@ -311,9 +317,15 @@ class Session:
 
         def run(part: slice) -> dict[str, float]:
             return evaluate(
-                self.model, x[part], y[part], 500, self.device, self.progress, "validation",
-                self.cfg.precision,
-            )  # fmt: skip
+                self.model,
+                x[part],
+                y[part],
+                batch_size=500,
+                device=self.device,
+                progress=self.progress,
+                desc="validation",
+                precision=self.cfg.precision,
+            )
 
         if not info.enabled:
             val = run(slice(None))
@@ -347,7 +359,16 @@ class Session:
             self.tb.close()
         self.model.load_state_dict(self.best_state)
         x, y = self.task.load_test(limit=cfg.test_limit)
-        test = evaluate(self.model, x, y, 500, self.device, self.progress, "test", cfg.precision)
+        test = evaluate(
+            self.model,
+            x,
+            y,
+            batch_size=500,
+            device=self.device,
+            progress=self.progress,
+            desc="test",
+            precision=cfg.precision,
+        )
         seconds = sum(h["train_seconds"] for h in self.history)
         metrics = {
             "dataset": cfg.dataset,

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.graph import increment_version
 
+from capsnet import _deprecated
 from capsnet.models import create_model
 from capsnet.runtime import autocast
 from capsnet.targets import Targets, num_correct
@@ -23,7 +24,7 @@ def adam(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.
     the paper network's 8.2M parameters on 2026-12-04's AMD EPYC 4-5 ms a step instead of
     12-18 (benchmarks/adam-fused-2026-12-04.log). The fused kernel does not count its
     in-place update in the parameters' version counters (PyTorch 2.13), which caches keyed
-    on them rely on (:class:`capsnet.nn.layers.Conv2d`'s kernel spectrum); a hook after each
+    on them rely on (:class:`capsnet.nn.conv.Conv2d`'s kernel spectrum); a hook after each
     step counts it.
     """
     params = list(model.parameters())
@@ -45,12 +46,14 @@ def build_model(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int
     return create_model(cfg.model, **overrides, **cfg.model_overrides)
 
 
+@_deprecated.keyword_only(5)
 def train_step(
     model: nn.Module,
     forward: Callable[..., Any],
     optim: torch.optim.Optimizer,
     x: Tensor,
     y: Targets,
+    *,
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[Tensor, Tensor]:

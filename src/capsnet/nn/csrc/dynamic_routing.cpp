@@ -1,6 +1,6 @@
 // Votes and dynamic routing (Sabour, Frosst & Hinton 2017, Procedure 1) of fully connected
-// capsules on the CPU, and its backward pass: the maths of capsnet/layers.py's
-// RoutingCaps._route and capsnet/routing.py's _route and _DynamicRouting, without writing
+// capsules on the CPU, and its backward pass: the maths of capsnet/nn/layers.py's
+// RoutingCaps._route and capsnet/nn/dynamic.py's _route and _DynamicRouting, without writing
 // the votes or their gradient to memory.
 //
 // In PyTorch the votes u_hat (B, J, I, D) are written by one product and read by five more

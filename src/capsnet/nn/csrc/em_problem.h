@@ -15,7 +15,12 @@
 namespace {
 
 constexpr int D = 16;
-constexpr double kMinVar = 5e-4, kMassEps = 1e-5, kStdEps = 1e-6;
+// MIN_VAR, MASS_EPS and STD_EPS of capsnet/nn/em.py, defined by capsnet/nn/native.py's build
+#if !defined(CAPSNET_EM_MIN_VAR) || !defined(CAPSNET_EM_MASS_EPS) || !defined(CAPSNET_EM_STD_EPS)
+#error "build through capsnet.nn.native, which defines capsnet.nn.em's EM constants"
+#endif
+constexpr double kMinVar = CAPSNET_EM_MIN_VAR, kMassEps = CAPSNET_EM_MASS_EPS,
+                 kStdEps = CAPSNET_EM_STD_EPS;
 
 template <typename T>
 T log_sigmoid(T x) {

@@ -1,7 +1,7 @@
 // EM routing for convolutional matrix capsules, forward and hand-written backward, on the CPU.
 //
 // Procedure 1 of Hinton, Sabour & Frosst (2018) with capsule_em's schedule, variance floor
-// and mass, and the cost standardised over the parents: the maths of capsnet/em_routing.py,
+// and mass, and the cost standardised over the parents: the maths of capsnet/nn/em.py,
 // computed one routing problem at a time, so that its votes V_ij = M_i W_ij need a buffer of
 // one problem's size, not the batch's.
 // Between the passes, each problem keeps each iteration's R, mu, sigma^2, cost and logits

@@ -6,12 +6,12 @@ Endpoints (all errors are JSON ``{"detail": "..."}`` with a 4xx code):
 * ``GET /api/info``: the model's shapes, class names, what it provides and slider range;
 * ``POST /api/predict`` ``{"pixels": [C·H·W floats in [0, 1]]}``: class scores (capsule
   lengths, EM activations or softmax probabilities), the winner and, for a capsule model,
-  its pose, its reconstruction and its routing-weight map on the children's grid;
+  its pose, its reconstruction and its coupling map on the children's grid;
 * ``POST /api/decode`` ``{"class_index": k, "pose": [D floats]}``: the decoder's image of
   class capsule k with that pose (all other capsules masked, as in training);
 * ``GET /api/random``: a random test image of the run's own test set and its label(s).
 
-Any :class:`~capsnet.models.contract.Classifier` works; poses, routing map and decoding
+Any :class:`~capsnet.models.contract.Classifier` works; poses, coupling map and decoding
 appear when the model provides them (``capsules``, ``has_decoder`` in ``/api/info``).
 """
 
@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor, nn
 
+from capsnet import _deprecated
 from capsnet.data.images import normalize_images
 from capsnet.data.tasks import task_class_names
 from capsnet.errors import CapsNetError
@@ -197,7 +198,7 @@ class _Api:
         self.capsules = provides(model, CapsuleClassifier)
         self.has_decoder = provides(model, PoseDecoder)
         self.pose_dim = model.pose_dim if self.capsules else None
-        self.grid = model.routing_grid if self.capsules else None  # (types, H', W')
+        self.grid = model.coupling_grid if self.capsules else None  # (types, H', W')
         self.n_test = 0 if images is None or labels is None else len(images)
         self.rng = random.Random()
 
@@ -210,7 +211,9 @@ class _Api:
             "input_size": list(self.shape[1:]),
             "capsules": self.capsules,
             "class_dim": self.pose_dim,
-            "primary_types": grid[0] if grid else None,  # the children routed to the classes
+            "coupling_grid": list(grid) if grid else None,  # (types, H', W') of the children
+            # the same, as 0.1 named it (the children are primary capsules in CapsNet only)
+            "primary_types": grid[0] if grid else None,
             "primary_grid": list(grid[1:]) if grid else None,
             "has_decoder": self.has_decoder,
             "test_images": self.n_test,
@@ -231,7 +234,7 @@ class _Api:
         answer["class_name"] = self.names[k]
         if not self.capsules:
             return answer | {"pose": None, "reconstruction": None, "coupling": None}
-        coupling = out.routing_weights[0, :, k].view(self.grid).mean(0)  # (H', W')
+        coupling = out.coupling[0, :, k].view(self.grid).mean(0)  # (H', W')
         recon = out.reconstructions if self.has_decoder else None
         return answer | {
             "pose": _rounded(out.poses[0, k], 6),
@@ -267,8 +270,10 @@ class _Api:
         }
 
 
+@_deprecated.keyword_only(1)
 def create_app(
     model: nn.Module,
+    *,
     dataset: str | None = None,
     test_images: Tensor | None = None,
     test_labels: Targets | None = None,
@@ -316,10 +321,10 @@ def load_explorer(
     policy = run.image_policy
     return create_app(
         model,
-        run.dataset,
-        images,
-        labels,
-        hosts,
+        dataset=run.dataset,
+        test_images=images,
+        test_labels=labels,
+        hosts=hosts,
         class_names=run.class_names_for(model.config.num_classes),
         normalize=policy.normalize if policy else "none",
     )

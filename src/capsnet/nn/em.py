@@ -35,8 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from capsnet import _deprecated
+
 MIN_VAR = 5e-4  # capsule_em: min_var
 MASS_EPS = 1e-5  # capsule_em: added to the masses Σ_i r_ij
+STD_EPS = 1e-6  # added to the variance of the costs over the parents, under the square root
 
 
 def inverse_temperatures(iterations: int, final_beta: float) -> list[float]:
@@ -148,7 +151,7 @@ def _logits(var: Tensor, mass: Tensor, beta_u: Tensor, beta_a: Tensor, lam: floa
     """
     cost = (beta_u.unsqueeze(-1) + 0.5 * torch.log(var)).sum(-1) * mass  # (N, J)
     mean = cost.mean(1, keepdim=True)
-    std = torch.sqrt((cost - mean).pow(2).mean(1, keepdim=True) + 1e-6)
+    std = torch.sqrt((cost - mean).pow(2).mean(1, keepdim=True) + STD_EPS)
     return lam * (beta_a + (mean - cost) / std)
 
 
@@ -172,6 +175,7 @@ def _route(
     a_in: Tensor,
     beta_u: Tensor,
     beta_a: Tensor,
+    *,
     lambdas: list[float],
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Procedure 1 on U = [V', V'²] (N, J, I, 2D), V' = V - shift, and a_in (N, 1, I) →
@@ -199,11 +203,13 @@ def _wide(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+@_deprecated.keyword_only(4)
 def em_routing(
     votes: Tensor,
     activations: Tensor,
     beta_u: Tensor,
     beta_a: Tensor,
+    *,
     iterations: int = 3,
     final_beta: float = 1.0,
     detach_agreement: bool = False,
@@ -247,7 +253,7 @@ def em_routing(
         shift = vote_mean(v, a_in)  # (B, J, D)
         u = centre(v, shift)
         agree = u.detach() if detach_agreement else u
-        mu, logits, log_r = _route(u, agree, shift, a_in, bu, ba, lambdas)
+        mu, logits, log_r = _route(u, agree, shift, a_in, bu, ba, lambdas=lambdas)
         if log_r is None:  # one iteration: R = 1/J
             r = v.new_full(v.shape[:3], 1 / v.shape[1])
         else:
