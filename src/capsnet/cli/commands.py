@@ -83,6 +83,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         device=resolve_device(args.device),
         progress=_progress(),
         out=args.out,
+        overrides=dict(args.model_option),
     )
     n = r["test_examples"]
     print(f"test accuracy {r['test_accuracy']:.4%} (error {r['test_error']:.2%}) on {n} images")
@@ -111,7 +112,12 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
     device = resolve_device(args.device)
     pngs = save_figures(
-        args.run_dir, args.out, data_dir=args.data_dir, device=device, overwrite=args.overwrite
+        args.run_dir,
+        args.out,
+        data_dir=args.data_dir,
+        device=device,
+        overwrite=args.overwrite,
+        overrides=dict(args.model_option),
     )
     for png in pngs:
         print(png)
@@ -189,7 +195,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     device = resolve_device(args.device)
     run = Run(args.run_dir)
-    model = run.load_model(device)
+    model = run.load_model(device, overrides=dict(args.model_option))
     config = model.config
     names = run.class_names_for(config.num_classes)
     size = config.input_size
@@ -215,6 +221,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         check_images=args.check_images,
         dataset=args.dataset,
         overwrite=args.overwrite,
+        overrides=dict(args.model_option),
     )
     for path, d in diffs.items():
         worst = ", ".join(f"{name} {v:.2e}" for name, v in d.items())
@@ -226,7 +233,8 @@ def cmd_explore(args: argparse.Namespace) -> None:
     from capsnet.tools.explore import listen, load_explorer, serve, url
 
     with listen(args.host, args.port) as sock:  # a bad port fails before any loading
-        app = load_explorer(args.run_dir, args.data_dir, args.host)
+        overrides = dict(args.model_option)
+        app = load_explorer(args.run_dir, args.data_dir, args.host, overrides=overrides)
         print(f"capsnet explorer: {url(sock)} (Ctrl-C stops it)", flush=True)
         serve(app, sock)
 
@@ -289,6 +297,7 @@ def cmd_robustness(args: argparse.Namespace) -> None:
         data_dir=args.data_dir,
         device=resolve_device(args.device),
         on_step=step,
+        overrides=dict(args.model_option),
     )
     for label, curves in report["models"].items():
         worst = ", ".join(f"{n} {100 * min(c['accuracy']):.1f}%" for n, c in curves.items())

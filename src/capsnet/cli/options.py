@@ -144,6 +144,15 @@ def _add_option_arg(p: argparse.ArgumentParser, flag: str, text: str) -> None:
     p.add_argument(flag, type=_option, action="append", default=[], metavar="NAME=VALUE", help=text)
 
 
+def _add_load_option(p: argparse.ArgumentParser, which: str = "the saved model config") -> None:
+    """--model-option for a command that loads a model: fields that keep its weights."""
+    text = (
+        f"a field of {which} to change as the model loads, e.g. input_norm=peak or "
+        "routing_iterations=1; only those that keep the weights' names and shapes (repeatable)"
+    )
+    _add_option_arg(p, "--model-option", text)
+
+
 def _add_model_args(p: argparse.ArgumentParser, routings) -> None:
     """Model config overrides: the common ones by name, any field by --model-option."""
     p.add_argument("--routing", choices=sorted(routings), help="default: the model's own")
@@ -206,6 +215,7 @@ def _training_parsers(sub, tasks, models, precisions, routings) -> None:
     e.add_argument("--out", type=_path, help="default: RUN_DIR (a pretrained model: nothing)")
     e.add_argument("--dataset", help="default: the run's dataset; " + _dataset_help(tasks))
     e.add_argument("--batch-size", type=_positive, default=500, help="images per step")
+    _add_load_option(e)
     _add_data_args(e)
 
     b = _command(sub, "bench", "measure training and inference images/s and peak memory")
@@ -311,6 +321,7 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     )
     p.add_argument("--batch-size", type=_positive, default=500, help="images per step")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    _add_load_option(p)
 
     x = _command(sub, "export", "export the classifier and decoder to ONNX")
     x.add_argument("run_dir", metavar="RUN", help=RUN)
@@ -325,12 +336,14 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     x.add_argument(
         "--overwrite", action="store_true", help="replace FILE and FILE.decoder.onnx if they exist"
     )
+    _add_load_option(x)
 
     v = _command(sub, "explore", "serve the interactive capsule explorer")
     v.add_argument("run_dir", metavar="RUN", nargs="?", default=EXPLORE_DEFAULT, help=RUN)
     v.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (loopback only)")
     v.add_argument("--port", type=int, default=8000, help="default: 8000; 0 picks a free port")
     v.add_argument("--data-dir", help="where the run's test images are (for random images)")
+    _add_load_option(v)
 
     d = _command(sub, "data", "find (or download) a dataset, check its files, print its directory")
     d.add_argument("dataset", choices=sorted(datasets))
@@ -345,6 +358,7 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     f.add_argument(
         "--overwrite", action="store_true", help="replace figures already in --out (not RUN_DIR)"
     )
+    _add_load_option(f, "the saved model config (with a run directory, needs --out)")
 
     _command(sub, "pretrained", "list the pretrained models shipped with capsnet")
     _command(sub, "build-kernels", "build the native CPU kernels now (else on first use)")
@@ -363,6 +377,7 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     r.add_argument("--data-dir", help="where the first run's test images are")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     r.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
+    _add_load_option(r, "every compared model's saved config")
 
 
 __all__ = ["EXPLORE_DEFAULT", "build_parser"]

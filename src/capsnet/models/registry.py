@@ -44,19 +44,27 @@ def check_model_options(name: str, overrides: dict[str, Any]) -> None:
 def _check_overrides(cls: type, overrides: dict[str, Any]) -> None:
     fields = [f.name for f in dataclasses.fields(cls)]
     if unknown := sorted(set(overrides) - set(fields)):
+        hint = did_you_mean(unknown[0], fields) if len(unknown) == 1 else ""
         raise ConfigError(
-            f"bad model override: {cls.__name__} has no field {', '.join(map(repr, unknown))}; "
-            f"its fields: {', '.join(fields)}"
+            f"bad model override: {cls.__name__} has no field {', '.join(map(repr, unknown))}"
+            f"{hint}; its fields: {', '.join(fields)}"
         )
     check_field_types(cls, overrides)
+
+
+def model_config(name: str, **overrides: Any) -> Any:
+    """The config of a registered model, ``overrides`` replacing fields of its default one
+    (ConfigError for an unknown model or field, a value of the wrong type or an invalid
+    config); nothing is built."""
+    check_model_options(name, overrides)
+    return dataclasses.replace(_REGISTRY[name][1], **overrides)
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build a registered model; ``overrides`` replace fields of its default config
     (ConfigError for an unknown model or field, or a value of the wrong type)."""
-    check_model_options(name, overrides)
-    model_cls, base = _REGISTRY[name]
-    model = model_cls(dataclasses.replace(base, **overrides))
+    config = model_config(name, **overrides)
+    model = _REGISTRY[name][0](config)
     model.name = name  # what the tools call it in messages
     return model
 
@@ -66,5 +74,6 @@ __all__ = [
     "check_model_options",
     "create_model",
     "list_models",
+    "model_config",
     "register_model",
 ]

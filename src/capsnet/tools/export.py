@@ -32,8 +32,9 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -254,6 +255,7 @@ def export_run(
     check_images: int = 100,
     dataset: str | None = None,
     overwrite: bool = False,
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[Path, dict[str, float]]:
     """Export a run's classifier (and decoder, if any) to ONNX, checked on ``check_images``
     of the run's own test images (from ``data_dir``, else where the run found its data), or
@@ -266,6 +268,8 @@ def export_run(
     ``path`` and its decoder file must not exist unless ``overwrite`` (checked before any
     work), and are never one of the run's own files (its checkpoint, config, …);
     overwriting with a model that has no decoder removes an old decoder file.
+    ``overrides`` replace fields of the saved model config (see :meth:`Run.load_model`):
+    the ``config`` metadata is the model's as exported, and ``overrides`` says which.
     Returns, per written file, the max abs difference of each output to PyTorch.
     """
     path = Path(path)
@@ -283,7 +287,7 @@ def export_run(
     for p in (path, decoder_path(path)):
         if p.resolve() in own:  # even with --overwrite: the run would be lost
             raise ConfigError(f"{p}: is the run's own {p.name}; export to another file")
-    model = run.load_model()
+    model = run.load_model(overrides=overrides)
     outputs = classifier_outputs(model)
     config = model.config
     x = _check_images(run, config, data_dir, check_images, dataset)
@@ -294,6 +298,7 @@ def export_run(
         "class_names": json.dumps(run.class_names_for(config.num_classes, dataset)),
         "image_policy": json.dumps(run.data.get("image_policy")),
         "config": json.dumps(config.to_dict()),
+        **({"overrides": json.dumps(dict(overrides))} if overrides else {}),
     }
     classifier = _Classifier(model, outputs)
     diffs = {path: _onnx_file(classifier, {"images": x}, outputs, path, metadata)}

@@ -121,15 +121,17 @@ def compare_runs(
     device: str | torch.device = "cpu",
     on_step: Callable[[str, str, float, float], None] | None = None,
     strengths: Mapping[str, Sequence[float]] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """:func:`robustness_report` for runs or pretrained names, on the first ``limit`` test
     images of the first run's task (from ``data_dir``, else where it was trained). Every
     model must have been trained on that task (where its run says) and take its images and
-    classes; the report also records each run's
-    clean test accuracy from its ``metrics.json``."""
+    classes; the report also records each run's clean test accuracy from its
+    ``metrics.json`` (the model as saved). ``overrides`` replace fields of every model's
+    saved config (see :meth:`Run.load_model`) and are recorded as ``overrides``."""
     check_perturbations(names)
     dirs = [Run(r) for r in runs]
-    models = {d.name: d.load_model(device) for d in dirs}
+    models = {d.name: d.load_model(device, overrides=overrides) for d in dirs}
     if len(models) < len(dirs):
         raise ConfigError("the same run is given twice")
     task = dirs[0].dataset
@@ -149,6 +151,7 @@ def compare_runs(
     extra = {
         "dataset": dirs[0].dataset,
         "clean_test_accuracy": {d.name: (d.metrics() or {}).get("test_accuracy") for d in dirs},
+        **({"overrides": dict(overrides)} if overrides else {}),  # the models are not as saved
     }
     x = images.float().div(255)  # (N, C, H, W); perturbed on the CPU, batches go to device
     return robustness_report(

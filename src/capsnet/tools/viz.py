@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from capsnet import _deprecated
+from capsnet.errors import ConfigError
 from capsnet.files import check_new_file, check_writable_dir
 from capsnet.models.contract import CapsuleClassifier, PoseDecoder, provides
 from capsnet.models.figures import (
@@ -104,6 +106,7 @@ def save_figures(
     device: str | torch.device = "cpu",
     examples: int = 300,
     overwrite: bool = False,
+    overrides: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Every figure the run's model supports, into ``out_dir`` (default: the run directory;
     for a pretrained model, ``NAME-figures`` in the current directory). Figures in the
@@ -114,16 +117,23 @@ def save_figures(
     every class, and failures for Fig. 3 are searched among them), from ``data_dir``, else
     the run's data directory. Models that
     are not capsule classifiers get the training curves only, and those without a decoder
-    no reconstruction figures.
+    no reconstruction figures. ``overrides`` replace fields of the saved model config
+    (see :meth:`Run.load_model`); the figures of a model that is not as saved do not go
+    into its run directory (ConfigError before any work).
     """
     run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
     if out_dir is None:  # a pretrained model's directory is inside the package
         out_dir = f"{run.pretrained}-figures" if run.pretrained else run.path
     out = Path(out_dir)
-    model = run.load_model(device)
+    own = not run.pretrained and out.resolve() == run.path.resolve()
+    if own and overrides:
+        raise ConfigError(
+            f"{out}: the run's own figures show the model as saved; with model options "
+            "(overrides), pass another directory (--out)"
+        )
+    model = run.load_model(device, overrides=overrides)
     run.require_run()
     check_writable_dir(out)
-    own = not run.pretrained and out.resolve() == run.path.resolve()
     if out.is_dir() and not own:  # a run's own figures are replaced
         for name in FIGURES:
             check_new_file(out / name, overwrite)

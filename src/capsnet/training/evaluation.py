@@ -5,6 +5,7 @@ training loop for validation and test), and testing a finished run on its own te
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +78,24 @@ def evaluate_run(
     device: str | torch.device = "cpu",
     progress: ProgressFactory = NoProgress,
     out: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Test a run's selected model; write and return ``eval.json`` (``eval-TASK.json`` for
     another task), and per-class accuracy with the confusion matrix as ``classes.json``
     and ``classes.png`` (``classes-TASK.*``), into ``out`` (default: the run directory;
     for a pretrained model, nothing is written without ``out``). Its own task's test set
     is made with the run's options (``options`` override them) from ``data_dir``, else the
-    run's data directory."""
+    run's data directory. ``overrides`` replace fields of the saved model config (see
+    :meth:`Run.load_model`) and are recorded as ``overrides`` in the result; the results
+    of a model that is not as saved do not go into its run directory (ConfigError before
+    any work)."""
     run = Run(run_dir)
-    model = run.load_model(device)  # CheckpointError first if there is no such run
+    if overrides and out is None and not run.pretrained:
+        raise ConfigError(
+            f"{run.path}: the run's own results are of the model as saved; with model "
+            "options (overrides), pass another directory (--out)"
+        )
+    model = run.load_model(device, overrides=overrides)  # first: CheckpointError, ConfigError
     run.require_run()
     where = Path(out) if out is not None else None if run.pretrained else run.path
     if where is not None:
@@ -118,6 +128,7 @@ def evaluate_run(
         "test_loss": r["loss"],
         "test_examples": len(y),
         "checkpoint": run.pretrained or run.checkpoint.name,  # best, else last, or the file
+        **({"overrides": dict(overrides)} if overrides else {}),  # the model is not as saved
         **environment(),
     }
     names = run.class_names_for(config.num_classes, None if own else task)

@@ -50,16 +50,26 @@ class Run(RunDir):
         new._task = None
         return new
 
-    def load_model(self, device: str | torch.device = "cpu") -> nn.Module:
+    def load_model(
+        self,
+        device: str | torch.device = "cpu",
+        *,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> nn.Module:
         """The run's model in eval mode; ConfigError unless it meets the contract,
-        CheckpointError unless it is the model config.json describes."""
-        model = load_checkpoint(self.checkpoint, device)
+        CheckpointError unless it is the model config.json describes. ``overrides``
+        replace fields of the saved model config before the weights load: only fields
+        that leave every weight's name and shape as saved (e.g. ``input_norm``,
+        ``routing_iterations``), else ConfigError (see
+        :func:`capsnet.models.checkpoint.load_checkpoint`)."""
+        model = load_checkpoint(self.checkpoint, device, overrides=overrides)
         require(model, "capsnet", Classifier)
-        self._check_model(model)
+        self._check_model(model, skip=set(overrides or ()))
         return model
 
-    def _check_model(self, model: nn.Module) -> None:
-        """CheckpointError unless the checkpoint holds the model config.json describes."""
+    def _check_model(self, model: nn.Module, skip: set[str]) -> None:
+        """CheckpointError unless the checkpoint holds the model config.json describes
+        (the fields in ``skip``, overridden, aside)."""
         saved = self.config.get("model")
         if not isinstance(saved, dict):
             return
@@ -68,7 +78,7 @@ class Run(RunDir):
             raise CheckpointError(f"{ckpt}: holds a {name}, {CONFIG} says {saved['name']}")
         own = json.loads(json.dumps(model.config.to_dict()))  # tuples as lists, like the file
         theirs = saved.get("config") if isinstance(saved.get("config"), dict) else {}
-        for key in sorted(set(own) & set(theirs)):
+        for key in sorted((set(own) & set(theirs)) - skip):
             if own[key] != theirs[key]:
                 raise CheckpointError(
                     f"{ckpt}: holds another model than {CONFIG} says ({key} {own[key]} "
@@ -139,16 +149,29 @@ class Run(RunDir):
         return task.load_test(limit=limit, data_dir=data_dir)
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
-    """Load a trained model (eval mode) and its config from a run directory or checkpoint."""
-    model = Run(path).load_model(device)
+def load_run(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[nn.Module, Any]:
+    """Load a trained model (eval mode) and its config from a run directory or checkpoint;
+    ``overrides`` replace fields of its saved config that keep the weights as they are
+    (see :meth:`Run.load_model`), and the config returned has them."""
+    model = Run(path).load_model(device, overrides=overrides)
     return model, model.config
 
 
-def load_pretrained(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+def load_pretrained(
+    name: str,
+    device: str | torch.device = "cpu",
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[nn.Module, Any]:
     """A shipped model (see :mod:`capsnet.training.pretrained`) in eval mode, float32
-    whatever its stored dtype, and its config; its weights' sha256 is checked first."""
-    return load_run(verified_path(name), device)
+    whatever its stored dtype, and its config; its weights' sha256 is checked first.
+    ``overrides`` as for :func:`load_run`."""
+    return load_run(verified_path(name), device, overrides=overrides)
 
 
 def _moved_method(old: str, new: str) -> Any:

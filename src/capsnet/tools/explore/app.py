@@ -22,6 +22,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
@@ -187,10 +188,18 @@ class _Api:
     """The JSON API's answers for one model (what it provides of the contract decides)."""
 
     def __init__(
-        self, model: nn.Module, dataset: str | None, images, labels, names, normalize: str
+        self,
+        model: nn.Module,
+        dataset: str | None,
+        images,
+        labels,
+        names,
+        normalize: str,
+        overrides: Mapping[str, Any],
     ) -> None:
         self.model, self.dataset, self.images, self.labels = model, dataset, images, labels
         self.normalize = normalize
+        self.overrides = dict(overrides)  # the fields of the saved config the model replaces
         cfg = model.config
         self.shape = (cfg.in_channels, *cfg.input_size)  # (C, H, W)
         self.k = cfg.num_classes
@@ -218,6 +227,8 @@ class _Api:
             "has_decoder": self.has_decoder,
             "test_images": self.n_test,
             "slider": SLIDER,
+            "model_config": self.model.config.to_dict(),  # as served, overrides included
+            "overrides": self.overrides,
         }
 
     def predict(self, req: PredictRequest) -> dict[str, Any]:
@@ -281,6 +292,7 @@ def create_app(
     body_timeout: float = BODY_TIMEOUT,
     class_names: tuple[str, ...] | None = None,
     normalize: str = "none",
+    overrides: Mapping[str, Any] | None = None,
 ) -> FastAPI:
     """The explorer for ``model`` (a Classifier in eval mode on the CPU).
 
@@ -288,10 +300,12 @@ def create_app(
     "random test image"; ``hosts`` are the Host header names accepted (None: any); a
     request body must arrive within ``body_timeout`` seconds. ``class_names`` default to
     the dataset's; ``normalize`` (see capsnet.data.images) is applied to every image sent
-    to /api/predict, as the run's images were in training.
+    to /api/predict, as the run's images were in training. ``overrides`` (the fields of
+    the saved config the model was built with replaced; see :meth:`Run.load_model`) are
+    only reported, in ``/api/info`` with the model's config.
     """
     require(model, "explore", Classifier)
-    api = _Api(model, dataset, test_images, test_labels, class_names, normalize)
+    api = _Api(model, dataset, test_images, test_labels, class_names, normalize, overrides or {})
     app = _base_app(16384 + 32 * math.prod(api.shape), hosts, body_timeout)
     app.get("/api/info")(api.info)
     app.post("/api/predict")(api.predict)
@@ -301,13 +315,18 @@ def create_app(
 
 
 def load_explorer(
-    run_dir: str | Path, data_dir: str | None = None, host: str = "127.0.0.1"
+    run_dir: str | Path,
+    data_dir: str | None = None,
+    host: str = "127.0.0.1",
+    *,
+    overrides: Mapping[str, Any] | None = None,
 ) -> FastAPI:
     """The explorer of a run; random test images come from the run's own test set if its
     data is found (never downloaded). Host headers are checked unless ``host`` is a
-    wildcard address."""
+    wildcard address. ``overrides`` replace fields of the saved model config (see
+    :meth:`Run.load_model`)."""
     run = Run(run_dir)
-    model = run.load_model()
+    model = run.load_model(overrides=overrides)
     require(model, "explore", Classifier)
     images = labels = None
     if run.dataset is not None:
@@ -327,6 +346,7 @@ def load_explorer(
         hosts=hosts,
         class_names=run.class_names_for(model.config.num_classes),
         normalize=policy.normalize if policy else "none",
+        overrides=overrides,
     )
 
 
