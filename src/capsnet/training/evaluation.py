@@ -131,16 +131,23 @@ def evaluate_run(
         **({"overrides": dict(overrides)} if overrides else {}),  # the model is not as saved
         **environment(),
     }
-    names = run.class_names_for(config.num_classes, None if own else task)
-    if where is None:
-        return result
-    where.mkdir(parents=True, exist_ok=True)
-    suffix = "" if own else "-" + file_safe(dataset)
-    write_json(where / f"eval{suffix}.json", result)
-    title = f"{run.name} on {dataset}: {r['accuracy']:.2%}"
-    for path in write_class_report(counts.report(names), where / f"classes{suffix}", title):
-        log.info("wrote %s", path)
+    if where is not None:
+        names = run.class_names_for(config.num_classes, None if own else task)
+        _write_results(result, counts.report(names), where, "" if own else dataset, run.name)
     return result
+
+
+def _write_results(
+    result: dict[str, Any], report: dict[str, Any], where: Path, dataset: str, name: str
+) -> None:
+    """``eval.json`` and the per-class report into ``where``; for another task than the
+    run's own (``dataset`` not empty) named ``eval-DATASET.json`` and ``classes-DATASET.*``."""
+    where.mkdir(parents=True, exist_ok=True)
+    suffix = "-" + file_safe(dataset) if dataset else ""
+    write_json(where / f"eval{suffix}.json", result)
+    title = f"{name} on {result['dataset']}: {result['test_accuracy']:.2%}"
+    for path in write_class_report(report, where / f"classes{suffix}", title):
+        log.info("wrote %s", path)
 
 
 def file_safe(dataset: str) -> str:
