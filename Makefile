@@ -1,6 +1,6 @@
 # make demo: set up .venv, test a shipped pretrained model on Fashion-MNIST and draw its
 # figures, then train a small CapsNet on Fashion-MNIST (< 10 min on 2 CPU cores)
-# make test: set up .venv (and Chromium for the browser test) and run lint + the whole test suite
+# make test: set up .venv (with the docs extra, and Chromium for the browser test) and run lint + the whole test suite
 # make docs: install the docs extra into .venv and build the documentation site into site/ (strict)
 # PYTHON=python3.10 VENV=.venv-3.10 make test: the same in another venv, made with that Python
 # TORCH=2.5.1 make test: with that PyTorch (a new VENV; .ci/run tests the floor this way)
@@ -46,7 +46,8 @@ demo: $(STAMP)
 # $(call timed,WHAT,COMMAND): COMMAND, then how long WHAT took
 timed = @echo '$(2)'; start=$$SECONDS; $(2) && echo "== $(1) took $$((SECONDS - start)) s"
 
-test: $(STAMP) lint
+# the docs extra too: tests/test_docs.py builds the site as `make docs` does, and skips without it
+test: $(STAMP) $(DOCS_STAMP) lint
 	@command -v chromium >/dev/null || \
 		bash scripts/apt-install.sh chromium "the browser test will be skipped"
 	@test -d /usr/share/datasets/fashion-mnist || \
