@@ -103,6 +103,7 @@ def _train_fields(tasks, models, precisions) -> dict[str, tuple]:
         "elastic": (float, "beyond the paper: elastic distortion α, pixels (σ = 4)"),
         "squeeze": (float, "beyond the paper: random horizontal squeeze by 1 − [0, this]"),
         "erase": (_non_negative, "beyond the paper: zero a random square of this side, pixels"),
+        "blur": (float, "beyond the paper: Gaussian blur, σ uniform in [0, this] pixels"),
         "train_limit": (_positive, "train on the first N training images"),
         "val_size": (
             _non_negative,

@@ -47,6 +47,7 @@ class TrainConfig:
     elastic: float = 0.0  # beyond the paper: elastic distortion α, pixels (σ = 4)
     squeeze: float = 0.0  # beyond the paper: random horizontal squeeze by 1 − [0, squeeze]
     erase: int = 0  # beyond the paper: a random erase × erase square set to zero, pixels
+    blur: float = 0.0  # beyond the paper: Gaussian blur, σ uniform in [0, blur] pixels
     train_limit: int | None = None
     val_size: int | None = None  # held out of the training split; None: tasks.default_val_size
     test_limit: int | None = None
@@ -82,7 +83,7 @@ class TrainConfig:
             raise ConfigError(
                 f"warmup_epochs {self.warmup_epochs} is longer than the run ({self.epochs} epochs)"
             )
-        self.augmentation()  # checks rotation, scale, elastic, squeeze, erase
+        self.augmentation()  # checks rotation, scale, elastic, squeeze, erase, blur
         check_precision(self.precision)
         check_dataset(self.dataset, self.dataset_options, train=True)  # before loading data
         check_model_options(self.model, self.model_overrides)  # before loading data
@@ -99,6 +100,7 @@ class TrainConfig:
             "elastic": self.elastic,
             "squeeze": self.squeeze,
             "erase": self.erase,
+            "blur": self.blur,
         }
         return Augmentation(max_shift=0, **extra) if any(extra.values()) else None
 
