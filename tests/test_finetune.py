@@ -86,18 +86,44 @@ def test_resuming_a_fine_tuning_run_does_not_read_the_init_again(init_cfg, tiny_
     assert metrics["epochs"] == 2 and Run(tmp_path / "b").train.init == str(init)
 
 
-def test_cli_init_takes_the_init_model_and_records_it(tiny_run, mnist_dir, tmp_path, capsys):
-    out = tmp_path / "b"
-    data = ["--dataset", "mnist", "--data-dir", str(mnist_dir), "--out", str(out)]
-    small = ["--epochs", "1", "--train-limit", "60", "--val-size", "30", "--test-limit", "30"]
-    assert main(["train", "--init", str(tiny_run), *data, *small, "--blur", "1"]) == 0
-    train_cfg = json.loads((out / "config.json").read_text())["train"]
+DATA = ["--dataset", "mnist", "--epochs", "1", "--train-limit", "60", "--val-size", "30"]
+DATA += ["--test-limit", "30"]
+
+
+def test_cli_init_takes_the_init_model_records_it_and_resumes(tiny_run, mnist_dir, tmp_path):
+    argv = ["train", "--init", str(tiny_run), "--out", str(tmp_path / "b")]
+    argv += [*DATA, "--data-dir", str(mnist_dir), "--blur", "1"]
+    assert main(argv) == 0
+    train_cfg = json.loads((tmp_path / "b" / "config.json").read_text())["train"]
     assert (train_cfg["init"], train_cfg["model"], train_cfg["blur"]) == (
         str(tiny_run),
         "capsnet-small",
         1.0,
     )
+    assert main([*argv, "--resume", "--epochs", "2"]) == 0  # the same --init, given again
+
+
+@pytest.mark.parametrize(
+    ("more", "said"),
+    [(["--model", "capsnet-mnist"], "holds a capsnet-small, not the model capsnet-mnist"),
+     (["--model-option", "conv1_channels=8"], "conv1_channels=8: changes the weights")],
+)  # fmt: skip
+def test_cli_refuses_another_model_or_options_changing_its_weights(
+    tiny_run, mnist_dir, tmp_path, capsys, more, said
+):
+    argv = ["train", "--init", str(tiny_run), "--out", str(tmp_path / "b"), *DATA, *more]
     capsys.readouterr()
-    assert main(["train", "--init", str(tmp_path / "none"), *data, "--overwrite"]) == 2
+    assert main([*argv, "--data-dir", str(mnist_dir)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("capsnet: error: ") and str(tmp_path / "none") in err, err
+    assert err.startswith("capsnet: error: ") and said in err and "\n" not in err, err
+
+
+def test_cli_refuses_a_missing_init_before_any_work(tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["train", "--init", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"capsnet: error: {tmp_path / 'none'}: no such run directory, checkpoint or "
+        "pretrained model (`capsnet pretrained` lists those shipped)"
+    )
+    assert not (tmp_path / "b").exists()
