@@ -35,7 +35,7 @@ def starting_model(cfg: TrainConfig, run: Run, resuming: bool) -> nn.Module | No
     without ``cfg.init`` (training builds a new one); when ``resuming`` a run that finished
     an epoch, its own last checkpoint (the init model's config; the resume restores its
     weights, the init's are not read again); else the init model with
-    ``cfg.model_overrides``, ConfigError unless it is a ``cfg.model``."""
+    ``cfg.model_overrides``, logged; ConfigError unless its name is ``cfg.model``."""
     if cfg.init is None:
         return None
     if resuming:
@@ -58,9 +58,8 @@ def model_for_data(
     ``cfg.init`` and what differs; without one, a new model (:func:`build_model`)."""
     if start is None:
         return build_model(cfg, image_shape, num_classes)
-    data = data_fields(image_shape, num_classes)
     own = json.loads(json.dumps({k: getattr(start.config, k) for k in DATA_FIELDS}))
-    given = json.loads(json.dumps(data))  # tuples as lists, like own
+    given = json.loads(json.dumps(data_fields(image_shape, num_classes)))  # lists, like own
     if wrong := [k for k in DATA_FIELDS if own[k] != given[k]]:
         said = "; ".join(f"{k} {own[k]} in the model, {given[k]} in the data" for k in wrong)
         raise ConfigError(f"init {cfg.init}: its model does not take {cfg.dataset} ({said})")
