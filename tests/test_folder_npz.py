@@ -387,7 +387,7 @@ def test_a_run_on_relative_paths_is_evaluated_from_another_directory(
     monkeypatch.chdir(made)
     with caplog.at_level(logging.INFO, logger="capsnet"):
         train(cfg, "run")
-    assert "the run saves its data paths as absolute: --dataset " in caplog.text
+    assert "the run saves its paths as absolute: --dataset " in caplog.text
     saved = json.loads((made / "run" / "config.json").read_text())["train"]
     path = Path(saved["data_dir"] if kind == "data-dir" else saved["dataset"].partition(":")[2])
     assert path.is_absolute() and path.samefile(data)

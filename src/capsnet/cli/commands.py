@@ -46,12 +46,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     from capsnet.runtime import distributed_from_env, resolve_device
     from capsnet.tools.viz import save_figures
     from capsnet.training import Run, TrainConfig, train
+    from capsnet.training.finetune import init_model
 
+    fine_tune = "init" in args and "model" not in args and not args.resume
     cfg = _from_args(
         TrainConfig,
         args,
         dataset_options=dict(args.dataset_option) | _image_options(args),
         model_overrides=_model_overrides(args),
+        **({"model": init_model(args.init).name} if fine_tune else {}),  # --init's own
     )
     run = Run(args.out, names=False)
     if args.resume:

@@ -103,6 +103,7 @@ def _train_fields(tasks, models, precisions) -> dict[str, tuple]:
         "elastic": (float, "beyond the paper: elastic distortion α, pixels (σ = 4)"),
         "squeeze": (float, "beyond the paper: random horizontal squeeze by 1 − [0, this]"),
         "erase": (_non_negative, "beyond the paper: zero a random square of this side, pixels"),
+        "blur": (float, "beyond the paper: Gaussian blur, σ uniform in [0, this] pixels"),
         "train_limit": (_positive, "train on the first N training images"),
         "val_size": (
             _non_negative,
@@ -193,6 +194,12 @@ def _training_parsers(sub, tasks, models, precisions, routings) -> None:
     t = _command(sub, "train", "train a model and test the validation-selected checkpoint")
     t.add_argument("--out", required=True, type=_path, help="run directory to write")
     _field_args(t, TRAIN_CONFIG, _train_fields(tasks, models, precisions))
+    init_help = (
+        f"fine-tune: start from the model and weights of RUN, {RUN}; its model (--model "
+        "defaults to it), --model-option fields that keep its weights changing as it loads; "
+        "a fresh optimiser, schedule and --epochs"
+    )
+    _field_args(t, TRAIN_CONFIG, {"init": (str, init_help, ("metavar", "RUN"))})
     _add_model_args(t, routings)
     _add_image_args(t)
     t.add_argument(

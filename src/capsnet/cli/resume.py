@@ -87,7 +87,7 @@ def _same(dest: str, given: Any, was: Any) -> bool:
     # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
     from capsnet.data.custom import absolute_task
 
-    if dest == "data_dir" and given is not None and was is not None:
+    if dest in ("data_dir", "init") and given is not None and was is not None:
         return Path(given).expanduser().resolve() == Path(was).expanduser().resolve()
     if dest == "dataset":
         return absolute_task(given) == absolute_task(was)

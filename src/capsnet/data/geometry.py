@@ -1,5 +1,5 @@
-"""Image geometry on batched tensors: integer shifts, linear maps about the centre and
-elastic distortion, all zero outside the image. The training augmentation
+"""Image geometry on batched tensors: integer shifts, linear maps about the centre,
+elastic distortion and Gaussian blur, all zero outside the image. The training augmentation
 (:mod:`capsnet.data.transforms`), affNIST (:mod:`capsnet.data.affnist`) and the robustness
 sweep (:mod:`capsnet.tools.robustness`) share them.
 """
@@ -78,9 +78,16 @@ def warp(images: Tensor, matrices: Tensor) -> Tensor:
 def gaussian_kernel(sigma: float, dtype: torch.dtype) -> Tensor:
     """Normalised 1-D Gaussian of standard deviation ``sigma``, radius ceil(3σ): (2r+1,)."""
     radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return (k / k.sum()).to(dtype)
+    return gaussian_kernels(torch.tensor([sigma], dtype=torch.float64), radius)[0].to(dtype)
+
+
+def gaussian_kernels(sigma: Tensor, radius: int) -> Tensor:
+    """A normalised 1-D Gaussian per standard deviation of ``sigma`` (N,), all of radius
+    ``radius``: float64 (N, 2r+1). σ = 0 gives the delta kernel (1 at the centre, else 0)."""
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)  # (2r+1,)
+    sigma = sigma.to(torch.float64).view(-1, 1)  # (N, 1)
+    k = torch.where(sigma > 0, torch.exp(-0.5 * (t / sigma) ** 2), (t == 0).double())
+    return k / k.sum(1, keepdim=True)
 
 
 def smooth(x: Tensor, sigma: float) -> Tensor:
@@ -90,6 +97,19 @@ def smooth(x: Tensor, sigma: float) -> Tensor:
     y = x.reshape(n * c, 1, h, w)
     y = F.conv2d(y, k.view(1, 1, -1, 1), padding=(len(k) // 2, 0))
     y = F.conv2d(y, k.view(1, 1, 1, -1), padding=(0, len(k) // 2))
+    return y.view(n, c, h, w)
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor, radius: int) -> Tensor:
+    """Blur each image of float ``x`` (N, C, H, W) by a Gaussian of its own standard
+    deviation ``sigma`` (N,) pixels, truncated at ``radius`` (see :func:`gaussian_kernels`):
+    one grouped convolution down the columns and one along the rows, zero padding (like
+    :func:`smooth`); same shape. An image of σ = 0 comes back unchanged."""
+    n, c, h, w = x.shape
+    k = gaussian_kernels(sigma, radius).to(x.dtype).repeat_interleave(c, 0)  # (N·C, 2r+1)
+    y = x.reshape(1, n * c, h, w)
+    y = F.conv2d(y, k.view(n * c, 1, -1, 1), padding=(radius, 0), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, 1, -1), padding=(0, radius), groups=n * c)
     return y.view(n, c, h, w)
 
 
@@ -114,7 +134,9 @@ def elastic(x: Tensor, alpha: float, generator: torch.Generator, sigma: float = 
 __all__ = [
     "affine_matrices",
     "elastic",
+    "gaussian_blur",
     "gaussian_kernel",
+    "gaussian_kernels",
     "inside_box",
     "shift_images",
     "smooth",

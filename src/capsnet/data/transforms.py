@@ -1,5 +1,5 @@
 """Index splits and batched, reproducible training augmentation (the paper's random shifts,
-and rotations, scalings, squeezes, elastic distortions and erased patches beyond it)."""
+and rotations, scalings, squeezes, elastic distortions, blur and erased patches beyond it)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from dataclasses import dataclass
 
 import torch
 
-from capsnet.data.geometry import affine_matrices, elastic, inside_box, shift_images, warp
+from capsnet.data.geometry import (
+    affine_matrices,
+    elastic,
+    gaussian_blur,
+    inside_box,
+    shift_images,
+    warp,
+)
 from capsnet.errors import ConfigError
 
 
@@ -77,6 +84,9 @@ def check_erase(size: int, shape: tuple[int, ...]) -> None:
         )
 
 
+MAX_BLUR = 10.0  # pixels: Augmentation.blur's largest σ
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """Random changes to each training image, drawn per image from a generator.
@@ -85,8 +95,10 @@ class Augmentation:
     beyond the paper and off (0) by default: a rotation uniform in ±``rotation`` degrees, a
     scaling by a factor uniform in [1 − ``scale``, 1 + ``scale``] and a horizontal squeeze
     by a factor uniform in [1 − ``squeeze``, 1] (one warp about the centre, bilinear), then
-    an elastic distortion of ``elastic`` pixels (Simard et al. 2003, σ = 4), then the shift,
-    then an ``erase`` × ``erase`` square set to zero at a uniform place inside the image
+    an elastic distortion of ``elastic`` pixels (Simard et al. 2003, σ = 4), then a
+    Gaussian blur of σ uniform in [0, ``blur``] pixels (radius ceil(3 · blur) for every
+    image, zero padding; σ = 0 leaves the image as it is), then the shift, then an
+    ``erase`` × ``erase`` square set to zero at a uniform place inside the image
     (Efficient-CapsNet's authors erase a 4 × 4 patch and squeeze by 1–7 of 28 columns).
     """
 
@@ -96,13 +108,16 @@ class Augmentation:
     elastic: float = 0.0
     squeeze: float = 0.0
     erase: int = 0
+    blur: float = 0.0
 
     def __post_init__(self) -> None:
-        values = (self.max_shift, self.rotation, self.elastic, self.erase)
+        values = (self.max_shift, self.rotation, self.elastic, self.blur, self.erase)
         if not all(0 <= v < math.inf for v in values):
-            raise ConfigError("max_shift, rotation, elastic and erase must be finite and ≥ 0")
+            raise ConfigError("max_shift, rotation, elastic, blur and erase must be finite and ≥ 0")
         if self.rotation > 180:
             raise ConfigError(f"rotation is in ± degrees, at most 180; got {self.rotation}")
+        if self.blur > MAX_BLUR:
+            raise ConfigError(f"blur is σ in pixels, at most {MAX_BLUR}; got {self.blur}")
         if not (0 <= self.scale < 1 and 0 <= self.squeeze < 1):
             raise ConfigError(
                 f"scale and squeeze must be in [0, 1), got {self.scale}, {self.squeeze}"
@@ -110,12 +125,13 @@ class Augmentation:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment uint8 or float images (B, C, H, W); same shape and dtype."""
-        if self.rotation or self.scale or self.squeeze or self.elastic:
+        if self.rotation or self.scale or self.squeeze or self.elastic or self.blur:
             x = self._warped(x, generator)
         x = random_shift(x, self.max_shift, generator)
         return random_erase(x, self.erase, generator) if self.erase else x
 
     def _warped(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """``x`` warped, distorted and blurred (in float), back in its own dtype."""
         n = len(x)
         y = x.float()
         if self.rotation or self.scale or self.squeeze:
@@ -127,6 +143,9 @@ class Augmentation:
             y = warp(y, affine_matrices(angle, shear, factor, factor * squeeze).float())
         if self.elastic:
             y = elastic(y, self.elastic, generator or torch.default_generator)
+        if self.blur:
+            sigma = torch.rand(n, generator=generator, dtype=torch.float64) * self.blur  # (B,)
+            y = gaussian_blur(y, sigma, math.ceil(3 * self.blur))
         if x.dtype == torch.uint8:
             return y.round_().clamp_(0, 255).to(torch.uint8)
         return y.to(x.dtype)

@@ -261,7 +261,7 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 SETTINGS = ("epochs", "batch_size", "lr", "lr_schedule", "lr_decay", "warmup_epochs")
 SETTINGS += ("weight_decay", "max_shift", "rotation", "scale", "elastic", "squeeze", "erase")
-SETTINGS += ("train_limit", "val_size", "test_limit", "precision")
+SETTINGS += ("blur", "train_limit", "val_size", "test_limit", "precision")
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from capsnet.errors import CheckpointError, ConfigError
 from capsnet.models import check_model_options
 from capsnet.names import LR_SCHEDULES
 from capsnet.runtime import AUTO, check_precision
+from capsnet.training.pretrained import is_pretrained
 from capsnet.training.tensorboard import check_available
 from capsnet.typecheck import check_field_types
 
@@ -33,7 +34,10 @@ class TrainConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)  # see capsnet.data.tasks
     data_dir: str | None = None
     model: str = "capsnet-mnist"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # with init: as it loads
+    # fine-tuning: start from the model and weights of this run directory, checkpoint or
+    # pretrained name (capsnet.training.finetune); model must be its model's name
+    init: str | None = None
     epochs: int = 10
     batch_size: int = 100
     lr: float = 1e-3
@@ -47,6 +51,7 @@ class TrainConfig:
     elastic: float = 0.0  # beyond the paper: elastic distortion α, pixels (σ = 4)
     squeeze: float = 0.0  # beyond the paper: random horizontal squeeze by 1 − [0, squeeze]
     erase: int = 0  # beyond the paper: a random erase × erase square set to zero, pixels
+    blur: float = 0.0  # beyond the paper: Gaussian blur, σ uniform in [0, blur] pixels
     train_limit: int | None = None
     val_size: int | None = None  # held out of the training split; None: tasks.default_val_size
     test_limit: int | None = None
@@ -82,12 +87,14 @@ class TrainConfig:
             raise ConfigError(
                 f"warmup_epochs {self.warmup_epochs} is longer than the run ({self.epochs} epochs)"
             )
-        self.augmentation()  # checks rotation, scale, elastic, squeeze, erase
+        self.augmentation()  # checks rotation, scale, elastic, squeeze, erase, blur
         check_precision(self.precision)
         check_dataset(self.dataset, self.dataset_options, train=True)  # before loading data
         check_model_options(self.model, self.model_overrides)  # before loading data
         if clash := sorted(set(DATA_FIELDS) & set(self.model_overrides)):
             raise ConfigError(f"{', '.join(clash)}: set by the data, not a model option")
+        if self.init == "":
+            raise ConfigError("init must be a run directory, checkpoint or pretrained name")
         if self.tensorboard:
             check_available()
 
@@ -99,6 +106,7 @@ class TrainConfig:
             "elastic": self.elastic,
             "squeeze": self.squeeze,
             "erase": self.erase,
+            "blur": self.blur,
         }
         return Augmentation(max_shift=0, **extra) if any(extra.values()) else None
 
@@ -120,11 +128,16 @@ class TrainConfig:
         return lr
 
     def with_absolute_paths(self) -> TrainConfig:
-        """This config with the path of a ``folder:``/``npz:`` dataset and ``data_dir``
-        made absolute against the current directory, as a new run saves them: the run
-        then reads its data from any directory."""
+        """This config with the path of a ``folder:``/``npz:`` dataset, ``data_dir`` and
+        ``init`` (unless a pretrained name, which names no existing path) made absolute
+        against the current directory, as a new run saves them: the run then reads its
+        data from any directory."""
         data_dir = None if self.data_dir is None else absolute_path(self.data_dir)
-        return dataclasses.replace(self, dataset=absolute_task(self.dataset), data_dir=data_dir)
+        init = self.init
+        if init is not None and (Path(init).exists() or not is_pretrained(init)):
+            init = absolute_path(init)
+        dataset = absolute_task(self.dataset)
+        return dataclasses.replace(self, dataset=dataset, data_dir=data_dir, init=init)
 
     def as_saved_by(self, saved: TrainConfig) -> TrainConfig:
         """This config as a run made from it saves it, that run's own choices taken from

@@ -39,13 +39,15 @@ from capsnet.runtime import (
     resolve_device,
     resolve_precision,
 )
+from capsnet.targets import Targets
 from capsnet.training.config import TrainConfig
 from capsnet.training.environment import environment
 from capsnet.training.evaluation import evaluate, to_input
+from capsnet.training.finetune import model_for_data, starting_model
 from capsnet.training.progress import NoProgress, ProgressFactory
 from capsnet.training.run import Run
 from capsnet.training.state import load_train_state, save_train_state
-from capsnet.training.step import adam, build_model, train_step
+from capsnet.training.step import adam, train_step
 from capsnet.training.tensorboard import TensorBoardLog
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ def _train(
         cfg = dataclasses.replace(saved, epochs=cfg.epochs, device=cfg.device)
     elif (absolute := cfg.with_absolute_paths()) != cfg:
         cfg = absolute
-        log.info("the run saves its data paths as absolute: %s", _data_paths(cfg))
+        log.info("the run saves its paths as absolute: %s", _data_paths(cfg))
     if cfg.batch_size < info.world_size:
         raise ConfigError(f"batch size {cfg.batch_size} < {info.world_size} processes")
     with process_group(resolve_device(cfg.device), info) as device:
@@ -98,8 +100,10 @@ def _train(
             log.info("precision auto: %s on %s", cfg.precision, device)
         if info.enabled:
             dist.barrier()  # rank 0 has checked the run directory before anyone goes on
-        session = Session.start(cfg, run, device, info, progress if info.is_main else NoProgress)
         done = run.epochs_done() if resume else 0
+        start = starting_model(cfg, run, resuming=bool(done))  # --init, before any data
+        shown = progress if info.is_main else NoProgress
+        session = Session.start(cfg, run, device, info, shown, start)
         if resume and not done:
             log.info("%s finished no epoch: training it from the start", run.path)
         first = session.resume() if done else session.begin()
@@ -112,8 +116,10 @@ def _train(
 
 
 def _data_paths(cfg: TrainConfig) -> str:
-    """``--dataset NAME`` and ``--data-dir DIR`` (if given) of ``cfg``, for a log line."""
-    return f"--dataset {cfg.dataset}" + (f" --data-dir {cfg.data_dir}" if cfg.data_dir else "")
+    """``--dataset NAME``, ``--data-dir DIR`` and ``--init RUN`` (those given) of ``cfg``,
+    for a log line."""
+    given = {"--dataset": cfg.dataset, "--data-dir": cfg.data_dir, "--init": cfg.init}
+    return " ".join(f"{flag} {value}" for flag, value in given.items() if value)
 
 
 @dataclass
@@ -149,8 +155,10 @@ class Session:
         device: torch.device,
         info: Distributed,
         progress: ProgressFactory,
+        start: nn.Module | None = None,
     ) -> Session:
-        """Seed, resolve the task and load its data, build the model, its optimiser and
+        """Seed, resolve the task and load its data, build the model (or take ``start``,
+        see :func:`~capsnet.training.finetune.model_for_data`), its optimiser and
         wrappers."""
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -162,7 +170,7 @@ class Session:
         check_erase(cfg.erase, data.image_shape)  # before anything is written
         if cfg.val_size is None and data.held_out is not None:  # the run saves the default
             cfg = dataclasses.replace(cfg, val_size=data.held_out)
-        model = build_model(cfg, data.image_shape, task.num_classes).to(device)
+        model = model_for_data(cfg, start, data.image_shape, task.num_classes).to(device)
         forward: Callable[..., Any] = model
         if info.enabled:
             ids = [device.index] if device.type == "cuda" else None
@@ -314,32 +322,26 @@ class Session:
         so every rank has the same figures (and the same selected epoch) as one process
         would, to float rounding of the loss."""
         x, y, info = self.data.val_x, self.data.val_y, self.info
-
-        def run(part: slice) -> dict[str, float]:
-            return evaluate(
-                self.model,
-                x[part],
-                y[part],
-                batch_size=500,
-                device=self.device,
-                progress=self.progress,
-                desc="validation",
-                precision=self.cfg.precision,
-            )
-
         if not info.enabled:
-            val = run(slice(None))
+            val = self._evaluate(x, y, "validation")
             return {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
         sizes = [len(part) for part in torch.arange(len(y)).tensor_split(info.world_size)]
         n, start = sizes[info.rank], sum(sizes[: info.rank])
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # correct, loss
         if n:  # a rank may have none of a split smaller than the world
-            val = run(slice(start, start + n))  # a view of the split, not a copy
+            val = self._evaluate(x[start : start + n], y[start : start + n], "validation")
             sums += torch.tensor(
                 [val["accuracy"] * n, val["loss"] * n], dtype=torch.float64, device=self.device
             )
         dist.all_reduce(sums)
         return {"val_loss": sums[1].item() / len(y), "val_accuracy": round(sums[0].item()) / len(y)}
+
+    def _evaluate(self, x: Tensor, y: Targets, desc: str) -> dict[str, float]:
+        """Loss, accuracy and error of the model on ``x``, ``y`` (views, not copies)."""
+        return evaluate(
+            self.model, x, y, batch_size=500, device=self.device, progress=self.progress,
+            desc=desc, precision=self.cfg.precision,
+        )  # fmt: skip
 
     def _write_epoch(self, epoch: int, is_best: bool) -> None:
         path, name = self.run.path, self.cfg.model
@@ -359,16 +361,7 @@ class Session:
             self.tb.close()
         self.model.load_state_dict(self.best_state)
         x, y = self.task.load_test(limit=cfg.test_limit)
-        test = evaluate(
-            self.model,
-            x,
-            y,
-            batch_size=500,
-            device=self.device,
-            progress=self.progress,
-            desc="test",
-            precision=cfg.precision,
-        )
+        test = self._evaluate(x, y, "test")
         seconds = sum(h["train_seconds"] for h in self.history)
         metrics = {
             "dataset": cfg.dataset,

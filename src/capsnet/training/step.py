@@ -38,12 +38,17 @@ def adam(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.
     return optim
 
 
+def data_fields(image_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """The model config fields the data sets (``DATA_FIELDS``): in_channels C, input_size
+    (H, W) of images (C, H, W), and num_classes."""
+    c, h, w = image_shape
+    return dict(zip(DATA_FIELDS, (c, (h, w), num_classes), strict=True))
+
+
 def build_model(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The registered model with its input shape and class count taken from the data (the
     config has checked that its overrides set none of these)."""
-    c, h, w = image_shape
-    overrides = dict(zip(DATA_FIELDS, (c, (h, w), num_classes), strict=True))
-    return create_model(cfg.model, **overrides, **cfg.model_overrides)
+    return create_model(cfg.model, **data_fields(image_shape, num_classes), **cfg.model_overrides)
 
 
 @_deprecated.keyword_only(5)
@@ -75,4 +80,4 @@ def train_step(
     return loss.detach(), num_correct(out.scores.detach(), y)
 
 
-__all__ = ["adam", "build_model", "train_step"]
+__all__ = ["adam", "build_model", "data_fields", "train_step"]
