@@ -15,7 +15,7 @@ image holds no more.
 
 Prints, per model: accuracy on all 1,797, accuracy per class, and the five most frequent
 confusions (true → predicted). Models: shipped names (``capsnet.load_pretrained``) or run
-directories (``--runs``), with ``--model-option NAME=VALUE`` applied to all of them.
+directories (``--runs``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -60,23 +61,13 @@ def report(label: str, scores: torch.Tensor, labels: torch.Tensor) -> dict:
     per_class = {
         str(k): round(100 * right[labels == k].float().mean().item(), 2) for k in range(10)
     }
-    wrong = torch.stack([labels[~right], guess[~right]], 1).tolist()
-    pairs = sorted({tuple(p) for p in wrong}, key=lambda p: -wrong.count(list(p)))[:5]
+    wrong = Counter(zip(labels[~right].tolist(), guess[~right].tolist(), strict=True))
     return {
         "model": label,
         "accuracy": round(100 * right.float().mean().item(), 2),
         "per_class": per_class,
-        "confusions": {f"{t}->{g}": wrong.count([t, g]) for t, g in pairs},
+        "confusions": {f"{t}->{g}": n for (t, g), n in wrong.most_common(5)},
     }
-
-
-def _option(text: str) -> tuple[str, object]:
-    """NAME=VALUE → (NAME, VALUE as JSON, or the text itself if it is not JSON)."""
-    key, _, value = text.partition("=")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
 
 
 def main() -> None:
@@ -84,13 +75,11 @@ def main() -> None:
     ap.add_argument("--digits", type=Path, required=True, help="scikit-learn's digits.csv.gz")
     ap.add_argument("--models", nargs="*", default=["capsnet-mnist", "efficient-capsnet-mnist"])
     ap.add_argument("--runs", nargs="*", default=[])
-    ap.add_argument("--model-option", action="append", default=[], metavar="NAME=VALUE")
     args = ap.parse_args()
-    overrides = dict(_option(o) for o in args.model_option)
     digits, labels = load_uci_digits(args.digits)
     images = to_mnist(digits)
-    loaded = {m: load_pretrained(m, overrides=overrides or None)[0] for m in args.models}
-    loaded |= {r: load_run(r, overrides=overrides or None)[0] for r in args.runs}
+    loaded = {m: load_pretrained(m)[0] for m in args.models}
+    loaded |= {r: load_run(r)[0] for r in args.runs}
     for label, model in loaded.items():
         side = model.config.input_size[0]
         pad = (side - MNIST_SIZE) // 2  # 40 × 40 models: expanded MNIST's border
