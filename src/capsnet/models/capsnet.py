@@ -12,9 +12,18 @@ from capsnet import _deprecated
 from capsnet.errors import ConfigError
 from capsnet.models.config import VectorCapsuleConfig, conv_out
 from capsnet.models.registry import register_model
-from capsnet.nn.layers import Conv2d, Decoder, PrimaryCaps, RoutingCaps, normalise_input
+from capsnet.nn.layers import (
+    Conv2d,
+    Decoder,
+    PrimaryCaps,
+    RoutingCaps,
+    binomial_blur,
+    normalise_input,
+)
 from capsnet.nn.losses import capsnet_loss
 from capsnet.targets import OverlayTargets
+
+ANTIALIAS = (1, 3, 5)  # binomial filter sizes: none, [1, 2, 1], [1, 4, 6, 4, 1]
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,9 @@ class CapsNetConfig(VectorCapsuleConfig):
     primary_kernel: int = 9
     primary_stride: int = 2
     conv_algorithm: str = "auto"  # "auto": PrimaryCaps through the DFT where cheaper; "direct"
+    # binomial low-pass (size × size) of conv1's output before the primary capsules' strided
+    # convolution, anti-aliasing its subsampling (capsnet.nn.layers.binomial_blur); 1: none
+    antialias: int = 1
 
     def validate(self) -> None:
         super().validate()
@@ -34,6 +46,8 @@ class CapsNetConfig(VectorCapsuleConfig):
             raise ConfigError(
                 f"conv_algorithm must be 'auto' or 'direct', not {self.conv_algorithm!r}"
             )
+        if self.antialias not in ANTIALIAS:
+            raise ConfigError(f"antialias must be one of {ANTIALIAS}, not {self.antialias!r}")
         if min(self.primary_grid) < 1:
             raise ConfigError(
                 f"input size {self.input_size} is too small for conv1 {self.conv1_kernel}×"
@@ -136,8 +150,9 @@ class CapsNet(CapsuleModel):
     def encode(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) → primary capsules (B, I, primary_dim), ordered (type, row,
         column) on the ``primary_grid``. The ReLU runs in place on conv1's output (no
-        convolution's backward reads its output)."""
-        return self.primary(F.relu(self.conv1(x), inplace=True))
+        convolution's backward reads its output), which is low-passed if ``antialias`` > 1."""
+        h = F.relu(self.conv1(x), inplace=True)  # (B, conv1_channels, H − k + 1, W − k + 1)
+        return self.primary(binomial_blur(h, self.config.antialias))
 
     def forward(self, x: Tensor, y: Tensor | OverlayTargets | None = None) -> CapsNetOutput:
         """x: images (B, C, H, W) in [0, 1] (normalised as ``input_norm`` says); y: labels

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from capsnet import _deprecated
 from capsnet.nn.conv import Conv2d
@@ -32,6 +33,22 @@ def normalise_input(x: Tensor, mode: str) -> Tensor:
         return x
     peak = x.amax(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
     return x / torch.where(peak > 0, peak, torch.ones_like(peak))
+
+
+def binomial_blur(x: Tensor, size: int) -> Tensor:
+    """Low-pass each channel of x (B, C, H, W) with the ``size`` × ``size`` binomial filter
+    (the outer product of row ``size − 1`` of Pascal's triangle, normalised to sum 1; size
+    3: [1, 2, 1] ⊗ [1, 2, 1] / 16), reflect-padded to keep (H, W). Before a strided
+    convolution it anti-aliases the subsampling (Zhang, "Making Convolutional Networks
+    Shift-Invariant Again", ICML 2019: convolution and blur commute, so this is their
+    blur-then-subsample). ``size`` 1 returns x itself."""
+    if size == 1:
+        return x
+    row = torch.tensor([math.comb(size - 1, k) for k in range(size)], dtype=x.dtype)
+    kernel = torch.outer(row, row) / row.sum() ** 2  # (size, size), sums to 1
+    c, pad = x.shape[1], size // 2
+    weight = kernel.to(x.device).expand(c, 1, size, size)  # (C, 1, size, size): per channel
+    return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"), weight, groups=c)
 
 
 class PrimaryCaps(nn.Module):
