@@ -73,3 +73,11 @@ def test_antialias_changes_what_the_primary_capsules_see():
 def test_an_even_or_unknown_size_is_a_config_error():
     with pytest.raises(ConfigError, match=r"antialias must be one of \(1, 3, 5\), not 2"):
         create_model("capsnet-small", antialias=2)
+
+
+def test_antialias_on_a_conv1_output_too_small_to_pad_is_a_config_error():
+    small = {"input_size": (3, 3), "conv1_kernel": 2, "primary_kernel": 1, "primary_stride": 1}
+    model = create_model("capsnet-small", **small, antialias=3)  # conv1 gives 2 × 2: pads by 1
+    assert model(torch.rand(1, 1, 3, 3)).scores.shape == (1, 10)
+    with pytest.raises(ConfigError, match="antialias 5 needs conv1's output larger than 2"):
+        create_model("capsnet-small", **small, antialias=5)

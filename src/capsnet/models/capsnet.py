@@ -48,6 +48,12 @@ class CapsNetConfig(VectorCapsuleConfig):
             )
         if self.antialias not in ANTIALIAS:
             raise ConfigError(f"antialias must be one of {ANTIALIAS}, not {self.antialias!r}")
+        conv1_size = min(conv_out(s, self.conv1_kernel, 1) for s in self.input_size)
+        if conv1_size <= self.antialias // 2:  # reflect padding needs more pixels than it adds
+            raise ConfigError(
+                f"antialias {self.antialias} needs conv1's output larger than "
+                f"{self.antialias // 2} pixels, got {conv1_size}"
+            )
         if min(self.primary_grid) < 1:
             raise ConfigError(
                 f"input size {self.input_size} is too small for conv1 {self.conv1_kernel}×"
