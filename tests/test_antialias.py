@@ -81,3 +81,8 @@ def test_antialias_on_a_conv1_output_too_small_to_pad_is_a_config_error():
     assert model(torch.rand(1, 1, 3, 3)).scores.shape == (1, 10)
     with pytest.raises(ConfigError, match="antialias 5 needs conv1's output larger than 2"):
         create_model("capsnet-small", **small, antialias=5)
+
+
+def test_an_input_too_small_for_the_network_is_said_so_whatever_antialias():
+    with pytest.raises(ConfigError, match=r"input size \(8, 8\) is too small for conv1 9×9"):
+        create_model("capsnet-small", input_size=(8, 8))

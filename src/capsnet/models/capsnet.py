@@ -48,23 +48,29 @@ class CapsNetConfig(VectorCapsuleConfig):
             )
         if self.antialias not in ANTIALIAS:
             raise ConfigError(f"antialias must be one of {ANTIALIAS}, not {self.antialias!r}")
-        conv1_size = min(conv_out(s, self.conv1_kernel, 1) for s in self.input_size)
-        if conv1_size <= self.antialias // 2:  # reflect padding needs more pixels than it adds
-            raise ConfigError(
-                f"antialias {self.antialias} needs conv1's output larger than "
-                f"{self.antialias // 2} pixels, got {conv1_size}"
-            )
         if min(self.primary_grid) < 1:
             raise ConfigError(
                 f"input size {self.input_size} is too small for conv1 {self.conv1_kernel}×"
                 f"{self.conv1_kernel} and primary caps {self.primary_kernel}×"
                 f"{self.primary_kernel}/{self.primary_stride}"
             )
+        conv1_size = min(self.conv1_grid)
+        if conv1_size <= self.antialias // 2:  # reflect padding needs more pixels than it adds
+            raise ConfigError(
+                f"antialias {self.antialias} needs conv1's output larger than "
+                f"{self.antialias // 2} pixels, got {conv1_size}"
+            )
+
+    @property
+    def conv1_grid(self) -> tuple[int, int]:
+        """Spatial size (H, W) of conv1's output."""
+        h, w = (conv_out(s, self.conv1_kernel, 1) for s in self.input_size)
+        return h, w
 
     @property
     def primary_grid(self) -> tuple[int, int]:
         """Spatial size (H', W') of the primary capsule grid."""
-        h, w = (conv_out(s, self.conv1_kernel, 1) for s in self.input_size)
+        h, w = self.conv1_grid
         return (
             conv_out(h, self.primary_kernel, self.primary_stride),
             conv_out(w, self.primary_kernel, self.primary_stride),
