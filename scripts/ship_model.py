@@ -23,6 +23,7 @@ import torch
 from capsnet.data.tasks import load_test
 from capsnet.files import read_json, write_json
 from capsnet.models.checkpoint import save_checkpoint
+from capsnet.targets import num_correct
 from capsnet.tools.predict import predict
 from capsnet.training import evaluate, load_run
 from capsnet.training.pretrained import MANIFEST, ROOT, WEIGHTS, sha256
@@ -69,7 +70,7 @@ def main() -> None:
     save_checkpoint(out / WEIGHTS, model, train["model"], epoch=meta.get("best_epoch"))
     shipped, _ = load_run(out)
     cx, cy = load_test(train["dataset"], args.check_data_dir, limit=args.check_limit)
-    check = (predict(shipped, cx.float() / 255).argmax(1) == cy).double().mean().item()
+    check = int(num_correct(predict(shipped, cx.float() / 255), cy)) / len(cx)
     write_json(
         out / MANIFEST,
         {

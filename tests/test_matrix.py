@@ -1,7 +1,7 @@
 """Every registered model through every tool: a tiny run of each (CLI), then evaluate,
 predict, figures, export, explore, robustness and bench on it, by the CLI and the Python
-API; and runs of other tasks (expanded-mnist, multimnist) through export, explore and
-figures."""
+API; and runs of other tasks (expanded-mnist, multimnist) through export, explore,
+figures and robustness."""
 
 import json
 
@@ -93,7 +93,7 @@ def test_the_python_api_drives_the_same_run(run, tmp_path):
 
 
 @pytest.mark.parametrize("dataset", ["expanded-mnist", "multimnist"])
-def test_runs_of_other_tasks_export_and_explore_with_their_own_test_images(
+def test_runs_of_other_tasks_export_explore_and_sweep_with_their_own_test_images(
     dataset, mnist_dir, tmp_path
 ):
     run = tmp_path / "run"
@@ -104,3 +104,7 @@ def test_runs_of_other_tasks_export_and_explore_with_their_own_test_images(
     info = TestClient(load_explorer(run), base_url=URL).get("/api/info").json()
     assert info["dataset"] == dataset and info["test_images"] > 0
     assert main(["-q", "figures", str(run)]) == 0
+    argv = ["-q", "robustness", str(run), "--limit", "4", "--perturbations", "blur"]
+    assert main([*argv, "--out", str(tmp_path / "rob")]) == 0
+    report = json.loads((tmp_path / "rob" / "robustness.json").read_text())
+    assert report["dataset"] == dataset and len(report["models"][str(run)]["blur"]["accuracy"]) == 6

@@ -7,6 +7,7 @@ import torch
 
 from capsnet.data.sources import load_split
 from capsnet.errors import ConfigError
+from capsnet.targets import OverlayTargets
 from capsnet.tools.perturbations import PERTURBATIONS
 from capsnet.tools.robustness import robustness_report, sweep
 
@@ -77,6 +78,20 @@ def test_sweep_of_an_oracle_is_perfect_at_zero_and_names_are_checked(digits):
     assert result["blur"]["accuracy"][1] == pytest.approx((labels == 0).double().mean().item())
     with pytest.raises(ConfigError, match="unknown perturbation spin"):
         sweep(scores, digits, labels, names=["spin"])
+
+
+def test_an_overlay_counts_only_when_its_two_highest_scores_are_its_two_labels(digits):
+    pairs = OverlayTargets(torch.tensor([[1, 2], [3, 4], [5, 6]]), torch.zeros(3, 2, 1, 28, 28))
+    scores = torch.tensor(
+        [
+            [0, 9, 8, 0, 0, 0, 0, 0, 0, 0],  # 1 and 2 highest: right
+            [0, 0, 0, 9, 0, 0, 0, 0, 8, 0],  # 3 and 8: wrong
+            [0, 0, 0, 0, 0, 8, 9, 0, 0, 0],  # 6 and 5: right in either order
+        ],
+        dtype=torch.float,
+    )
+    result = sweep(lambda x: scores, digits[:3], pairs, names=["blur"])
+    assert result["blur"]["accuracy"] == [2 / 3] * len(result["blur"]["strength"])
 
 
 def test_report_writes_json_and_png_for_every_model(digits, tmp_path):

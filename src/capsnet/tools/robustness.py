@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from capsnet import _deprecated
 from capsnet.errors import ConfigError
 from capsnet.files import write_json
+from capsnet.targets import OverlayTargets, Targets, num_correct
 from capsnet.tools.perturbations import PERTURBATIONS, check_perturbations
 from capsnet.tools.predict import predict
 from capsnet.tools.viz import save_robustness
@@ -26,7 +27,7 @@ from capsnet.training.run import Run
 def sweep(
     scores: Callable[[Tensor], Tensor],
     images: Tensor,
-    labels: Tensor,
+    labels: Targets,
     *,
     names: Sequence[str] = tuple(PERTURBATIONS),
     seed: int = 0,
@@ -35,7 +36,9 @@ def sweep(
 ) -> dict[str, dict[str, list[float]]]:
     """Accuracy of ``scores`` (images → (N, K) class scores) under every perturbation.
 
-    ``images`` float (N, C, H, W) in [0, 1], ``labels`` (N,). A perturbation visits the
+    ``images`` float (N, C, H, W) in [0, 1], ``labels`` (N,), or OverlayTargets (MultiMNIST:
+    an image counts as right when its L highest scores are its L labels, ``num_correct``).
+    The whole image is perturbed, overlaid digits together. A perturbation visits the
     strengths ``strengths`` gives it, else its own (``PERTURBATIONS``). Every (perturbation,
     strength) is drawn from a generator seeded with ``seed``, so each point of a curve is
     reproducible on its own. Returns ``{name: {"strength": [...], "accuracy": [...]}}``
@@ -49,7 +52,7 @@ def sweep(
         accuracies = []
         for s in visit:
             x = p.transform(images, float(s), torch.Generator().manual_seed(seed))
-            acc = (scores(x).argmax(1) == labels).double().mean().item()
+            acc = int(num_correct(scores(x), labels)) / len(labels)
             accuracies.append(acc)
             if on_step is not None:
                 on_step(name, s, acc)
@@ -61,7 +64,7 @@ def sweep(
 def robustness_report(
     models: Mapping[str, nn.Module],
     images: Tensor,
-    labels: Tensor,
+    labels: Targets,
     out_dir: str | Path,
     *,
     names: Sequence[str] = tuple(PERTURBATIONS),
@@ -139,14 +142,13 @@ def compare_runs(
         if None not in (task, d.dataset) and d.dataset != task:
             raise ConfigError(f"{d.name} was trained on {d.dataset}, not {task} as {dirs[0].name}")
     images, labels = dirs[0].test_set(data_dir, limit=limit)
-    if not isinstance(labels, Tensor):
-        raise ConfigError(f"{dirs[0].name}: robustness needs one label per image")
+    classes = labels.labels if isinstance(labels, OverlayTargets) else labels  # (N,) or (N, L)
     for label, model in models.items():
         cfg = model.config
         if (cfg.in_channels, *cfg.input_size) != tuple(images.shape[1:]):
             shape = (cfg.in_channels, *cfg.input_size)
             raise ConfigError(f"{label} takes images of {shape}, not {dirs[0].dataset}'s")
-        if cfg.num_classes <= int(labels.max()):
+        if cfg.num_classes <= int(classes.max()):
             raise ConfigError(f"{label} has {cfg.num_classes} classes, fewer than the task's")
     extra = {
         "dataset": dirs[0].dataset,
