@@ -75,16 +75,21 @@ def main() -> None:
     ap.add_argument("--digits", type=Path, required=True, help="scikit-learn's digits.csv.gz")
     ap.add_argument("--models", nargs="*", default=["capsnet-mnist", "efficient-capsnet-mnist"])
     ap.add_argument("--runs", nargs="*", default=[])
+    ap.add_argument("--input-norm", help="input_norm set on every model as it loads")
     args = ap.parse_args()
+    over = {"input_norm": args.input_norm} if args.input_norm else None
     digits, labels = load_uci_digits(args.digits)
     images = to_mnist(digits)
-    loaded = {m: load_pretrained(m)[0] for m in args.models}
-    loaded |= {r: load_run(r)[0] for r in args.runs}
+    loaded = {m: load_pretrained(m, overrides=over)[0] for m in args.models}
+    loaded |= {r: load_run(r, overrides=over)[0] for r in args.runs}
     for label, model in loaded.items():
         side = model.config.input_size[0]
         pad = (side - MNIST_SIZE) // 2  # 40 × 40 models: expanded MNIST's border
         x = F.pad(images, (pad, side - MNIST_SIZE - pad) * 2)
-        print(json.dumps(report(label, predict(model, x), labels)), flush=True)
+        result = report(label, predict(model, x), labels)
+        print(
+            json.dumps({**result, **({"input_norm": args.input_norm} if over else {})}), flush=True
+        )
 
 
 if __name__ == "__main__":

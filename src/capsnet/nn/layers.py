@@ -22,17 +22,26 @@ from capsnet.nn.routing import (
 from capsnet.runtime import tracing
 
 DYNAMIC, EM = RoutingSpec("dynamic"), RoutingSpec("em")  # the layers' default routings
+LEVELS = (0.2, 0.75)  # input_norm="levels": (black, white), fractions of the image's peak
 BLOCK_BYTES = 8 << 20  # votes per block of RoutingCaps' inference (fits this CPU's caches)
 
 
 def normalise_input(x: Tensor, mode: str) -> Tensor:
     """Images (B, C, H, W) as a model sees them: ``"none"`` as given; ``"peak"`` each image
     divided by its largest value, so its brightest pixel is 1 whatever the contrast (a
-    blank or all-negative image is left as it is)."""
+    blank or all-negative image is left as it is); ``"levels"`` the peak-divided image with
+    the range ``LEVELS`` = (black, white) stretched to [0, 1] and clipped, an image editor's
+    Levels: values at most ``black`` become 0, at least ``white`` 1, linear between. Blur
+    spreads a stroke into a wider, fainter profile; the clip keeps its core and drops its
+    faint rim, so a blurred stroke looks crisp again."""
     if mode == "none":
         return x
     peak = x.amax(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
-    return x / torch.where(peak > 0, peak, torch.ones_like(peak))
+    x = x / torch.where(peak > 0, peak, torch.ones_like(peak))
+    if mode == "peak":
+        return x
+    black, white = LEVELS
+    return ((x - black) / (white - black)).clamp(0, 1)
 
 
 def binomial_blur(x: Tensor, size: int) -> Tensor:
