@@ -9,13 +9,10 @@ from tests.conftest import TINY_MODELS
 from capsnet.cli import main
 from capsnet.tools import experiments
 from capsnet.tools.generalisation import (
-    Contender,
-    GeneralisationConfig,
     auc,
     spread,
     summarise_curves,
 )
-from capsnet.training import TrainConfig
 
 SMALL = ["--epochs", "1", "--batch-size", "50", "--train-limit", "50", "--val-size", "20"]
 SWEEP = ["--perturbations", "rotation", "blur", "--strengths", "rotation=0,45,90"]
@@ -102,7 +99,6 @@ def test_two_contenders_two_seeds_end_to_end_then_reused(mnist_dir, tmp_path, mo
         (["--contenders", "capsnet-small", "--seeds", "1", "1"], "distinct"),
         (["--strengths", "rotation=30,0"], "ascending"),
         (["--perturbations", "blur", "--strengths", "rotation=0,30"], "not swept"),
-        (["--dataset", "multimnist", "--perturbations", "blur"], "two labels"),
     ],
 )
 def test_bad_input_is_one_line_before_any_work(more, message, mnist_dir, tmp_path, capsys):
@@ -113,10 +109,14 @@ def test_bad_input_is_one_line_before_any_work(more, message, mnist_dir, tmp_pat
     assert not out.exists()
 
 
-def test_multimnist_is_not_swept_by_default():
-    one = (Contender("caps", "capsnet-small"),)
-    cfg = GeneralisationConfig(train=TrainConfig(dataset="multimnist"), contenders=one)
-    assert cfg.swept == () and GeneralisationConfig(contenders=one).swept[0] == "rotation"
+def test_multimnist_runs_are_swept_counting_a_pair_right_when_both_digits_are(mnist_dir, tmp_path):
+    one = ["--contenders", "caps=capsnet-small", *_options("caps", "capsnet-small")]
+    more = ["--dataset", "multimnist", "--seeds", "3", "--perturbations", "blur", *one]
+    assert main(_argv(tmp_path, mnist_dir, *more)) == 0
+    report = json.loads((tmp_path / "generalisation.json").read_text())
+    (run,) = report["contenders"]["caps"]["runs"]
+    assert report["sweep"]["test_examples"] == 25 and list(run["perturbations"]) == ["blur"]
+    assert len(run["perturbations"]["blur"]["accuracy"]) == 6
 
 
 def test_expanded_mnist_adds_the_affnist_generated_column(mnist_dir, tmp_path):

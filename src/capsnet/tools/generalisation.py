@@ -40,7 +40,6 @@ from capsnet.training.evaluation import evaluate_run
 log = logging.getLogger(__name__)
 
 CROSS_TASKS = {"expanded-mnist": "affnist-generated"}  # trained on → also tested on
-NO_SWEEP = ("multimnist",)  # two digits per image: no single label to sweep
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a contender's directory and row
 
 
@@ -62,8 +61,8 @@ DEFAULT_CONTENDERS = tuple(
 @dataclass(frozen=True)
 class GeneralisationConfig:
     """The benchmark. ``train`` is shared by every run (its model and seed are set per
-    run). ``perturbations`` None: every perturbation of the sweep, or none on a task in
-    ``NO_SWEEP``. ``strengths`` replaces a swept perturbation's default strengths
+    run). ``perturbations`` None: every perturbation of the sweep (MultiMNIST: a pair is
+    right when both digits are). ``strengths`` replaces a swept perturbation's default strengths
     (ascending, at least two). The sweep tests the first ``sweep_limit`` test images (None:
     ``train.test_limit``), perturbed with ``sweep_seed`` alike for every run."""
 
@@ -86,8 +85,6 @@ class GeneralisationConfig:
         if self.sweep_limit is not None and self.sweep_limit < 1:
             raise ConfigError(f"sweep_limit must be ≥ 1, got {self.sweep_limit}")
         check_perturbations((*(self.perturbations or ()), *self.strengths))
-        if self.perturbations and self.train.dataset in NO_SWEEP:
-            raise ConfigError(f"{self.train.dataset} has two labels per image: no sweep")
         for name, strengths in self.strengths.items():
             if name not in self.swept:
                 raise ConfigError(f"strengths for {name}, which is not swept")
@@ -103,7 +100,7 @@ class GeneralisationConfig:
         """The perturbations the sweep visits."""
         if self.perturbations is not None:
             return self.perturbations
-        return () if self.train.dataset in NO_SWEEP else tuple(PERTURBATIONS)
+        return tuple(PERTURBATIONS)
 
     def strengths_of(self, name: str) -> tuple[float, ...]:
         return tuple(self.strengths.get(name, PERTURBATIONS[name].strengths))
