@@ -86,10 +86,7 @@ def main() -> None:
         side = model.config.input_size[0]
         pad = (side - MNIST_SIZE) // 2  # 40 × 40 models: expanded MNIST's border
         x = F.pad(images, (pad, side - MNIST_SIZE - pad) * 2)
-        result = report(label, predict(model, x), labels)
-        print(
-            json.dumps({**result, **({"input_norm": args.input_norm} if over else {})}), flush=True
-        )
+        print(json.dumps(report(label, predict(model, x), labels) | (over or {})), flush=True)
 
 
 if __name__ == "__main__":
