@@ -62,6 +62,12 @@ def test_onnx_file_carries_class_names_and_model_config(exported):
     assert json.loads(props["config"])["primary_types"] == 4
 
 
+@pytest.mark.parametrize("norm", ["peak", "levels", "autolevels"])
+def test_every_input_norm_exports_and_matches_pytorch(tiny_run, tmp_path, norm):
+    argv = ["-q", "export", str(tiny_run), "--onnx", str(tmp_path / "m.onnx")]
+    assert main([*argv, "--model-option", f"input_norm={norm}", "--check-images", "20"]) == 0
+
+
 def test_a_model_without_decoder_exports_the_classifier_only(mnist_dir, tmp_path, capsys):
     model = create_model("capsnet-small", conv1_channels=8, primary_types=2, reconstruction=False)
     save_checkpoint(tmp_path / "best.safetensors", model, "capsnet-small")

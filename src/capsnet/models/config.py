@@ -14,7 +14,7 @@ from capsnet.nn.routing import RoutingSpec
 
 C = TypeVar("C", bound="ModelConfig")
 PAPER_TEXT_WEIGHT = 0.0005  # the reconstruction weight in the paper's text
-INPUT_NORMS = ("none", "peak", "levels")  # capsnet.nn.layers.normalise_input
+INPUT_NORMS = ("none", "peak", "levels", "autolevels")  # capsnet.nn.layers.normalise_input
 
 
 def conv_out(size: int, kernel: int, stride: int) -> int:
@@ -34,7 +34,8 @@ class ModelConfig:
     input_size: tuple[int, int] = (28, 28)
     num_classes: int = 10
     # "peak": each image is divided by its brightest value before anything else; "levels":
-    # that, then its values stretched and clipped (capsnet.nn.layers.normalise_input);
+    # that, then its values stretched and clipped; "autolevels": the same with the black
+    # point lowered for images with little ink (capsnet.nn.layers.normalise_input);
     # "none": images as given
     input_norm: str = "none"
 

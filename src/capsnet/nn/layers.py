@@ -23,6 +23,7 @@ from capsnet.runtime import tracing
 
 DYNAMIC, EM = RoutingSpec("dynamic"), RoutingSpec("em")  # the layers' default routings
 LEVELS = (0.2, 0.75)  # input_norm="levels": (black, white), fractions of the image's peak
+AUTOLEVELS_INK = 0.15  # input_norm="autolevels": the share of pixels kept above the black point
 BLOCK_BYTES = 8 << 20  # votes per block of RoutingCaps' inference (fits this CPU's caches)
 
 
@@ -33,7 +34,11 @@ def normalise_input(x: Tensor, mode: str) -> Tensor:
     the range ``LEVELS`` = (black, white) stretched to [0, 1] and clipped, an image editor's
     Levels: values at most ``black`` become 0, at least ``white`` 1, linear between. Blur
     spreads a stroke into a wider, fainter profile; the clip keeps its core and drops its
-    faint rim, so a blurred stroke looks crisp again."""
+    faint rim, so a blurred stroke looks crisp again. ``"autolevels"``: the same with each
+    image's black point lowered, where needed, to the value of its k-th brightest pixel
+    (k = ``AUTOLEVELS_INK`` of its C·H·W values, rounded up) and the white point lowered
+    with it, the window's width kept: an image with little ink, such as thin eroded
+    strokes, keeps its faint pixels and has them brightened instead of dropped."""
     if mode == "none":
         return x
     peak = x.amax(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
@@ -41,6 +46,12 @@ def normalise_input(x: Tensor, mode: str) -> Tensor:
     if mode == "peak":
         return x
     black, white = LEVELS
+    if mode == "autolevels":
+        flat = x.flatten(1)  # (B, C·H·W)
+        k = math.ceil(AUTOLEVELS_INK * flat.shape[1])
+        kth = flat.topk(k, dim=1).values[:, -1]  # (B,) the k-th brightest (ONNX has TopK)
+        shift = black - kth.clamp(max=black).view(-1, 1, 1, 1)  # (B, 1, 1, 1), ≥ 0
+        return ((x - black + shift) / (white - black)).clamp(0, 1)
     return ((x - black) / (white - black)).clamp(0, 1)
 
 
