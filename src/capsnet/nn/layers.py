@@ -23,7 +23,7 @@ from capsnet.runtime import tracing
 
 DYNAMIC, EM = RoutingSpec("dynamic"), RoutingSpec("em")  # the layers' default routings
 LEVELS = (0.2, 0.75)  # input_norm="levels": (black, white), fractions of the image's peak
-AUTOLEVELS_INK = 0.15  # input_norm="autolevels": the share of pixels kept above the black point
+AUTOLEVELS_INK = 0.15  # input_norm="autolevels": black ≤ the k-th brightest pixel, k this share
 BLOCK_BYTES = 8 << 20  # votes per block of RoutingCaps' inference (fits this CPU's caches)
 
 
@@ -50,8 +50,8 @@ def normalise_input(x: Tensor, mode: str) -> Tensor:
         flat = x.flatten(1)  # (B, C·H·W)
         k = math.ceil(AUTOLEVELS_INK * flat.shape[1])
         kth = flat.topk(k, dim=1).values[:, -1]  # (B,) the k-th brightest (ONNX has TopK)
-        shift = black - kth.clamp(max=black).view(-1, 1, 1, 1)  # (B, 1, 1, 1), ≥ 0
-        return ((x - black + shift) / (white - black)).clamp(0, 1)
+        lowered = kth.clamp(max=black).view(-1, 1, 1, 1)  # (B, 1, 1, 1): each image's black
+        return ((x - lowered) / (white - black)).clamp(0, 1)
     return ((x - black) / (white - black)).clamp(0, 1)
 
 
