@@ -1,0 +1,70 @@
+"""Issue 33's robustness goal at equal budget, from robustness JSONs of one sweep (the same
+2,000 MNIST test images, sweep seed 0).
+
+    python compare.py CAPSULE_GROUP CNN_GROUP [CNN_GROUP ...]
+
+A group is LABEL=FILE:MODEL[,FILE:MODEL...]: the seeds of one contender, each a model key of
+a robustness JSON. The capsule group is read as swept; each CNN group is one way of sweeping the
+CNN's seeds (e.g. with nothing and with autolevels). At every perturbation and strength the
+script prints the capsule mean ± sample std, each CNN group's mean, and the capsule mean minus
+the best CNN group's mean ("gap"). Verdict: the points where the gap is below -2, and the
+geometric points where it is below 0. Means over seeds; no rounding before the difference."""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+GEOMETRIC = ("rotation", "scale", "shear", "translation", "elastic")
+
+
+def read_group(spec: str) -> tuple[str, list[dict]]:
+    label, members = spec.split("=", 1)
+    curves = []
+    for member in members.split(","):
+        path, model = member.rsplit(":", 1)
+        report = json.loads(Path(path).read_text())
+        if report["test_examples"] != 2000 or report["seed"] != 0:
+            raise SystemExit(f"{path}: not the 2,000-image sweep of seed 0")
+        curves.append(report["models"][model])
+    return label, curves
+
+
+def mean_std(values: list[float]) -> str:
+    """'mean ± sample std', or the one value."""
+    if len(values) == 1:
+        return f"{values[0]:6.2f}       "
+    return f"{statistics.mean(values):6.2f} ± {statistics.stdev(values):4.2f}"
+
+
+def main() -> None:
+    caps_label, caps = read_group(sys.argv[1])
+    cnns = [read_group(spec) for spec in sys.argv[2:]]
+    print(
+        f"capsule: {caps_label} ({len(caps)} seeds); CNN groups: "
+        + ", ".join(f"{label} ({len(c)} seeds)" for label, c in cnns)
+    )
+    behind, geometric_behind = [], []
+    for name, curve in caps[0].items():
+        for i, strength in enumerate(curve["strength"]):
+            values = [100 * c[name]["accuracy"][i] for c in caps]
+            m = statistics.mean(values)
+            cnn_means = [
+                statistics.mean(100 * c[name]["accuracy"][i] for c in group) for _, group in cnns
+            ]
+            gap = m - max(cnn_means)
+            print(
+                f"{name:11s} {strength:6g}: capsule {mean_std(values)}; CNN "
+                + " / ".join(f"{v:6.2f}" for v in cnn_means)
+                + f"; gap {gap:+6.2f}"
+            )
+            if gap < -2:
+                behind.append(f"{name} {strength:g} ({gap:+.2f})")
+            if name in GEOMETRIC and strength != 0 and gap < 0:
+                geometric_behind.append(f"{name} {strength:g} ({gap:+.2f})")
+    print("more than 2 points behind:", "; ".join(behind) or "nowhere")
+    print("behind under a geometric change:", "; ".join(geometric_behind) or "nowhere")
+
+
+if __name__ == "__main__":
+    main()
