@@ -40,8 +40,8 @@ from capsnet.tools.perturbations import PERTURBATIONS
 from capsnet.tools.predict import predict
 
 
-def _accuracy(model, x: torch.Tensor, targets: Targets) -> float:
-    return int(num_correct(predict(model, x, 500), targets)) / len(x)
+def _accuracy(scores: torch.Tensor, targets: Targets) -> float:
+    return int(num_correct(scores, targets)) / len(scores)
 
 
 @torch.no_grad()
@@ -78,11 +78,11 @@ def diagnose(
         p = PERTURBATIONS[name]
         for s in p.strengths:
             x = p.transform(images, float(s), torch.Generator().manual_seed(0))
-            top = predict(model, x, 500).argmax(1)
-            counts = torch.bincount(top, minlength=len(blank))
+            scores = predict(model, x, 500)  # (N, K)
+            counts = torch.bincount(scores.argmax(1), minlength=len(blank))
             row = {
-                "acc": _accuracy(model, x, targets),
-                "acc/max": _accuracy(model, normalise_input(x, "peak"), targets),
+                "acc": _accuracy(scores, targets),
+                "acc/max": _accuracy(predict(model, normalise_input(x, "peak"), 500), targets),
                 "mode": counts.argmax().item(),
                 "share": counts.max().item() / len(x),
                 "peak": x.amax(dim=(1, 2, 3)).mean().item(),

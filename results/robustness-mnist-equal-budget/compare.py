@@ -15,6 +15,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from capsnet.tools.experiments import mean_std
+
 GEOMETRIC = ("rotation", "scale", "shear", "translation", "elastic")
 
 
@@ -30,11 +32,10 @@ def read_group(spec: str) -> tuple[str, list[dict]]:
     return label, curves
 
 
-def mean_std(values: list[float]) -> str:
+def fmt(values: list[float]) -> str:
     """'mean ± sample std', or the one value."""
-    if len(values) == 1:
-        return f"{values[0]:6.2f}       "
-    return f"{statistics.mean(values):6.2f} ± {statistics.stdev(values):4.2f}"
+    mean, std = mean_std(values)
+    return f"{mean:6.2f}       " if std is None else f"{mean:6.2f} ± {std:4.2f}"
 
 
 def main() -> None:
@@ -46,6 +47,9 @@ def main() -> None:
     )
     behind, geometric_behind = [], []
     for name, curve in caps[0].items():
+        for c in caps + [c for _, group in cnns for c in group]:
+            if c[name]["strength"] != curve["strength"]:
+                raise SystemExit(f"{name}: the reports swept different strengths")
         for i, strength in enumerate(curve["strength"]):
             values = [100 * c[name]["accuracy"][i] for c in caps]
             m = statistics.mean(values)
@@ -54,7 +58,7 @@ def main() -> None:
             ]
             gap = m - max(cnn_means)
             print(
-                f"{name:11s} {strength:6g}: capsule {mean_std(values)}; CNN "
+                f"{name:11s} {strength:6g}: capsule {fmt(values)}; CNN "
                 + " / ".join(f"{v:6.2f}" for v in cnn_means)
                 + f"; gap {gap:+6.2f}"
             )
