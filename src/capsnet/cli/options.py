@@ -104,6 +104,7 @@ def _train_fields(tasks, models, precisions) -> dict[str, tuple]:
         "squeeze": (float, "beyond the paper: random horizontal squeeze by 1 − [0, this]"),
         "erase": (_non_negative, "beyond the paper: zero a random square of this side, pixels"),
         "blur": (float, "beyond the paper: Gaussian blur, σ uniform in [0, this] pixels"),
+        "blank": (float, "beyond the paper: this share of training images made blank, no class"),
         "train_limit": (_positive, "train on the first N training images"),
         "val_size": (
             _non_negative,

@@ -29,6 +29,7 @@ from capsnet.models.contract import (
 from capsnet.models.efficient import EfficientCapsNet, EfficientCapsNetConfig
 from capsnet.models.em_capsnet import EMCapsNet, EMCapsNetConfig
 from capsnet.models.registry import (
+    check_learns_absence,
     check_model_name,
     check_model_options,
     create_model,
@@ -60,6 +61,7 @@ __all__ = [
     "Scored",
     "SoftmaxOutput",
     "VectorCapsuleConfig",
+    "check_learns_absence",
     "check_model_name",
     "check_model_options",
     "create_model",

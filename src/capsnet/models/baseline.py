@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -22,7 +23,7 @@ from capsnet.errors import ConfigError
 from capsnet.models.config import ModelConfig
 from capsnet.models.registry import register_model
 from capsnet.nn.layers import Conv2d, normalise_input
-from capsnet.targets import OverlayTargets
+from capsnet.targets import OverlayTargets, multi_hot
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class SoftmaxOutput(NamedTuple):
 class BaselineCNN(nn.Module):
     """Conv(5×5, same)+ReLU ×3 → FC+ReLU ×2 → dropout → linear → softmax."""
 
+    learns_absence = True  # a blank's target: uniform over the classes
+
     def __init__(self, config: BaselineConfig | None = None):
         super().__init__()
         self.config = cfg = config or BaselineConfig()
@@ -83,10 +86,14 @@ class BaselineCNN(nn.Module):
     def loss(
         self, out: SoftmaxOutput, x: Tensor, y: Tensor | OverlayTargets
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Cross-entropy. With OverlayTargets the target is uniform over the present classes."""
-        if isinstance(y, OverlayTargets):
-            y = y.multi_hot(self.config.num_classes) / y.labels.shape[1]
-        loss = F.cross_entropy(out.logits.float(), y)
+        """Cross-entropy against a distribution uniform over the classes present (one label,
+        or OverlayTargets' several); over all classes for a blank (``ABSENT``), which a
+        softmax can only say by spreading its belief."""
+        k = self.config.num_classes
+        hot = multi_hot(y.labels if isinstance(y, OverlayTargets) else y, k)  # (B, K)
+        count = hot.sum(1, keepdim=True)  # (B, 1): classes present
+        target = torch.where(count > 0, hot / count.clamp_min(1), torch.full_like(hot, 1 / k))
+        loss = F.cross_entropy(out.logits.float(), target)
         return loss, {"cross_entropy": loss.detach()}
 
 

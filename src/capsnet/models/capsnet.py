@@ -21,7 +21,7 @@ from capsnet.nn.layers import (
     normalise_input,
 )
 from capsnet.nn.losses import capsnet_loss
-from capsnet.targets import OverlayTargets
+from capsnet.targets import OverlayTargets, multi_hot
 
 ANTIALIAS = (1, 3, 5)  # binomial filter sizes: none, [1, 2, 1], [1, 4, 6, 4, 1]
 
@@ -125,7 +125,10 @@ class CapsNet(CapsuleModel):
     Subclasses with another encoder (see ``capsnet.models.efficient``) override
     :meth:`_build_encoder` and :meth:`encode`, with other class capsules
     (``capsnet.models.aff_capsnet``) :meth:`_build_classes`; the decoder and loss stay.
+    The margin loss gives a blank example (``ABSENT``) all negatives: it learns absence.
     """
+
+    learns_absence = True
 
     def __init__(self, config: CapsNetConfig | None = None):
         super().__init__()
@@ -205,10 +208,10 @@ class CapsNet(CapsuleModel):
 
     def decode_classes(self, poses: Tensor, classes: Tensor) -> Tensor:
         """Decode each listed class capsule alone: poses (B, K, D), classes (B, L) int →
-        images (B, L, C, H, W)."""
-        masks = F.one_hot(classes, poses.shape[1]).to(poses.dtype)  # (B, L, K)
+        images (B, L, C, H, W). An ``ABSENT`` class decodes from no capsule at all."""
+        masks = multi_hot(classes.flatten(), poses.shape[1]).to(poses.dtype)  # (B·L, K)
         repeated = poses.unsqueeze(1).expand(-1, classes.shape[1], -1, -1)  # (B, L, K, D)
-        return self.decode(repeated.flatten(0, 1), masks.flatten(0, 1)).unflatten(0, classes.shape)
+        return self.decode(repeated.flatten(0, 1), masks).unflatten(0, classes.shape)
 
     def _mask(self, lengths: Tensor, y: Tensor | None) -> Tensor:
         k = lengths.shape[1]
@@ -216,8 +219,8 @@ class CapsNet(CapsuleModel):
             return F.one_hot(lengths.argmax(1), k).to(lengths.dtype)
         if isinstance(y, OverlayTargets):
             return y.multi_hot(k).to(lengths.dtype)
-        if y.dim() == 1:
-            return F.one_hot(y.long(), k).to(lengths.dtype)
+        if y.dim() == 1:  # a blank's ABSENT label masks every capsule
+            return multi_hot(y, k).to(lengths.dtype)
         return y.to(lengths.dtype)
 
 

@@ -52,6 +52,19 @@ def _check_overrides(cls: type, overrides: dict[str, Any]) -> None:
     check_field_types(cls, overrides)
 
 
+def check_learns_absence(name: str) -> None:
+    """ConfigError unless the model ``name`` can train on blank examples (training's
+    ``blank``, whose label ``capsnet.targets.ABSENT`` names no class): its class says so
+    with ``learns_absence = True`` (a loss that gives a blank image a target, such as the
+    margin loss's all negatives)."""
+    check_model_name(name)
+    if not getattr(_REGISTRY[name][0], "learns_absence", False):
+        raise ConfigError(
+            f"{name} cannot train on blank examples (blank > 0): its loss needs a class "
+            "for every image"
+        )
+
+
 def model_config(name: str, **overrides: Any) -> Any:
     """The config of a registered model, ``overrides`` replacing fields of its default one
     (ConfigError for an unknown model or field, a value of the wrong type or an invalid
@@ -70,6 +83,7 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
 
 
 __all__ = [
+    "check_learns_absence",
     "check_model_name",
     "check_model_options",
     "create_model",

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from capsnet.targets import multi_hot
+
 
 def _as_multi_hot(targets: Tensor, num_classes: int) -> Tensor:
-    if targets.dim() == 1:
-        return F.one_hot(targets.long(), num_classes).float()
+    if targets.dim() == 1:  # class indices; ABSENT (-1) is no class: all negatives
+        return multi_hot(targets, num_classes)
     if targets.dim() == 2 and targets.shape[1] == num_classes:
         return targets.float()
     raise ValueError(
@@ -29,6 +31,8 @@ def margin_loss(
     Args:
         lengths: capsule lengths |v_k|, (B, K).
         targets: class indices (B,) or multi-hot (B, K) (several positives, e.g. MultiMNIST).
+            An index ``capsnet.targets.ABSENT`` (-1) names no class: every class of that
+            example is a negative (a blank image, whose capsules should all be short).
 
     Returns:
         Scalar: L_k summed over the K classes, averaged over the batch.

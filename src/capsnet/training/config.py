@@ -14,7 +14,7 @@ from capsnet.data.custom import absolute_path, absolute_task
 from capsnet.data.tasks import check_dataset
 from capsnet.data.transforms import Augmentation
 from capsnet.errors import CheckpointError, ConfigError
-from capsnet.models import check_model_options
+from capsnet.models import check_learns_absence, check_model_options
 from capsnet.names import LR_SCHEDULES
 from capsnet.runtime import AUTO, check_precision
 from capsnet.training.pretrained import is_pretrained
@@ -52,6 +52,10 @@ class TrainConfig:
     squeeze: float = 0.0  # beyond the paper: random horizontal squeeze by 1 − [0, squeeze]
     erase: int = 0  # beyond the paper: a random erase × erase square set to zero, pixels
     blur: float = 0.0  # beyond the paper: Gaussian blur, σ uniform in [0, blur] pixels
+    # beyond the paper: each training example, with this probability, replaced by a blank
+    # image labelled ABSENT, no class (capsnet.targets.blank_out): under the margin loss
+    # every class capsule learns to stay short when nothing is there
+    blank: float = 0.0
     train_limit: int | None = None
     val_size: int | None = None  # held out of the training split; None: tasks.default_val_size
     test_limit: int | None = None
@@ -88,9 +92,13 @@ class TrainConfig:
                 f"warmup_epochs {self.warmup_epochs} is longer than the run ({self.epochs} epochs)"
             )
         self.augmentation()  # checks rotation, scale, elastic, squeeze, erase, blur
+        if not 0 <= self.blank < 1:  # nan fails too
+            raise ConfigError(f"blank is a probability in [0, 1), got {self.blank}")
         check_precision(self.precision)
         check_dataset(self.dataset, self.dataset_options, train=True)  # before loading data
         check_model_options(self.model, self.model_overrides)  # before loading data
+        if self.blank:
+            check_learns_absence(self.model)
         if clash := sorted(set(DATA_FIELDS) & set(self.model_overrides)):
             raise ConfigError(f"{', '.join(clash)}: set by the data, not a model option")
         if self.init == "":

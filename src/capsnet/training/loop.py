@@ -39,7 +39,7 @@ from capsnet.runtime import (
     resolve_device,
     resolve_precision,
 )
-from capsnet.targets import Targets
+from capsnet.targets import Targets, blank_out
 from capsnet.training.config import TrainConfig
 from capsnet.training.environment import environment
 from capsnet.training.evaluation import evaluate, to_input
@@ -248,6 +248,7 @@ class Session:
             n = len(x)
             if augment is not None:  # beyond the paper's shifts (see TrainConfig)
                 x = augment(x, self.gen)
+            x, y = blank_out(x, y, cfg.blank, self.gen)  # as they are when blank is 0
             if per_step and step:
                 lr = self._set_lr(cfg.learning_rate(epoch, step, steps))
             if info.enabled:
