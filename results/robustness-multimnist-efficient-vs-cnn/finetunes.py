@@ -23,6 +23,10 @@ RUNS = {  # label → (JSON, model key)
         HERE.parent / "multimnist-efficient-capsnet-ft2-autolevels/robustness.json",
         None,
     ),
+    "ft-autolevels-4ep": (
+        HERE.parent / "multimnist-efficient-capsnet-ft4-autolevels/robustness.json",
+        None,
+    ),
 }
 
 
