@@ -1,5 +1,6 @@
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import threading
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from capsnet.cli import main
 from capsnet.training import TrainConfig, train
 
 # One intra-op thread: on a shared machine (other jobs on the cores) OpenMP threads that wait
@@ -60,6 +62,23 @@ def tiny_cfg(mnist_dir) -> TrainConfig:
         val_size=30,
         test_limit=30,
     )
+
+
+@pytest.fixture
+def tiny_cli_train(mnist_dir, tmp_path):
+    """``capsnet train`` of a tiny CapsNet for one epoch on 60 real MNIST images with
+    ``options`` added; asserts it succeeds and returns the ``train`` settings it saved."""
+
+    def run(*options: str) -> dict:
+        out = tmp_path / "run"
+        tiny = ["--model", "capsnet-small", "--model-option", "conv1_channels=8"]
+        tiny += ["--model-option", "primary_types=2", "--batch-size", "50", "--epochs", "1"]
+        tiny += ["--train-limit", "60", "--val-size", "30", "--test-limit", "30"]
+        data = ["--dataset", "mnist", "--data-dir", str(mnist_dir), "--out", str(out)]
+        assert main(["train", *data, *tiny, *options]) == 0
+        return json.loads((out / "config.json").read_text())["train"]
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,11 @@
 """Blank training examples: the label ABSENT ("no class"), how each loss reads it, and the
 training option ``blank`` that makes them."""
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from capsnet import create_model, margin_loss
-from capsnet.cli import main
 from capsnet.errors import ConfigError
 from capsnet.targets import ABSENT, OverlayTargets, blank_out, multi_hot, num_correct
 from capsnet.training import TrainConfig
@@ -109,11 +106,5 @@ def test_a_model_whose_loss_needs_a_class_cannot_train_on_blanks():
         TrainConfig(model="em-capsnet-small", blank=0.1)
 
 
-def test_train_with_blanks_records_them(mnist_dir, tmp_path):
-    out = tmp_path / "run"
-    tiny = ["--model", "capsnet-small", "--model-option", "conv1_channels=8"]
-    tiny += ["--model-option", "primary_types=2", "--batch-size", "50", "--epochs", "1"]
-    tiny += ["--train-limit", "60", "--val-size", "30", "--test-limit", "30"]
-    data = ["--dataset", "mnist", "--data-dir", str(mnist_dir), "--out", str(out)]
-    assert main(["train", *data, *tiny, "--blank", "0.2"]) == 0
-    assert json.loads((out / "config.json").read_text())["train"]["blank"] == 0.2
+def test_train_with_blanks_records_them(tiny_cli_train):
+    assert tiny_cli_train("--blank", "0.2")["blank"] == 0.2

@@ -1,12 +1,10 @@
 """The blur augmentation (``--blur``): a Gaussian of its own σ per image, batched."""
 
-import json
 import math
 
 import pytest
 import torch
 
-from capsnet.cli import main
 from capsnet.data import load_split
 from capsnet.data.geometry import gaussian_blur
 from capsnet.data.transforms import Augmentation
@@ -67,11 +65,5 @@ def test_negative_non_finite_or_huge_blur_is_a_config_error(blur):
         TrainConfig(blur=blur)
 
 
-def test_train_blur_records_it(mnist_dir, tmp_path):
-    out = tmp_path / "run"
-    tiny = ["--model", "capsnet-small", "--model-option", "conv1_channels=8"]
-    tiny += ["--model-option", "primary_types=2", "--batch-size", "50", "--epochs", "1"]
-    tiny += ["--train-limit", "60", "--val-size", "30", "--test-limit", "30"]
-    data = ["--dataset", "mnist", "--data-dir", str(mnist_dir), "--out", str(out)]
-    assert main(["train", *data, *tiny, "--blur", "1.5"]) == 0
-    assert json.loads((out / "config.json").read_text())["train"]["blur"] == 1.5
+def test_train_blur_records_it(tiny_cli_train):
+    assert tiny_cli_train("--blur", "1.5")["blur"] == 1.5
