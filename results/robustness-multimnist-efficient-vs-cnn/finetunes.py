@@ -51,10 +51,10 @@ def main() -> None:
         + " | ".join(f"{t} - cnn" for t in tunes)
     )
     for name, curve in runs["shipped"].items():
+        if any(c[name]["strength"] != curve["strength"] for c in runs.values()):
+            raise SystemExit(f"{name}: the reports swept different strengths")
         for i, strength in enumerate(curve["strength"]):
             acc = {label: 100 * c[name]["accuracy"][i] for label, c in runs.items()}
-            if any(c[name]["strength"][i] != strength for c in runs.values()):
-                raise SystemExit(f"{name}: the reports swept different strengths")
             cells = [f"{acc[label]:6.2f}" for label in runs]
             cells += [f"{acc[t] - acc['cnn']:+6.2f}" for t in tunes]
             print(f"{name:11s} {strength:5g} | " + " | ".join(cells))
