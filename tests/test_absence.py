@@ -1,14 +1,25 @@
 """Blank training examples: the label ABSENT ("no class"), how each loss reads it, and the
 training option ``blank`` that makes them."""
 
+import csv
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import capsnet.training.loop
 from capsnet import create_model, margin_loss
 from capsnet.errors import ConfigError
-from capsnet.targets import ABSENT, OverlayTargets, blank_out, multi_hot, num_correct
-from capsnet.training import TrainConfig
+from capsnet.targets import (
+    ABSENT,
+    OverlayTargets,
+    blank_out,
+    multi_hot,
+    num_correct,
+    shows_object,
+)
+from capsnet.training import TrainConfig, train
 
 
 def test_multi_hot_gives_an_absent_label_no_class():
@@ -59,6 +70,26 @@ def test_blank_out_of_overlays_empties_every_digit_of_a_blank():
 def test_a_blank_never_counts_as_correct():
     scores = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
     assert int(num_correct(scores, torch.tensor([0, ABSENT]))) == 1
+
+
+def test_shows_object_is_false_for_blanks_only():
+    assert shows_object(torch.tensor([3, ABSENT])).tolist() == [True, False]
+    labels = torch.tensor([[1, 2], [ABSENT, ABSENT], [ABSENT, 4]])
+    overlays = OverlayTargets(labels, torch.zeros(3, 2, 1, 4, 4))
+    assert shows_object(overlays).tolist() == [True, False, True]
+
+
+def test_training_accuracy_under_blank_is_over_the_images_that_show_a_digit(
+    tiny_cfg, tmp_path, monkeypatch
+):
+    def right_on_every_digit(model, forward, optim, x, y, **_):  # a step, but no learning
+        return torch.tensor(1.0), shows_object(y).sum()
+
+    monkeypatch.setattr(capsnet.training.loop, "train_step", right_on_every_digit)
+    cfg = dataclasses.replace(tiny_cfg, blank=0.5, val_size=0)
+    train(cfg, tmp_path)
+    with open(tmp_path / "history.csv") as f:
+        assert float(next(csv.DictReader(f))["train_accuracy"]) == 1.0
 
 
 def test_capsnet_decodes_a_blank_from_no_capsule_and_its_loss_wants_every_capsule_short():

@@ -80,6 +80,12 @@ def blank_out(
     return x, OverlayTargets(labels, images)
 
 
+def shows_object(y: Targets) -> Tensor:
+    """(B,) bool: the examples with a label that is not ``ABSENT`` (all but the blanks)."""
+    labels = y.labels if isinstance(y, OverlayTargets) else y.unsqueeze(1)  # (B, L)
+    return (labels != ABSENT).any(1)
+
+
 def num_correct(scores: Tensor, y: Targets) -> Tensor:
     """Correct predictions in a batch of class scores (B, K).
 
@@ -94,4 +100,12 @@ def num_correct(scores: Tensor, y: Targets) -> Tensor:
     return (top == y.labels.sort(1).values).all(1).sum()
 
 
-__all__ = ["ABSENT", "OverlayTargets", "Targets", "blank_out", "multi_hot", "num_correct"]
+__all__ = [
+    "ABSENT",
+    "OverlayTargets",
+    "Targets",
+    "blank_out",
+    "multi_hot",
+    "num_correct",
+    "shows_object",
+]

@@ -39,7 +39,7 @@ from capsnet.runtime import (
     resolve_device,
     resolve_precision,
 )
-from capsnet.targets import Targets, blank_out
+from capsnet.targets import Targets, blank_out, shows_object
 from capsnet.training.config import TrainConfig
 from capsnet.training.environment import environment
 from capsnet.training.evaluation import evaluate, to_input
@@ -241,6 +241,7 @@ class Session:
         bar = self.progress(total=n_train, desc=f"epoch {epoch}/{cfg.epochs}")
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
+        shown = 0  # training images that show an object (not --blank's blanks)
         t0 = time.perf_counter()
         for step, (x, y) in enumerate(self.data.batches(cfg.batch_size, self.gen)):
             # Every rank makes the whole global batch (the same examples and augmentation
@@ -249,6 +250,7 @@ class Session:
             if augment is not None:  # beyond the paper's shifts (see TrainConfig)
                 x = augment(x, self.gen)
             x, y = blank_out(x, y, cfg.blank, self.gen)  # as they are when blank is 0
+            shown += int(shows_object(y).sum())  # on the CPU, of the whole global batch
             if per_step and step:
                 lr = self._set_lr(cfg.learning_rate(epoch, step, steps))
             if info.enabled:
@@ -282,7 +284,7 @@ class Session:
         if not math.isfinite(row["train_loss"]):
             raise TrainingDiverged(epoch, row["train_loss"])
         return row | {
-            "train_accuracy": int(correct) / n_train,
+            "train_accuracy": int(correct) / max(shown, 1),  # blanks have no right answer
             "train_seconds": round(seconds, 3),
             "train_images_per_second": round(n_train / seconds, 2),
         }
