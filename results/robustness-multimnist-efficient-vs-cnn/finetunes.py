@@ -1,11 +1,12 @@
-"""The MultiMNIST fine-tunes of efficient-capsnet-multimnist beside the shipped model and the
-equal-budget CNN (seed 1), from committed robustness JSONs of one sweep (the first 2,000 test
-pairs, sweep seed 0; a pair is right when both digits are).
+"""The MultiMNIST fine-tunes of efficient-capsnet-multimnist, and a model trained from scratch
+with autolevels, beside the shipped model and the equal-budget CNN (seed 1), from committed
+robustness JSONs of one sweep (the first 2,000 test pairs, sweep seed 0; a pair is right when
+both digits are).
 
     python finetunes.py > finetunes.txt   (run in this directory)
 
-Per perturbation and strength, each model's accuracy (%) and, for each fine-tune, its
-difference from the CNN. No rounding before the difference."""
+Per perturbation and strength, each model's accuracy (%) and, for each run but the shipped
+model, its difference from the CNN. No rounding before the difference."""
 
 import json
 from pathlib import Path
@@ -27,7 +28,12 @@ RUNS = {  # label → (JSON, model key)
         HERE.parent / "multimnist-efficient-capsnet-ft4-autolevels/robustness.json",
         None,
     ),
+    "scratch-autolevels": (
+        HERE.parent / "multimnist-efficient-capsnet-autolevels-16ep/robustness.json",
+        None,
+    ),
 }
+REFERENCES = ("shipped", "cnn")  # every other run is compared with the CNN
 
 
 def curves() -> dict[str, dict]:
@@ -43,7 +49,7 @@ def curves() -> dict[str, dict]:
 
 def main() -> None:
     runs = curves()
-    tunes = [label for label in runs if label.startswith("ft-")]
+    tunes = [label for label in runs if label not in REFERENCES]
     print(
         "perturbation strength | "
         + " | ".join(runs)
