@@ -1,5 +1,5 @@
 """Every registered model through every tool: a tiny run of each (CLI), then evaluate,
-predict, figures, export, explore, robustness and bench on it, by the CLI and the Python
+predict, figures, export, explore, robustness, bench and average on it, by the CLI and the Python
 API; and runs of other tasks (expanded-mnist, multimnist) through export, explore,
 figures and robustness."""
 
@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from tests.conftest import TINY_MODELS
 
@@ -43,6 +44,15 @@ def run(request, mnist_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param) / "run"
     _train(out, request.param, mnist_dir)
     return out
+
+
+def test_the_mean_of_a_run_with_itself_is_the_run_for_every_model(run, tmp_path):
+    out = tmp_path / "mean"
+    assert main(["-q", "average", str(run), str(run), "--out", str(out)]) == 0
+    (ours, _), (theirs, _) = load_run(run), load_run(out)
+    for (key, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+    assert main(["-q", "evaluate", str(out), "--test-limit", "10"]) == 0
 
 
 def test_every_tool_works_on_a_run_of_every_model(run, tmp_path, capsys):

@@ -242,6 +242,30 @@ def cmd_explore(args: argparse.Namespace) -> None:
         serve(app, sock)
 
 
+def cmd_average(args: argparse.Namespace) -> None:
+    # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
+    from capsnet.files import check_new_file, check_writable_dir
+    from capsnet.models.checkpoint import BEST
+    from capsnet.tools.average import average_runs
+    from capsnet.training.rundir import CONFIG
+
+    if len(args.run_dir) < 2:
+        raise ConfigError("average needs two runs or more")
+    if args.weights is not None and len(args.weights) != len(args.run_dir):
+        n, k = len(args.weights), len(args.run_dir)
+        raise ConfigError(f"--weights: {n} given for {k} runs; give one per run")
+    if args.weights is not None and sum(args.weights) <= 0:
+        raise ConfigError("--weights: at least one must be above 0")
+    check_writable_dir(args.out)
+    if args.out.is_dir():
+        for name in (CONFIG, BEST):
+            check_new_file(args.out / name, args.overwrite)
+    averaged = average_runs(args.run_dir, args.out, args.weights, overrides=dict(args.model_option))
+    pairs = zip(averaged["runs"], averaged["weights"], strict=True)
+    shares = ", ".join(f"{run} {w:.3g}" for run, w in pairs)
+    print(f"wrote {args.out / BEST} and {args.out / CONFIG}: the mean of {shares}")
+
+
 def cmd_pretrained(args: argparse.Namespace) -> None:
     # imported here, not at the top: `capsnet --help` and argument errors load no PyTorch
     from capsnet.training.pretrained import list_pretrained

@@ -46,6 +46,16 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _weight(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
+    return value
+
+
 def _path(text: str) -> Path:
     if not text:
         raise argparse.ArgumentTypeError("an empty path")
@@ -367,6 +377,18 @@ def _tool_parsers(sub, tasks, datasets) -> None:
         "--overwrite", action="store_true", help="replace figures already in --out (not RUN_DIR)"
     )
     _add_load_option(f, "the saved model config (with a run directory, needs --out)")
+
+    a = _command(sub, "average", "average the weights of fine-tunes of one model (a model soup)")
+    a.add_argument(
+        "run_dir", nargs="+", metavar="RUN", help="run directories or pretrained names; two or more"
+    )
+    a.add_argument("--out", type=_path, required=True, help="run directory for the mean")
+    a.add_argument(
+        "--weights", type=_weight, nargs="+", metavar="W",
+        help="one non-negative weight per RUN, normalised to sum 1 (default: equal)",
+    )  # fmt: skip
+    a.add_argument("--overwrite", action="store_true", help="replace a mean already in --out")
+    _add_load_option(a, "every run's saved config")
 
     _command(sub, "pretrained", "list the pretrained models shipped with capsnet")
     _command(sub, "build-kernels", "build the native CPU kernels now (else on first use)")

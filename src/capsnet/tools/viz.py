@@ -117,7 +117,8 @@ def save_figures(
     every class, and failures for Fig. 3 are searched among them), from ``data_dir``, else
     the run's data directory. Models that
     are not capsule classifiers get the training curves only, and those without a decoder
-    no reconstruction figures. ``overrides`` replace fields of the saved model config
+    no reconstruction figures; a run of averaged weights (:mod:`capsnet.tools.average`) gets
+    no training curves. ``overrides`` replace fields of the saved model config
     (see :meth:`Run.load_model`); the figures of a model that is not as saved do not go
     into its run directory (ConfigError before any work).
     """
@@ -137,7 +138,11 @@ def save_figures(
     if out.is_dir() and not own:  # a run's own figures are replaced
         for name in FIGURES:
             check_new_file(out / name, overwrite)
-    paths = [save_training_curves(run.path, out / "training.png")]
+    paths = []
+    if "averaged" in run.config:  # written by capsnet.tools.average: never trained itself
+        log.info("%s: a mean of other runs' weights, so no training curves", run.path)
+    else:
+        paths.append(save_training_curves(run.path, out / "training.png"))
     if not provides(model, CapsuleClassifier):
         log.info("%s: not a capsule classifier, so only the training curves", run.path)
         return paths
