@@ -1,17 +1,19 @@
 """`capsnet average`: the weighted mean of several runs' weights, written as a run."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from tests.conftest import TINY_MODELS
 from tests.test_bad_input import files, one_line_error
 
 from capsnet.cli import main
 from capsnet.models.checkpoint import load_checkpoint, save_checkpoint
 from capsnet.tools.average import average_weights
-from capsnet.training import Run
+from capsnet.training import Run, train
 
 
 def test_the_mean_is_weighted_and_counters_come_from_the_first():
@@ -77,6 +79,14 @@ def test_runs_whose_model_configs_differ_need_a_model_option(tiny_run, tmp_path,
     assert not out.exists()
     option = ["--model-option", "input_norm=autolevels"]
     assert main(["average", str(tiny_run), str(other), "--out", str(out), *option]) == 0
+
+
+def test_runs_of_two_models_are_refused(tiny_run, tiny_cfg, tmp_path, capsys):
+    cnn = tmp_path / "cnn"
+    tiny = {"model": "baseline-cnn-small", "model_overrides": TINY_MODELS["baseline-cnn-small"]}
+    train(dataclasses.replace(tiny_cfg, **tiny), cnn)
+    err = one_line_error(capsys, ["average", str(tiny_run), str(cnn), "--out", str(tmp_path / "m")])
+    assert f"{cnn}: holds a baseline-cnn-small" in err and "only runs of one model" in err
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from capsnet.errors import ConfigError
 from capsnet.files import write_json
@@ -63,11 +63,17 @@ def average_weights(
     return averaged
 
 
-def _same_config(runs: Sequence[Run], configs: Sequence[dict[str, Any]]) -> None:
-    """ConfigError naming the run and field where a model config or dataset differs from
-    the first run's."""
-    first = runs[0]
-    for run, config in zip(runs[1:], configs[1:], strict=True):
+def _same_model(runs: Sequence[Run], models: Sequence[nn.Module]) -> None:
+    """ConfigError naming the run where the model, its config (the field) or the dataset
+    differs from the first run's."""
+    first, name = runs[0], model_name(models[0])
+    configs = [m.config.to_dict() for m in models]
+    for run, model, config in zip(runs[1:], models[1:], configs[1:], strict=True):
+        if model_name(model) != name:
+            raise ConfigError(
+                f"{run.name}: holds a {model_name(model)}, {first.name} a {name}; "
+                "only runs of one model can be averaged"
+            )
         for key in sorted(set(config) | set(configs[0])):
             ours, theirs = configs[0].get(key), config.get(key)
             if ours != theirs:
@@ -103,8 +109,7 @@ def average_runs(
         if run.path.resolve() == out.resolve():
             raise ConfigError(f"{out}: is the directory of {run.name}; choose another --out")
     models = [run.load_model(overrides=overrides) for run in runs]
-    configs = [copy.deepcopy(m.config.to_dict()) for m in models]
-    _same_config(runs, configs)
+    _same_model(runs, models)
     try:
         mean = average_weights([m.state_dict() for m in models], weights)
     except ValueError as e:
