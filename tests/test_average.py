@@ -104,10 +104,20 @@ def test_bad_weights_are_refused_before_any_run_loads(tmp_path, capsys, extra, m
 def test_a_run_is_never_overwritten_by_a_mean(tiny_run, tmp_path, capsys):
     run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
     before = files(run)
-    argv = ["average", str(run), str(tiny_run), "--out", str(run)]
+    argv = ["average", str(tiny_run), str(tiny_run), "--out", str(run)]
     assert "exists; use --overwrite" in one_line_error(capsys, argv)
-    assert "is the directory of" in one_line_error(capsys, [*argv, "--overwrite"])
+    err = one_line_error(capsys, [*argv, "--overwrite"])
+    assert "holds a trained run (metrics.json, history.csv" in err
     assert files(run) == before
+
+
+def test_a_mean_is_never_written_over_one_it_averages(tiny_run, tmp_path, capsys):
+    mean = tmp_path / "mean"
+    assert main(["average", str(tiny_run), str(tiny_run), "--out", str(mean)]) == 0
+    before = files(mean)
+    argv = ["average", str(mean), str(tiny_run), "--out", str(mean), "--overwrite"]
+    assert "is the directory of" in one_line_error(capsys, argv)
+    assert files(mean) == before
 
 
 def test_one_run_is_not_enough(tiny_run, tmp_path, capsys):

@@ -28,7 +28,7 @@ from capsnet.models.checkpoint import BEST, save_checkpoint, weight_difference
 from capsnet.models.contract import model_name
 from capsnet.training.environment import environment
 from capsnet.training.run import Run
-from capsnet.training.rundir import CONFIG
+from capsnet.training.rundir import CONFIG, RUN_FILES
 
 
 def average_weights(
@@ -39,7 +39,7 @@ def average_weights(
     equal). BatchNorm's running means and variances are averaged like any weight; tensors
     that are not floating point (BatchNorm's step counters) are taken from the first state.
 
-    ValueError if fewer than one state is given, the states' tensor names or shapes differ,
+    ValueError if no state is given, the states' tensor names or shapes differ,
     or ``weights`` are not one non-negative number per state with a positive sum."""
     if not states:
         raise ValueError("no weights to average")
@@ -100,9 +100,16 @@ def average_runs(
     records of it (``averaged``).
 
     The models must be the same model with the same config (after ``overrides``) and trained
-    on the same dataset, else ConfigError. ``out/config.json`` is the first run's, with the
-    model config as loaded and ``averaged``: the runs, the weights (normalised to sum 1), and
-    where and when the mean was taken. ``out`` gets no history or metrics: evaluate it."""
+    on the same dataset, and ``out`` must not hold a trained run's files (its history,
+    metrics, last checkpoint or training state), else ConfigError. ``out/config.json`` is
+    the first run's, with the model config as loaded and ``averaged``: the runs, the weights
+    (normalised to sum 1), and where and when the mean was taken. ``out`` gets no history or
+    metrics: evaluate it."""
+    trained = [name for name in RUN_FILES if name not in (CONFIG, BEST) and (out / name).exists()]
+    if trained:
+        raise ConfigError(
+            f"{out}: holds a trained run ({', '.join(trained)}); choose another --out"
+        )
     runs = [Run(p) for p in paths]
     for run in runs:
         run.require_run()
