@@ -31,6 +31,17 @@ from capsnet.training.run import Run
 from capsnet.training.rundir import CONFIG, RUN_FILES
 
 
+def normalised_weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    """``weights`` (default: equal) divided by their sum; ValueError unless they are ``n``
+    non-negative numbers with a positive sum."""
+    given = [1.0] * n if weights is None else [float(x) for x in weights]
+    if len(given) != n or any(not x >= 0 for x in given) or not sum(given) > 0:
+        raise ValueError(
+            f"weights must be {n} non-negative numbers with a positive sum, got {given}"
+        )
+    return [x / sum(given) for x in given]
+
+
 def average_weights(
     states: Sequence[Mapping[str, Tensor]], weights: Sequence[float] | None = None
 ) -> dict[str, Tensor]:
@@ -43,13 +54,7 @@ def average_weights(
     or ``weights`` are not one non-negative number per state with a positive sum."""
     if not states:
         raise ValueError("no weights to average")
-    w = torch.tensor([1.0] * len(states) if weights is None else list(weights), dtype=torch.float64)
-    if w.numel() != len(states) or bool((w < 0).any()) or not float(w.sum()) > 0:
-        raise ValueError(
-            f"weights must be {len(states)} non-negative numbers with a positive sum, "
-            f"got {list(map(float, w))}"
-        )
-    w = w / w.sum()  # (N,)
+    w = torch.tensor(normalised_weights(weights, len(states)), dtype=torch.float64)  # (N,)
     for n, state in enumerate(states[1:], 2):
         if difference := weight_difference(state, states[0], f"model {n}", "model 1"):
             raise ValueError(f"the models' weights differ: {difference}")
@@ -74,8 +79,8 @@ def _same_model(runs: Sequence[Run], models: Sequence[nn.Module]) -> None:
                 f"{run.name}: holds a {model_name(model)}, {first.name} a {name}; "
                 "only runs of one model can be averaged"
             )
-        for key in sorted(set(config) | set(configs[0])):
-            ours, theirs = configs[0].get(key), config.get(key)
+        for key in sorted(configs[0]):  # one model, so the same fields
+            ours, theirs = configs[0][key], config[key]
             if ours != theirs:
                 raise ConfigError(
                     f"{run.name}: model config differs from {first.name}'s ({key} {theirs!r} "
@@ -123,10 +128,9 @@ def average_runs(
         raise ConfigError(str(e)) from None
     model = models[0]
     model.load_state_dict(mean)
-    given = [1.0] * len(runs) if weights is None else [float(x) for x in weights]
     averaged = {
         "runs": [run.name for run in runs],
-        "weights": [x / sum(given) for x in given],
+        "weights": normalised_weights(weights, len(runs)),
         "environment": environment(),
     }
     config = copy.deepcopy(runs[0].config)
@@ -138,4 +142,4 @@ def average_runs(
     return averaged
 
 
-__all__ = ["average_runs", "average_weights"]
+__all__ = ["average_runs", "average_weights", "normalised_weights"]
