@@ -28,7 +28,7 @@ from capsnet.models.checkpoint import BEST, save_checkpoint, weight_difference
 from capsnet.models.contract import model_name
 from capsnet.training.environment import environment
 from capsnet.training.run import Run
-from capsnet.training.rundir import CONFIG, RUN_FILES
+from capsnet.training.rundir import AVERAGED, CONFIG, RUN_FILES
 
 
 def normalised_weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -135,7 +135,7 @@ def average_runs(
     }
     config = copy.deepcopy(runs[0].config)
     config["model"] = {"name": model_name(model), "config": model.config.to_dict()}
-    config["averaged"] = averaged
+    config[AVERAGED] = averaged
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / BEST, model, model_name(model), averaged=averaged["runs"])
     write_json(out / CONFIG, config)

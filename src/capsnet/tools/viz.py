@@ -36,7 +36,7 @@ from capsnet.models.figures import (
 from capsnet.targets import OverlayTargets
 from capsnet.tools import perturbations
 from capsnet.training.run import Run
-from capsnet.training.rundir import FIGURES, RunDir
+from capsnet.training.rundir import AVERAGED, FIGURES, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def save_figures(
         for name in FIGURES:
             check_new_file(out / name, overwrite)
     paths = []
-    if "averaged" in run.config:  # written by capsnet.tools.average: never trained itself
+    if AVERAGED in run.config:  # written by capsnet.tools.average: never trained itself
         log.info("%s: a mean of other runs' weights, so no training curves", run.path)
     else:
         paths.append(save_training_curves(run.path, out / "training.png"))

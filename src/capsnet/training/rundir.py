@@ -30,6 +30,7 @@ from capsnet.training.pretrained import is_pretrained, verified_path
 from capsnet.training.state import STATE_JSON, STATE_TENSORS, read_state_meta
 
 CONFIG, HISTORY, METRICS = "config.json", "history.csv", "metrics.json"
+AVERAGED = "averaged"  # config.json's record of a run made by averaging others' weights
 RUN_FILES = (CONFIG, METRICS, HISTORY, BEST, LAST, STATE_TENSORS, STATE_JSON)
 FIGURES = (  # every figure capsnet.tools.viz.save_figures may write (which depends on the model)
     *("training.png", "coupling.png", "multimnist.png", "reconstructions.png", "perturbation.png"),
@@ -299,4 +300,4 @@ class RunDir:
 MOVED: dict[str, tuple[str, Callable[[], Any]]] = {}
 __getattr__ = _deprecated.module_getattr(__name__, MOVED)
 
-__all__ = ["CONFIG", "HISTORY", "METRICS", "RUN_FILES", "RunDir"]
+__all__ = ["AVERAGED", "CONFIG", "HISTORY", "METRICS", "RUN_FILES", "RunDir"]
