@@ -6,10 +6,18 @@ come from ``capsnet.names``), so help and argument errors answer at once."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from capsnet import __version__, names
+from capsnet.cli.argtypes import (
+    name_value,
+    non_negative,
+    path,
+    positive,
+    seed,
+    strengths,
+    weight,
+)
 from capsnet.cli.parser import Parser
 from capsnet.cli.parser import field_args as _field_args
 
@@ -25,71 +33,17 @@ QUIET = "only warnings and results"
 THREADS = "PyTorch's intra-op threads (default: PyTorch's own, one per core)"
 
 
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-
-
-def _positive(text: str) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
-    return value
-
-
-def _weight(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
-    return value
-
-
-def _path(text: str) -> Path:
-    if not text:
-        raise argparse.ArgumentTypeError("an empty path")
-    return Path(text)
-
-
-def _seed(text: str) -> int:
-    value = _integer(text)
-    if not 0 <= value < 2**64:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 2**64 - 1, got {value}")
-    return value
-
-
-def _option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got '{text}'")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
-
-
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset-option",
-        type=_option,
+        type=name_value,
         action="append",
         default=[],
         metavar="NAME=VALUE",
         help="a setting of the dataset itself, e.g. shift=3 for multimnist (repeatable)",
     )
     p.add_argument("--data-dir", help="directory holding the IDX files (or <name>/ below it)")
-    p.add_argument("--test-limit", type=_positive, help="evaluate on the first N test images")
+    p.add_argument("--test-limit", type=positive, help="evaluate on the first N test images")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
 
@@ -100,24 +54,24 @@ def _train_fields(tasks, models, precisions) -> dict[str, tuple]:
     return {
         "dataset": (str, _dataset_help(tasks)),
         "model": (str, f"one of {', '.join(models)}"),
-        "epochs": (_positive, "training epochs"),
-        "batch_size": (_positive, "images per step"),
+        "epochs": (positive, "training epochs"),
+        "batch_size": (positive, "images per step"),
         "lr": (float, "Adam learning rate"),
         "lr_decay": (float, "per-epoch factor of the learning rate (exponential schedule)"),
         "lr_schedule": (str, "learning-rate schedule", ("choices", names.LR_SCHEDULES)),
         "warmup_epochs": (float, "linear learning-rate warm-up, epochs"),
         "weight_decay": (float, "decoupled weight decay (AdamW); 0: the paper's Adam"),
-        "max_shift": (_non_negative, "random shift, pixels (mnist, fashion-mnist)"),
+        "max_shift": (non_negative, "random shift, pixels (mnist, fashion-mnist)"),
         "rotation": (float, "beyond the paper: random rotation, ± degrees"),
         "scale": (float, "beyond the paper: random scaling by 1 ± this"),
         "elastic": (float, "beyond the paper: elastic distortion α, pixels (σ = 4)"),
         "squeeze": (float, "beyond the paper: random horizontal squeeze by 1 − [0, this]"),
-        "erase": (_non_negative, "beyond the paper: zero a random square of this side, pixels"),
+        "erase": (non_negative, "beyond the paper: zero a random square of this side, pixels"),
         "blur": (float, "beyond the paper: Gaussian blur, σ uniform in [0, this] pixels"),
         "blank": (float, "beyond the paper: this share of training images made blank, no class"),
-        "train_limit": (_positive, "train on the first N training images"),
+        "train_limit": (positive, "train on the first N training images"),
         "val_size": (
-            _non_negative,
+            non_negative,
             "validation images held out of the training split (default: a tenth, 50 to 5000)",
         ),
         "seed": (int, "random seed"),
@@ -134,7 +88,7 @@ def _dataset_help(tasks) -> str:
 def _add_image_args(p: argparse.ArgumentParser) -> None:
     """The image policy of folder:, npz:, cifar10, svhn and smallnorb (saved in the run)."""
     size_help = "the size images are brought to (default: the data's own)"
-    p.add_argument("--input-size", type=_positive, nargs=2, metavar=("H", "W"), help=size_help)
+    p.add_argument("--input-size", type=positive, nargs=2, metavar=("H", "W"), help=size_help)
     p.add_argument("--resize", choices=names.RESIZE, help="how images reach --input-size")
     p.add_argument("--channels", type=int, choices=(1, 3), help="default: from the data")
     p.add_argument("--normalize", choices=names.NORMALIZE, help="default: the dataset's")
@@ -143,17 +97,19 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
 def _bench_fields(models, precisions) -> dict[str, tuple]:
     return {
         "model": (str, f"one of {', '.join(models)}"),
-        "batch_size": (_positive, "images per step"),
+        "batch_size": (positive, "images per step"),
         "device": (str, "auto, cpu, cuda or cuda:N"),
         "precision": (str, "autocast dtype", ("choices", precisions)),
         "compile": (None, "torch.compile the model"),
-        "steps": (_positive, "timed steps (median reported)"),
-        "warmup": (_non_negative, "untimed steps first"),
+        "steps": (positive, "timed steps (median reported)"),
+        "warmup": (non_negative, "untimed steps first"),
     }
 
 
 def _add_option_arg(p: argparse.ArgumentParser, flag: str, text: str) -> None:
-    p.add_argument(flag, type=_option, action="append", default=[], metavar="NAME=VALUE", help=text)
+    p.add_argument(
+        flag, type=name_value, action="append", default=[], metavar="NAME=VALUE", help=text
+    )
 
 
 def _add_load_option(p: argparse.ArgumentParser, which: str = "the saved model config") -> None:
@@ -168,7 +124,7 @@ def _add_load_option(p: argparse.ArgumentParser, which: str = "the saved model c
 def _add_model_args(p: argparse.ArgumentParser, routings) -> None:
     """Model config overrides: the common ones by name, any field by --model-option."""
     p.add_argument("--routing", choices=sorted(routings), help="default: the model's own")
-    p.add_argument("--routing-iterations", type=_positive, help="default: the model's own")
+    p.add_argument("--routing-iterations", type=positive, help="default: the model's own")
     p.add_argument("--no-reconstruction", action="store_true", help="train without the decoder")
     p.add_argument(
         "--reconstruction-weight",
@@ -181,7 +137,7 @@ def _add_model_args(p: argparse.ArgumentParser, routings) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="capsnet", description=DESCRIPTION)
     parser.add_argument("-q", "--quiet", action="store_true", help=QUIET)
-    parser.add_argument("--threads", type=_positive, metavar="N", help=THREADS)
+    parser.add_argument("--threads", type=positive, metavar="N", help=THREADS)
     parser.add_argument("--version", action="version", version=f"capsnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -195,15 +151,13 @@ def _command(sub, name: str, text: str) -> argparse.ArgumentParser:
     """A (sub)command's parser; -q and --threads work after the command too."""
     p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
     p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET)
-    p.add_argument(
-        "--threads", type=_positive, metavar="N", default=argparse.SUPPRESS, help=THREADS
-    )
+    p.add_argument("--threads", type=positive, metavar="N", default=argparse.SUPPRESS, help=THREADS)
     return p
 
 
 def _training_parsers(sub, tasks, models, precisions, routings) -> None:
     t = _command(sub, "train", "train a model and test the validation-selected checkpoint")
-    t.add_argument("--out", required=True, type=_path, help="run directory to write")
+    t.add_argument("--out", required=True, type=path, help="run directory to write")
     _field_args(t, TRAIN_CONFIG, _train_fields(tasks, models, precisions))
     init_help = (
         f"fine-tune: start from the model and weights of RUN, {RUN}; its model (--model "
@@ -230,9 +184,9 @@ def _training_parsers(sub, tasks, models, precisions, routings) -> None:
         sub, "evaluate", "test a run: eval.json, per-class classes.json/png in RUN_DIR or --out"
     )
     e.add_argument("run_dir", metavar="RUN", help=RUN)
-    e.add_argument("--out", type=_path, help="default: RUN_DIR (a pretrained model: nothing)")
+    e.add_argument("--out", type=path, help="default: RUN_DIR (a pretrained model: nothing)")
     e.add_argument("--dataset", help="default: the run's dataset; " + _dataset_help(tasks))
-    e.add_argument("--batch-size", type=_positive, default=500, help="images per step")
+    e.add_argument("--batch-size", type=positive, default=500, help="images per step")
     _add_load_option(e)
     _add_data_args(e)
 
@@ -240,36 +194,36 @@ def _training_parsers(sub, tasks, models, precisions, routings) -> None:
     _field_args(b, "capsnet.tools.bench:BenchConfig", _bench_fields(models, precisions))
     _add_option_arg(b, "--model-option", "a field of the model's config, e.g. class_dim=8")
     b.add_argument("--json", action="store_true", help="print one JSON object")
-    b.add_argument("--csv", type=_path, help="append the result to this CSV file")
+    b.add_argument("--csv", type=path, help="append the result to this CSV file")
 
 
 def _experiment_parsers(sub, tasks, models, precisions) -> None:
     m = _command(sub, "multimnist", "MultiMNIST sets (train with --dataset multimnist)")
     msub = m.add_subparsers(dest="action", required=True, metavar="ACTION")
     mk = _command(msub, "make", "write a fixed, seeded MultiMNIST set to .npz")
-    mk.add_argument("--out", required=True, type=_path, help=".npz file to write")
+    mk.add_argument("--out", required=True, type=path, help=".npz file to write")
     mk.add_argument("--split", choices=["train", "test"], default="test", help="of MNIST")
-    mk.add_argument("--pairs-per-digit", type=_positive, default=1, help="partners per digit")
+    mk.add_argument("--pairs-per-digit", type=positive, default=1, help="partners per digit")
     pad_shift = {
-        "pad": (_non_negative, "canvas border, pixels"),
-        "shift": (_non_negative, "max shift per digit"),
+        "pad": (non_negative, "canvas border, pixels"),
+        "shift": (non_negative, "max shift per digit"),
     }
     _field_args(mk, "capsnet.data.multimnist:MultiMNISTConfig", pad_shift)
-    mk.add_argument("--limit", type=_positive, help="use the first N digits of the split")
-    mk.add_argument("--seed", type=_seed, default=0, help="of the pairs")
+    mk.add_argument("--limit", type=positive, help="use the first N digits of the split")
+    mk.add_argument("--seed", type=seed, default=0, help="of the pairs")
     mk.add_argument("--data-dir", help="where MNIST is (default: searched, else downloaded)")
     mk.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
     x = _command(sub, "experiment", "the paper's experiments")
     xsub = x.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     t1 = _command(xsub, "table1", "baseline vs CapsNet ablation, N seeds per row")
-    t1.add_argument("--out", type=_path, default=Path("results"), help="default: results/")
+    t1.add_argument("--out", type=path, default=Path("results"), help="default: results/")
     table1_datasets = ["mnist", "multimnist", "fashion-mnist"]
     t1.add_argument("--dataset", choices=table1_datasets, default="mnist", help="of every run")
     table1 = {
         "size": (str, "the models' size", ("choices", names.TABLE1_SIZES)),
         "rows": (str, "rows of the table", ("nargs", "+"), ("choices", names.TABLE1_ROWS)),
-        "seeds": (_seed, "a run per row and seed", ("nargs", "+")),
+        "seeds": (seed, "a run per row and seed", ("nargs", "+")),
     }
     _field_args(t1, "capsnet.tools.experiments:Table1Config", table1)
     fields = _train_fields(tasks, models, precisions)
@@ -278,43 +232,33 @@ def _experiment_parsers(sub, tasks, models, precisions) -> None:
     _generalisation_parser(xsub, fields)
 
 
-def _strengths(text: str) -> tuple[str, tuple[float, ...]]:
-    name, sep, values = text.partition("=")
-    try:
-        if not name or not sep:
-            raise ValueError
-        return name, tuple(float(v) for v in values.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=S,S,..., got '{text}'") from None
-
-
 def _generalisation_parser(xsub, fields: dict[str, tuple]) -> None:
     g = _command(xsub, "generalisation", "contenders at one budget: clean, affNIST, robustness")
-    g.add_argument("--out", type=_path, default=Path("results"), help="default: results/")
+    g.add_argument("--out", type=path, default=Path("results"), help="default: results/")
     g.add_argument(
         "--contenders", nargs="+", metavar="[LABEL=]MODEL",
         help=f"models, each one of {', '.join(names.MODELS)}; LABEL (default: MODEL) names "
         "its runs and row (default: capsnet-mnist aff-capsnet baseline-cnn)",
     )  # fmt: skip
     g.add_argument(
-        "--model-option", type=_option, action="append", default=[], metavar="LABEL.NAME=VALUE",
+        "--model-option", type=name_value, action="append", default=[], metavar="LABEL.NAME=VALUE",
         help="a field of a contender's model config, e.g. cnn.hidden=[64] (repeatable)",
     )  # fmt: skip
     kinds = ", ".join(names.PERTURBATION_NAMES)
     spec = {
-        "seeds": (_seed, "a run per contender and seed", ("nargs", "+")),
+        "seeds": (seed, "a run per contender and seed", ("nargs", "+")),
         "perturbations": (
             str, f"some of {kinds}; none: no sweep (default: all; none on multimnist)",
             ("nargs", "*"), ("choices", names.PERTURBATION_NAMES), ("metavar", "NAME"),
         ),
         "sweep_limit": (
-            _positive, "sweep the first N test images (default: --test-limit)", ("metavar", "N")
+            positive, "sweep the first N test images (default: --test-limit)", ("metavar", "N")
         ),
-        "sweep_seed": (_seed, "of the random perturbations, the same for every run"),
+        "sweep_seed": (seed, "of the random perturbations, the same for every run"),
     }  # fmt: skip
     _field_args(g, "capsnet.tools.generalisation:GeneralisationConfig", spec)
     g.add_argument(
-        "--strengths", type=_strengths, action="append", default=[], metavar="NAME=S,S,...",
+        "--strengths", type=strengths, action="append", default=[], metavar="NAME=S,S,...",
         help="a perturbation's strengths, ascending (repeatable; default: the sweep's own)",
     )  # fmt: skip
     shared = [k for k in fields if k not in ("model", "seed", "tensorboard")]
@@ -326,7 +270,7 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     p = _command(sub, "predict", "classify pictures or .npy arrays with a run")
     p.add_argument("run_dir", metavar="RUN", help=RUN)
     pictures = ".png, .jpg, .bmp, .gif, .tif, .webp or .npy"
-    p.add_argument("images", nargs="+", type=_path, metavar="IMAGE", help=pictures)
+    p.add_argument("images", nargs="+", type=path, metavar="IMAGE", help=pictures)
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument(
         "--fit",
@@ -337,17 +281,17 @@ def _tool_parsers(sub, tasks, datasets) -> None:
         "middle); for 1-channel models of at least 28×28 (default: inputs must already be "
         "the model's size)",
     )
-    p.add_argument("--batch-size", type=_positive, default=500, help="images per step")
+    p.add_argument("--batch-size", type=positive, default=500, help="images per step")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     _add_load_option(p)
 
     x = _command(sub, "export", "export the classifier and decoder to ONNX")
     x.add_argument("run_dir", metavar="RUN", help=RUN)
-    x.add_argument("--onnx", required=True, type=_path, metavar="FILE", help="classifier file")
+    x.add_argument("--onnx", required=True, type=path, metavar="FILE", help="classifier file")
     x.add_argument("--data-dir", help="where the run's test images are (default: as trained)")
     x.add_argument("--dataset", choices=sorted(tasks), help="default: the run's own")
     x.add_argument(
-        "--check-images", type=_non_negative, default=100,
+        "--check-images", type=non_negative, default=100,
         help="test images the files are checked on (default: 100); 0, or no test set on disk: "
         "random ones",
     )  # fmt: skip
@@ -367,10 +311,13 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     d.add_argument("dataset", choices=sorted(datasets))
     d.add_argument("--data-dir", help="look here first (default: the search path only)")
     d.add_argument("--no-download", action="store_true", help="fail rather than download")
+    _report_parsers(sub)
 
+
+def _report_parsers(sub) -> None:
     f = _command(sub, "figures", "draw a run's figures (paper Figs. 3-5, routing, curves)")
     f.add_argument("run_dir", metavar="RUN", help=RUN)
-    f.add_argument("--out", type=_path, help="default: RUN_DIR (pretrained: ./NAME-figures)")
+    f.add_argument("--out", type=path, help="default: RUN_DIR (pretrained: ./NAME-figures)")
     f.add_argument("--data-dir", help="where the run's dataset is (default: as in training)")
     f.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
     f.add_argument(
@@ -382,9 +329,9 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     a.add_argument(
         "run_dir", nargs="+", metavar="RUN", help="run directories or pretrained names; two or more"
     )
-    a.add_argument("--out", type=_path, required=True, help="run directory for the mean")
+    a.add_argument("--out", type=path, required=True, help="run directory for the mean")
     a.add_argument(
-        "--weights", type=_weight, nargs="+", metavar="W",
+        "--weights", type=weight, nargs="+", metavar="W",
         help="one non-negative weight per RUN, normalised to sum 1 (default: equal)",
     )  # fmt: skip
     a.add_argument("--overwrite", action="store_true", help="replace a mean already in --out")
@@ -396,14 +343,14 @@ def _tool_parsers(sub, tasks, datasets) -> None:
     r = _command(sub, "robustness", "accuracy under rotation, scale, shear, … (JSON, PNG)")
     r.add_argument("run_dir", metavar="RUN", help=RUN)
     r.add_argument("--against", nargs="+", default=[], metavar="RUN", help="models to compare")
-    r.add_argument("--out", type=_path, required=True, help="directory for robustness.json/png")
+    r.add_argument("--out", type=path, required=True, help="directory for robustness.json/png")
     kinds = list(names.PERTURBATION_NAMES)
     r.add_argument(
         "--perturbations", nargs="+", choices=kinds, default=kinds, metavar="NAME",
         help=f"some of {', '.join(kinds)} (default: all)",
     )  # fmt: skip
-    r.add_argument("--limit", type=_positive, help="the first N test images (default: all)")
-    r.add_argument("--seed", type=_seed, default=0, help="of the random perturbations")
+    r.add_argument("--limit", type=positive, help="the first N test images (default: all)")
+    r.add_argument("--seed", type=seed, default=0, help="of the random perturbations")
     r.add_argument("--data-dir", help="where the first run's test images are")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     r.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
