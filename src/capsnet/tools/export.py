@@ -246,6 +246,26 @@ def _check_images(
     return images.float() / 255  # as in training
 
 
+def _require_onnx() -> None:
+    """ConfigError unless the optional packages onnx and onnxruntime import."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "export needs onnx and onnxruntime: pip install 'capsnet[onnx]'"
+        ) from None
+
+
+def _check_not_own(run: Run, path: Path) -> None:
+    """ConfigError if ``path`` or its decoder file is one of the run's own files, even
+    with overwrite: the run would be lost."""
+    own = {run.checkpoint.resolve(), *((run.path / f).resolve() for f in RUN_FILES)}
+    for p in (path, decoder_path(path)):
+        if p.resolve() in own:
+            raise ConfigError(f"{p}: is the run's own {p.name}; export to another file")
+
+
 @_deprecated.keyword_only(2)
 def export_run(
     run_dir: str | Path,
@@ -275,18 +295,9 @@ def export_run(
     path = Path(path)
     for p in (path, decoder_path(path)):
         check_new_file(p, overwrite)
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "export needs onnx and onnxruntime: pip install 'capsnet[onnx]'"
-        ) from None
+    _require_onnx()
     run = Run(run_dir)
-    own = {run.checkpoint.resolve(), *((run.path / f).resolve() for f in RUN_FILES)}
-    for p in (path, decoder_path(path)):
-        if p.resolve() in own:  # even with --overwrite: the run would be lost
-            raise ConfigError(f"{p}: is the run's own {p.name}; export to another file")
+    _check_not_own(run, path)
     model = run.load_model(overrides=overrides)
     outputs = classifier_outputs(model)
     config = model.config

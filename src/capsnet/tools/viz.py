@@ -97,6 +97,21 @@ def _with_failures(
     return torch.cat([shown, wrong])
 
 
+def _figures_dir(run: Run, out_dir: str | Path | None, overridden: bool) -> tuple[Path, bool]:
+    """Where the figures go, and whether that is the run's own directory; a pretrained
+    model's directory is inside the package, so its default is ``NAME-figures``."""
+    if out_dir is None:
+        out_dir = f"{run.pretrained}-figures" if run.pretrained else run.path
+    out = Path(out_dir)
+    own = not run.pretrained and out.resolve() == run.path.resolve()
+    if own and overridden:
+        raise ConfigError(
+            f"{out}: the run's own figures show the model as saved; with model options "
+            "(overrides), pass another directory (--out)"
+        )
+    return out, own
+
+
 @_deprecated.keyword_only(2)
 def save_figures(
     run_dir: str | Path,
@@ -123,15 +138,7 @@ def save_figures(
     into its run directory (ConfigError before any work).
     """
     run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
-    if out_dir is None:  # a pretrained model's directory is inside the package
-        out_dir = f"{run.pretrained}-figures" if run.pretrained else run.path
-    out = Path(out_dir)
-    own = not run.pretrained and out.resolve() == run.path.resolve()
-    if own and overrides:
-        raise ConfigError(
-            f"{out}: the run's own figures show the model as saved; with model options "
-            "(overrides), pass another directory (--out)"
-        )
+    out, own = _figures_dir(run, out_dir, bool(overrides))
     model = run.load_model(device, overrides=overrides)
     run.require_run()
     check_writable_dir(out)

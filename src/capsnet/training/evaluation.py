@@ -13,8 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from capsnet import _deprecated
+from capsnet.data.task import Task
 from capsnet.errors import ConfigError
 from capsnet.files import check_writable_dir, write_json
+from capsnet.models.config import ModelConfig
 from capsnet.runtime import autocast
 from capsnet.targets import Targets, num_correct
 from capsnet.training.environment import environment
@@ -103,13 +105,8 @@ def evaluate_run(
     own = dataset in (None, run.dataset)
     task = run.task(dataset, options)
     dataset = task.name
-    x, y = task.load_test(limit=limit, data_dir=data_dir)
     config = model.config
-    if x.shape[1:] != (config.in_channels, *config.input_size):
-        raise ConfigError(
-            f"{dataset} images are {tuple(x.shape[1:])} but the model expects "
-            f"{(config.in_channels, *config.input_size)}"
-        )
+    x, y = _test_set(task, config, limit=limit, data_dir=data_dir)
     counts = ClassCounts(config.num_classes)
     r = evaluate(
         model,
@@ -135,6 +132,19 @@ def evaluate_run(
         names = run.class_names_for(config.num_classes, None if own else task)
         _write_results(result, counts.report(names), where, "" if own else dataset, run.name)
     return result
+
+
+def _test_set(
+    task: Task, config: ModelConfig, *, limit: int | None, data_dir: str | Path | None
+) -> tuple[Tensor, Targets]:
+    """The task's test images and labels, checked against the model's input shape."""
+    x, y = task.load_test(limit=limit, data_dir=data_dir)
+    if x.shape[1:] != (config.in_channels, *config.input_size):
+        raise ConfigError(
+            f"{task.name} images are {tuple(x.shape[1:])} but the model expects "
+            f"{(config.in_channels, *config.input_size)}"
+        )
+    return x, y
 
 
 def _write_results(
