@@ -1,5 +1,6 @@
 """Issue 33's robustness goal at equal budget, from robustness JSONs of one sweep (the same
-2,000 MNIST test images, sweep seed 0).
+MNIST test images, sweep seed 0: the first 2,000 in every comparison made before
+2026-12-07 11:30 UTC, all 10,000 in the full10k files).
 
     python compare.py CAPSULE_GROUP CNN_GROUP [CNN_GROUP ...]
 
@@ -20,14 +21,18 @@ from capsnet.tools.experiments import mean_std
 GEOMETRIC = ("rotation", "scale", "shear", "translation", "elastic")
 
 
+SWEEP_SIZES: set[int] = set()  # test images of every report read: must be one number
+
+
 def read_group(spec: str) -> tuple[str, list[dict]]:
     label, members = spec.split("=", 1)
     curves = []
     for member in members.split(","):
         path, model = member.rsplit(":", 1)
         report = json.loads(Path(path).read_text())
-        if report["test_examples"] != 2000 or report["seed"] != 0:
-            raise SystemExit(f"{path}: not the 2,000-image sweep of seed 0")
+        SWEEP_SIZES.add(report["test_examples"])
+        if len(SWEEP_SIZES) > 1 or report["seed"] != 0:
+            raise SystemExit(f"{path}: not a sweep of seed 0 on as many images as the others")
         curves.append(report["models"][model])
     return label, curves
 
