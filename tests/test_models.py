@@ -50,6 +50,15 @@ def test_input_too_small_is_a_config_error():
         CapsNetConfig(input_size=(16, 16))
 
 
+def test_images_of_another_shape_are_refused_naming_both_shapes():
+    cfg = CapsNetConfig(in_channels=1, input_size=(40, 40))
+    assert cfg.input_shape == (1, 40, 40)
+    cfg.check_images(torch.zeros(2, 1, 40, 40), "fitting")
+    expected = r"^mnist images are \(1, 28, 28\) but the model expects \(1, 40, 40\)$"
+    with pytest.raises(ConfigError, match=expected):
+        cfg.check_images(torch.zeros(2, 1, 28, 28), "mnist")
+
+
 def test_negative_reconstruction_weight_is_a_config_error():
     with pytest.raises(ConfigError, match="reconstruction_weight -1"):
         create_model("capsnet-small", reconstruction_weight=-1)

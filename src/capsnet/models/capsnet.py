@@ -139,7 +139,7 @@ class CapsNet(CapsuleModel):
             Decoder(
                 cfg.num_classes * cfg.class_dim,
                 cfg.decoder_hidden,
-                (cfg.in_channels, *cfg.input_size),
+                cfg.input_shape,
             )
             if cfg.reconstruction
             else None

@@ -9,6 +9,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from torch import Tensor
+
 from capsnet.errors import ConfigError
 from capsnet.nn.routing import RoutingSpec
 
@@ -72,6 +74,20 @@ class ModelConfig:
                 continue
             if not all(isinstance(v, numbers.Integral) and v >= 1 for v in values):
                 raise ConfigError(f"{f.name} must be {what} ≥ 1, found {value!r}")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of the images the model takes."""
+        return (self.in_channels, *self.input_size)
+
+    def check_images(self, images: Tensor, source: str) -> None:
+        """ConfigError unless ``images`` (N, C, H, W) are of :attr:`input_shape`; the
+        message names them as ``source`` images."""
+        if tuple(images.shape[1:]) != self.input_shape:
+            raise ConfigError(
+                f"{source} images are {tuple(images.shape[1:])} but the model expects "
+                f"{self.input_shape}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

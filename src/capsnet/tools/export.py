@@ -209,7 +209,7 @@ def _synthetic(config: ModelConfig) -> Tensor:
     """SYNTHETIC_IMAGES images of the model's input shape, every pixel uniform in [0, 1]
     (seeded: the same images every time)."""
     generator = torch.Generator().manual_seed(0)
-    shape = (SYNTHETIC_IMAGES, config.in_channels, *config.input_size)
+    shape = (SYNTHETIC_IMAGES, *config.input_shape)
     return torch.rand(shape, generator=generator)
 
 
@@ -237,11 +237,7 @@ def _check_images(
             SYNTHETIC_IMAGES,
         )
         return _synthetic(config)
-    if images.shape[1:] != (config.in_channels, *config.input_size):
-        raise ConfigError(
-            f"{name} images are {tuple(images.shape[1:])} but the model "
-            f"expects {(config.in_channels, *config.input_size)}"
-        )
+    config.check_images(images, name)
     log.info("checking against PyTorch on %d %s test images", len(images), name)
     return images.float() / 255  # as in training
 

@@ -145,9 +145,7 @@ def compare_runs(
     classes = labels.labels if isinstance(labels, OverlayTargets) else labels  # (N,) or (N, L)
     for label, model in models.items():
         cfg = model.config
-        if (cfg.in_channels, *cfg.input_size) != tuple(images.shape[1:]):
-            shape = (cfg.in_channels, *cfg.input_size)
-            raise ConfigError(f"{label} takes images of {shape}, not {dirs[0].dataset}'s")
+        cfg.check_images(images, f"{label}: {dirs[0].dataset}")
         if cfg.num_classes <= int(classes.max()):
             raise ConfigError(f"{label} has {cfg.num_classes} classes, fewer than the task's")
     extra = {

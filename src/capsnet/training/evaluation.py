@@ -139,11 +139,7 @@ def _test_set(
 ) -> tuple[Tensor, Targets]:
     """The task's test images and labels, checked against the model's input shape."""
     x, y = task.load_test(limit=limit, data_dir=data_dir)
-    if x.shape[1:] != (config.in_channels, *config.input_size):
-        raise ConfigError(
-            f"{task.name} images are {tuple(x.shape[1:])} but the model expects "
-            f"{(config.in_channels, *config.input_size)}"
-        )
+    config.check_images(x, task.name)
     return x, y
 
 

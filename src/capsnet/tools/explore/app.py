@@ -201,7 +201,7 @@ class _Api:
         self.normalize = normalize
         self.overrides = dict(overrides)  # the fields of the saved config the model replaces
         cfg = model.config
-        self.shape = (cfg.in_channels, *cfg.input_size)  # (C, H, W)
+        self.shape = cfg.input_shape  # (C, H, W)
         self.k = cfg.num_classes
         self.names = tuple(names) if names else task_class_names(dataset, self.k)
         self.capsules = provides(model, CapsuleClassifier)
