@@ -21,20 +21,18 @@ from capsnet.tools.experiments import mean_std
 GEOMETRIC = ("rotation", "scale", "shear", "translation", "elastic")
 
 
-SWEEP_SIZES: set[int] = set()  # test images of every report read: must be one number
-
-
-def read_group(spec: str) -> tuple[str, list[dict]]:
+def read_group(spec: str) -> tuple[str, list[dict], set[int]]:
+    """The group's label, its members' curves and how many test images their reports swept."""
     label, members = spec.split("=", 1)
-    curves = []
+    curves, sizes = [], set()
     for member in members.split(","):
         path, model = member.rsplit(":", 1)
         report = json.loads(Path(path).read_text())
-        SWEEP_SIZES.add(report["test_examples"])
-        if len(SWEEP_SIZES) > 1 or report["seed"] != 0:
-            raise SystemExit(f"{path}: not a sweep of seed 0 on as many images as the others")
+        if report["seed"] != 0:
+            raise SystemExit(f"{path}: not a sweep of seed 0")
+        sizes.add(report["test_examples"])
         curves.append(report["models"][model])
-    return label, curves
+    return label, curves, sizes
 
 
 def fmt(values: list[float]) -> str:
@@ -44,8 +42,14 @@ def fmt(values: list[float]) -> str:
 
 
 def main() -> None:
-    caps_label, caps = read_group(sys.argv[1])
-    cnns = [read_group(spec) for spec in sys.argv[2:]]
+    caps_label, caps, sizes = read_group(sys.argv[1])
+    cnns = []
+    for spec in sys.argv[2:]:
+        label, curves, group_sizes = read_group(spec)
+        cnns.append((label, curves))
+        sizes |= group_sizes
+    if len(sizes) > 1:
+        raise SystemExit(f"the reports swept different numbers of test images: {sorted(sizes)}")
     print(
         f"capsule: {caps_label} ({len(caps)} seeds); CNN groups: "
         + ", ".join(f"{label} ({len(c)} seeds)" for label, c in cnns)

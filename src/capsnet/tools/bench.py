@@ -85,7 +85,7 @@ def benchmark(cfg: BenchConfig, model: nn.Module | None = None) -> dict[str, Any
     torch.manual_seed(0)
     model = model.to(device)
     c = model.config
-    x = torch.rand(cfg.batch_size, c.in_channels, *c.input_size, device=device)
+    x = torch.rand(cfg.batch_size, *c.input_shape, device=device)
     y = torch.randint(0, c.num_classes, (cfg.batch_size,), device=device)
     forward = torch.compile(model) if cfg.compile else model
     optim = adam(model, lr=1e-3)

@@ -13,10 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from capsnet import _deprecated
-from capsnet.data.task import Task
 from capsnet.errors import ConfigError
 from capsnet.files import check_writable_dir, write_json
-from capsnet.models.config import ModelConfig
 from capsnet.runtime import autocast
 from capsnet.targets import Targets, num_correct
 from capsnet.training.environment import environment
@@ -105,8 +103,9 @@ def evaluate_run(
     own = dataset in (None, run.dataset)
     task = run.task(dataset, options)
     dataset = task.name
+    x, y = task.load_test(limit=limit, data_dir=data_dir)
     config = model.config
-    x, y = _test_set(task, config, limit=limit, data_dir=data_dir)
+    config.check_images(x, dataset)
     counts = ClassCounts(config.num_classes)
     r = evaluate(
         model,
@@ -132,15 +131,6 @@ def evaluate_run(
         names = run.class_names_for(config.num_classes, None if own else task)
         _write_results(result, counts.report(names), where, "" if own else dataset, run.name)
     return result
-
-
-def _test_set(
-    task: Task, config: ModelConfig, *, limit: int | None, data_dir: str | Path | None
-) -> tuple[Tensor, Targets]:
-    """The task's test images and labels, checked against the model's input shape."""
-    x, y = task.load_test(limit=limit, data_dir=data_dir)
-    config.check_images(x, task.name)
-    return x, y
 
 
 def _write_results(
