@@ -1,6 +1,8 @@
 """Per-class accuracy under rotation 90° (the sweep's own draw, seed 0) on all 10,000 MNIST
-test images, for the six raw --blank 0.3 fine-tunes given autolevels at test time: where the
-CNN's 2-point lead at rotation 90° comes from."""
+test images, for the six raw --blank 0.3 fine-tunes given autolevels at test time (or the
+runs in /work/runs named as arguments): where the CNN's lead at rotation 90° comes from."""
+
+import sys
 
 import torch
 
@@ -9,8 +11,8 @@ from capsnet.tools.predict import predict
 from capsnet.training.run import Run
 
 RUNS = "/work/runs/"
-MODELS = ["ft3-blank0.3", "ft3-blank0.3-s1", "ft3-blank0.3-s2"]
-MODELS += ["cnn-" + m for m in MODELS]
+RAW = ["ft3-blank0.3", "ft3-blank0.3-s1", "ft3-blank0.3-s2"]
+MODELS = sys.argv[1:] or RAW + ["cnn-" + m for m in RAW]
 
 torch.set_num_threads(2)
 images, labels = Run(RUNS + MODELS[0]).test_set(data_dir="/work/shared/data")
