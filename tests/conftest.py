@@ -41,6 +41,7 @@ TINY_MODELS = {
     "capsnet-mnist": TINY_CAPSNET,
     "capsnet-small": TINY_CAPSNET,
     "efficient-capsnet": {"stem_channels": (4, 8, 8, 16), "decoder_hidden": (16,)},
+    "efficient-capsnet-p4": {"stem_channels": (2, 4, 4, 8), "decoder_hidden": (16,)},
     "em-capsnet": {**_TINY_EM, "routing_iterations": 2},
     "em-capsnet-small": {**_TINY_EM, "routing_iterations": 2},
     "baseline-cnn": _TINY_BASELINE,

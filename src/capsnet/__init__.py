@@ -40,6 +40,8 @@ _LAZY = {  # public name → the module that defines it
             "EfficientCapsNetConfig",
             "EMCapsNet",
             "EMCapsNetConfig",
+            "P4CapsNet",
+            "P4CapsNetConfig",
             "create_model",
             "list_models",
             "register_model",

@@ -18,6 +18,7 @@ MODELS = (  # capsnet.models.list_models() (the registered built-in models)
     "capsnet-mnist",
     "capsnet-small",
     "efficient-capsnet",
+    "efficient-capsnet-p4",
     "em-capsnet",
     "em-capsnet-small",
 )

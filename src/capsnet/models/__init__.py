@@ -5,6 +5,7 @@
 | ``capsnet.py`` | CapsNet, dynamic routing (Sabour et al., 2017) | capsnet-mnist, capsnet-small |
 | ``aff_capsnet.py`` | Aff-CapsNet, matrices shared by primary capsules | aff-capsnet(-small) |
 | ``efficient.py`` | Efficient-CapsNet, self-attention routing | efficient-capsnet |
+| ``p4.py`` | Efficient-CapsNet equivariant to quarter turns | efficient-capsnet-p4 |
 | ``em_capsnet.py`` | matrix capsules with EM routing | em-capsnet, em-capsnet-small |
 | ``cifar.py`` | CapsNet with 3 channels, 64 primary types, none-of-the-above | capsnet-cifar10 |
 | ``baseline.py`` | the paper's baseline CNN | baseline-cnn, baseline-cnn-small |
@@ -28,6 +29,7 @@ from capsnet.models.contract import (
 )
 from capsnet.models.efficient import EfficientCapsNet, EfficientCapsNetConfig
 from capsnet.models.em_capsnet import EMCapsNet, EMCapsNetConfig
+from capsnet.models.p4 import P4CapsNet, P4CapsNetConfig
 from capsnet.models.registry import (
     check_learns_absence,
     check_model_name,
@@ -57,6 +59,8 @@ __all__ = [
     "EfficientCapsNet",
     "EfficientCapsNetConfig",
     "ModelConfig",
+    "P4CapsNet",
+    "P4CapsNetConfig",
     "PoseDecoder",
     "Scored",
     "SoftmaxOutput",

@@ -62,7 +62,8 @@ class ModelConfig:
 
     def _check_counts(self) -> None:
         """ConfigError unless every integer field (a size, count, kernel or stride), and
-        every entry of a tuple of them, is an integer ≥ 1."""
+        every entry of a tuple of them, is an integer ≥ 1 (≥ the field's ``metadata["min"]``
+        where it has one)."""
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             hint, value = hints[f.name], getattr(self, f.name)
@@ -72,8 +73,9 @@ class ModelConfig:
                 values, what = value, "integers"
             else:
                 continue
-            if not all(isinstance(v, numbers.Integral) and v >= 1 for v in values):
-                raise ConfigError(f"{f.name} must be {what} ≥ 1, found {value!r}")
+            least = f.metadata.get("min", 1)
+            if not all(isinstance(v, numbers.Integral) and v >= least for v in values):
+                raise ConfigError(f"{f.name} must be {what} ≥ {least}, found {value!r}")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
