@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -88,8 +89,11 @@ class P4PrimaryCaps(nn.Module):
     def __init__(self, channels: int, dim: int, kernel_size: int):
         super().__init__()
         self.dim = dim
-        conv = nn.Conv2d(channels, channels, kernel_size, groups=channels)  # its init
-        self.weight, self.bias = conv.weight, conv.bias  # (C, 1, k, k), (C,)
+        bound = 1 / kernel_size  # nn.Conv2d's default initialisation: 1 / √(fan-in k²)
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(channels))
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
         bias = self.bias.repeat_interleave(TURNS)  # (C·4,)

@@ -6,9 +6,10 @@ A p4 feature map holds ``C`` channels, each at the 4 orientations r = 0..3, flat
 (B, C·4, H, W) with channel ``c·4 + r``. Turning an image a quarter turn (``rotate(x, 1)``)
 turns every map of a p4 network a quarter turn and moves orientation r's content to
 r + 1 (mod 4): ``layer(rotate(x, 1)) == rotate_p4(layer(x), 1)``, exact up to float
-rounding where the grid of every strided layer is symmetric (:func:`symmetric_grid`). The layers build, at every
-call, the full filter bank (one rotated copy of each learned filter per orientation) and run
-one ``F.conv2d``: a p4 layer of C → C' channels costs a plain convolution of 4C → 4C'.
+rounding where the grid of every strided layer is symmetric (:func:`symmetric_grid`).
+The layers build, at every call, the full filter bank (one rotated copy of each learned
+filter per orientation) and run one ``F.conv2d``: a p4 layer of C → C' channels costs a
+plain convolution of 4C → 4C'.
 """
 
 from __future__ import annotations
