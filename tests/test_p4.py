@@ -134,3 +134,27 @@ def test_the_paper_sized_p4_network_has_its_counted_parameters():
 def test_bad_p4_configs_say_what_is_wrong(override, message):
     with pytest.raises(ConfigError, match=message):
         create_model("efficient-capsnet-p4", **override)
+
+
+def test_the_anchored_loss_reads_a_true_class_upright_and_the_others_at_their_longest():
+    torch.manual_seed(0)
+    model = create_model("efficient-capsnet-p4", **TINY).double()
+    free = create_model("efficient-capsnet-p4", **TINY, anchored=False).double()
+    free.load_state_dict(model.state_dict())
+    x, y = torch.rand(4, 1, 28, 28, dtype=torch.float64), torch.tensor([0, 3, 3, 9])
+    out = model(x, y)
+    assert out.frame_scores.shape == (4, 3, 10)  # frames (0, 1, 3)
+    torch.testing.assert_close(out.scores, out.frame_scores.amax(1))
+    upright = out.frame_scores[:, 0]
+    anchored = out.scores.clone()
+    anchored[torch.arange(4), y] = upright[torch.arange(4), y]
+    loss, _ = model.loss(out, x, y)
+    expected, _ = free.loss(out._replace(scores=anchored), x, y)  # the plain CapsNet loss
+    torch.testing.assert_close(loss, expected)
+    assert not torch.allclose(loss, free.loss(out, x, y)[0])
+
+
+def test_an_anchored_model_needs_the_upright_frame():
+    with pytest.raises(ConfigError, match="anchored needs the upright frame 0"):
+        create_model("efficient-capsnet-p4", frames=(1, 3))
+    create_model("efficient-capsnet-p4", frames=(1, 3), anchored=False)

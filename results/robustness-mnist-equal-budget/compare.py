@@ -8,8 +8,9 @@ A group is LABEL=FILE:MODEL[,FILE:MODEL...]: the seeds of one contender, each a 
 a robustness JSON. The capsule group is read as swept; each CNN group is one way of sweeping the
 CNN's seeds (e.g. with nothing and with autolevels). At every perturbation and strength the
 script prints the capsule mean ± sample std, each CNN group's mean, and the capsule mean minus
-the best CNN group's mean ("gap"). Verdict: the points where the gap is below -2, and the
-geometric points where it is below 0. Means over seeds; no rounding before the difference."""
+the best CNN group's mean ("gap"); a perturbation some reports lack is named and left out.
+Verdict: the points where the gap is below -2, and the geometric points where it is below 0.
+Means over seeds; no rounding before the difference."""
 
 import json
 import statistics
@@ -55,8 +56,12 @@ def main() -> None:
         + ", ".join(f"{label} ({len(c)} seeds)" for label, c in cnns)
     )
     behind, geometric_behind = [], []
+    every = caps + [c for _, group in cnns for c in group]
     for name, curve in caps[0].items():
-        for c in caps + [c for _, group in cnns for c in group]:
+        if any(name not in c for c in every):  # swept for some reports only
+            print(f"{name}: not in every report, left out")
+            continue
+        for c in every:
             if c[name]["strength"] != curve["strength"]:
                 raise SystemExit(f"{name}: the reports swept different strengths")
         for i, strength in enumerate(curve["strength"]):

@@ -21,6 +21,7 @@ from capsnet.nn.layers import (
     normalise_input,
 )
 from capsnet.nn.losses import capsnet_loss
+from capsnet.nn.routing import Routed
 from capsnet.targets import OverlayTargets, multi_hot
 
 ANTIALIAS = (1, 3, 5)  # binomial filter sizes: none, [1, 2, 1], [1, 4, 6, 4, 1]
@@ -176,7 +177,12 @@ class CapsNet(CapsuleModel):
         The decoder sees the capsule(s) of ``y`` when given, else of the longest capsule.
         """
         x = normalise_input(x, self.config.input_norm)
-        v, lengths, c = self.classes(self.encode(x))  # (B, K, D), (B, K), (B, I, K)
+        return self._output(self.classes(self.encode(x)), y)
+
+    def _output(self, routed: Routed, y: Tensor | OverlayTargets | None) -> CapsNetOutput:
+        """The class capsules routed, with the decoder's reconstruction of those ``y`` names
+        (else of the longest)."""
+        v, lengths, c = routed  # (B, K, D), (B, K), (B, I, K)
         recon = None
         if self.decoder is not None:
             recon = self.decoder(v * self._mask(lengths, y).unsqueeze(-1))

@@ -135,10 +135,16 @@ class FramedCaps(nn.Module):
         self.caps, self.grid, self.frames = caps, grid, frames
 
     def forward(self, u: Tensor) -> Routed:
+        return self.route(u)[0]
+
+    def route(self, u: Tensor) -> tuple[Routed, Tensor]:
+        """The parents as :meth:`forward` returns them, and their activations in each
+        frame (B, F, J)."""
         b, f = u.shape[0], len(self.frames)
         turned = torch.cat([turn_children(u, self.grid, -r) for r in self.frames])  # (F·B, I, D)
         poses, acts, weights = self.caps(turned)  # (F·B, J, D), (F·B, J), (F·B, I, J)
-        acts, best = acts.view(f, b, -1).max(0)  # (B, J): the longest frame of each parent
+        per_frame = acts.view(f, b, -1)  # (F, B, J)
+        acts, best = per_frame.max(0)  # (B, J): the longest frame of each parent
         poses = poses.view(f, b, *poses.shape[1:]).gather(
             0, best[None, :, :, None].expand(1, -1, -1, poses.shape[-1])
         )[0]  # (B, J, D)
@@ -149,7 +155,7 @@ class FramedCaps(nn.Module):
             ]
         )  # (F, B, I, J)
         weights = weights.gather(0, best[None, :, None].expand(1, -1, weights.shape[2], -1))[0]
-        return Routed(poses, acts, weights)
+        return Routed(poses, acts, weights), per_frame.transpose(0, 1)
 
 
 __all__ = [

@@ -1,0 +1,48 @@
+"""Where an efficient-capsnet-p4 run's test errors come from: for each misread test image,
+the frame (quarter turn) in which the winning wrong class was longest, and the confusions.
+
+    python frames.py RUN [--data-dir DIR] [--model-option input_norm=...]
+
+Prints the clean accuracy, the count of errors by the wrong class's frame, and the most
+common (true → read) pairs with their frames."""
+
+import argparse
+import collections
+
+import torch
+
+from capsnet.nn.group import turn_children
+from capsnet.training.run import Run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("run")
+    p.add_argument("--data-dir")
+    args = p.parse_args()
+    run = Run(args.run)
+    model = run.load_model().eval()
+    images, labels = run.test_set(data_dir=args.data_dir)
+    cfg, framed = model.config, model.classes
+    grid = (cfg.primary_types, *cfg.primary_grid)
+    lengths = []
+    with torch.no_grad():
+        for x in images.split(500):
+            u = model.encode(x.float() / 255)  # (B, I, D), input_norm "none"
+            per_frame = [framed.caps(turn_children(u, grid, -r)).activations for r in framed.frames]
+            lengths.append(torch.stack(per_frame, 1))  # (B, F, K)
+    lengths = torch.cat(lengths)  # (N, F, K)
+    scores, frame = lengths.max(1)  # (N, K)
+    read = scores.argmax(1)
+    wrong = (read != labels).nonzero().flatten()
+    print(f"{args.run}: {len(labels) - len(wrong)} of {len(labels)} right; errors {len(wrong)}")
+    by_frame = collections.Counter(framed.frames[frame[i, read[i]]] for i in wrong.tolist())
+    print("errors by the frame of the class read:", dict(sorted(by_frame.items())))
+    pairs = collections.Counter(
+        (int(labels[i]), int(read[i]), framed.frames[frame[i, read[i]]]) for i in wrong.tolist()
+    )
+    print("most common (true, read, frame):", pairs.most_common(15))
+
+
+if __name__ == "__main__":
+    main()
