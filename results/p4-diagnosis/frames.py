@@ -1,10 +1,11 @@
 """Where an efficient-capsnet-p4 run's test errors come from: for each misread test image,
 the frame (quarter turn) in which the winning wrong class was longest, and the confusions.
 
-    python frames.py RUN [--data-dir DIR] [--model-option input_norm=...]
+    python frames.py RUN [--data-dir DIR]
 
-Prints the clean accuracy, the count of errors by the wrong class's frame, and the most
-common (true → read) pairs with their frames."""
+Prints the clean accuracy, the accuracy of frame 0 alone, the frames each class is read
+right in, the count of errors by the wrong
+class's frame, and the most common (true → read) pairs with their frames."""
 
 import argparse
 import collections
@@ -36,6 +37,12 @@ def main() -> None:
     read = scores.argmax(1)
     wrong = (read != labels).nonzero().flatten()
     print(f"{args.run}: {len(labels) - len(wrong)} of {len(labels)} right; errors {len(wrong)}")
+    upright = (lengths[:, framed.frames.index(0)].argmax(1) == labels).sum()
+    print(f"read in the upright frame 0 alone: {upright} of {len(labels)} right")
+    right = (read == labels).nonzero().flatten().tolist()
+    seen = collections.Counter((int(labels[i]), framed.frames[frame[i, read[i]]]) for i in right)
+    for k in range(cfg.num_classes):  # where each class's upright digits are read
+        print(f"class {k} read right in frames:", {r: seen[k, r] for r in framed.frames})
     by_frame = collections.Counter(framed.frames[frame[i, read[i]]] for i in wrong.tolist())
     print("errors by the frame of the class read:", dict(sorted(by_frame.items())))
     pairs = collections.Counter(
