@@ -1,18 +1,19 @@
 """Where an efficient-capsnet-p4 run's test errors come from: for each misread test image,
 the frame (quarter turn) in which the winning wrong class was longest, and the confusions.
 
-    python frames.py RUN [--data-dir DIR]
+    python frames.py RUN [--data-dir DIR] [--turn K]
 
-Prints the clean accuracy, the accuracy of frame 0 alone, the frames each class is read
-right in, the count of errors by the wrong
-class's frame, and the most common (true → read) pairs with their frames."""
+``--turn K`` turns every test image K quarter turns counter-clockwise first (exactly, pixel
+for pixel). Prints the accuracy, the accuracy of frame 0 alone, the frames each class is read
+right in, the count of errors by the wrong class's frame, and the most common (true → read)
+pairs with their frames."""
 
 import argparse
 import collections
 
 import torch
 
-from capsnet.nn.group import turn_children
+from capsnet.nn.group import rotate, turn_children
 from capsnet.training.run import Run
 
 
@@ -20,10 +21,12 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("run")
     p.add_argument("--data-dir")
+    p.add_argument("--turn", type=int, default=0)
     args = p.parse_args()
     run = Run(args.run)
     model = run.load_model().eval()
     images, labels = run.test_set(data_dir=args.data_dir)
+    images = rotate(images, args.turn)
     cfg, framed = model.config, model.classes
     grid = (cfg.primary_types, *cfg.primary_grid)
     lengths = []
@@ -36,7 +39,8 @@ def main() -> None:
     scores, frame = lengths.max(1)  # (N, K)
     read = scores.argmax(1)
     wrong = (read != labels).nonzero().flatten()
-    print(f"{args.run}: {len(labels) - len(wrong)} of {len(labels)} right; errors {len(wrong)}")
+    n, errors = len(labels), len(wrong)
+    print(f"{args.run}, turned {args.turn}: {n - errors} of {n} right; errors {errors}")
     upright = (lengths[:, framed.frames.index(0)].argmax(1) == labels).sum()
     print(f"read in the upright frame 0 alone: {upright} of {len(labels)} right")
     right = (read == labels).nonzero().flatten().tolist()
