@@ -158,30 +158,6 @@ def test_the_anchored_loss_reads_a_true_class_upright_and_the_others_at_their_lo
 
 
 def test_an_anchored_model_needs_the_upright_frame():
-    with pytest.raises(ConfigError, match="need the upright frame 0"):
+    with pytest.raises(ConfigError, match="anchored needs the upright frame 0"):
         create_model("efficient-capsnet-p4", frames=(1, 3))
-    with pytest.raises(ConfigError, match="need the upright frame 0"):
-        create_model("efficient-capsnet-p4", frames=(1, 3), anchored=False, upright_first=0.5)
     create_model("efficient-capsnet-p4", frames=(1, 3), anchored=False)
-
-
-def test_upright_first_reads_an_image_upright_where_a_class_is_present_there():
-    u = torch.rand(8, 2 * 4 * 9, 3, dtype=torch.float64)
-    with torch.no_grad():
-        longest, per_frame = _framed((0, 1, 3)).route(u)  # (B, J), (B, F, J)
-    upright = per_frame[:, 0]
-    threshold = upright.amax(1).median()  # about half the images are read upright
-    read = _framed((0, 1, 3))
-    read.upright_first = float(threshold)
-    sure = upright.amax(1, keepdim=True) >= threshold
-    assert 0 < sure.sum() < 8
-    expected = torch.where(sure, upright, longest.activations)
-    with torch.no_grad():
-        torch.testing.assert_close(read(u).activations, expected, rtol=0, atol=1e-12)
-        read.upright_first = 0.0  # every image upright
-        torch.testing.assert_close(read(u).activations, upright, rtol=0, atol=1e-12)
-
-
-def test_upright_first_is_a_length():
-    with pytest.raises(ConfigError, match="upright_first is a capsule length"):
-        create_model("efficient-capsnet-p4", upright_first=1.5)

@@ -57,10 +57,6 @@ class P4CapsNetConfig(EfficientCapsNetConfig):
     # the loss reads a true class in the upright frame 0 (its negatives in every frame), so
     # that frame 0 is every class's upright; False: in its longest frame, as it predicts
     anchored: bool = True
-    # < 1: an image with a class capsule at least this long upright (frame 0) is read upright
-    # alone, every class from frame 0; 1: every class from its longest frame. Training's loss
-    # does not depend on it.
-    upright_first: float = 1.0
 
     def validate(self) -> None:
         super().validate()
@@ -68,14 +64,8 @@ class P4CapsNetConfig(EfficientCapsNetConfig):
             raise ConfigError(f"frames must be distinct quarter turns, got {self.frames}")
         if max(self.frames) >= TURNS:
             raise ConfigError(f"frames are quarter turns 0-3, got {self.frames}")
-        if (self.anchored or self.upright_first < 1) and 0 not in self.frames:
-            raise ConfigError(
-                f"anchored and upright_first need the upright frame 0 in frames, got {self.frames}"
-            )
-        if not 0 <= self.upright_first <= 1:
-            raise ConfigError(
-                f"upright_first is a capsule length in [0, 1], not {self.upright_first}"
-            )
+        if self.anchored and 0 not in self.frames:
+            raise ConfigError(f"anchored needs the upright frame 0 in frames, got {self.frames}")
         h, w = self.input_size
         if h != w:
             raise ConfigError(f"a p4 network needs square inputs, got {h}×{w}")
@@ -162,8 +152,7 @@ class P4CapsNet(EfficientCapsNet):
         caps = RoutingCaps(
             cfg.num_primary_caps, cfg.primary_dim, cfg.num_classes, cfg.class_dim, cfg.routing_spec
         )
-        grid = (cfg.primary_types, *cfg.primary_grid)
-        return FramedCaps(caps, grid, cfg.frames, cfg.upright_first)
+        return FramedCaps(caps, (cfg.primary_types, *cfg.primary_grid), cfg.frames)
 
     def forward(self, x: Tensor, y: Tensor | OverlayTargets | None = None) -> P4Output:
         """As :meth:`CapsNet.forward <capsnet.models.capsnet.CapsNet.forward>`, with the
@@ -175,14 +164,13 @@ class P4CapsNet(EfficientCapsNet):
     def loss(
         self, out: P4Output, x: Tensor, y: Tensor | OverlayTargets
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """CapsNet's loss with every class's activation in its longest frame;
-        ``anchored``: each true class's upright activation (frame 0) instead."""
-        scores = out.frame_scores.amax(1)  # (B, K), whatever upright_first reads
+        """CapsNet's loss; ``anchored``: with each true class's upright activation (frame 0)
+        in place of its longest."""
         if self.config.anchored:
             upright = out.frame_scores[:, self.config.frames.index(0)]  # (B, K)
-            true = self._mask(scores, y).bool()  # (B, K): the classes y names
-            scores = torch.where(true, upright, scores)
-        return super().loss(out._replace(scores=scores), x, y)  # type: ignore[arg-type]
+            true = self._mask(out.scores, y).bool()  # (B, K): the classes y names
+            out = out._replace(scores=torch.where(true, upright, out.scores))
+        return super().loss(out, x, y)  # type: ignore[arg-type]
 
 
 # 16 primary capsules (4 types × 4 orientations) like efficient-capsnet's; 70,272 parameters

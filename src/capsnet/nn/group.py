@@ -128,20 +128,11 @@ class FramedCaps(nn.Module):
 
     With all 4 frames the activations are invariant to quarter turns of the image; a subset
     such as (0, 1, 3) leaves out upside-down digits (a 9 is a 6 turned twice).
-    ``upright_first`` < 1: an example with a parent at least that long in frame 0 (which
-    ``frames`` must hold) keeps every parent from frame 0 instead.
     """
 
-    def __init__(
-        self,
-        caps: nn.Module,
-        grid: tuple[int, int, int],
-        frames: tuple[int, ...],
-        upright_first: float = 1.0,
-    ):
+    def __init__(self, caps: nn.Module, grid: tuple[int, int, int], frames: tuple[int, ...]):
         super().__init__()
         self.caps, self.grid, self.frames = caps, grid, frames
-        self.upright_first = upright_first
 
     def forward(self, u: Tensor) -> Routed:
         return self.route(u)[0]
@@ -154,11 +145,6 @@ class FramedCaps(nn.Module):
         poses, acts, weights = self.caps(turned)  # (F·B, J, D), (F·B, J), (F·B, I, J)
         per_frame = acts.view(f, b, -1)  # (F, B, J)
         acts, best = per_frame.max(0)  # (B, J): the longest frame of each parent
-        if self.upright_first < 1:
-            upright = self.frames.index(0)
-            sure = per_frame[upright].amax(1, keepdim=True) >= self.upright_first  # (B, 1)
-            acts = torch.where(sure, per_frame[upright], acts)
-            best = torch.where(sure, upright, best)
         poses = poses.view(f, b, *poses.shape[1:]).gather(
             0, best[None, :, :, None].expand(1, -1, -1, poses.shape[-1])
         )[0]  # (B, J, D)
