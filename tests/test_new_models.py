@@ -26,6 +26,7 @@ TINY = {  # every registered model, made small enough to train in a test
     "capsnet-mnist": TINY_CAPSNET,
     "capsnet-small": TINY_CAPSNET,
     "efficient-capsnet": TINY_EFFICIENT,
+    "efficient-capsnet-p4": {"stem_channels": (4, 8, 8, 16), "decoder_hidden": (32,)},
     "em-capsnet": {**TINY_EM, "input_size": (28, 28), "num_classes": 10},
     "em-capsnet-small": TINY_EM,
 }
