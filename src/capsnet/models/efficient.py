@@ -87,13 +87,21 @@ class EfficientCapsNet(CapsNet):
     def _build_encoder(self, cfg: EfficientCapsNetConfig) -> None:  # type: ignore[override]
         layers: list[nn.Module] = []
         widths = (cfg.in_channels, *cfg.stem_channels)
-        for c_in, c_out, k, s in zip(
-            widths[:-1], widths[1:], cfg.stem_kernels, cfg.stem_strides, strict=True
+        for n, (c_in, c_out, k, s) in enumerate(
+            zip(widths[:-1], widths[1:], cfg.stem_kernels, cfg.stem_strides, strict=True)
         ):
-            layers += [Conv2d(c_in, c_out, k, s), nn.ReLU(inplace=True), nn.BatchNorm2d(c_out)]
+            layers += self._stem_layer(c_in, c_out, k, s, first=n == 0)
         self.stem = nn.Sequential(*layers)
+        self.primary = self._build_primary(cfg)
+
+    def _stem_layer(self, c_in: int, c_out: int, k: int, s: int, first: bool) -> list[nn.Module]:
+        """One layer of the stem: convolution, ReLU, batch norm (``first``: of the image)."""
+        return [Conv2d(c_in, c_out, k, s), nn.ReLU(inplace=True), nn.BatchNorm2d(c_out)]
+
+    def _build_primary(self, cfg: EfficientCapsNetConfig) -> nn.Module:
+        """The depthwise primary capsules on the stem's last map."""
         f = cfg.stem_channels[-1]
-        self.primary = PrimaryCaps(
+        return PrimaryCaps(
             f,
             cfg.primary_types,
             cfg.primary_dim,

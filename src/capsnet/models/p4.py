@@ -137,16 +137,16 @@ class P4CapsNet(EfficientCapsNet):
     def __init__(self, config: P4CapsNetConfig | None = None):
         super().__init__(config or P4CapsNetConfig())
 
-    def _build_encoder(self, cfg: P4CapsNetConfig) -> None:  # type: ignore[override]
-        layers: list[nn.Module] = []
-        widths = (cfg.in_channels, *cfg.stem_channels)
-        for n, (c_in, c_out, k, s) in enumerate(
-            zip(widths[:-1], widths[1:], cfg.stem_kernels, cfg.stem_strides, strict=True)
-        ):
-            conv = P4Conv2d(c_in, c_out, k, s, lifting=n == 0)
-            layers += [conv, nn.ReLU(inplace=True), P4BatchNorm(c_out)]
-        self.stem = nn.Sequential(*layers)
-        self.primary = P4PrimaryCaps(cfg.stem_channels[-1], cfg.primary_dim, cfg.primary_kernel)
+    def _stem_layer(self, c_in: int, c_out: int, k: int, s: int, first: bool) -> list[nn.Module]:
+        """A p4 convolution (lifting the image if ``first``), ReLU, p4 batch norm."""
+        return [
+            P4Conv2d(c_in, c_out, k, s, lifting=first),
+            nn.ReLU(inplace=True),
+            P4BatchNorm(c_out),
+        ]
+
+    def _build_primary(self, cfg: P4CapsNetConfig) -> nn.Module:  # type: ignore[override]
+        return P4PrimaryCaps(cfg.stem_channels[-1], cfg.primary_dim, cfg.primary_kernel)
 
     def _build_classes(self, cfg: P4CapsNetConfig) -> nn.Module:  # type: ignore[override]
         caps = RoutingCaps(
