@@ -53,6 +53,16 @@ def test_a_p4_stem_turns_with_the_image():
         torch.testing.assert_close(stem(rotate(x, turns)), rotate_p4(y, turns), rtol=0, atol=1e-12)
 
 
+def test_a_depthwise_p4_convolution_turns_with_the_map_and_keeps_its_channels():
+    torch.manual_seed(0)
+    conv = P4Conv2d(3, 3, 5, depthwise=True).double()
+    x = torch.rand(2, 3 * 4, 9, 9, dtype=torch.float64)  # a p4 map
+    assert conv(x).shape == (2, 12, 5, 5)
+    torch.testing.assert_close(conv(rotate_p4(x, 1)), rotate_p4(conv(x), 1), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="keeps its 3 channels"):
+        P4Conv2d(3, 4, 5, depthwise=True)
+
+
 def test_turn_children_turns_the_grid_and_moves_the_orientations():
     u = torch.arange(2 * 4 * 3 * 3 * 1.0).view(1, -1, 1)  # (B, types·4·H·W, 1), 2 types
     turned = turn_children(u, (2, 3, 3), 1).view(2, 4, 3, 3)

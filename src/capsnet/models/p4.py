@@ -27,7 +27,6 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from capsnet.errors import ConfigError
 from capsnet.models.config import conv_out
@@ -38,7 +37,6 @@ from capsnet.nn.group import (
     FramedCaps,
     P4BatchNorm,
     P4Conv2d,
-    lifting_filters,
     symmetric_grid,
 )
 from capsnet.nn.layers import RoutingCaps, normalise_input
@@ -88,23 +86,18 @@ class P4CapsNetConfig(EfficientCapsNetConfig):
 
 
 class P4PrimaryCaps(nn.Module):
-    """Depthwise primary capsules of a p4 map (B, C·4, H, W): each channel's filter turned to
-    each orientation, a bias per channel; capsule type t is channels [t·dim, (t+1)·dim) at
+    """Depthwise primary capsules of a p4 map (B, C·4, H, W) (a depthwise
+    :class:`~capsnet.nn.group.P4Conv2d`); capsule type t is channels [t·dim, (t+1)·dim) at
     one orientation and position. Output (B, types·4·H'·W', dim), ordered (type,
     orientation, row, column), squashed by :func:`~capsnet.nn.routing.efficient_squash`."""
 
     def __init__(self, channels: int, dim: int, kernel_size: int):
         super().__init__()
         self.dim = dim
-        bound = 1 / kernel_size  # nn.Conv2d's default initialisation: 1 / √(fan-in k²)
-        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.empty(channels))
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
+        self.conv = P4Conv2d(channels, channels, kernel_size, depthwise=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        bias = self.bias.repeat_interleave(TURNS)  # (C·4,)
-        y = F.conv2d(x, lifting_filters(self.weight), bias, groups=x.shape[1])
+        y = self.conv(x)
         b, _, h, w = y.shape  # (B, C·4, H', W')
         y = y.view(b, -1, self.dim, TURNS, h, w)  # channel → (type, component, orientation)
         y = y.permute(0, 1, 3, 4, 5, 2).reshape(b, -1, self.dim)  # (B, types·4·H'·W', dim)

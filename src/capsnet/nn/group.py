@@ -48,8 +48,7 @@ def rotate_p4(x: Tensor, turns: int) -> Tensor:
 def lifting_filters(weight: Tensor) -> Tensor:
     """Filters (C', C, k, k) of a lifting layer (image → p4 map) → the bank (C'·4, C, k, k):
     output channel ``o·4 + s`` is filter o turned s quarter turns. Depthwise filters (C, 1,
-    k, k) give the bank of a depthwise p4 layer (``groups=C·4``): the map of channel c at
-    orientation s filtered by filter c turned s quarter turns."""
+    k, k) give the bank of a depthwise p4 layer (``groups=C·4``)."""
     bank = torch.stack([rotate(weight, s) for s in range(TURNS)], dim=1)  # (C', 4, C, k, k)
     return bank.flatten(0, 1)
 
@@ -72,7 +71,8 @@ def symmetric_grid(size: int, kernel: int, stride: int) -> bool:
 class P4Conv2d(nn.Module):
     """A valid (unpadded) p4 convolution: ``lifting`` from an image (B, C, H, W), else from a
     p4 map (B, C·4, H, W), to a p4 map (B, C'·4, H', W'); one bias per output channel, shared
-    by its 4 orientations."""
+    by its 4 orientations. ``depthwise`` (C' = C): each channel of a p4 map filtered alone,
+    at each orientation by its filter (C, 1, k, k) turned to match."""
 
     def __init__(
         self,
@@ -82,11 +82,16 @@ class P4Conv2d(nn.Module):
         stride: int = 1,
         *,
         lifting: bool = False,
+        depthwise: bool = False,
     ):
         super().__init__()
-        self.stride, self.lifting = stride, lifting
-        shape = (out_channels, in_channels) + (() if lifting else (TURNS,))
-        fan_in = in_channels * (1 if lifting else TURNS) * kernel_size**2
+        if depthwise and in_channels != out_channels:
+            raise ValueError(f"a depthwise p4 convolution keeps its {in_channels} channels")
+        per_filter = 1 if depthwise else in_channels
+        turned = lifting or depthwise  # filters with no orientation axis: lifting_filters
+        self.stride, self.groups = stride, out_channels * TURNS if depthwise else 1
+        shape = (out_channels, per_filter) + (() if turned else (TURNS,))
+        fan_in = per_filter * (1 if turned else TURNS) * kernel_size**2
         bound = 1 / math.sqrt(fan_in)  # nn.Conv2d's default initialisation
         self.weight = nn.Parameter(torch.empty(*shape, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels))
@@ -94,9 +99,10 @@ class P4Conv2d(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        bank = lifting_filters(self.weight) if self.lifting else group_filters(self.weight)
+        w = self.weight
+        bank = group_filters(w) if w.dim() == 5 else lifting_filters(w)
         bias = self.bias.repeat_interleave(TURNS)  # (C'·4,)
-        return F.conv2d(x, bank, bias, self.stride)
+        return F.conv2d(x, bank, bias, self.stride, groups=self.groups)
 
 
 class P4BatchNorm(nn.BatchNorm3d):
