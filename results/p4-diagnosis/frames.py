@@ -13,7 +13,7 @@ import collections
 
 import torch
 
-from capsnet.nn.group import rotate, turn_children
+from capsnet.nn.group import rotate
 from capsnet.training.run import Run
 
 
@@ -28,14 +28,8 @@ def main() -> None:
     images, labels = run.test_set(data_dir=args.data_dir)
     images = rotate(images, args.turn)
     cfg, framed = model.config, model.classes
-    grid = (cfg.primary_types, *cfg.primary_grid)
-    lengths = []
-    with torch.no_grad():
-        for x in images.split(500):
-            u = model.encode(x.float() / 255)  # (B, I, D), input_norm "none"
-            per_frame = [framed.caps(turn_children(u, grid, -r)).activations for r in framed.frames]
-            lengths.append(torch.stack(per_frame, 1))  # (B, F, K)
-    lengths = torch.cat(lengths)  # (N, F, K)
+    with torch.no_grad():  # (N, F, K): each class's activation in each frame
+        lengths = torch.cat([model(x.float() / 255).frame_scores for x in images.split(500)])
     scores, frame = lengths.max(1)  # (N, K)
     read = scores.argmax(1)
     wrong = (read != labels).nonzero().flatten()
